@@ -1,0 +1,130 @@
+"""Study configuration: one frozen, validated dataclass per study, from the command line or a TOML grid."""
+
+from __future__ import annotations
+
+import itertools
+import tomllib
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from hpo.data import DATASETS
+from hpo.errors import UsageError
+from models.rules import RULES
+
+MODELS = ("mlp",)
+SAMPLERS = ("tpe", "random", "gp", "cmaes")
+PRUNERS = ("median", "hyperband", "wilcoxon", "none")
+FOLD_STRATEGIES = ("sequential", "vmap")
+DEFAULT_STORAGE = "sqlite:///studies/studies.db"
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """One hyperparameter study: which rule on which data, and how to search."""
+
+    algo: str = "fa"  # learning rule (models.rules.RULES)
+    dataset: str = "mnist-5k"  # dataset name (hpo.data.DATASETS)
+    model: str = "mlp"  # network family
+    trials: int = 50  # total finished (complete or pruned) trials the study should have
+    folds: int = 3  # k of k-fold cross-validation on the training split
+    epochs: int = 10  # training epochs per fold
+    storage: str = DEFAULT_STORAGE  # Optuna storage URL or journal file path
+    study_name: str | None = None  # default: "<dataset>-<model>-<algo>"
+    sampler: str = "tpe"  # Bayesian optimisation sampler
+    pruner: str = "median"  # early stopping of unpromising trials
+    seed: int = 0  # seeds the sampler, the folds and every network
+    results_dir: str = "results"  # where summaries and charts are written
+    fold_strategy: str = "sequential"  # folds one after another or vmapped in one program
+    cache_dir: str | None = None  # JAX persistent compilation cache (default: ~/.cache/bioplausible-hpo/jax)
+
+    def __post_init__(self) -> None:
+        _choice("--algo", self.algo, sorted(RULES))
+        _choice("--dataset", self.dataset, list(DATASETS))
+        _choice("--model", self.model, MODELS)
+        _choice("--sampler", self.sampler, SAMPLERS)
+        _choice("--pruner", self.pruner, PRUNERS)
+        _choice("--fold-strategy", self.fold_strategy, FOLD_STRATEGIES)
+        _at_least("--trials", self.trials, 1)
+        _at_least("--folds", self.folds, 2)
+        _at_least("--epochs", self.epochs, 1)
+        if self.study_name is not None and not self.study_name.strip():
+            raise UsageError("--study-name must not be empty")
+
+    @property
+    def name(self) -> str:
+        return self.study_name or f"{self.dataset}-{self.model}-{self.algo}"
+
+
+def _choice(flag: str, value: Any, allowed: list[str] | tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise UsageError(f"{flag} must be one of {', '.join(allowed)}, got {value!r}")
+
+
+def _at_least(flag: str, value: Any, low: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise UsageError(f"{flag} must be an integer >= {low}, got {value!r}")
+
+
+STUDY_KEYS = {f.name for f in fields(StudyConfig)}
+GRID_AXES = {"algos": "algo", "datasets": "dataset", "models": "model"}
+
+
+def load_grid(path: str | Path, overrides: dict[str, Any] | None = None) -> list[StudyConfig]:
+    """Read a study grid from TOML: top-level defaults plus ``[[grid]]`` tables of axes to cross.
+
+    Example::
+
+        trials = 50
+        storage = "studies/bundled.journal"
+        [[grid]]
+        datasets = ["mnist-5k", "digits"]
+        algos = ["bp", "fa", "kp", "dfa"]
+
+    Every key must be a ``StudyConfig`` field (or, inside ``[[grid]]``, one of the plural axes
+    ``algos``/``datasets``/``models``); anything else is an error naming the key. ``overrides`` (from the
+    command line) win over the file.
+    """
+    path = Path(path)
+    try:
+        document = tomllib.loads(path.read_text())
+    except OSError as error:
+        raise UsageError(f"cannot read config file {str(path)!r}: {error.strerror or error}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise UsageError(f"config file {str(path)!r} is not valid TOML: {error}") from None
+
+    grids = document.pop("grid", None)
+    defaults = _check_keys(document, STUDY_KEYS, f"{path}")
+    if not isinstance(grids, list) or not grids:
+        raise UsageError(f"config file {str(path)!r} needs at least one [[grid]] table")
+    configs: list[StudyConfig] = []
+    for i, grid in enumerate(grids):
+        grid = _check_keys(grid, STUDY_KEYS | set(GRID_AXES), f"{path} [[grid]] #{i + 1}")
+        axes = {GRID_AXES[k]: _as_list(grid.pop(k), k, path) for k in list(grid) if k in GRID_AXES}
+        for combo in itertools.product(*axes.values()):
+            values = {**defaults, **grid, **dict(zip(axes, combo)), **(overrides or {})}
+            configs.append(StudyConfig(**values))
+    names = [c.name for c in configs]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise UsageError(f"config file {str(path)!r} defines study {duplicates[0]!r} more than once")
+    return configs
+
+
+def _check_keys(table: dict[str, Any], allowed: set[str], where: str) -> dict[str, Any]:
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        raise UsageError(f"unknown key {unknown[0]!r} in {where}; allowed keys: {', '.join(sorted(allowed))}")
+    return dict(table)
+
+
+def _as_list(value: Any, key: str, path: Path) -> list[Any]:
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, list) or not value:
+        raise UsageError(f"{key} in {str(path)!r} must be a non-empty list, got {value!r}")
+    return value
+
+
+def with_overrides(config: StudyConfig, **changes: Any) -> StudyConfig:
+    return replace(config, **{k: v for k, v in changes.items() if v is not None})

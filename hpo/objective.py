@@ -1,0 +1,81 @@
+"""The Optuna objective: sample a configuration, cross-validate it with the compiled trainer, record the result."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+import optuna
+
+from hpo.config import StudyConfig
+from hpo.data import Dataset, make_folds
+from hpo.space import suggest
+from models.api import cross_validate, fit_and_score
+from models.train import DivergedError, EpochMetrics, FoldData
+
+
+def trial_seed(study_seed: int, trial_number: int) -> int:
+    """Seed of one trial's networks and batch order, derived from the study seed."""
+    return int(np.random.SeedSequence([study_seed, trial_number]).generate_state(1)[0])
+
+
+class Objective:
+    """Callable objective of one study; holds the dataset's folds on the device across trials."""
+
+    def __init__(self, config: StudyConfig, dataset: Dataset):
+        self.config = config
+        self.dataset = dataset
+        folds = make_folds(dataset, config.folds, config.seed)
+        self.data = FoldData(
+            x=jnp.asarray(dataset.x_train),
+            y=jnp.asarray(dataset.y_train),
+            train_idx=folds.train_idx,
+            val_idx=jnp.asarray(folds.val_idx),
+            val_mask=jnp.asarray(folds.val_mask),
+        )
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        start = time.perf_counter()
+        train_config = suggest(trial, self.config, self.dataset)
+
+        def on_epoch(epoch: int, metrics: EpochMetrics) -> None:
+            trial.report(float(np.mean(metrics.val_score)), epoch)
+            if trial.should_prune():
+                trial.set_user_attr("pruned_reason", f"pruner stopped the trial after epoch {epoch + 1}")
+                raise optuna.TrialPruned(f"pruned after epoch {epoch + 1}")
+
+        try:
+            return self._cross_validate(trial, train_config, on_epoch)
+        finally:
+            trial.set_user_attr("wall_seconds", time.perf_counter() - start)
+
+    def _cross_validate(self, trial: optuna.Trial, train_config, on_epoch) -> float:
+        try:
+            result = cross_validate(
+                train_config,
+                self.data,
+                self.dataset.out_features,
+                trial_seed(self.config.seed, trial.number),
+                on_epoch=on_epoch,
+                fold_strategy=self.config.fold_strategy,
+                on_compiled=lambda seconds: trial.set_user_attr("compile_seconds", seconds),
+            )
+        except DivergedError as error:
+            trial.set_user_attr("pruned_reason", f"diverged: {error}")
+            raise optuna.TrialPruned(f"diverged: {error}") from None
+
+        trial.set_user_attr("fold_scores", [float(s) for s in result.fold_scores])
+        trial.set_user_attr("fold_std", float(np.std(result.fold_scores)))
+        trial.set_user_attr("train_seconds", result.train_seconds)
+        trial.set_user_attr("n_params", result.n_params)
+        trial.set_user_attr("curves", {k: v.round(6).tolist() for k, v in result.curves.items()})
+        return result.score
+
+    def test_score(self, params: dict[str, Any], trial_number: int) -> float:
+        """Retrain the configuration ``params`` on the whole training split and score the test split."""
+        train_config = suggest(optuna.trial.FixedTrial(params), self.config, self.dataset)
+        d = self.dataset
+        seed = trial_seed(self.config.seed, trial_number)
+        return fit_and_score(train_config, d.x_train, d.y_train, d.x_test, d.y_test, d.out_features, seed)

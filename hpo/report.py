@@ -1,0 +1,276 @@
+"""Summaries and charts, regenerated from the study storage alone (no training).
+
+    python -m hpo.report [--storage URL] [--results-dir DIR] [--study PATTERN]
+
+Writes ``summary.csv``, ``summary.md``, ``comparison.png`` (matplotlib), ``comparison.html`` (plotly) and, per
+study, its optimisation history and parameter importances under ``studies/<name>/``. Every file is written to
+a temporary name and renamed, so an interrupted report never leaves a half-written file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import os
+import sys
+import tempfile
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import optuna
+import pandas as pd
+from optuna.trial import TrialState
+
+from hpo.config import DEFAULT_STORAGE
+from hpo.errors import UsageError
+from hpo.storage import open_storage, redact, study_names
+
+SUMMARY_COLUMNS = [
+    "study", "dataset", "model", "algo", "metric", "direction", "complete", "pruned", "failed", "best", "worst",
+    "mean", "std", "best_trial", "best_fold_std", "test_score", "median_trial_seconds", "compile_seconds",
+    "wall_seconds", "best_params",
+]
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success rename it over ``path``, on failure remove it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def check_writable(results_dir: str | Path) -> Path:
+    """Fail early, before any training, if results cannot be written."""
+    path = Path(results_dir)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
+    except OSError as error:
+        raise UsageError(f"results directory {str(path)!r} is not writable: {error.strerror or error}") from None
+    return path
+
+
+def study_row(study: optuna.Study) -> dict:
+    """One summary row: counts, best/worst/mean/std over complete trials, the best trial and its test score."""
+    trials = study.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    values = np.array([t.value for t in complete], dtype=float)
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    attrs = study.user_attrs
+    row = {
+        "study": study.study_name,
+        "dataset": attrs.get("dataset", ""),
+        "model": attrs.get("model", ""),
+        "algo": attrs.get("algo", ""),
+        "metric": attrs.get("metric", "value"),
+        "direction": "maximize" if maximize else "minimize",
+        "complete": len(complete),
+        "pruned": sum(t.state == TrialState.PRUNED for t in trials),
+        "failed": sum(t.state == TrialState.FAIL for t in trials),
+        "best": np.nan, "worst": np.nan, "mean": np.nan, "std": np.nan,
+        "best_trial": None, "best_fold_std": np.nan, "test_score": np.nan,
+        "median_trial_seconds": np.nan, "compile_seconds": 0.0, "wall_seconds": 0.0, "best_params": "",
+    }
+    timed = [t.user_attrs["wall_seconds"] for t in trials if "wall_seconds" in t.user_attrs]
+    if timed:
+        row["median_trial_seconds"] = float(np.median(timed))
+        row["wall_seconds"] = float(np.sum(timed))
+    row["compile_seconds"] = float(sum(t.user_attrs.get("compile_seconds", 0.0) for t in trials))
+    if len(values):
+        best = study.best_trial
+        row.update(
+            best=float(values.max() if maximize else values.min()),
+            worst=float(values.min() if maximize else values.max()),
+            mean=float(values.mean()),
+            std=float(values.std()),
+            best_trial=best.number,
+            best_fold_std=best.user_attrs.get("fold_std", np.nan),
+            best_params=json.dumps(best.params, sort_keys=True),
+        )
+        test = attrs.get("test")
+        if test and test.get("trial") == best.number:
+            row["test_score"] = test["score"]
+    return row
+
+
+def load_studies(storage_url: str, pattern: str = "*") -> list[optuna.Study]:
+    storage = open_storage(storage_url, create=False)
+    names = [n for n in study_names(storage) if fnmatch.fnmatch(n, pattern)]
+    return [optuna.load_study(study_name=n, storage=storage) for n in names]
+
+
+def summarize(studies: list[optuna.Study]) -> pd.DataFrame:
+    rows = [study_row(s) for s in studies]
+    frame = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+    return frame.sort_values(["dataset", "model", "algo"], kind="stable").reset_index(drop=True)
+
+
+def to_markdown(frame: pd.DataFrame) -> str:
+    shown = frame.drop(columns=["direction", "best_params", "wall_seconds"])
+    lines = ["| " + " | ".join(shown.columns) + " |", "|" + "---|" * len(shown.columns)]
+    for _, row in shown.iterrows():
+        cells = []
+        for value in row:
+            if isinstance(value, float):
+                cells.append("" if np.isnan(value) else f"{value:.4f}")
+            else:
+                cells.append("" if value is None else str(value))
+        lines.append("| " + " | ".join(cells) + " |")
+    params = [f"- `{r.study}` (trial #{r.best_trial}): `{r.best_params}`" for r in frame.itertuples() if r.best_params]
+    return "\n".join(lines) + "\n\nBest configurations:\n\n" + "\n".join(params) + "\n"
+
+
+def _groups(frame: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    done = frame[frame["complete"] > 0]
+    return [(f"{d} / {m}", g) for (d, m), g in done.groupby(["dataset", "model"], sort=True)]
+
+
+def comparison_png(frame: pd.DataFrame, path: Path) -> None:
+    """Grouped bars per (dataset, model): best, mean (error bar: std over trials) and worst of each rule."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = _groups(frame)
+    if not groups:
+        return
+    fig, axes = plt.subplots(1, len(groups), figsize=(max(5.0, 4.2 * len(groups)), 4.2), squeeze=False)
+    width = 0.26
+    colours = {"best": "#2a9d8f", "mean": "#e9c46a", "worst": "#e76f51"}
+    for ax, (title, group) in zip(axes[0], groups):
+        x = np.arange(len(group))
+        for i, stat in enumerate(("best", "mean", "worst")):
+            err = group["std"].to_numpy() if stat == "mean" else None
+            ax.bar(x + (i - 1) * width, group[stat], width, yerr=err, capsize=3, label=stat, color=colours[stat])
+        ax.set_xticks(x, group["algo"])
+        ax.set_title(title)
+        ax.set_ylabel(f"CV {group['metric'].iloc[0]}")
+        if group["direction"].iloc[0] == "maximize":
+            low = float(np.nanmin(group["worst"] - group["std"].fillna(0)))
+            ax.set_ylim(max(0.0, low - 0.05), min(1.0, float(np.nanmax(group["best"])) + 0.03))
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].legend(loc="lower left", fontsize=8)
+    fig.suptitle("Cross-validated score over trials: best, mean +- std, worst")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+
+
+def comparison_html(frame: pd.DataFrame, path: Path) -> None:
+    """The same grouped bars as an interactive plotly page."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    groups = _groups(frame)
+    if not groups:
+        return
+    fig = make_subplots(rows=1, cols=len(groups), subplot_titles=[t for t, _ in groups])
+    colours = {"best": "#2a9d8f", "mean": "#e9c46a", "worst": "#e76f51"}
+    for col, (_, group) in enumerate(groups, start=1):
+        for stat in ("best", "mean", "worst"):
+            error = dict(type="data", array=group["std"].tolist()) if stat == "mean" else None
+            fig.add_trace(
+                go.Bar(
+                    name=stat, x=group["algo"].tolist(), y=group[stat].tolist(), error_y=error,
+                    marker_color=colours[stat], legendgroup=stat, showlegend=col == 1,
+                    customdata=group[["study", "complete", "test_score"]].to_numpy(),
+                    hovertemplate="%{customdata[0]}<br>" + stat + " %{y:.4f}<br>complete trials %{customdata[1]}"
+                    "<br>test %{customdata[2]:.4f}<extra></extra>",
+                ),
+                row=1, col=col,
+            )
+        fig.update_yaxes(title_text=f"CV {group['metric'].iloc[0]}", row=1, col=col)
+    fig.update_layout(barmode="group", title="Cross-validated score over trials: best, mean ± std, worst")
+    with atomic_path(path) as tmp:
+        fig.write_html(tmp, include_plotlyjs="cdn")
+
+
+def study_plots(study: optuna.Study, directory: Path) -> None:
+    """Optuna's optimisation history and parameter importances (html, and png for the README)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as opt_mpl
+
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not complete:
+        return
+    plots = {"history": (optuna.visualization.plot_optimization_history, opt_mpl.plot_optimization_history)}
+    if len(complete) >= 2 and len({json.dumps(t.params, sort_keys=True) for t in complete}) >= 2:
+        plots["importance"] = (optuna.visualization.plot_param_importances, opt_mpl.plot_param_importances)
+    for name, (plotly_fn, mpl_fn) in plots.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # optuna's matplotlib backend
+            figure = plotly_fn(study)
+            with atomic_path(directory / f"{name}.html") as tmp:
+                figure.write_html(tmp, include_plotlyjs="cdn")
+            ax = mpl_fn(study)
+        fig = ax.figure
+        fig.set_size_inches(7, 4.2)
+        fig.tight_layout()
+        with atomic_path(directory / f"{name}.png") as tmp:
+            fig.savefig(tmp, dpi=90, format="png")
+        plt.close(fig)
+
+
+def write_reports(storage_url: str, results_dir: str | Path, pattern: str = "*", out=print) -> pd.DataFrame:
+    """Regenerate every summary and chart under ``results_dir`` from the storage."""
+    results = check_writable(results_dir)
+    studies = load_studies(storage_url, pattern)
+    if not studies:
+        raise UsageError(f"no study matching {pattern!r} in storage {redact(storage_url)!r}")
+    frame = summarize(studies)
+    with atomic_path(results / "summary.csv") as tmp:
+        frame.to_csv(tmp, index=False, float_format="%.6g")
+    write_text(results / "summary.md", to_markdown(frame))
+    comparison_png(frame, results / "comparison.png")
+    comparison_html(frame, results / "comparison.html")
+    for study in studies:
+        study_plots(study, results / "studies" / study.study_name)
+    out(f"wrote summaries and charts of {len(studies)} studies to {results}/")
+    return frame
+
+
+def print_summary(frame: pd.DataFrame, out=print) -> None:
+    shown = frame[["study", "complete", "pruned", "failed", "best", "worst", "mean", "std", "test_score"]]
+    out(shown.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m hpo.report", description=__doc__.split("\n")[0])
+    parser.add_argument("--storage", default=DEFAULT_STORAGE, help="study storage URL or journal file")
+    parser.add_argument("--results-dir", default="results", help="where to write (default: results)")
+    parser.add_argument("--study", default="*", help="only studies whose name matches this glob pattern")
+    args = parser.parse_args(argv)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        frame = write_reports(args.storage, args.results_dir, args.study)
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print_summary(frame)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""Run a hyperparameter study of one learning rule, or a grid of studies from a TOML file.
+
+    python -m hpo.run --algo fa --trials 50
+    python -m hpo.run --config studies/bundled.toml
+
+Kept short on purpose: parsing only; the work is in ``hpo.study`` and ``hpo.report``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from hpo.config import DEFAULT_STORAGE, FOLD_STRATEGIES, MODELS, PRUNERS, SAMPLERS, StudyConfig, load_grid
+from hpo.data import DATASETS
+from hpo.errors import UsageError
+from models.rules import RULES
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m hpo.run", description=__doc__.split("\n")[0])
+    add = parser.add_argument
+    add("--config", help="TOML study grid (e.g. studies/bundled.toml); other flags override its values")
+    add("--algo", help=f"learning rule: {', '.join(sorted(RULES))} (default fa)")
+    add("--dataset", help=f"dataset: {', '.join(DATASETS)} (default mnist-5k)")
+    add("--model", help=f"network family: {', '.join(MODELS)} (default mlp)")
+    add("--trials", type=int, help="total finished trials the study should reach (default 50)")
+    add("--folds", type=int, help="k of k-fold cross-validation (default 3)")
+    add("--epochs", type=int, help="training epochs per fold (default 10)")
+    add("--storage", help=f"storage URL or journal file path (default {DEFAULT_STORAGE})")
+    add("--study-name", help="study name (default <dataset>-<model>-<algo>)")
+    add("--sampler", help=f"{', '.join(SAMPLERS)} (default tpe)")
+    add("--pruner", help=f"{', '.join(PRUNERS)} (default median)")
+    add("--seed", type=int, help="study seed: sampler, folds, networks (default 0)")
+    add("--results-dir", help="where summaries and charts are written (default results)")
+    add("--fold-strategy", help=f"{', '.join(FOLD_STRATEGIES)} (default sequential)")
+    add("--cache-dir", help="JAX persistent compilation cache directory, or 'none' (default ~/.cache/bioplausible-hpo/jax)")
+    return parser.parse_args(argv)
+
+
+def configs_from_args(args: argparse.Namespace) -> list[StudyConfig]:
+    overrides = {k: v for k, v in vars(args).items() if k != "config" and v is not None}
+    if args.config:
+        return load_grid(args.config, overrides)
+    return [StudyConfig(**overrides)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        configs = configs_from_args(args)
+        from hpo.pipeline import run_all
+
+        run_all(configs)
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished trials are stored; rerun the same command to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

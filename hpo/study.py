@@ -1,0 +1,170 @@
+"""Running a study: storage -> optuna study -> trials until the total is reached -> test score -> reports."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import optuna
+from optuna.trial import TrialState
+
+from hpo.config import StudyConfig
+from hpo.data import Dataset, load_dataset
+from hpo.errors import UsageError
+from hpo.objective import Objective
+from hpo.storage import open_storage, redact
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # states that count towards --trials
+STUDY_ATTRS = ("dataset", "model", "algo", "folds", "epochs", "seed")  # fixed when a study is created
+
+Printer = Callable[[str], None]
+
+
+def configure_jax(cache_dir: str | None) -> None:
+    """Turn on JAX's persistent compilation cache, so a rerun compiles (almost) nothing."""
+    import jax
+
+    path = cache_dir or os.environ.get("HPO_JAX_CACHE") or str(Path.home() / ".cache" / "bioplausible-hpo" / "jax")
+    if path.lower() == "none":
+        return
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def make_sampler(config: StudyConfig) -> optuna.samplers.BaseSampler:
+    if config.sampler == "tpe":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # multivariate/group/liar
+            return optuna.samplers.TPESampler(seed=config.seed, multivariate=True, group=True, constant_liar=True)
+    if config.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=config.seed)
+    if config.sampler == "gp":
+        if importlib.util.find_spec("torch") is None:
+            raise UsageError(
+                "--sampler gp needs PyTorch, which is not installed; install it with: pip install -e '.[gp]'"
+            )
+        return optuna.samplers.GPSampler(seed=config.seed)
+    if importlib.util.find_spec("cmaes") is None:
+        raise UsageError("--sampler cmaes needs the cmaes package; install it with: pip install cmaes")
+    return optuna.samplers.CmaEsSampler(seed=config.seed, warn_independent_sampling=False)
+
+
+def make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
+    return {
+        "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=max(1, config.epochs // 3)),
+        "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1, max_resource=config.epochs),
+        "wilcoxon": lambda: optuna.pruners.WilcoxonPruner(p_threshold=0.1),
+        "none": optuna.pruners.NopPruner,
+    }[config.pruner]()
+
+
+def open_study(config: StudyConfig, dataset: Dataset) -> optuna.Study:
+    """Create the study, or load it and check it was created with the same settings."""
+    storage = open_storage(config.storage)
+    study = optuna.create_study(
+        storage=storage,
+        study_name=config.name,
+        direction=dataset.direction,
+        sampler=make_sampler(config),
+        pruner=make_pruner(config),
+        load_if_exists=True,
+    )
+    attrs = study.user_attrs
+    for name in STUDY_ATTRS:
+        value = getattr(config, name)
+        if name in attrs and attrs[name] != value:
+            raise UsageError(
+                f"study {config.name!r} in {redact(config.storage)!r} was created with {name}={attrs[name]!r}, "
+                f"got {name}={value!r}; use another --study-name or the original setting"
+            )
+        if name not in attrs:
+            study.set_user_attr(name, value)
+    if "metric" not in attrs:
+        study.set_user_attr("metric", dataset.metric)
+    return study
+
+
+def count_finished(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def format_value(value: float | None, metric: str) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+class Progress:
+    """One line per finished trial: count, state, value, best so far, time."""
+
+    def __init__(self, config: StudyConfig, metric: str, out: Printer):
+        self.config, self.metric, self.out = config, metric, out
+        self.start = time.perf_counter()
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        done = count_finished(study)
+        try:
+            best = f"best {study.best_value:.4f} (#{study.best_trial.number})"
+        except ValueError:
+            best = "no complete trial yet"
+        state = trial.state.name.lower()
+        value = f"{self.metric} {trial.value:.4f}" if trial.value is not None else trial.user_attrs.get("pruned_reason", "")
+        seconds = trial.user_attrs.get("wall_seconds", 0.0)
+        self.out(
+            f"[{self.config.name}] {done}/{self.config.trials} trial #{trial.number} {state}: {value} | {best} "
+            f"| {seconds:.1f}s"
+        )
+
+
+def run_study(config: StudyConfig, out: Printer = print) -> optuna.Study:
+    """Run ``config`` until its study holds ``config.trials`` finished trials, then score the best on test."""
+    configure_jax(config.cache_dir)
+    dataset = load_dataset(config.dataset)
+    study = open_study(config, dataset)
+    done = count_finished(study)
+    if done >= config.trials:
+        out(f"[{config.name}] already has {done} finished trials (asked for {config.trials}); nothing to run")
+    else:
+        out(
+            f"[{config.name}] {done} finished trials in {redact(config.storage)}; running until {config.trials} "
+            f"({config.folds}-fold CV, {config.epochs} epochs, {config.sampler} sampler, {config.pruner} pruner)"
+        )
+        objective = Objective(config, dataset)
+        study.optimize(
+            objective,
+            callbacks=[
+                optuna.study.MaxTrialsCallback(config.trials, states=FINISHED),
+                Progress(config, dataset.metric, out),
+            ],
+            gc_after_trial=False,
+        )
+    record_test_score(study, config, dataset, out)
+    return study
+
+
+def record_test_score(study: optuna.Study, config: StudyConfig, dataset: Dataset, out: Printer) -> None:
+    """Retrain the best configuration on the whole training split, score the test split, store it on the study.
+
+    Stored as the study attribute ``test`` with the trial number it belongs to, so it is recomputed only when
+    the best trial changes.
+    """
+    try:
+        best = study.best_trial
+    except ValueError:
+        out(f"[{config.name}] no complete trial: no test score")
+        return
+    stored = study.user_attrs.get("test")
+    if stored and stored.get("trial") == best.number:
+        return
+    objective = Objective(config, dataset)
+    score = objective.test_score(best.params, best.number)
+    study.set_user_attr("test", {"trial": best.number, "score": score, "metric": dataset.metric})
+    out(f"[{config.name}] best trial #{best.number}: CV {dataset.metric} {best.value:.4f}, test {score:.4f}")
+
+
+def eprint(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)

@@ -1,0 +1,277 @@
+"""Learning rules as pure ``jax.custom_vjp`` functions and the Flax modules that wrap them.
+
+Every rule keeps the ordinary forward pass ``y = x @ kernel + bias`` (kernel shape ``(in, out)``, as in
+``flax.linen.Dense``) and changes only what flows backwards:
+
+* ``bp``  -- backpropagation: the error reaches the input through ``kernel.T``.
+* ``fa``  -- feedback alignment (Lillicrap, Cownden, Tweed & Akerman 2016, Nat. Commun. 7:13276): the error
+  reaches the input through a fixed random matrix ``feedback`` of the kernel's shape, ``dx = dy @ feedback.T``.
+  With ``feedback == kernel`` it is backpropagation exactly.
+* ``kp``  -- Kolen-Pollack (Kolen & Pollack 1994; Akrout et al. 2019, NeurIPS): as ``fa``, but ``feedback``
+  is trained and receives exactly the kernel's update ``x.T @ dy``; together with weight decay on both,
+  ``kernel - feedback`` shrinks geometrically and the feedback aligns with the forward weights.
+* ``dfa`` -- direct feedback alignment (Nokland 2016, NeurIPS): no error flows from layer to layer
+  (``dx = 0``); instead every hidden layer's output ``h_l = f(a_l)`` receives the output error ``e`` through
+  its own fixed random matrix, ``dh_l = e @ feedback_l.T`` with ``feedback_l`` of shape ``(n_l, n_out)``, so
+  ``da_l = (e @ feedback_l.T) * f'(a_l)``. The projection is a zero-valued "tap" (``direct_feedback``) added
+  to the network output, whose VJP delivers the projected error. With ``feedback_l`` equal to the product of
+  the downstream kernels, a linear DFA network receives exactly the backpropagation error.
+
+Fixed feedback matrices live in the Flax variable collection ``"feedback"`` (never seen by the optimiser);
+trained ones (``kp``) live in ``"params"`` under the name ``"feedback"``. A rule is chosen by name through
+``get_rule``; nothing else in the code branches on a rule's name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+Initializer = Callable[..., Array]
+
+FEEDBACK = "feedback"  # name of every feedback matrix, in whichever collection it lives
+
+
+def _affine(x: Array, kernel: Array, bias: Array) -> Array:
+    return x @ kernel + bias
+
+
+def _affine_vjp(x: Array, matrix: Array, bias: Array, dy: Array) -> tuple[Array, Array, Array]:
+    """Backprop's VJP of ``x @ matrix + bias``: ``(dy @ matrix.T, x.T @ dy, sum(dy))``.
+
+    Every rule's backward pass is this map evaluated with its feedback matrix in place of the kernel (the
+    weight gradients ``x.T @ dy`` do not depend on the matrix). Using JAX's own VJP rather than hand-written
+    products makes a rule whose feedback equals the kernel bit-for-bit identical to backpropagation.
+    """
+    return jax.vjp(_affine, x, matrix, bias)[1](dy)
+
+
+def bp_dense(x: Array, kernel: Array, bias: Array) -> Array:
+    """Backpropagation: an ordinary affine layer whose backward pass is JAX's own derivative."""
+    return x @ kernel + bias
+
+
+@jax.custom_vjp
+def fa_dense(x: Array, kernel: Array, bias: Array, feedback: Array) -> Array:
+    """Feedback alignment: forward ``x @ kernel + bias``; backward sends ``dy @ feedback.T`` to ``x``."""
+    return x @ kernel + bias
+
+
+def _fa_fwd(x, kernel, bias, feedback):
+    return x @ kernel + bias, (x, bias, feedback)
+
+
+def _fa_bwd(residuals, dy):
+    x, bias, feedback = residuals
+    dx, dkernel, dbias = _affine_vjp(x, feedback, bias, dy)
+    return dx, dkernel, dbias, jnp.zeros_like(feedback)
+
+
+fa_dense.defvjp(_fa_fwd, _fa_bwd)
+
+
+@jax.custom_vjp
+def kp_dense(x: Array, kernel: Array, bias: Array, feedback: Array) -> Array:
+    """Kolen-Pollack: as ``fa_dense``, and ``feedback`` receives the same update as ``kernel``."""
+    return x @ kernel + bias
+
+
+def _kp_bwd(residuals, dy):
+    x, bias, feedback = residuals
+    dx, dkernel, dbias = _affine_vjp(x, feedback, bias, dy)
+    return dx, dkernel, dbias, dkernel
+
+
+kp_dense.defvjp(_fa_fwd, _kp_bwd)
+
+
+@jax.custom_vjp
+def dfa_dense(x: Array, kernel: Array, bias: Array) -> Array:
+    """Direct feedback alignment layer: local weight update, but no error is passed on to ``x``."""
+    return x @ kernel + bias
+
+
+def _dfa_fwd(x, kernel, bias):
+    return x @ kernel + bias, (x, kernel, bias)
+
+
+def _dfa_bwd(residuals, dy):
+    x, kernel, bias = residuals
+    _, dkernel, dbias = _affine_vjp(x, kernel, bias, dy)
+    return jnp.zeros_like(x), dkernel, dbias
+
+
+dfa_dense.defvjp(_dfa_fwd, _dfa_bwd)
+
+
+@jax.custom_vjp
+def direct_feedback(hidden: Array, feedback: Array) -> Array:
+    """A zero-valued tap to add to the network output: its VJP sends the output error to ``hidden``.
+
+    ``hidden`` has shape ``(..., n_l)`` and ``feedback`` ``(n_l, n_out)``; the result is zeros of shape
+    ``(..., n_out)``. If the network output is ``y + direct_feedback(a_l, B_l)`` and ``e = dL/dy``, then
+    ``dL/da_l = e @ B_l.T``: DFA's hidden error.
+    """
+    return jnp.zeros(hidden.shape[:-1] + feedback.shape[-1:], hidden.dtype)
+
+
+def _direct_fwd(hidden, feedback):
+    return direct_feedback(hidden, feedback), feedback
+
+
+def _direct_bwd(feedback, error):
+    return error @ feedback.T, jnp.zeros_like(feedback)
+
+
+direct_feedback.defvjp(_direct_fwd, _direct_bwd)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Flax modules
+
+
+default_kernel_init = nn.initializers.lecun_normal()
+default_feedback_init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
+
+
+class BPDense(nn.Module):
+    """``flax.linen.Dense`` under backpropagation (kept for a uniform interface across rules)."""
+
+    features: int
+    kernel_init: Initializer = default_kernel_init
+    bias_init: Initializer = nn.initializers.zeros_init()
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features))
+        bias = self.param("bias", self.bias_init, (self.features,))
+        return bp_dense(x, kernel, bias)
+
+
+class FADense(nn.Module):
+    """Dense layer trained by feedback alignment; ``feedback`` is fixed (collection ``"feedback"``)."""
+
+    features: int
+    kernel_init: Initializer = default_kernel_init
+    bias_init: Initializer = nn.initializers.zeros_init()
+    feedback_init: Initializer = default_feedback_init
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        shape = (x.shape[-1], self.features)
+        kernel = self.param("kernel", self.kernel_init, shape)
+        bias = self.param("bias", self.bias_init, (self.features,))
+        feedback = self.variable(FEEDBACK, FEEDBACK, lambda: self.feedback_init(self.make_rng("params"), shape))
+        return fa_dense(x, kernel, bias, feedback.value)
+
+
+class KPDense(nn.Module):
+    """Dense layer trained by Kolen-Pollack; ``feedback`` is a trained parameter with the kernel's update."""
+
+    features: int
+    kernel_init: Initializer = default_kernel_init
+    bias_init: Initializer = nn.initializers.zeros_init()
+    feedback_init: Initializer = default_feedback_init
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        shape = (x.shape[-1], self.features)
+        kernel = self.param("kernel", self.kernel_init, shape)
+        bias = self.param("bias", self.bias_init, (self.features,))
+        feedback = self.param(FEEDBACK, self.feedback_init, shape)
+        return kp_dense(x, kernel, bias, feedback)
+
+
+class DFADense(nn.Module):
+    """Dense layer of a DFA network: learns from the error delivered to its output, passes none back."""
+
+    features: int
+    kernel_init: Initializer = default_kernel_init
+    bias_init: Initializer = nn.initializers.zeros_init()
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features))
+        bias = self.param("bias", self.bias_init, (self.features,))
+        return dfa_dense(x, kernel, bias)
+
+
+class DirectFeedback(nn.Module):
+    """DFA's fixed projection from the output error to one hidden layer, as a zero-valued output tap.
+
+    Add the returned array to the network output (see ``models.networks.MLP`` and the README).
+    """
+
+    out_features: int
+    feedback_init: Initializer = default_feedback_init
+
+    @nn.compact
+    def __call__(self, hidden: Array) -> Array:
+        shape = (hidden.shape[-1], self.out_features)
+        feedback = self.variable(FEEDBACK, FEEDBACK, lambda: self.feedback_init(self.make_rng("params"), shape))
+        return direct_feedback(hidden, feedback.value)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Registry
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What a network needs to know about a learning rule; the registry maps names to these."""
+
+    name: str  # registry key, used on the command line and in study names
+    title: str  # human-readable name for reports
+    dense: type[nn.Module]  # Flax module for a dense layer under this rule
+    direct: type[nn.Module] | None  # tap projecting the output error to hidden layers (dfa), else None
+    has_feedback: bool  # the rule uses feedback matrices, so their initialisation is a hyperparameter
+    trains_feedback: bool  # feedback matrices are parameters updated with the kernels (kp)
+
+    def dense_layer(self, features: int, feedback_init: Initializer | None = None, **kwargs: Any) -> nn.Module:
+        """A dense layer of this rule; ``feedback_init`` applies only to rules with feedback matrices."""
+        if feedback_init is not None and "feedback_init" in self.dense.__dataclass_fields__:
+            kwargs["feedback_init"] = feedback_init
+        return self.dense(features, **kwargs)
+
+    def direct_tap(self, out_features: int, feedback_init: Initializer | None = None) -> nn.Module | None:
+        """The output-error tap for one hidden layer (direct rules only), else ``None``."""
+        if self.direct is None:
+            return None
+        kwargs = {} if feedback_init is None else {"feedback_init": feedback_init}
+        return self.direct(out_features, **kwargs)
+
+
+RULES: dict[str, Rule] = {
+    rule.name: rule
+    for rule in (
+        Rule("bp", "Backpropagation", BPDense, None, has_feedback=False, trains_feedback=False),
+        Rule("fa", "Feedback alignment", FADense, None, has_feedback=True, trains_feedback=False),
+        Rule("kp", "Kolen-Pollack", KPDense, None, has_feedback=True, trains_feedback=True),
+        Rule("dfa", "Direct feedback alignment", DFADense, DirectFeedback, has_feedback=True, trains_feedback=False),
+    )
+}
+
+
+class UnknownRuleError(ValueError):
+    """Raised for a rule name that is not in the registry."""
+
+
+def get_rule(name: str) -> Rule:
+    """The registered rule called ``name``; an unknown name raises an error listing the known ones."""
+    try:
+        return RULES[name]
+    except KeyError:
+        known = ", ".join(sorted(RULES))
+        raise UnknownRuleError(f"unknown learning rule {name!r}; known rules: {known}") from None
+
+
+def register_rule(rule: Rule) -> None:
+    """Add a rule to the registry (for extensions living outside this module)."""
+    if rule.name in RULES:
+        raise ValueError(f"a learning rule named {rule.name!r} is already registered")
+    RULES[rule.name] = rule

@@ -1,0 +1,399 @@
+"""The compiled training loop: k-fold cross-validation of one network configuration.
+
+One epoch of every fold is one compiled XLA program: ``jax.lax.scan`` over mini-batches gathered on the device
+from data that stays resident there, folds run either as one ``jax.vmap``-ed program or one after another with
+``jax.lax.map`` inside the same program (``fold_strategy``). Scalar hyperparameters (learning rate, momentum,
+weight decay, feedback scale) are traced inputs, injected into the optimiser with ``optax.inject_hyperparams``,
+so a trial with a new learning rate reuses the compiled programs of the previous trial with the same shapes.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from models.networks import MLP
+from models.rules import FEEDBACK, get_rule
+
+Array = jax.Array
+
+FEEDBACK_DISTRIBUTIONS = ("normal", "uniform")
+OPTIMIZERS = ("adam", "sgd")
+LOSSES = ("cross_entropy", "mse")
+FOLD_STRATEGIES = ("sequential", "vmap")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines how one network is trained (a trial's hyperparameters)."""
+
+    rule: str  # learning rule name (models.rules.RULES)
+    hidden: tuple[int, ...]  # hidden-layer widths (the dense head's, for models with a convolutional trunk)
+    learning_rate: float  # optimiser step size (traced: never recompiles)
+    activation: str = "relu"  # hidden nonlinearity (models.networks.ACTIVATIONS)
+    optimizer: str = "adam"  # "adam" or "sgd" (SGD with heavy-ball momentum)
+    momentum: float = 0.9  # SGD momentum (traced; ignored by adam)
+    weight_decay: float = 0.0  # decoupled decay of kernels and trained feedback, times lr (traced)
+    batch_size: int = 64  # mini-batch size
+    epochs: int = 10  # passes over each fold's training part
+    feedback_distribution: str = "normal"  # feedback init: truncated normal or uniform, variance 1/fan_in
+    feedback_scale: float = 1.0  # multiplies every feedback matrix after initialisation
+    loss: str = "cross_entropy"  # "cross_entropy" (classification, score = accuracy) or "mse"
+
+    def __post_init__(self) -> None:
+        get_rule(self.rule)
+        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        _check_choice("feedback_distribution", self.feedback_distribution, FEEDBACK_DISTRIBUTIONS)
+        _check_choice("loss", self.loss, LOSSES)
+        if self.batch_size < 1 or self.epochs < 1 or any(w < 1 for w in self.hidden):
+            raise ValueError(f"batch_size, epochs and widths must be >= 1, got {self}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+
+    @property
+    def hyperparameters(self) -> dict[str, float]:
+        """The traced scalars: changing them never triggers a recompilation."""
+        return {
+            "learning_rate": self.learning_rate,
+            "momentum": self.momentum,
+            "weight_decay": self.weight_decay,
+        }
+
+
+def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+
+
+class FoldData(NamedTuple):
+    """Device-resident data and the index sets of k folds (see ``hpo.data.make_folds``).
+
+    Training parts are truncated to a common length and validation parts padded with a mask, so all folds
+    share one shape and can run in one program.
+    """
+
+    x: Array  # (n, ...) inputs of the whole training split
+    y: Array  # (n,) int labels or (n, d) float targets
+    train_idx: np.ndarray  # (k, m) host indices of each fold's training part (batches are drawn on the host)
+    val_idx: Array  # (k, v) indices of each fold's validation part (padded)
+    val_mask: Array  # (k, v) True where val_idx is real, False where padded
+
+
+class TrainState(NamedTuple):
+    """The state of one fold's network."""
+
+    params: Any  # trained parameters (collection "params")
+    fixed: Any  # fixed variables (collection "feedback"): never updated
+    opt_state: Any  # optimiser state including the injected hyperparameters
+
+
+class EpochMetrics(NamedTuple):
+    """Per-fold metrics of one epoch, each of shape (k,)."""
+
+    train_loss: Array
+    train_score: Array
+    val_loss: Array
+    val_score: Array
+
+
+class DivergedError(RuntimeError):
+    """Training produced a non-finite loss; the message says where."""
+
+
+@dataclass
+class CVResult:
+    """Outcome of cross-validating one configuration."""
+
+    fold_scores: np.ndarray  # (k,) final validation score per fold
+    curves: dict[str, np.ndarray]  # metric name -> (epochs, k) per-epoch values
+    compile_seconds: float  # time spent tracing and compiling (0 when programs were reused)
+    train_seconds: float  # time spent running compiled programs
+    n_params: int  # trained forward parameters (kernels and biases) of one network
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def score(self) -> float:
+        return float(np.mean(self.fold_scores))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Building blocks
+
+
+def make_model(config: TrainConfig, out_features: int) -> nn.Module:
+    """The network ``config`` describes (its variables are initialised by ``init_variables``)."""
+    return MLP(config.hidden, out_features, config.rule, config.activation)
+
+
+def _decay_mask(params: Any) -> Any:
+    """Decay kernels and trained feedback matrices, never biases."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: getattr(path[-1], "key", None) in ("kernel", FEEDBACK), params
+    )
+
+
+def make_optimizer(name: str) -> Callable[..., optax.GradientTransformation]:
+    """An optimiser factory whose scalar hyperparameters are injected (traced) values.
+
+    Weight decay is decoupled (added after the adaptive scaling, then multiplied by the learning rate, as in
+    AdamW), so under kp the kernel and its feedback matrix receive identical updates apart from their own decay.
+    """
+
+    def adam(learning_rate, weight_decay):
+        return optax.chain(
+            optax.scale_by_adam(),
+            optax.add_decayed_weights(weight_decay, _decay_mask),
+            optax.scale_by_learning_rate(learning_rate),
+        )
+
+    def sgd(learning_rate, momentum, weight_decay):
+        return optax.chain(
+            optax.trace(decay=momentum),
+            optax.add_decayed_weights(weight_decay, _decay_mask),
+            optax.scale_by_learning_rate(learning_rate),
+        )
+
+    return optax.inject_hyperparams({"adam": adam, "sgd": sgd}[name])
+
+
+def _loss_and_score(loss: str) -> Callable[[Array, Array], tuple[Array, Array]]:
+    """Per-example loss and score: (cross-entropy, correct) or (squared error, squared error)."""
+
+    def cross_entropy(logits, labels):
+        per_example = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+        return per_example, (jnp.argmax(logits, -1) == labels).astype(logits.dtype)
+
+    def mse(outputs, targets):
+        per_example = jnp.mean((outputs - targets.reshape(outputs.shape)) ** 2, axis=-1)
+        return per_example, per_example
+
+    return {"cross_entropy": cross_entropy, "mse": mse}[loss]
+
+
+@dataclass(frozen=True)
+class ProgramSpec:
+    """Everything that fixes the compiled programs' shapes; equal specs share compiled programs."""
+
+    config: TrainConfig  # with traced hyperparameters zeroed out, see ``spec_for``
+    out_features: int
+    fold_strategy: str
+
+
+def spec_for(config: TrainConfig, out_features: int, fold_strategy: str) -> ProgramSpec:
+    _check_choice("fold_strategy", fold_strategy, FOLD_STRATEGIES)
+    ignored = {**{k: 1.0 for k in config.hyperparameters}, "epochs": 1, "feedback_scale": 1.0, "feedback_distribution": "normal"}
+    static = TrainConfig(**{**config.__dict__, **ignored})
+    return ProgramSpec(static, out_features, fold_strategy)
+
+
+class Programs(NamedTuple):
+    init_opt: Callable  # (params, hyper) -> optimiser state of one fold
+    epoch: Callable  # (state, batches (k, b, bs), x, y, val_idx, val_mask, hyper) -> (state, EpochMetrics)
+    predict: Callable  # (params, fixed, x) -> outputs
+
+
+def build_programs(spec: ProgramSpec) -> Programs:
+    """Pure (uncompiled) functions for one spec; ``cross_validate`` compiles them ahead of time."""
+    config = spec.config
+    model = make_model(config, spec.out_features)
+    optimizer = make_optimizer(config.optimizer)
+    per_example = _loss_and_score(config.loss)
+    map_folds = jax.vmap if spec.fold_strategy == "vmap" else _lax_map
+
+    def transform(hyper):
+        names = ("learning_rate", "weight_decay") + (("momentum",) if config.optimizer == "sgd" else ())
+        return optimizer(**{n: hyper[n] for n in names})
+
+    def apply(params, fixed, x):
+        return model.apply({"params": params, **fixed}, x)
+
+    def batch_loss(params, fixed, x, y):
+        loss, score = per_example(apply(params, fixed, x), y)
+        return loss.mean(), score.mean()
+
+    def fold_epoch(state, batches, val_idx, val_mask, x, y, hyper):
+        tx = transform(hyper)
+
+        def step(state, idx):
+            (loss, score), grads = jax.value_and_grad(batch_loss, has_aux=True)(
+                state.params, state.fixed, x[idx], y[idx]
+            )
+            updates, opt_state = tx.update(grads, state.opt_state, state.params)
+            params = optax.apply_updates(state.params, updates)
+            return TrainState(params, state.fixed, opt_state), (loss, score)
+
+        state, (losses, scores) = jax.lax.scan(step, state, batches)
+        val_loss, val_score = per_example(apply(state.params, state.fixed, x[val_idx]), y[val_idx])
+        weight = val_mask.astype(val_loss.dtype) / val_mask.sum()
+        metrics = EpochMetrics(losses.mean(), scores.mean(), (val_loss * weight).sum(), (val_score * weight).sum())
+        return state, metrics
+
+    def init_opt(params, hyper):
+        return map_folds(transform(hyper).init)(params)
+
+    def epoch(state, batches, x, y, val_idx, val_mask, hyper):
+        def one(s, b, v, m):
+            return fold_epoch(s, b, v, m, x, y, hyper)
+
+        return map_folds(one)(state, batches, val_idx, val_mask)
+
+    return Programs(init_opt, epoch, apply)
+
+
+def _lax_map(f):
+    """Like ``jax.vmap(f)`` but runs the folds one after another inside the same program."""
+
+    def mapped(*args):
+        return jax.lax.map(lambda a: f(*a), args)
+
+    return mapped
+
+
+def _truncated_normal(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """Standard normal truncated to [-2, 2], rescaled to unit variance (as ``jax.nn.initializers``)."""
+    z = rng.standard_normal(shape)
+    while (outside := np.abs(z) > 2).any():
+        z[outside] = rng.standard_normal(int(outside.sum()))
+    return z / 0.87962566103423978
+
+
+def init_variables(model: nn.Module, sample_x: Array, rng: np.random.Generator, config: TrainConfig) -> dict:
+    """Initialise a network's variables on the host with numpy.
+
+    Doing this in numpy rather than with the modules' JAX initialisers keeps random-number kernels out of
+    the compiled programs, which on the CPU backend would cost more compile time than a whole trial trains.
+    The distributions are the modules' defaults: kernels LeCun truncated normal (variance 1/fan_in), biases
+    zero, and feedback matrices variance 1/fan_in from ``config.feedback_distribution``, times
+    ``config.feedback_scale``. ``fan_in`` is the product of all but the last axis, as in Flax.
+    """
+    abstract = jax.eval_shape(lambda: model.init({"params": jax.random.key(0)}, sample_x))
+
+    def make(path, leaf):
+        name = getattr(path[-1], "key", None)
+        shape = tuple(leaf.shape)
+        std = 1.0 / np.sqrt(max(1, int(np.prod(shape[:-1]))))
+        if name == "bias":
+            value = np.zeros(shape)
+        elif name == "kernel":
+            value = std * _truncated_normal(rng, shape)
+        elif name == FEEDBACK and config.feedback_distribution == "normal":
+            value = config.feedback_scale * std * _truncated_normal(rng, shape)
+        elif name == FEEDBACK:
+            value = config.feedback_scale * rng.uniform(-np.sqrt(3) * std, np.sqrt(3) * std, shape)
+        else:
+            raise ValueError(f"no initialiser for variable {jax.tree_util.keystr(path)}")
+        return value.astype(leaf.dtype)
+
+    return jax.tree_util.tree_map_with_path(make, abstract)
+
+
+class _Compiled(NamedTuple):
+    init_opt: Any  # (params, hyper) -> stacked optimiser state
+    epoch: Any  # (state, batches, x, y, val_idx, val_mask, hyper) -> (state, EpochMetrics)
+
+
+_COMPILED: dict[tuple, _Compiled] = {}
+
+
+def _compiled(spec: ProgramSpec, params, fixed, hyper, batches, data: FoldData) -> tuple[_Compiled, float]:
+    """Ahead-of-time compiled programs for ``spec`` and these shapes, and the seconds spent compiling.
+
+    Programs are kept for the life of the process, so later trials with the same shapes compile nothing;
+    JAX's persistent compilation cache (configured by ``hpo``) does the same across processes.
+    """
+    shapes = jax.tree_util.tree_map(lambda a: (a.shape, str(a.dtype)), (params, fixed, batches, data))
+    cache_key = (spec, str(shapes))
+    if cache_key in _COMPILED:
+        return _COMPILED[cache_key], 0.0
+    start = time.perf_counter()
+    programs = build_programs(spec)
+    init_opt = jax.jit(programs.init_opt).lower(params, hyper).compile()
+    state_shape = TrainState(params, fixed, jax.eval_shape(programs.init_opt, params, hyper))
+    device_data = (data.x, data.y, data.val_idx, data.val_mask)
+    epoch = jax.jit(programs.epoch, donate_argnums=0).lower(state_shape, batches, *device_data, hyper).compile()
+    _COMPILED[cache_key] = _Compiled(init_opt, epoch)
+    return _COMPILED[cache_key], time.perf_counter() - start
+
+
+def count_params(params: Any) -> int:
+    """Number of trained forward parameters, feedback matrices excluded."""
+    leaves = jax.tree_util.tree_leaves_with_path(params)
+    return int(sum(np.prod(v.shape) for path, v in leaves if getattr(path[-1], "key", None) != FEEDBACK))
+
+
+def _stack(trees: list) -> Any:
+    return jax.tree_util.tree_map(lambda *leaves: np.stack(leaves), *trees)
+
+
+def batch_orders(rng: np.random.Generator, train_idx: np.ndarray, batch_size: int) -> np.ndarray:
+    """One epoch's mini-batches per fold: a fresh permutation of each training part, cut into full batches."""
+    n_batches = train_idx.shape[1] // batch_size
+    if n_batches == 0:
+        raise ValueError(f"batch_size {batch_size} exceeds the {train_idx.shape[1]} training examples per fold")
+    orders = [rng.permutation(row)[: n_batches * batch_size] for row in train_idx]
+    return np.stack(orders).reshape(len(train_idx), n_batches, batch_size).astype(np.int32)
+
+
+EpochCallback = Callable[[int, EpochMetrics], None]
+
+
+def cross_validate(
+    config: TrainConfig,
+    data: FoldData,
+    out_features: int,
+    seed: int,
+    on_epoch: EpochCallback | None = None,
+    fold_strategy: str = "sequential",
+    on_compiled: Callable[[float], None] | None = None,
+) -> CVResult:
+    """Train one fresh network per fold for ``config.epochs`` epochs and score each validation part.
+
+    All randomness (initialisation, batch order) derives from ``seed``. ``on_epoch(epoch, metrics)`` is
+    called after every epoch with per-fold metrics (numpy arrays); it may raise to stop training early (the
+    study's pruner does this). A non-finite training loss raises ``DivergedError`` naming epoch and fold.
+    ``on_compiled(seconds)`` is told the compile time before training starts (so it is known even when
+    training is stopped early).
+    """
+    spec = spec_for(config, out_features, fold_strategy)
+    n_folds = data.train_idx.shape[0]
+    *fold_seeds, order_seed = np.random.SeedSequence(seed).spawn(n_folds + 1)
+    order_rng = np.random.default_rng(order_seed)
+    train_idx = np.asarray(data.train_idx)
+    model = make_model(config, out_features)
+    sample_x = data.x[:1]
+    variables = _stack([init_variables(model, sample_x, np.random.default_rng(s), config) for s in fold_seeds])
+    params = variables.pop("params")
+    hyper = {k: np.float32(v) for k, v in config.hyperparameters.items()}
+    batches = batch_orders(order_rng, train_idx, config.batch_size)
+    compiled, compile_seconds = _compiled(spec, params, variables, hyper, batches, data)
+    if on_compiled is not None:
+        on_compiled(compile_seconds)
+
+    start = time.perf_counter()
+    state = TrainState(params, variables, compiled.init_opt(params, hyper))
+    history: list[EpochMetrics] = []
+    for epoch in range(config.epochs):
+        if epoch:
+            batches = batch_orders(order_rng, train_idx, config.batch_size)
+        state, metrics = compiled.epoch(state, batches, data.x, data.y, data.val_idx, data.val_mask, hyper)
+        metrics = EpochMetrics(*(np.asarray(m) for m in metrics))
+        history.append(metrics)
+        bad = np.flatnonzero(~np.isfinite(metrics.train_loss))
+        if bad.size:
+            raise DivergedError(
+                f"non-finite training loss ({metrics.train_loss[bad[0]]}) in epoch {epoch + 1}, fold {bad[0] + 1}"
+            )
+        if on_epoch is not None:
+            on_epoch(epoch, metrics)
+    train_seconds = time.perf_counter() - start
+
+    curves = {name: np.stack([getattr(m, name) for m in history]) for name in EpochMetrics._fields}
+    n_params = count_params(jax.tree_util.tree_map(lambda a: a[0], params))
+    return CVResult(history[-1].val_score, curves, compile_seconds, train_seconds, n_params)
