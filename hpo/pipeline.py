@@ -5,6 +5,7 @@ from __future__ import annotations
 import optuna
 
 from hpo.config import StudyConfig
+from hpo.storage import open_storage
 from hpo.report import check_writable, print_summary, write_reports
 from hpo.study import run_study
 
@@ -12,6 +13,8 @@ from hpo.study import run_study
 def run_all(configs: list[StudyConfig], out=print) -> None:
     """Run every study in sequence (each resumes where it stopped), then report each storage once."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    for storage in dict.fromkeys(c.storage for c in configs):  # fail on a bad storage before writing anything
+        open_storage(storage)
     for config in configs:
         check_writable(config.results_dir)
     for config in configs:
