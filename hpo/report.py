@@ -16,9 +16,9 @@ import os
 import sys
 import tempfile
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import optuna
@@ -137,9 +137,42 @@ def to_markdown(frame: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n\nBest configurations:\n\n" + "\n".join(params) + "\n"
 
 
+MAX_PANELS_PER_ROW = 4  # wider grids of (dataset, model) panels wrap onto further rows
+
+
 def _groups(frame: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """One panel per (dataset, model) with complete trials; ``label`` names each bar group.
+
+    The label is the rule, or the study name where the rule alone would be ambiguous (two studies of one rule,
+    e.g. different seeds or samplers, or a study created outside ``hpo.run`` without attributes).
+    """
     done = frame[frame["complete"] > 0]
-    return [(f"{d} / {m}", g) for (d, m), g in done.groupby(["dataset", "model"], sort=True)]
+    groups = []
+    for (dataset, model), group in done.groupby(["dataset", "model"], sort=True):
+        algos = group["algo"].astype(str)
+        ambiguous = algos.duplicated(keep=False) | (algos == "")
+        group = group.assign(label=np.where(ambiguous, group["study"].astype(str), algos))
+        title = " / ".join(part for part in (dataset, model) if part) or "studies"
+        groups.append((title, group))
+    return groups
+
+
+def _grid(n_panels: int) -> tuple[int, int]:
+    cols = min(n_panels, MAX_PANELS_PER_ROW)
+    return -(-n_panels // cols), cols
+
+
+def _score_limits(group: pd.DataFrame) -> tuple[float | None, float | None]:
+    """Y range that shows the differences between rules: from just below the lowest worst-minus-std to just
+    above the highest best, clipped to [0, 1] for scores that live there (accuracy). Losses start at 0."""
+    low = float(np.nanmin(group["worst"] - group["std"].fillna(0)))
+    high = float(np.nanmax(group["best"] + group["std"].fillna(0)))
+    if group["direction"].iloc[0] != "maximize":
+        return 0.0, None
+    span = max(high - low, 0.05)
+    bounded = bool(((group["worst"] >= 0) & (group["best"] <= 1)).all())  # scores in [0, 1], e.g. accuracy
+    lower, upper = low - 0.3 * span, high + 0.15 * span
+    return (max(0.0, lower), min(1.0, upper)) if bounded else (lower, upper)
 
 
 def comparison_png(frame: pd.DataFrame, path: Path) -> None:
@@ -152,23 +185,26 @@ def comparison_png(frame: pd.DataFrame, path: Path) -> None:
     groups = _groups(frame)
     if not groups:
         return
-    fig, axes = plt.subplots(1, len(groups), figsize=(max(5.0, 4.2 * len(groups)), 4.2), squeeze=False)
+    rows, cols = _grid(len(groups))
+    fig, axes = plt.subplots(rows, cols, figsize=(max(5.0, 4.2 * cols), 4.2 * rows), squeeze=False)
     width = 0.26
     colours = {"best": "#2a9d8f", "mean": "#e9c46a", "worst": "#e76f51"}
-    for ax, (title, group) in zip(axes[0], groups):
+    for ax, (title, group) in zip(axes.flat, groups, strict=False):  # spare axes of the last row stay empty
         x = np.arange(len(group))
         for i, stat in enumerate(("best", "mean", "worst")):
             err = group["std"].to_numpy() if stat == "mean" else None
             ax.bar(x + (i - 1) * width, group[stat], width, yerr=err, capsize=3, label=stat, color=colours[stat])
-        ax.set_xticks(x, group["algo"])
+        long_labels = (group["label"] != group["algo"]).any()  # study names: rotate so they do not overlap
+        ax.set_xticks(x, group["label"], rotation=20 if long_labels else 0, ha="right" if long_labels else "center")
         ax.set_title(title)
         ax.set_ylabel(f"CV {group['metric'].iloc[0]}")
-        if group["direction"].iloc[0] == "maximize":
-            low = float(np.nanmin(group["worst"] - group["std"].fillna(0)))
-            ax.set_ylim(max(0.0, low - 0.05), min(1.0, float(np.nanmax(group["best"])) + 0.03))
+        ax.set_ylim(*_score_limits(group))
+        ax.set_xlim(-0.75, len(group) - 0.25)  # a lone rule keeps bars of the usual width
         ax.grid(axis="y", alpha=0.3)
-    axes[0][0].legend(loc="lower left", fontsize=8)
-    fig.suptitle("Cross-validated score over trials: best, mean +- std, worst")
+    for ax in axes.flat[len(groups):]:
+        ax.set_visible(False)
+    axes[0][0].legend(loc="best", fontsize=8)
+    fig.suptitle("Cross-validated score over trials:\nbest, mean +- std, worst", fontsize=11)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
@@ -183,22 +219,28 @@ def comparison_html(frame: pd.DataFrame, path: Path) -> None:
     groups = _groups(frame)
     if not groups:
         return
-    fig = make_subplots(rows=1, cols=len(groups), subplot_titles=[t for t, _ in groups])
+    rows, cols = _grid(len(groups))
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=[t for t, _ in groups])
     colours = {"best": "#2a9d8f", "mean": "#e9c46a", "worst": "#e76f51"}
-    for col, (_, group) in enumerate(groups, start=1):
+    for i, (_, group) in enumerate(groups):
+        row, col = divmod(i, cols)
+        row, col = row + 1, col + 1
         for stat in ("best", "mean", "worst"):
             error = dict(type="data", array=group["std"].tolist()) if stat == "mean" else None
             fig.add_trace(
                 go.Bar(
-                    name=stat, x=group["algo"].tolist(), y=group[stat].tolist(), error_y=error,
-                    marker_color=colours[stat], legendgroup=stat, showlegend=col == 1,
+                    name=stat, x=group["label"].tolist(), y=group[stat].tolist(), error_y=error,
+                    marker_color=colours[stat], legendgroup=stat, showlegend=i == 0,
                     customdata=group[["study", "complete", "test_score"]].to_numpy(),
                     hovertemplate="%{customdata[0]}<br>" + stat + " %{y:.4f}<br>complete trials %{customdata[1]}"
                     "<br>test %{customdata[2]:.4f}<extra></extra>",
                 ),
-                row=1, col=col,
+                row=row, col=col,
             )
-        fig.update_yaxes(title_text=f"CV {group['metric'].iloc[0]}", row=1, col=col)
+        limits = _score_limits(group)
+        fig.update_yaxes(
+            title_text=f"CV {group['metric'].iloc[0]}", range=None if None in limits else limits, row=row, col=col
+        )
     fig.update_layout(barmode="group", title="Cross-validated score over trials: best, mean ± std, worst")
     with atomic_path(path) as tmp:
         fig.write_html(tmp, include_plotlyjs="cdn")
@@ -247,8 +289,86 @@ def write_reports(storage_url: str, results_dir: str | Path, pattern: str = "*",
     comparison_html(frame, results / "comparison.html")
     for study in studies:
         study_plots(study, results / "studies" / study.study_name)
-    out(f"wrote summaries and charts of {len(studies)} studies to {results}/")
+    write_index(results)
+    out(f"wrote summaries and charts of {len(studies)} studies to {results}/ (browse {results / 'index.html'})")
     return frame
+
+
+IMAGE_SUFFIXES = (".png", ".svg", ".jpg", ".jpeg", ".gif")
+PAGE_SUFFIXES = (".html",)
+DATA_SUFFIXES = (".csv", ".md", ".json", ".txt")
+
+
+def _result_files(results: Path) -> dict[str, list[Path]]:
+    """Files under ``results`` grouped by their directory (relative, POSIX), skipping hidden files and index.html.
+
+    Discovered rather than listed, so charts written by other tools (diagnostics) appear without changes here.
+    """
+    sections: dict[str, list[Path]] = {}
+    for path in sorted(results.rglob("*")):
+        relative = path.relative_to(results)
+        if not path.is_file() or any(part.startswith(".") for part in relative.parts) or relative == Path("index.html"):
+            continue
+        if path.suffix.lower() in IMAGE_SUFFIXES + PAGE_SUFFIXES + DATA_SUFFIXES:
+            sections.setdefault(relative.parent.as_posix(), []).append(relative)
+    # top level (the comparison) first, then each study, then anything else
+    return dict(sorted(sections.items(), key=lambda item: (item[0] != ".", not item[0].startswith("studies/"), item[0])))
+
+
+def index_html(results: Path) -> str:
+    """A page that embeds every image and links every page and table found under ``results``."""
+    from html import escape
+    from urllib.parse import quote
+
+    def href(path: Path) -> str:
+        return escape(quote(path.as_posix()))
+
+    parts = [
+        "<!doctype html>", '<html lang="en"><head><meta charset="utf-8"><title>Study results</title>',
+        "<style>body{font-family:sans-serif;margin:2em;max-width:1400px}figure{display:inline-block;margin:0 1em 1em 0;"
+        "vertical-align:top}img{max-width:100%;border:1px solid #ddd}table{border-collapse:collapse;font-size:90%}"
+        "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}</style></head><body>",
+        "<h1>Study results</h1>",
+        "<p>Regenerate with <code>python -m hpo.report</code>. Every chart found in this directory is shown below; "
+        "click a chart for its interactive version where one exists.</p>",
+    ]
+    summary = results / "summary.csv"
+    if summary.is_file():
+        table = pd.read_csv(summary).drop(columns=["best_params"], errors="ignore")
+        parts.append(table.to_html(index=False, na_rep="", float_format=lambda v: f"{v:.4f}", border=0))
+    for directory, files in _result_files(results).items():
+        title = {".": "Comparison"}.get(directory, directory.removeprefix("studies/"))
+        parts.append(f"<h2>{escape(title)}</h2>")
+        by_stem: dict[str, dict[str, Path]] = {}
+        for path in files:
+            by_stem.setdefault(path.stem, {})[path.suffix.lower()] = path
+        links = []
+        for stem, variants in by_stem.items():
+            image = next((variants[s] for s in IMAGE_SUFFIXES if s in variants), None)
+            page = variants.get(".html")
+            if image is not None:
+                target = page or image
+                caption = escape(stem) + (f' (<a href="{href(page)}">interactive</a>)' if page else "")
+                parts.append(
+                    f'<figure><a href="{href(target)}"><img src="{href(image)}" alt="{escape(stem)}"></a>'
+                    f"<figcaption>{caption}</figcaption></figure>"
+                )
+            elif page is not None:
+                links.append(page)
+            links.extend(variants[s] for s in DATA_SUFFIXES if s in variants)
+        if links:
+            items = "".join(f'<li><a href="{href(p)}">{escape(p.name)}</a></li>' for p in links)
+            parts.append(f"<ul>{items}</ul>")
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def write_index(results_dir: str | Path) -> Path:
+    """Write ``index.html`` (atomically) linking every chart under ``results_dir``; return its path."""
+    results = Path(results_dir)
+    path = results / "index.html"
+    write_text(path, index_html(results))
+    return path
 
 
 def print_summary(frame: pd.DataFrame, out=print) -> None:

@@ -1,0 +1,179 @@
+"""hpo.report regenerates summaries, charts and the index page from a storage alone (no training).
+
+The studies here are written directly with Optuna (known values, no training), in the format hpo.run stores.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+from optuna.distributions import FloatDistribution
+
+from hpo import report
+from hpo.storage import open_storage
+
+
+def add_study(storage_url: str, name: str, dataset: str, algo: str, values: list[float], model: str = "mlp"):
+    """A finished study as hpo.run leaves it: study attributes, and per trial a value, params and user attrs."""
+    study = optuna.create_study(study_name=name, storage=open_storage(storage_url), direction="maximize")
+    for key, value in {"dataset": dataset, "model": model, "algo": algo, "metric": "accuracy"}.items():
+        study.set_user_attr(key, value)
+    for i, value in enumerate(values):
+        folds = [value - 0.01, value + 0.01]
+        losses = [[1.0, 1.0 - value], [1.1, 1.1 - value]]
+        curves = {"train_score": [[value / 2, value], [value / 2, value]], "val_score": [folds, folds],
+                  "train_loss": losses, "val_loss": losses}
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"learning_rate": 10.0 ** -(i + 1)},
+                distributions={"learning_rate": FloatDistribution(1e-6, 1.0, log=True)},
+                value=value,
+                intermediate_values={0: value / 2, 1: value},
+                user_attrs={
+                    "fold_scores": folds, "fold_std": 0.01, "wall_seconds": 1.0 + i, "compile_seconds": 0.5,
+                    "curves": {"epoch": [1.0, 2.0], "series": {k: np.transpose(v).tolist() for k, v in curves.items()}},
+                },
+            )
+        )
+    best = int(np.argmax(values))
+    study.set_user_attr("test", {"trial": best, "score": values[best] - 0.02, "metric": "accuracy"})
+    return study
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """(width, height) of a PNG after checking its signature and the CRC of its header chunk."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    length, kind = struct.unpack(">I4s", data[8:16])
+    assert kind == b"IHDR" and length == 13
+    assert struct.unpack(">I", data[29:33])[0] == zlib.crc32(data[12:29])
+    return struct.unpack(">II", data[16:24])
+
+
+def assert_real_image(path: Path) -> None:
+    import matplotlib.image
+
+    width, height = png_size(path)
+    assert width > 200 and height > 200
+    pixels = matplotlib.image.imread(path)
+    assert pixels.shape[:2] == (height, width)
+    assert pixels.std() > 0.01  # something is drawn, not a blank canvas
+
+
+class Links(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.targets: set[str] = set()
+
+    def handle_starttag(self, tag, attrs):
+        self.targets.update(v for k, v in attrs if k in ("href", "src") and v)
+
+
+def index_targets(results: Path) -> set[str]:
+    parser = Links()
+    parser.feed((results / "index.html").read_text())
+    return parser.targets
+
+
+def charts(results: Path) -> set[str]:
+    return {
+        p.relative_to(results).as_posix()
+        for p in results.rglob("*")
+        if p.suffix in (".png", ".html") and p.name != "index.html" and not p.name.startswith(".")
+    }
+
+
+@pytest.fixture(scope="module")
+def storage(tmp_path_factory) -> str:
+    url = str(tmp_path_factory.mktemp("storage") / "studies.journal")
+    add_study(url, "digits-mlp-fa", "digits", "fa", [0.5, 0.8, 0.7])
+    add_study(url, "digits-mlp-bp", "digits", "bp", [0.9, 0.6])
+    add_study(url, "mnist-5k-mlp-kp", "mnist-5k", "kp", [0.4, 0.6, 0.5, 0.3])
+    return url
+
+
+def test_mixed_datasets_and_rules(storage, tmp_path, capsys):
+    results = tmp_path / "results"
+    assert report.main(["--storage", storage, "--results-dir", str(results)]) == 0
+    frame = pd.read_csv(results / "summary.csv").set_index("study")
+    assert sorted(frame.index) == ["digits-mlp-bp", "digits-mlp-fa", "mnist-5k-mlp-kp"]
+    kp = frame.loc["mnist-5k-mlp-kp"]
+    values = np.array([0.4, 0.6, 0.5, 0.3])
+    assert (kp.complete, kp.best, kp.worst, kp.best_trial) == (4, 0.6, 0.3, 1)
+    assert kp["mean"] == pytest.approx(values.mean()) and kp["std"] == pytest.approx(values.std(), rel=1e-5)
+    assert kp.test_score == pytest.approx(0.58)
+    assert frame.loc["digits-mlp-bp", "wall_seconds"] == pytest.approx(3.0)
+
+    assert_real_image(results / "comparison.png")
+    html = (results / "comparison.html").read_text()
+    for text in ("digits", "mnist-5k", '"fa"', '"bp"', '"kp"'):  # panel titles and bar labels in the figure JSON
+        assert text in html
+    for name in frame.index:
+        assert_real_image(results / "studies" / name / "history.png")
+        assert (results / "studies" / name / "importance.html").is_file()
+    # the index shows every chart the report wrote (and the tables)
+    assert charts(results) <= index_targets(results)
+    assert {"summary.csv", "summary.md", "comparison.png", "comparison.html"} <= index_targets(results)
+    assert "digits-mlp-fa" in capsys.readouterr().out
+
+
+def test_one_study_alone_still_draws(storage, tmp_path):
+    results = tmp_path / "results"
+    assert report.main(["--storage", storage, "--results-dir", str(results), "--study", "mnist-*"]) == 0
+    assert pd.read_csv(results / "summary.csv")["study"].tolist() == ["mnist-5k-mlp-kp"]
+    assert_real_image(results / "comparison.png")
+    (title, group), = report._groups(report.summarize(report.load_studies(storage, "mnist-*")))
+    assert title == "mnist-5k / mlp" and group["label"].tolist() == ["kp"]
+    low, high = report._score_limits(group)
+    assert 0.0 <= low < 0.3 - group["std"].iloc[0] and 0.6 < high <= 1.0  # every bar and error bar is in view
+    assert charts(results) <= index_targets(results)
+
+
+def test_regenerating_gives_the_same_numbers(storage, tmp_path):
+    first = report.write_reports(storage, tmp_path / "a", out=lambda _: None)
+    second = report.write_reports(storage, tmp_path / "b", out=lambda _: None)
+    pd.testing.assert_frame_equal(first, second)
+    assert (tmp_path / "a" / "summary.csv").read_bytes() == (tmp_path / "b" / "summary.csv").read_bytes()
+    assert (tmp_path / "a" / "summary.md").read_text() == (tmp_path / "b" / "summary.md").read_text()
+
+
+def test_bars_of_one_rule_in_two_studies_are_told_apart():
+    frame = pd.DataFrame(
+        {
+            "study": ["digits-fa-seed0", "digits-fa-seed1", "digits-bp", "other"],
+            "dataset": ["digits", "digits", "digits", ""], "model": ["mlp", "mlp", "mlp", ""],
+            "algo": ["fa", "fa", "bp", ""], "complete": [3, 3, 3, 1],
+        }
+    )
+    groups = dict(report._groups(frame))
+    assert groups["digits / mlp"]["label"].tolist() == ["digits-fa-seed0", "digits-fa-seed1", "bp"]
+    assert groups["studies"]["label"].tolist() == ["other"]
+
+
+def test_index_discovers_other_charts(tmp_path):
+    (tmp_path / "studies" / "s").mkdir(parents=True)
+    (tmp_path / "diagnostics").mkdir()
+    for name in ("comparison.png", "studies/s/alignment.png", "studies/s/alignment.html", "diagnostics/angles.html",
+                 "summary.csv", ".comparison.tmp.png", "notes.bin"):
+        (tmp_path / name).write_bytes(b"x")
+    report.write_index(tmp_path)
+    targets = index_targets(tmp_path)
+    assert {"comparison.png", "studies/s/alignment.png", "studies/s/alignment.html", "diagnostics/angles.html",
+            "summary.csv"} <= targets
+    assert not {".comparison.tmp.png", "notes.bin", "index.html"} & targets
+    page = (tmp_path / "index.html").read_text()
+    assert page.index("comparison.png") < page.index("studies/s/") < page.index("diagnostics/angles.html")
+    assert not list(tmp_path.glob(".index*"))  # written atomically: no temporary file left behind
+
+
+def test_missing_storage_is_one_line(tmp_path, capsys):
+    assert report.main(["--storage", str(tmp_path / "none.journal"), "--results-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: storage") and "does not exist" in err and err.count("\n") == 1
