@@ -1,0 +1,311 @@
+"""Many workers on one study: the exact total, crash recovery, and local worker processes.
+
+Any number of processes, on any number of machines, may run the same study through one storage. Each runs
+``run_trials``; together they finish exactly ``total`` trials in a finished state (complete or pruned).
+
+**The exact-total rule.** Optuna numbers trials in the order they are created, in the storage. A new trial
+looks at the trials numbered below it that have not failed (complete, pruned, running or waiting). If they
+already reach the total, the new trial is *surplus*: it ends at once, before sampling or training, as FAIL
+with the user attribute ``surplus`` (the reason), so it neither counts nor is retried. Otherwise it runs.
+A trial only ever leaves the "not failed" set (running -> fail), never joins it later, so the count a trial
+saw can only shrink; hence the last trial that runs and does not fail saw every other one below it, and at
+most ``total`` trials finish. MaxTrialsCallback alone checks after a trial and overshoots when workers race.
+
+**Stopping.** A worker stops when the study has ``total`` finished trials. When the remaining slots are held
+by running trials of other workers it waits for them (polling) rather than leaving, so that if one of them
+dies, its retry is picked up and the total is still reached. It leaves early only when it cannot learn
+whether those trials are alive (journal storage, trials of another machine): their own machine recovers them.
+
+**Dead workers.** With a database server (PostgreSQL, MySQL) a running trial writes a heartbeat; any worker
+fails trials without a heartbeat for the grace period (``optuna.storages.fail_stale_trials``, before every
+trial and while waiting) and Optuna's ``RetryHeartbeatStaleTrialCallback`` re-queues each once with the same
+parameters (``hpo.storage``). With a local file (SQLite, journal) each trial also records its owner
+(host, pid, process start time) in the user attribute ``worker``; a worker on the same host that finds a
+running trial whose owner process is gone fails it and re-queues it the same way, so a rerun after a crash
+resumes at once. The state change RUNNING -> FAIL succeeds for exactly one worker (the storage refuses to
+update a finished trial), so a trial is never retried twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import socket
+import threading
+import time
+import warnings
+import zlib
+from dataclasses import replace
+from typing import Callable, Iterator
+
+import numpy as np
+import optuna
+from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
+from optuna.storages import BaseStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
+from optuna.trial import FrozenTrial, TrialState
+
+from hpo.storage import MAX_RETRY, is_server_url
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # states that count towards the total
+SURPLUS_ATTR = "surplus"  # user attribute of a surplus trial: why it ended without training
+WORKER_ATTR = "worker"  # user attribute: {"trial", "host", "pid", "started"} of the process running the trial
+POLL_SECONDS = 1.0  # how often a waiting worker looks at the storage again
+
+Printer = Callable[[str], None]
+TrialCallback = Callable[[optuna.Study, FrozenTrial], None]
+
+
+def heartbeats_enabled(storage: BaseStorage) -> bool:
+    return isinstance(storage, optuna.storages.RDBStorage) and storage.get_heartbeat_interval() is not None
+
+
+def process_start(pid: int) -> str | None:
+    """When process ``pid`` started (clock ticks since boot, from /proc), to tell a reused pid from its owner."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def owner_is_dead(owner: dict) -> bool:
+    """True if ``owner`` (a WORKER_ATTR value) names a process on this host that no longer exists."""
+    if owner.get("host") != socket.gethostname():
+        return False  # another machine: only heartbeats can tell
+    pid = owner.get("pid")
+    if not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass  # exists, owned by another user
+    started = owner.get("started")
+    return started is not None and process_start(pid) not in (None, started)
+
+
+def claimed_owner(trial: FrozenTrial) -> dict | None:
+    """The owner recorded by the worker running ``trial``; a retry inherits its original's, which is ignored."""
+    owner = trial.user_attrs.get(WORKER_ATTR)
+    return owner if isinstance(owner, dict) and owner.get("trial") == trial.number else None
+
+
+def retry_failed(study: optuna.Study, trial: FrozenTrial) -> None:
+    """Re-queue a dead worker's trial with the same parameters, exactly as the heartbeat mechanism does."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)(study, trial)
+
+
+def recover(study: optuna.Study, storage: BaseStorage, check_pids: bool, out: Printer) -> None:
+    """Fail the trials of dead workers and re-queue them once (see the module docstring)."""
+    if heartbeats_enabled(storage):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            fail_stale_trials(study)
+    if not check_pids:
+        return
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        owner = claimed_owner(trial)
+        if owner is None or not owner_is_dead(owner):
+            continue
+        try:
+            won = storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+        except UpdateFinishedTrialError:
+            won = False  # another worker got there first
+        if won:
+            retry_failed(study, storage.get_trial(trial._trial_id))
+            out(f"trial #{trial.number} was left running by dead process {owner['pid']}: failed and re-queued")
+
+
+@contextlib.contextmanager
+def heartbeat(storage: BaseStorage, trial_id: int) -> Iterator[None]:
+    """Record the trial's heartbeat every interval while the block runs (what ``study.optimize`` does)."""
+    if not heartbeats_enabled(storage):
+        yield
+        return
+    stop = threading.Event()
+
+    storage.record_heartbeat(trial_id)  # before the trial starts, so a worker killed at once is still noticed
+
+    def beat() -> None:
+        while not stop.wait(storage.get_heartbeat_interval()):
+            storage.record_heartbeat(trial_id)
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{trial_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def counted_below(trials: list[FrozenTrial], number: int) -> int:
+    """Trials numbered below ``number`` that count or may still count towards the total."""
+    return sum(t.number < number and t.state != TrialState.FAIL for t in trials)
+
+
+def surplus_reason(study: optuna.Study, trial: optuna.Trial, total: int) -> str | None:
+    before = counted_below(study.get_trials(deepcopy=False), trial.number)
+    if before < total:
+        return None
+    return f"{before} trials numbered below #{trial.number} already fill the total of {total}; ended without training"
+
+
+def claim(trial: optuna.Trial) -> None:
+    pid = os.getpid()
+    owner = {"trial": trial.number, "host": socket.gethostname(), "pid": pid, "started": process_start(pid)}
+    trial.set_user_attr(WORKER_ATTR, owner)
+
+
+def run_one(study: optuna.Study, trial: optuna.Trial, objective: Callable[[optuna.Trial], float]) -> FrozenTrial:
+    """Run the objective on ``trial`` and tell the storage how it ended (as ``study.optimize`` would)."""
+    try:
+        value = objective(trial)
+    except optuna.TrialPruned:
+        return study.tell(trial, state=TrialState.PRUNED)
+    except KeyboardInterrupt:
+        # Interrupted, not wrong: re-queue it with the same parameters like a crashed trial, so a rerun resumes it.
+        retry_failed(study, study.tell(trial, state=TrialState.FAIL))
+        raise
+    except BaseException:
+        study.tell(trial, state=TrialState.FAIL)
+        raise
+    return study.tell(trial, value)
+
+
+def run_trials(
+    study: optuna.Study,
+    storage: BaseStorage,
+    storage_url: str,
+    objective: Callable[[optuna.Trial], float],
+    total: int,
+    out: Printer,
+    on_trial: TrialCallback,
+    on_company: Callable[[], None] | None = None,
+    seeded_at: int = 0,
+    poll_seconds: float = POLL_SECONDS,
+) -> None:
+    """Run trials of ``study`` until it holds ``total`` finished trials (see the module docstring).
+
+    ``on_company`` is called once, before sampling, when this worker first sees a trial numbered from
+    ``seeded_at`` (the trial count when the caller chose its sampler seed) that another worker created: the
+    caller reseeds its sampler so that workers started together do not propose alike.
+    """
+    check_pids = not is_server_url(storage_url)
+    waiting_said = False
+    mine: set[int] = set()
+    while True:
+        recover(study, storage, check_pids, out)
+        trials = study.get_trials(deepcopy=False)
+        finished = sum(t.state in FINISHED for t in trials)
+        if finished >= total:
+            return
+        running = [t for t in trials if t.state == TrialState.RUNNING]
+        queued = any(t.state == TrialState.WAITING for t in trials)
+        if not queued and finished + len(running) >= total:
+            # Every remaining slot is held by a running trial. Wait for them when a dead one would be noticed:
+            # heartbeats (database storages) or, for files, a claimed owner on this host (pid check).
+            unknown = [t for t in running if not heartbeats_enabled(storage) and not _local(t)]
+            if unknown:
+                out(f"{len(unknown)} trial(s) still running on other machines or not yet claimed; this worker "
+                    "stops (a crashed machine's trials are recovered when a worker is restarted on it)")
+                return
+            if not waiting_said:
+                out(f"waiting for {len(running)} running trial(s) of other workers to finish")
+                waiting_said = True
+            time.sleep(poll_seconds)
+            continue
+        waiting_said = False
+        with warnings.catch_warnings():
+            # Optuna warns that heartbeats expect study.optimize; this loop records them itself (``heartbeat``).
+            warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed", category=UserWarning)
+            trial = study.ask()
+        with heartbeat(storage, trial._trial_id):
+            claim(trial)
+            mine.add(trial.number)
+            if on_company is not None and any(n not in mine for n in range(seeded_at, trial.number)):
+                on_company()
+                on_company = None
+            reason = surplus_reason(study, trial, total)
+            if reason is not None:
+                trial.set_user_attr(SURPLUS_ATTR, reason)
+                study.tell(trial, state=TrialState.FAIL)
+                continue
+            frozen = run_one(study, trial, objective)
+        on_trial(study, frozen)
+
+
+def _local(trial: FrozenTrial) -> bool:
+    owner = claimed_owner(trial)
+    return owner is not None and owner.get("host") == socket.gethostname()
+
+
+def sampler_seed(seed: int, n_existing: int, busy: bool, worker: int) -> int:
+    """Seed of this worker's sampler.
+
+    A lone worker on a fresh study uses the study seed, so a one-process study is reproducible. A worker that
+    resumes a study, joins one that others are running, or is one of ``--workers`` mixes in what it sees and
+    who it is, so that workers never replay each other's (or an earlier run's) proposals.
+    """
+    if n_existing == 0 and not busy and worker == 0:
+        return seed
+    entropy = [seed, n_existing, worker]
+    if busy:
+        entropy += [os.getpid(), zlib.crc32(socket.gethostname().encode())]
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
+
+
+# ---- local worker processes (--workers W) -------------------------------------------------------------------
+
+
+def _worker_main(config, index: int) -> int:
+    """Body of one spawned worker: a fresh interpreter that initialises JAX itself and runs the study."""
+    import sys
+
+    from hpo.errors import UsageError
+    from hpo.study import run_study
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+    def out(line: str) -> None:
+        print(f"[w{index}] {line}", flush=True)
+
+    try:
+        run_study(replace(config, workers=1), out, worker=index, test_score=False)
+    except UsageError as error:
+        print(f"[w{index}] error: {error}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    return 0
+
+
+def run_local_workers(config, workers: int, out: Printer) -> None:
+    """Start ``workers`` processes with the spawn start method (never fork after JAX started) and wait for them.
+
+    Each prints its own progress lines prefixed ``[wN]``. Raises UsageError naming the first worker that failed.
+    """
+    from hpo.errors import UsageError
+
+    context = multiprocessing.get_context("spawn")
+    processes = [
+        context.Process(target=_worker_main, args=(config, i), name=f"hpo-worker-{i}") for i in range(workers)
+    ]
+    out(f"[{config.name}] starting {workers} worker processes")
+    for process in processes:
+        process.start()
+    try:
+        for process in processes:
+            process.join()
+    except KeyboardInterrupt:
+        for process in processes:
+            process.join()  # they got the same SIGINT: each fails and re-queues its trial, then exits
+        raise
+    failed = [(i, p.exitcode) for i, p in enumerate(processes) if p.exitcode != 0]
+    if failed:
+        i, code = failed[0]
+        raise UsageError(f"worker w{i} of study {config.name!r} exited with code {code} (its error is above)")

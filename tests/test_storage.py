@@ -1,0 +1,199 @@
+"""Storages shared by many workers: exact totals, SIGKILL mid-trial and resume, clear errors, no password leaks.
+
+Runs a real PostgreSQL server (tests/pg_server.py: its own cluster in a temp dir on 127.0.0.1) and real
+``python -m hpo.run`` processes on a tiny study (digits, 1 epoch, 2 folds). Heartbeats are shortened through
+HPO_HEARTBEAT_SECONDS / HPO_GRACE_SECONDS so that a killed worker's trial is noticed within seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pg_server
+import pytest
+from optuna.trial import TrialState
+
+from hpo.errors import UsageError
+from hpo.storage import open_storage, redact
+from hpo.workers import SURPLUS_ATTR, WORKER_ATTR, counted_below
+
+ROOT = Path(__file__).resolve().parents[1]
+STUDY = "digits-mlp-bp"
+TINY = ["--dataset", "digits", "--algo", "bp", "--epochs", "1", "--folds", "2", "--pruner", "none"]
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+TIMEOUT = 150  # seconds a worker process may take at most on a loaded machine
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    reason = pg_server.missing_reason()
+    if reason:
+        pytest.skip(reason)
+    with pg_server.PostgresServer.start() as server:
+        yield server
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "HPO_HEARTBEAT_SECONDS": "1", "HPO_GRACE_SECONDS": "4", "PYTHONUNBUFFERED": "1"}
+
+
+def worker(storage: str, results: Path, trials: int, *extra: str) -> subprocess.Popen:
+    command = [sys.executable, "-m", "hpo.run", *TINY, "--trials", str(trials), "--storage", storage,
+               "--results-dir", str(results), *extra]
+    return subprocess.Popen(command, cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish(process: subprocess.Popen) -> str:
+    output, _ = process.communicate(timeout=TIMEOUT)
+    assert process.returncode == 0, output
+    return output
+
+
+def trials_of(storage: str, study: str = STUDY) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name=study, storage=open_storage(storage, create=False)).get_trials()
+
+
+def assert_exact(trials: list[optuna.trial.FrozenTrial], total: int) -> None:
+    """``total`` finished trials, nothing left running, every surplus trial recorded as such, no repeats."""
+    finished = [t for t in trials if t.state in FINISHED]
+    assert len(finished) == total
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    for t in trials:
+        if SURPLUS_ATTR in t.user_attrs:
+            assert t.state == TrialState.FAIL and not t.params
+            assert counted_below(trials, t.number) >= total
+    assert all(t.user_attrs[WORKER_ATTR]["trial"] == t.number for t in finished)  # each run by one claimed worker
+
+
+def kill_mid_trial(
+    process: subprocess.Popen, storage: str, study: str = STUDY, journal: Path | None = None
+) -> optuna.trial.FrozenTrial:
+    """SIGKILL ``process`` while it is training a trial: wait until the storage shows a running trial with
+    sampled parameters, freeze the process (SIGSTOP), confirm the trial is still running (and, for a journal,
+    that the process holds no file lock), then kill it. No sleeping and hoping."""
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.stdout.read()
+        running = [t for t in _poll_trials(storage, study) if t.state == TrialState.RUNNING and t.params]
+        if running:
+            process.send_signal(signal.SIGSTOP)
+            lock_held = journal is not None and os.path.lexists(f"{journal}.lock")
+            still = [t for t in trials_of(storage, study) if t.state == TrialState.RUNNING and t.params]
+            if still and not lock_held:
+                process.kill()
+                process.wait(timeout=30)
+                process.stdout.close()
+                return still[0]
+            process.send_signal(signal.SIGCONT)
+        time.sleep(0.05)
+    raise AssertionError("the worker never showed a running trial")
+
+
+def _poll_trials(storage: str, study: str) -> list[optuna.trial.FrozenTrial]:
+    try:
+        return trials_of(storage, study)
+    except (KeyError, UsageError):  # the study or file is not created yet
+        return []
+
+
+def check_resumed(storage: str, killed: optuna.trial.FrozenTrial, total: int, study: str = STUDY) -> None:
+    trials = trials_of(storage, study)
+    assert_exact(trials, total)
+    assert trials[killed.number].state == TrialState.FAIL
+    retries = [t for t in trials if t.system_attrs.get("failed_trial") == killed.number]
+    assert len(retries) == 1
+    assert retries[0].params == killed.params
+    assert retries[0].state in FINISHED
+
+
+def test_two_concurrent_workers_reach_exact_total(postgres, tmp_path):
+    total = 4
+    processes = [worker(postgres.url, tmp_path / f"results{i}", total, "--sampler", "random") for i in range(2)]
+    outputs = [finish(p) for p in processes]
+    trials = trials_of(postgres.url)
+    assert_exact(trials, total)
+    assert len({t.user_attrs[WORKER_ATTR]["pid"] for t in trials if t.state in FINISHED}) == 2  # both worked
+    params = [tuple(sorted(t.params.items())) for t in trials if t.state in FINISHED]
+    assert len(set(params)) == total  # workers started together did not propose the same configurations
+    for text in outputs + [p.read_text() for p in tmp_path.rglob("*") if p.is_file()]:
+        assert postgres.password not in text
+
+
+def test_killed_worker_on_postgres_is_failed_by_heartbeat_and_retried(postgres, tmp_path):
+    storage, study, total = postgres.url, "killed-on-postgres", 3
+    name = ["--study-name", study]
+    killed = kill_mid_trial(worker(storage, tmp_path / "r1", total, *name), storage, study)
+    output = finish(worker(storage, tmp_path / "r2", total, *name))  # not on the same pid: heartbeats only
+    assert "left running by dead process" not in output
+    check_resumed(storage, killed, total, study)
+    assert postgres.password not in output
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_killed_worker_on_local_file_resumes(kind, tmp_path):
+    journal = tmp_path / "studies.journal"
+    storage = f"sqlite:///{tmp_path / 'studies.db'}" if kind == "sqlite" else str(journal)
+    total = 3
+    killed = kill_mid_trial(worker(storage, tmp_path / "r1", total), storage, STUDY, journal if kind == "journal" else None)
+    output = finish(worker(storage, tmp_path / "r2", total))
+    assert f"trial #{killed.number} was left running by dead process" in output  # found at once by its pid
+    check_resumed(storage, killed, total)
+
+
+def run_error(storage: str, tmp_path: Path) -> tuple[subprocess.CompletedProcess, float]:
+    start = time.monotonic()
+    command = [sys.executable, "-m", "hpo.run", *TINY, "--trials", "1", "--storage", storage,
+               "--results-dir", str(tmp_path / "results")]
+    result = subprocess.run(command, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=TIMEOUT)
+    return result, time.monotonic() - start
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, storage: str, secret: str) -> None:
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: cannot open storage "), result.stderr
+    assert redact(storage) in lines[0]
+    assert secret not in result.stdout + result.stderr
+
+
+def test_wrong_password_is_one_clear_line(postgres, tmp_path):
+    storage = postgres.url_with_password("not-the-Password-42")
+    result, seconds = run_error(storage, tmp_path)
+    assert_one_line_error(result, storage, "not-the-Password-42")
+    assert "password authentication failed" in result.stderr
+    assert seconds < 60  # mostly interpreter and JAX start-up; the connection itself fails at once
+
+
+def test_unreachable_server_is_one_clear_line(tmp_path):
+    storage = f"postgresql://hpo:Secret-pw-7@127.0.0.1:{pg_server.free_port()}/hpo"  # nothing listens there
+    result, _ = run_error(storage, tmp_path)
+    assert_one_line_error(result, storage, "Secret-pw-7")
+    assert "refused" in result.stderr
+
+
+def test_silent_server_times_out_within_seconds():
+    """A host that accepts the connection but never answers: the connect timeout, not a hang."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        storage = f"postgresql://hpo:Secret-pw-8@127.0.0.1:{listener.getsockname()[1]}/hpo"
+        start = time.monotonic()
+        with pytest.raises(UsageError) as error:
+            open_storage(storage)
+        assert time.monotonic() - start < 15
+    assert str(error.value).startswith(f"cannot open storage {redact(storage)!r}")
+    assert "Secret-pw-8" not in str(error.value) and "\n" not in str(error.value)
+
+
+def test_heartbeat_settings_are_validated(monkeypatch):
+    monkeypatch.setenv("HPO_GRACE_SECONDS", "1")
+    monkeypatch.setenv("HPO_HEARTBEAT_SECONDS", "2")
+    with pytest.raises(UsageError, match="HPO_GRACE_SECONDS"):
+        open_storage("sqlite:///:memory:")
