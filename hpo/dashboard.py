@@ -1,0 +1,107 @@
+"""Browse the studies of a storage in optuna-dashboard.
+
+    python -m hpo.dashboard [--storage URL] [--port P] [--host H] [--artifact-dir DIR]
+
+Serves the storage written by ``hpo.run`` on http://127.0.0.1:8080/dashboard (only this machine can connect
+unless ``--host`` says otherwise). Every trial's per-fold scores, timing, curves and diagnostics are its user
+attributes (the dashboard cuts long values at 1024 characters: the full curves are plotted by ``hpo.report``);
+its mean validation score per evaluation is the trial's intermediate values, plotted by the dashboard.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import sys
+from pathlib import Path
+from socketserver import ThreadingMixIn
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from hpo.config import DEFAULT_STORAGE
+from hpo.errors import UsageError
+from hpo.storage import open_storage, redact
+
+DEFAULT_HOST = "127.0.0.1"  # loopback only: a study database is not published to the network by default
+DEFAULT_PORT = 8080  # optuna-dashboard's usual port
+
+
+def artifact_store(artifact_dir: str | Path | None):
+    """A FileSystemArtifactStore on ``artifact_dir`` (which must exist), or None without one.
+
+    ``hpo.run`` keeps every trial detail in user attributes inside the storage, so no artifact store is needed
+    for its studies; this serves files that other code attached to trials with ``optuna.artifacts.upload_artifact``.
+    """
+    if artifact_dir is None:
+        return None
+    from optuna.artifacts import FileSystemArtifactStore
+
+    directory = Path(artifact_dir)
+    if not directory.is_dir():
+        raise UsageError(f"--artifact-dir {str(directory)!r} is not a directory")
+    return FileSystemArtifactStore(str(directory))
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """Request handler that does not print one line per HTTP request (the dashboard polls every few seconds)."""
+
+    def log_message(self, format, *args):  # noqa: A002 -- signature of BaseHTTPRequestHandler
+        pass
+
+
+class _ThreadedServer(ThreadingMixIn, WSGIServer):
+    """One thread per request, as optuna-dashboard's own command does, so a slow plot does not block the UI."""
+
+    daemon_threads = True  # Ctrl-C stops the server without waiting for open browser connections
+
+
+def make_dashboard(storage_url: str, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, artifact_dir=None):
+    """Open the storage and bind the dashboard's server (not yet serving); errors are one-line UsageErrors.
+
+    ``port=0`` binds a free port; the bound one is ``server.server_port``.
+    """
+    from optuna_dashboard import wsgi
+
+    storage = open_storage(storage_url, create=False)
+    app = wsgi(storage, artifact_store=artifact_store(artifact_dir))
+    try:
+        return make_server(host, port, app, server_class=_ThreadedServer, handler_class=_QuietHandler)
+    except OSError as error:
+        if error.errno == errno.EADDRINUSE:
+            raise UsageError(f"port {port} on {host} is busy; choose another with --port") from None
+        if error.errno == errno.EACCES:
+            raise UsageError(f"port {port} on {host} needs more privileges; choose one above 1023 with --port") from None
+        raise UsageError(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
+
+
+def url_of(host: str, port: int) -> str:
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}/dashboard"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m hpo.dashboard", description=__doc__.split("\n")[0])
+    parser.add_argument("--storage", default=DEFAULT_STORAGE, help=f"study storage URL or journal file (default {DEFAULT_STORAGE})")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port to listen on; 0 picks a free one (default {DEFAULT_PORT})")
+    parser.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST}: this machine only)")
+    parser.add_argument("--artifact-dir", help="directory of an Optuna FileSystemArtifactStore to serve trial artifacts from (default: none)")
+    args = parser.parse_args(argv)
+    try:
+        if not 0 <= args.port <= 65535:
+            raise UsageError(f"--port must be between 0 and 65535, got {args.port}")
+        server = make_dashboard(args.storage, args.host, args.port, args.artifact_dir)
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"optuna-dashboard of {redact(args.storage)} on {url_of(args.host, server.server_port)}", flush=True)
+    print("press Ctrl-C to stop", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""python -m hpo.dashboard serves a study storage through optuna-dashboard's JSON API, on 127.0.0.1 only."""
+
+from __future__ import annotations
+
+import json
+import select
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.distributions import FloatDistribution
+
+from hpo import dashboard
+from hpo.storage import open_storage
+
+ROOT = Path(__file__).resolve().parent.parent
+STARTUP_SECONDS = 120  # generous: the machine running the tests may be busy; a healthy start takes a few seconds
+
+
+def make_study(url: str) -> None:
+    study = optuna.create_study(study_name="digits-mlp-fa", storage=open_storage(url), direction="maximize")
+    study.set_user_attr("algo", "fa")
+    for i, value in enumerate((0.5, 0.75)):
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"learning_rate": 0.1 / (i + 1)},
+                distributions={"learning_rate": FloatDistribution(1e-4, 1.0, log=True)},
+                value=value,
+                intermediate_values={0: value / 2, 1: value},
+                user_attrs={"fold_scores": [value - 0.05, value + 0.05], "wall_seconds": 2.5},
+            )
+        )
+
+
+def get_json(url: str):
+    with urllib.request.urlopen(url, timeout=10) as response:
+        assert response.status == 200
+        return json.loads(response.read())
+
+
+@pytest.fixture
+def server(tmp_path):
+    storage = str(tmp_path / "studies.journal")
+    make_study(storage)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "hpo.dashboard", "--storage", storage, "--port", "0"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        # the URL line is printed once the port is bound, so the server answers from then on
+        ready, _, _ = select.select([process.stdout], [], [], STARTUP_SECONDS)
+        assert ready, "dashboard printed no URL"
+        line = process.stdout.readline()
+        assert line, f"dashboard exited: {process.wait(30)} {process.stderr.read()}"
+        yield line
+    finally:
+        process.terminate()
+        process.wait(30)
+        process.stdout.close()
+        process.stderr.close()
+
+
+def test_serves_studies_and_trials(server):
+    assert server.startswith("optuna-dashboard of ") and "studies.journal on http://127.0.0.1:" in server
+    url = server.split(" on ", 1)[1].strip()
+    assert url.endswith("/dashboard")
+    base = url.removesuffix("/dashboard")
+    deadline = time.monotonic() + STARTUP_SECONDS
+    while True:
+        try:
+            studies = get_json(f"{base}/api/studies")["study_summaries"]
+            break
+        except OSError:
+            assert time.monotonic() < deadline, "dashboard did not answer"
+            time.sleep(0.5)
+    (summary,) = studies
+    assert summary["study_name"] == "digits-mlp-fa" and summary["directions"] == ["maximize"]
+    detail = get_json(f"{base}/api/studies/{summary['study_id']}")
+    assert [t["values"] for t in detail["trials"]] == [[0.5], [0.75]]
+    assert [t["number"] for t in detail["best_trials"]] == [1]
+    attrs = {a["key"]: a["value"] for a in detail["trials"][1]["user_attrs"]}
+    assert json.loads(attrs["fold_scores"]) == [0.7, 0.8] and attrs["wall_seconds"] == "2.5"
+    assert [v["value"] for v in detail["trials"][1]["intermediate_values"]] == [0.375, 0.75]
+    with urllib.request.urlopen(url, timeout=10) as response:  # the web page itself
+        assert response.status == 200 and b"<html" in response.read().lower()
+
+
+def test_missing_storage_is_one_line(tmp_path, capsys):
+    assert dashboard.main(["--storage", str(tmp_path / "none.journal"), "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: storage") and "does not exist" in err and err.count("\n") == 1
+
+
+def test_busy_port_is_one_line(tmp_path, capsys):
+    storage = str(tmp_path / "studies.journal")
+    make_study(storage)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert dashboard.main(["--storage", storage, "--port", str(port)]) == 2
+    assert capsys.readouterr().err == f"error: port {port} on 127.0.0.1 is busy; choose another with --port\n"
+
+
+def test_bad_port_and_artifact_dir(tmp_path, capsys):
+    storage = str(tmp_path / "studies.journal")
+    make_study(storage)
+    assert dashboard.main(["--storage", storage, "--port", "70000"]) == 2
+    assert dashboard.main(["--storage", storage, "--port", "0", "--artifact-dir", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        "error: --port must be between 0 and 65535, got 70000",
+        f"error: --artifact-dir {str(tmp_path / 'nope')!r} is not a directory",
+    ]
