@@ -37,6 +37,7 @@ class StudyConfig:
     results_dir: str = "results"  # where summaries and charts are written
     fold_strategy: str = "sequential"  # folds one after another or vmapped in one program
     cache_dir: str | None = None  # JAX persistent compilation cache (default: ~/.cache/bioplausible-hpo/jax)
+    data_dir: str | None = None  # files of mnist/fashion-mnist/cifar10 (default: hpo.vision.default_data_dir)
 
     def __post_init__(self) -> None:
         _choice("--algo", self.algo, sorted(RULES))
@@ -50,6 +51,8 @@ class StudyConfig:
         _at_least("--epochs", self.epochs, 1)
         if self.study_name is not None and not self.study_name.strip():
             raise UsageError("--study-name must not be empty")
+        if self.data_dir is not None and not str(self.data_dir).strip():
+            raise UsageError("--data-dir must not be empty")
 
     @property
     def name(self) -> str:

@@ -125,12 +125,30 @@ def load_sinreg(n: int = 2000) -> Dataset:
     )
 
 
-DATASETS: dict[str, Callable[[], Dataset]] = {
+def _vision_loader(name: str) -> Callable[[str | None], Dataset]:
+    """Loader of a torchvision dataset (``hpo.vision``), imported on use because torch is an optional extra."""
+
+    def load(data_dir: str | None = None) -> Dataset:
+        from hpo.vision import load_vision
+
+        return load_vision(name, data_dir)
+
+    load.__name__ = f"load_{name.replace('-', '_')}"
+    return load
+
+
+# Datasets read from files in a data directory (--data-dir), downloaded by torchvision when missing.
+FILE_DATASETS: dict[str, Callable[[str | None], Dataset]] = {
+    name: _vision_loader(name) for name in ("mnist", "fashion-mnist", "cifar10")
+}
+
+DATASETS: dict[str, Callable[..., Dataset]] = {
     "mnist-5k": load_mnist_5k,
     "digits": load_digits,
     "mnist1d": load_mnist1d,
     "teacher": load_teacher,
     "sinreg": load_sinreg,
+    **FILE_DATASETS,
 }
 
 
@@ -139,9 +157,11 @@ def check_dataset_name(name: str) -> None:
         raise UsageError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
 
 
-def load_dataset(name: str) -> Dataset:
-    """Load a registered dataset by name."""
+def load_dataset(name: str, data_dir: str | None = None) -> Dataset:
+    """Load a registered dataset by name; ``data_dir`` is where file datasets live (default: see hpo.vision)."""
     check_dataset_name(name)
+    if name in FILE_DATASETS:
+        return FILE_DATASETS[name](data_dir)
     return DATASETS[name]()
 
 

@@ -35,6 +35,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--results-dir", help="where summaries and charts are written (default results)")
     add("--fold-strategy", help=f"{', '.join(FOLD_STRATEGIES)} (default sequential)")
     add("--cache-dir", help="JAX persistent compilation cache directory, or 'none' (default ~/.cache/bioplausible-hpo/jax)")
+    add(
+        "--data-dir",
+        help="directory of the mnist, fashion-mnist and cifar10 files, downloaded there when missing "
+        "(default $HPO_DATA_DIR or ~/.cache/bioplausible-hpo/data)",
+    )
     return parser.parse_args(argv)
 
 

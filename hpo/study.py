@@ -123,7 +123,7 @@ class Progress:
 def run_study(config: StudyConfig, out: Printer = print) -> optuna.Study:
     """Run ``config`` until its study holds ``config.trials`` finished trials, then score the best on test."""
     configure_jax(config.cache_dir)
-    dataset = load_dataset(config.dataset)
+    dataset = load_dataset(config.dataset, config.data_dir)
     study = open_study(config, dataset)
     done = count_finished(study)
     if done >= config.trials:
