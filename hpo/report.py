@@ -337,7 +337,7 @@ def index_html(results: Path) -> str:
         table = pd.read_csv(summary).drop(columns=["best_params"], errors="ignore")
         parts.append(table.to_html(index=False, na_rep="", float_format=lambda v: f"{v:.4f}", border=0))
     for directory, files in _result_files(results).items():
-        title = {".": "Comparison"}.get(directory, directory.removeprefix("studies/"))
+        title = {".": "All studies"}.get(directory, directory.removeprefix("studies/"))
         parts.append(f"<h2>{escape(title)}</h2>")
         by_stem: dict[str, dict[str, Path]] = {}
         for path in files:
