@@ -19,6 +19,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from hpo.config import DEFAULT_STORAGE
 from hpo.errors import UsageError
+from hpo.report import missing_storage_hint
 from hpo.storage import open_storage, redact
 
 DEFAULT_HOST = "127.0.0.1"  # loopback only: a study database is not published to the network by default
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError(f"--port must be between 0 and 65535, got {args.port}")
         server = make_dashboard(args.storage, args.host, args.port, args.artifact_dir)
     except UsageError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {error}{missing_storage_hint(args.storage)}", file=sys.stderr)
         return 2
     print(f"optuna-dashboard of {redact(args.storage)} on {url_of(args.host, server.server_port)}", flush=True)
     print("press Ctrl-C to stop", flush=True)

@@ -376,6 +376,17 @@ def print_summary(frame: pd.DataFrame, out=print) -> None:
     out(shown.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
 
 
+BUNDLED_STORAGE = "studies/bundled.journal"  # the committed run of studies/bundled.toml
+
+
+def missing_storage_hint(storage_url: str) -> str:
+    """Where to look instead when the default local database is absent but the committed run is (a fresh clone)."""
+    default_file = Path(DEFAULT_STORAGE.split(":///", 1)[1])
+    if storage_url == DEFAULT_STORAGE and not default_file.exists() and Path(BUNDLED_STORAGE).is_file():
+        return f"; the committed run is in {BUNDLED_STORAGE}: add --storage {BUNDLED_STORAGE}"
+    return ""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hpo.report", description=__doc__.split("\n")[0])
     parser.add_argument("--storage", default=DEFAULT_STORAGE, help="study storage URL or journal file")
@@ -386,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         frame = write_reports(args.storage, args.results_dir, args.study)
     except UsageError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {error}{missing_storage_hint(args.storage)}", file=sys.stderr)
         return 2
     print_summary(frame)
     return 0

@@ -177,3 +177,16 @@ def test_missing_storage_is_one_line(tmp_path, capsys):
     assert report.main(["--storage", str(tmp_path / "none.journal"), "--results-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: storage") and "does not exist" in err and err.count("\n") == 1
+
+
+def test_fresh_clone_without_local_database_points_to_the_committed_run(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "studies").mkdir()
+    add_study(report.BUNDLED_STORAGE, "digits-mlp-fa", "digits", "fa", [0.5, 0.7])
+    assert report.main([]) == 2  # the default storage, sqlite:///studies/studies.db, does not exist
+    assert capsys.readouterr().err == (
+        "error: storage 'sqlite:///studies/studies.db' does not exist; the committed run is in "
+        "studies/bundled.journal: add --storage studies/bundled.journal\n"
+    )
+    assert report.main(["--storage", report.BUNDLED_STORAGE]) == 0
+    assert pd.read_csv(tmp_path / "results" / "summary.csv")["best"].tolist() == [0.7]
