@@ -36,6 +36,8 @@ class StudyConfig:
     seed: int = 0  # seeds the sampler, the folds and every network
     results_dir: str = "results"  # where summaries and charts are written
     fold_strategy: str = "sequential"  # folds one after another or vmapped in one program
+    evals_per_epoch: int = 1  # evaluation points per epoch: learning curves and diagnostics
+    diagnostics: bool = True  # alignment with backprop, W-B angles, weight change at each evaluation point
     cache_dir: str | None = None  # JAX persistent compilation cache (default: ~/.cache/bioplausible-hpo/jax)
     data_dir: str | None = None  # files of mnist/fashion-mnist/cifar10 (default: hpo.vision.default_data_dir)
 
@@ -49,6 +51,9 @@ class StudyConfig:
         _at_least("--trials", self.trials, 1)
         _at_least("--folds", self.folds, 2)
         _at_least("--epochs", self.epochs, 1)
+        _at_least("--evals-per-epoch", self.evals_per_epoch, 1)
+        if not isinstance(self.diagnostics, bool):
+            raise UsageError(f"diagnostics must be true or false, got {self.diagnostics!r}")
         if self.study_name is not None and not self.study_name.strip():
             raise UsageError("--study-name must not be empty")
         if self.data_dir is not None and not str(self.data_dir).strip():

@@ -10,8 +10,10 @@ import numpy as np
 import optuna
 
 from hpo.config import StudyConfig
+from hpo.curves import final_diagnostics, result_curves
 from hpo.data import Dataset, make_folds
-from hpo.space import suggest
+from hpo.errors import UsageError
+from hpo.space import BATCH_SIZES, suggest
 from models.api import cross_validate, fit_and_score
 from models.train import DivergedError, EpochMetrics, FoldData
 
@@ -35,6 +37,12 @@ class Objective:
             val_idx=jnp.asarray(folds.val_idx),
             val_mask=jnp.asarray(folds.val_mask),
         )
+        fewest_batches = folds.train_idx.shape[1] // max(BATCH_SIZES)
+        if config.evals_per_epoch > fewest_batches:
+            raise UsageError(
+                f"--evals-per-epoch must be at most {fewest_batches} (the mini-batches per epoch at batch size "
+                f"{max(BATCH_SIZES)} on {dataset.name} with {config.folds} folds), got {config.evals_per_epoch}"
+            )
 
     def __call__(self, trial: optuna.Trial) -> float:
         start = time.perf_counter()
@@ -61,6 +69,8 @@ class Objective:
                 on_epoch=on_epoch,
                 fold_strategy=self.config.fold_strategy,
                 on_compiled=lambda seconds: trial.set_user_attr("compile_seconds", seconds),
+                evals_per_epoch=self.config.evals_per_epoch,
+                diagnostics=self.config.diagnostics,
             )
         except DivergedError as error:
             trial.set_user_attr("pruned_reason", f"diverged: {error}")
@@ -70,7 +80,9 @@ class Objective:
         trial.set_user_attr("fold_std", float(np.std(result.fold_scores)))
         trial.set_user_attr("train_seconds", result.train_seconds)
         trial.set_user_attr("n_params", result.n_params)
-        trial.set_user_attr("curves", {k: v.round(6).tolist() for k, v in result.curves.items()})
+        trial.set_user_attr("curves", result_curves(result))
+        if self.config.diagnostics:
+            trial.set_user_attr("diagnostics", final_diagnostics(result.points))
         return result.score
 
     def test_score(self, params: dict[str, Any], trial_number: int) -> float:

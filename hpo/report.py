@@ -26,6 +26,7 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from hpo.config import DEFAULT_STORAGE
+from hpo.curves import write_curve_plots
 from hpo.errors import UsageError
 from hpo.storage import open_storage, redact, study_names
 
@@ -289,6 +290,7 @@ def write_reports(storage_url: str, results_dir: str | Path, pattern: str = "*",
     comparison_html(frame, results / "comparison.html")
     for study in studies:
         study_plots(study, results / "studies" / study.study_name)
+    write_curve_plots(studies, results)
     write_index(results)
     out(f"wrote summaries and charts of {len(studies)} studies to {results}/ (browse {results / 'index.html'})")
     return frame

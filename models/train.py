@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from models import diagnostics
 from models.networks import MLP
 from models.rules import FEEDBACK, get_rule
 
@@ -117,6 +118,11 @@ class CVResult:
     train_seconds: float  # time spent running compiled programs
     n_params: int  # trained forward parameters (kernels and biases) of one network
     extra: dict[str, Any] = field(default_factory=dict)
+    # metric name -> (epochs * evals_per_epoch, k) values at every evaluation point: the learning curves
+    # (train_loss/train_score: mean over the steps since the previous point; val_*: at the point) and, with
+    # diagnostics on, the metrics of ``models.diagnostics`` ("update_angle/dense_0", ...)
+    points: dict[str, np.ndarray] = field(default_factory=dict)
+    point_epochs: np.ndarray = field(default_factory=lambda: np.zeros(0))  # position of each point, in epochs
 
     @property
     def score(self) -> float:
@@ -184,18 +190,26 @@ class ProgramSpec:
     config: TrainConfig  # with traced hyperparameters zeroed out, see ``spec_for``
     out_features: int
     fold_strategy: str
+    evals_per_epoch: int = 1  # evaluation points per epoch (learning curves, diagnostics)
+    diagnostics: bool = False  # compute ``models.diagnostics`` metrics at every evaluation point
 
 
-def spec_for(config: TrainConfig, out_features: int, fold_strategy: str) -> ProgramSpec:
+def spec_for(
+    config: TrainConfig, out_features: int, fold_strategy: str, evals_per_epoch: int = 1, diagnostics: bool = False
+) -> ProgramSpec:
     _check_choice("fold_strategy", fold_strategy, FOLD_STRATEGIES)
+    if evals_per_epoch < 1:
+        raise ValueError(f"evals_per_epoch must be >= 1, got {evals_per_epoch}")
     ignored = {**{k: 1.0 for k in config.hyperparameters}, "epochs": 1, "feedback_scale": 1.0, "feedback_distribution": "normal"}
     static = TrainConfig(**{**config.__dict__, **ignored})
-    return ProgramSpec(static, out_features, fold_strategy)
+    return ProgramSpec(static, out_features, fold_strategy, evals_per_epoch, diagnostics)
 
 
 class Programs(NamedTuple):
     init_opt: Callable  # (params, hyper) -> optimiser state of one fold
-    epoch: Callable  # (state, batches (k, b, bs), x, y, val_idx, val_mask, hyper) -> (state, EpochMetrics)
+    # (state, batches (k, b, bs), x, y, val_idx, val_mask, hyper) -> (state, EpochMetrics, points), where
+    # points maps a metric name to its (k, evals_per_epoch) values (empty when one plain evaluation per epoch)
+    epoch: Callable
     predict: Callable  # (params, fixed, x) -> outputs
 
 
@@ -229,11 +243,53 @@ def build_programs(spec: ProgramSpec) -> Programs:
             params = optax.apply_updates(state.params, updates)
             return TrainState(params, state.fixed, opt_state), (loss, score)
 
-        state, (losses, scores) = jax.lax.scan(step, state, batches)
-        val_loss, val_score = per_example(apply(state.params, state.fixed, x[val_idx]), y[val_idx])
-        weight = val_mask.astype(val_loss.dtype) / val_mask.sum()
-        metrics = EpochMetrics(losses.mean(), scores.mean(), (val_loss * weight).sum(), (val_score * weight).sum())
-        return state, metrics
+        def validate(params, fixed):
+            val_loss, val_score = per_example(apply(params, fixed, x[val_idx]), y[val_idx])
+            weight = val_mask.astype(val_loss.dtype) / val_mask.sum()
+            return (val_loss * weight).sum(), (val_score * weight).sum()
+
+        if spec.evals_per_epoch == 1 and not spec.diagnostics:  # the plain program: nothing else is traced
+            state, (losses, scores) = jax.lax.scan(step, state, batches)
+            return state, EpochMetrics(losses.mean(), scores.mean(), *validate(state.params, state.fixed)), {}
+        return monitored_epoch(state, batches, x, y, step, validate)
+
+    def mean_loss(outputs, targets):
+        return per_example(outputs, targets)[0].mean()
+
+    def monitored_epoch(state, batches, x, y, step, validate):
+        """The epoch cut into ``evals_per_epoch`` segments (an outer scan), evaluated after each.
+
+        Segments hold the epoch's batches in order, as equal as possible; shorter ones are padded with steps
+        that ``lax.cond`` skips (the predicate is the same for every fold, so it stays a branch under vmap).
+        Diagnostics use the segment's last training batch and the parameters after it.
+        """
+        rows, valid, last = segment_layout(batches.shape[0], spec.evals_per_epoch)
+        padded = not valid.all()
+
+        def segment_step(state, xs):
+            idx, real = xs
+            if not padded:
+                return step(state, idx)
+            skip = jnp.zeros((), jnp.float32)
+            return jax.lax.cond(real, step, lambda s, _: (s, (skip, skip)), state, idx)
+
+        def segment(state, xs):
+            seg, real, end = xs
+            start = state.params
+            state, (losses, scores) = jax.lax.scan(segment_step, state, (seg, real))
+            weight = real / real.sum()
+            point = {"train_loss": (losses * weight).sum(), "train_score": (scores * weight).sum()}
+            point["val_loss"], point["val_score"] = validate(state.params, state.fixed)
+            if spec.diagnostics:
+                idx = seg[end]
+                point.update(diagnostics.diagnose(model, state.params, state.fixed, x[idx], y[idx], mean_loss))
+                point.update(diagnostics.weight_change(state.params, start))
+            return state, point
+
+        state, points = jax.lax.scan(segment, state, (batches[rows], valid, last))
+        share = valid.sum(1) / valid.sum()  # each segment's share of the epoch's steps
+        train = [(points[name] * share).sum() for name in ("train_loss", "train_score")]
+        return state, EpochMetrics(*train, points["val_loss"][-1], points["val_score"][-1]), points
 
     def init_opt(params, hyper):
         return map_folds(transform(hyper).init)(params)
@@ -245,6 +301,21 @@ def build_programs(spec: ProgramSpec) -> Programs:
         return map_folds(one)(state, batches, val_idx, val_mask)
 
     return Programs(init_opt, epoch, apply)
+
+
+def segment_layout(n_batches: int, n_segments: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Cut an epoch's ``n_batches`` batches, in order, into ``n_segments`` segments of near-equal length.
+
+    Returns ``rows`` (segments, length): batch numbers, padded with batch 0 where a segment is shorter;
+    ``valid`` (segments, length): False at padding; ``last`` (segments,): the position of each segment's last batch.
+    """
+    if not 1 <= n_segments <= n_batches:
+        raise ValueError(f"evals_per_epoch must be between 1 and the {n_batches} mini-batches per epoch, got {n_segments}")
+    sizes = np.array([n_batches // n_segments + (i < n_batches % n_segments) for i in range(n_segments)])
+    positions = np.arange(sizes.max())
+    valid = positions[None, :] < sizes[:, None]
+    rows = np.where(valid, np.concatenate([[0], np.cumsum(sizes)[:-1]])[:, None] + positions, 0).astype(np.int32)
+    return rows, valid, (sizes - 1).astype(np.int32)
 
 
 def _lax_map(f):
@@ -352,6 +423,8 @@ def cross_validate(
     on_epoch: EpochCallback | None = None,
     fold_strategy: str = "sequential",
     on_compiled: Callable[[float], None] | None = None,
+    evals_per_epoch: int = 1,
+    diagnostics: bool = False,
 ) -> CVResult:
     """Train one fresh network per fold for ``config.epochs`` epochs and score each validation part.
 
@@ -359,9 +432,11 @@ def cross_validate(
     called after every epoch with per-fold metrics (numpy arrays); it may raise to stop training early (the
     study's pruner does this). A non-finite training loss raises ``DivergedError`` naming epoch and fold.
     ``on_compiled(seconds)`` is told the compile time before training starts (so it is known even when
-    training is stopped early).
+    training is stopped early). ``evals_per_epoch`` evaluation points per epoch give the learning curves in
+    ``CVResult.points``; ``diagnostics`` adds the alignment metrics of ``models.diagnostics`` to them (off,
+    the compiled program is exactly the one without them). Neither changes the training itself.
     """
-    spec = spec_for(config, out_features, fold_strategy)
+    spec = spec_for(config, out_features, fold_strategy, evals_per_epoch, diagnostics)
     n_folds = data.train_idx.shape[0]
     *fold_seeds, order_seed = np.random.SeedSequence(seed).spawn(n_folds + 1)
     order_rng = np.random.default_rng(order_seed)
@@ -372,6 +447,8 @@ def cross_validate(
     params = variables.pop("params")
     hyper = {k: np.float32(v) for k, v in config.hyperparameters.items()}
     batches = batch_orders(order_rng, train_idx, config.batch_size)
+    _, valid, _ = segment_layout(batches.shape[1], evals_per_epoch)
+    point_epochs = (np.arange(config.epochs)[:, None] + valid.sum(1).cumsum() / valid.sum()).ravel()
     compiled, compile_seconds = _compiled(spec, params, variables, hyper, batches, data)
     if on_compiled is not None:
         on_compiled(compile_seconds)
@@ -379,12 +456,14 @@ def cross_validate(
     start = time.perf_counter()
     state = TrainState(params, variables, compiled.init_opt(params, hyper))
     history: list[EpochMetrics] = []
+    point_history: list[dict[str, np.ndarray]] = []
     for epoch in range(config.epochs):
         if epoch:
             batches = batch_orders(order_rng, train_idx, config.batch_size)
-        state, metrics = compiled.epoch(state, batches, data.x, data.y, data.val_idx, data.val_mask, hyper)
+        state, metrics, points = compiled.epoch(state, batches, data.x, data.y, data.val_idx, data.val_mask, hyper)
         metrics = EpochMetrics(*(np.asarray(m) for m in metrics))
         history.append(metrics)
+        point_history.append({name: np.asarray(v) for name, v in points.items()})
         bad = np.flatnonzero(~np.isfinite(metrics.train_loss))
         if bad.size:
             raise DivergedError(
@@ -395,5 +474,11 @@ def cross_validate(
     train_seconds = time.perf_counter() - start
 
     curves = {name: np.stack([getattr(m, name) for m in history]) for name in EpochMetrics._fields}
+    if point_history[0]:  # (k, evals) per epoch -> (epochs * evals, k)
+        points = {name: np.concatenate([p[name] for p in point_history], axis=1).T for name in point_history[0]}
+    else:  # one plain evaluation per epoch: the points are the epoch metrics
+        points = dict(curves)
     n_params = count_params(jax.tree_util.tree_map(lambda a: a[0], params))
-    return CVResult(history[-1].val_score, curves, compile_seconds, train_seconds, n_params)
+    return CVResult(
+        history[-1].val_score, curves, compile_seconds, train_seconds, n_params, points=points, point_epochs=point_epochs
+    )
