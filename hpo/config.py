@@ -12,7 +12,7 @@ from hpo.data import DATASETS
 from hpo.errors import UsageError
 from models.rules import RULES
 
-MODELS = ("mlp",)
+MODELS = ("mlp", "cnn")
 SAMPLERS = ("tpe", "random", "gp", "cmaes")
 PRUNERS = ("median", "hyperband", "wilcoxon", "none")
 FOLD_STRATEGIES = ("sequential", "vmap")

@@ -8,10 +8,15 @@ Rule-specific parameters are asked only when the rule has them (``Rule.has_feedb
 
 from __future__ import annotations
 
+import itertools
 from typing import Any, Callable
+
+import optuna
 
 from hpo.config import StudyConfig
 from hpo.data import Dataset
+from hpo.errors import UsageError
+from models.networks import ConvLayer
 from models.rules import get_rule
 from models.train import TrainConfig
 
@@ -62,7 +67,95 @@ def suggest_mlp(trial: Any, study: StudyConfig, dataset: Dataset) -> TrainConfig
     )
 
 
-SPACES: dict[str, Callable[[Any, StudyConfig, Dataset], TrainConfig]] = {"mlp": suggest_mlp}
+CONV_LAYERS = (1, 3)  # inclusive range of convolutional layers
+CONV_CHOICES: dict[str, tuple] = {  # ConvLayer field -> choices, asked in this order
+    "features": (8, 16, 32),  # output channels
+    "padding": ("SAME", "VALID"),
+    "kernel": (3, 5),  # window extent along every spatial axis
+    "stride": (1, 2),
+    "pool": ("none", "max", "avg"),  # 2-wide pooling after the activation
+}
+CONV_PARAM_NAMES = {"features": "channels"}  # Optuna parameter names where they differ from the field
+MAX_CONV_MACS = 1_000_000  # multiply-adds per example of one conv layer: bounds a CNN trial's time on a CPU
+HEAD_WIDTHS = (64, 128)  # width of the one dense hidden layer between trunk and output
+
+
+def _suggest_fitting(trial: Any, name: str, choices: tuple, fits: Callable[[Any], bool]) -> Any:
+    """Ask ``name`` among the ``choices`` for which ``fits(choice)`` holds, so no proposal is ever invalid.
+
+    Optuna ties a categorical's choices to its name, so a restricted set of choices is asked under its own name
+    (``conv2_channels[8|16]``) and a single remaining choice is taken without asking. If nothing fits, the trial
+    is pruned at once with the reason stored (with the choices above it cannot happen for inputs up to 32 x 32:
+    8 channels, kernel 3, stride 2 and "SAME" padding always fit, within the budget).
+    """
+    allowed = [c for c in choices if fits(c)]
+    if not allowed:
+        reason = f"no value of {name} among {list(choices)} fits the input left by the layers before it"
+        trial.set_user_attr("pruned_reason", reason)
+        raise optuna.TrialPruned(reason)
+    if len(allowed) == 1:
+        return allowed[0]
+    if len(allowed) < len(choices):
+        name = f"{name}[{'|'.join(map(str, allowed))}]"
+    return trial.suggest_categorical(name, allowed)
+
+
+def layer_fits(layer: ConvLayer, spatial: tuple[int, ...], in_channels: int) -> bool:
+    """The layer leaves every spatial extent >= 1 and costs at most ``MAX_CONV_MACS`` per example."""
+    return min(layer.output_size(n) for n in spatial) >= 1 and layer.macs(spatial, in_channels) <= MAX_CONV_MACS
+
+
+def suggest_conv_layer(trial: Any, index: int, spatial: tuple[int, ...], in_channels: int) -> ConvLayer:
+    """One conv layer that fits (``layer_fits``) the extents ``spatial`` left by the layers before it.
+
+    The fields are asked in the order of ``CONV_CHOICES``; each keeps exactly the values for which some choice of
+    the fields still to come makes a fitting layer (the sets are tiny, so every completion is tried). Hence the
+    layer that comes out always fits, whatever the sampler proposes.
+    """
+    fields = list(CONV_CHOICES)
+    chosen: dict[str, Any] = {}
+    for i, field in enumerate(fields):
+        later = fields[i + 1 :]
+
+        def feasible(value: Any, field: str = field, later: list[str] = later) -> bool:
+            return any(
+                layer_fits(ConvLayer(**chosen, **{field: value}, **dict(zip(later, rest))), spatial, in_channels)
+                for rest in itertools.product(*(CONV_CHOICES[f] for f in later))
+            )
+
+        name = f"conv{index + 1}_{CONV_PARAM_NAMES.get(field, field)}"
+        chosen[field] = _suggest_fitting(trial, name, CONV_CHOICES[field], feasible)
+    return ConvLayer(**chosen)
+
+
+def suggest_cnn(trial: Any, study: StudyConfig, dataset: Dataset) -> TrainConfig:
+    """Search space of convolutional networks: 1-D convolutions for sequences, 2-D for images.
+
+    Every sampled architecture fits the dataset's input shape by construction (``suggest_conv_layer``).
+    """
+    shape = dataset.input_shape
+    if len(shape) not in (2, 3):
+        raise UsageError(
+            f"--model cnn needs sequences (length, channels) or images (height, width, channels), but dataset "
+            f"{dataset.name!r} has inputs of shape {shape}; use --model mlp"
+        )
+    spatial, channels = shape[:-1], shape[-1]
+    layers: list[ConvLayer] = []
+    for i in range(trial.suggest_int("conv_layers", *CONV_LAYERS)):
+        layers.append(suggest_conv_layer(trial, i, spatial, channels))
+        spatial, channels = tuple(layers[-1].output_size(n) for n in spatial), layers[-1].features
+    width = trial.suggest_categorical("head_width", list(HEAD_WIDTHS))
+    return TrainConfig(
+        rule=study.algo,
+        hidden=(width,),
+        conv=tuple(layers),
+        epochs=study.epochs,
+        loss=dataset.loss,
+        **suggest_training(trial, study),
+    )
+
+
+SPACES: dict[str, Callable[[Any, StudyConfig, Dataset], TrainConfig]] = {"mlp": suggest_mlp, "cnn": suggest_cnn}
 
 
 def suggest(trial: Any, study: StudyConfig, dataset: Dataset) -> TrainConfig:

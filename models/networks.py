@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from models.conv import PADDINGS
 from models.rules import Initializer, get_rule
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
@@ -51,5 +54,116 @@ class MLP(nn.Module):
             tap = rule.direct_tap(self.out_features, self.feedback_init)
             if tap is not None:
                 taps.append(tap(h))
+        y = rule.dense_layer(self.out_features, self.feedback_init, name="output")(h)
+        return sum(taps, y)
+
+
+POOLS = ("none", "max", "avg")
+POOL_WINDOW = 2  # pooling window and stride along every spatial axis (VALID: an odd last row is dropped)
+
+
+@dataclass(frozen=True)
+class ConvLayer:
+    """One layer of a convolutional trunk: convolution, activation, then optional pooling."""
+
+    features: int  # output channels
+    kernel: int  # window extent along every spatial axis
+    stride: int = 1  # convolution step along every spatial axis
+    padding: str = "SAME"  # "SAME" (output ceil(n / stride)) or "VALID" (output floor((n - kernel) / stride) + 1)
+    pool: str = "none"  # "none", "max" or "avg" pooling with a POOL_WINDOW window and stride after the activation
+
+    def __post_init__(self) -> None:
+        if self.features < 1 or self.kernel < 1 or self.stride < 1:
+            raise ValueError(f"features, kernel and stride must be >= 1, got {self}")
+        if self.padding not in PADDINGS:
+            raise ValueError(f"padding must be one of {', '.join(PADDINGS)}, got {self.padding!r}")
+        if self.pool not in POOLS:
+            raise ValueError(f"pool must be one of {', '.join(POOLS)}, got {self.pool!r}")
+
+    def conv_size(self, size: int) -> int:
+        """Extent of one spatial axis after the convolution (< 1: the kernel does not fit)."""
+        if self.padding == "SAME":
+            return math.ceil(size / self.stride)
+        return (size - self.kernel) // self.stride + 1 if size >= self.kernel else 0
+
+    def macs(self, spatial: tuple[int, ...], in_channels: int) -> int:
+        """Multiply-adds of the convolution for one example with input extents ``spatial`` (its compute cost)."""
+        outputs = math.prod(self.conv_size(n) for n in spatial)
+        return outputs * self.kernel ** len(spatial) * in_channels * self.features
+
+    def output_size(self, size: int) -> int:
+        """Extent of one spatial axis after convolution and pooling (< 1: the layer does not fit)."""
+        size = self.conv_size(size)
+        return size // POOL_WINDOW if self.pool != "none" else size
+
+
+def pool(h: jax.Array, kind: str) -> jax.Array:
+    """``POOL_WINDOW``-wide max or average pooling with the same stride over every spatial axis (VALID).
+
+    Written as a reshape and a reduction rather than ``nn.max_pool``: XLA:CPU's gradient of the latter
+    (select-and-scatter) is several times slower. Ties share a max-pool gradient equally (after a ReLU, tied
+    zeros get no gradient through the activation anyway).
+    """
+    w = POOL_WINDOW
+    spatial = h.shape[1:-1]
+    h = h[(slice(None), *(slice(0, n // w * w) for n in spatial))]
+    split = [h.shape[0]] + [d for n in spatial for d in (n // w, w)] + [h.shape[-1]]
+    axes = tuple(range(2, 2 * len(spatial) + 1, 2))
+    return {"max": jnp.max, "avg": jnp.mean}[kind](h.reshape(split), axis=axes)
+
+
+def trunk_shape(layers: tuple[ConvLayer, ...], spatial: tuple[int, ...]) -> tuple[int, ...]:
+    """Spatial extents after every layer of a trunk; a ValueError names the first layer that does not fit."""
+    for i, layer in enumerate(layers):
+        out = tuple(layer.output_size(n) for n in spatial)
+        if min(out) < 1:
+            raise ValueError(f"conv layer {i} ({layer}) does not fit its input of spatial shape {spatial}")
+        spatial = out
+    return spatial
+
+
+class CNN(nn.Module):
+    """A convolutional network whose every layer learns by ``rule``: conv trunk, flatten, dense head, output.
+
+    Inputs are ``(batch, *spatial, channels)`` with one spatial axis (sequences, 1-D convolutions) or two
+    (images, 2-D convolutions). Pooling has no weights, so its backward pass is the ordinary derivative under
+    every rule. For rules with direct feedback (dfa), every hidden layer's output (each conv layer's activated
+    feature map, flattened, and each dense layer's) gets a zero-valued tap added to the network output, through
+    which the output error arrives.
+    """
+
+    conv: tuple[ConvLayer, ...]  # the convolutional trunk, input side first
+    hidden: tuple[int, ...]  # widths of the dense head between trunk and output (may be empty)
+    out_features: int  # number of classes or regression targets
+    rule: str = "bp"  # learning rule name from models.rules.RULES
+    activation: str = "relu"  # nonlinearity after every conv and hidden dense layer (ACTIVATIONS)
+    feedback_init: Initializer | None = None  # initialiser for feedback matrices (None: the rule's default)
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        rule = get_rule(self.rule)
+        act = get_activation(self.activation)
+        if x.ndim not in (3, 4):
+            raise ValueError(f"CNN inputs must be (batch, length, channels) or (batch, h, w, channels), got {x.shape}")
+        trunk_shape(self.conv, x.shape[1:-1])
+        h, taps = x, []
+
+        def tap(hidden: jax.Array) -> None:
+            layer = rule.direct_tap(self.out_features, self.feedback_init)
+            if layer is not None:
+                taps.append(layer(hidden.reshape(hidden.shape[0], -1)))
+
+        for i, spec in enumerate(self.conv):
+            layer = rule.conv_layer(
+                spec.features, spec.kernel, spec.stride, spec.padding, self.feedback_init, name=f"conv_{i}"
+            )
+            h = act(layer(h))
+            tap(h)
+            if spec.pool != "none":
+                h = pool(h, spec.pool)
+        h = h.reshape(h.shape[0], -1)
+        for i, width in enumerate(self.hidden):
+            h = act(rule.dense_layer(width, self.feedback_init, name=f"dense_{i}")(h))
+            tap(h)
         y = rule.dense_layer(self.out_features, self.feedback_init, name="output")(h)
         return sum(taps, y)

@@ -31,6 +31,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from models.conv import BPConv, DFAConv, FAConv, KPConv
+
 Array = jax.Array
 Initializer = Callable[..., Array]
 
@@ -231,12 +233,24 @@ class Rule:
     direct: type[nn.Module] | None  # tap projecting the output error to hidden layers (dfa), else None
     has_feedback: bool  # the rule uses feedback matrices, so their initialisation is a hyperparameter
     trains_feedback: bool  # feedback matrices are parameters updated with the kernels (kp)
+    conv: type[nn.Module] | None = None  # Flax module for a convolution under this rule (models.conv), if any
 
     def dense_layer(self, features: int, feedback_init: Initializer | None = None, **kwargs: Any) -> nn.Module:
         """A dense layer of this rule; ``feedback_init`` applies only to rules with feedback matrices."""
         if feedback_init is not None and "feedback_init" in self.dense.__dataclass_fields__:
             kwargs["feedback_init"] = feedback_init
         return self.dense(features, **kwargs)
+
+    def conv_layer(
+        self, features: int, kernel_size: int, strides: int = 1, padding: str = "SAME",
+        feedback_init: Initializer | None = None, **kwargs: Any,
+    ) -> nn.Module:
+        """A convolution of this rule (1-D or 2-D, from the input's rank); ``feedback_init`` as in ``dense_layer``."""
+        if self.conv is None:
+            raise ValueError(f"learning rule {self.name!r} has no convolution layer")
+        if feedback_init is not None and "feedback_init" in self.conv.__dataclass_fields__:
+            kwargs["feedback_init"] = feedback_init
+        return self.conv(features, kernel_size, strides, padding, **kwargs)
 
     def direct_tap(self, out_features: int, feedback_init: Initializer | None = None) -> nn.Module | None:
         """The output-error tap for one hidden layer (direct rules only), else ``None``."""
@@ -249,10 +263,13 @@ class Rule:
 RULES: dict[str, Rule] = {
     rule.name: rule
     for rule in (
-        Rule("bp", "Backpropagation", BPDense, None, has_feedback=False, trains_feedback=False),
-        Rule("fa", "Feedback alignment", FADense, None, has_feedback=True, trains_feedback=False),
-        Rule("kp", "Kolen-Pollack", KPDense, None, has_feedback=True, trains_feedback=True),
-        Rule("dfa", "Direct feedback alignment", DFADense, DirectFeedback, has_feedback=True, trains_feedback=False),
+        Rule("bp", "Backpropagation", BPDense, None, has_feedback=False, trains_feedback=False, conv=BPConv),
+        Rule("fa", "Feedback alignment", FADense, None, has_feedback=True, trains_feedback=False, conv=FAConv),
+        Rule("kp", "Kolen-Pollack", KPDense, None, has_feedback=True, trains_feedback=True, conv=KPConv),
+        Rule(
+            "dfa", "Direct feedback alignment", DFADense, DirectFeedback, has_feedback=True, trains_feedback=False,
+            conv=DFAConv,
+        ),
     )
 }
 

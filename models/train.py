@@ -20,7 +20,7 @@ import numpy as np
 import optax
 
 from models import diagnostics
-from models.networks import MLP
+from models.networks import CNN, MLP, ConvLayer
 from models.rules import FEEDBACK, get_rule
 
 Array = jax.Array
@@ -47,6 +47,7 @@ class TrainConfig:
     feedback_distribution: str = "normal"  # feedback init: truncated normal or uniform, variance 1/fan_in
     feedback_scale: float = 1.0  # multiplies every feedback matrix after initialisation
     loss: str = "cross_entropy"  # "cross_entropy" (classification, score = accuracy) or "mse"
+    conv: tuple[ConvLayer, ...] = ()  # convolutional trunk before the hidden layers (empty: an MLP)
 
     def __post_init__(self) -> None:
         get_rule(self.rule)
@@ -57,6 +58,8 @@ class TrainConfig:
             raise ValueError(f"batch_size, epochs and widths must be >= 1, got {self}")
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if not isinstance(self.conv, tuple) or not all(isinstance(layer, ConvLayer) for layer in self.conv):
+            raise ValueError(f"conv must be a tuple of ConvLayer (hashable: compiled programs are keyed on it), got {self.conv!r}")
 
     @property
     def hyperparameters(self) -> dict[str, float]:
@@ -135,6 +138,8 @@ class CVResult:
 
 def make_model(config: TrainConfig, out_features: int) -> nn.Module:
     """The network ``config`` describes (its variables are initialised by ``init_variables``)."""
+    if config.conv:
+        return CNN(config.conv, config.hidden, out_features, config.rule, config.activation)
     return MLP(config.hidden, out_features, config.rule, config.activation)
 
 
