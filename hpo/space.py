@@ -18,6 +18,7 @@ from hpo.data import Dataset
 from hpo.errors import UsageError
 from models.networks import ConvLayer
 from models.rules import get_rule
+from models.sd import SDConfig
 from models.train import TrainConfig
 
 WIDTHS = (64, 128, 256, 512)  # hidden-layer width (all hidden layers share it)
@@ -158,6 +159,74 @@ def suggest_cnn(trial: Any, study: StudyConfig, dataset: Dataset) -> TrainConfig
 SPACES: dict[str, Callable[[Any, StudyConfig, Dataset], TrainConfig]] = {"mlp": suggest_mlp, "cnn": suggest_cnn}
 
 
-def suggest(trial: Any, study: StudyConfig, dataset: Dataset) -> TrainConfig:
-    """The training configuration a trial proposes for ``study.model``."""
-    return SPACES[study.model](trial, study, dataset)
+# Segregated dendrites (models.sd). Ranges are centred on the paper's Table 1 values (in brackets).
+SD_WIDTHS = (100, 250, 500)  # per hidden layer [500]
+SD_DEPTHS = (1, 3)  # inclusive range of hidden layers [1]
+SD_FORWARD_LR = (0.02, 2.0)  # log-uniform, per layer [0.21]
+SD_FEEDBACK_LR = (1e-4, 1e-1)  # log-uniform, per hidden layer, when feedback weights learn [fixed]
+SD_DT = (0.5, 1.0)  # ms [1]; Euler steps beyond ~1.2 ms are unstable under the teaching conductances
+SD_PHASES = (30.0, 50.0)  # forward and target phase lengths, ms [50]
+SD_SETTLE = (5.0, 10.0, 20.0)  # ms not averaged at the start of a phase [30; rates settle within ~5 ms]
+SD_TEST_PHASE = 100.0  # ms of the scoring forward phase [250, to average out spike noise]; fixed: no recompiles
+SD_PHI_MAX = (0.1, 0.4)  # spikes/ms [0.2]
+SD_TAU_S = (1.5, 5.0)  # ms [3]
+SD_TAU_L = (6.0, 20.0)  # ms [10]; the leak conductance is g_l = 1/tau_l as in the authors' code
+SD_CONDUCTANCE = (0.3, 1.2)  # g_b and g_d [0.6]
+SD_APICAL_CONDUCTANCE = 0.05  # g_a of the paper's variant with a non-segregated apical dendrite
+SD_BATCH_SIZE = 16  # independent example streams per update (1 = the paper's online learning; ~10x slower)
+
+
+def suggest_sd(trial: Any, study: StudyConfig, dataset: Dataset) -> SDConfig:
+    """Search space of segregated-dendrites networks (Guerguiev et al. 2017), covering what the seed searched.
+
+    Feedforward transmission uses rates, not spikes (as the seed's runs did): with spiking inputs every time
+    step pushes a fresh input vector through the first layer, which makes a trial ~10x slower. Feedback may
+    be spiking or rate-based. Mini-batches of ``SD_BATCH_SIZE`` streams keep a 30-trial study to minutes.
+    """
+    if dataset.task != "classification":
+        raise UsageError(f"--algo sd is classification-only, but dataset {dataset.name!r} is {dataset.task}")
+    if study.evals_per_epoch != 1:
+        raise UsageError(f"--algo sd evaluates once per epoch; --evals-per-epoch must be 1, got {study.evals_per_epoch}")
+    depth = trial.suggest_int("sd_depth", *SD_DEPTHS)
+    hidden = tuple(trial.suggest_categorical(f"sd_width{i + 1}", list(SD_WIDTHS)) for i in range(depth))
+    forward_lr = tuple(trial.suggest_float(f"sd_lr_forward{i}", *SD_FORWARD_LR, log=True) for i in range(depth + 1))
+    feedback_lr = None
+    if trial.suggest_categorical("sd_learn_feedback", [False, True]):
+        feedback_lr = tuple(trial.suggest_float(f"sd_lr_feedback{i}", *SD_FEEDBACK_LR, log=True) for i in range(depth))
+    phase = trial.suggest_categorical("sd_phase", list(SD_PHASES))
+    tau_l = trial.suggest_float("sd_tau_l", *SD_TAU_L)
+    return SDConfig(
+        hidden=hidden,
+        forward_learning_rates=forward_lr,
+        feedback_learning_rates=feedback_lr,
+        epochs=study.epochs,
+        batch_size=SD_BATCH_SIZE,
+        dt=trial.suggest_categorical("sd_dt", list(SD_DT)),
+        forward_phase=phase,
+        target_phase=trial.suggest_categorical("sd_target_phase", list(SD_PHASES)),
+        test_phase=SD_TEST_PHASE,
+        settle_time=trial.suggest_categorical("sd_settle", list(SD_SETTLE)),
+        phi_max=trial.suggest_float("sd_phi_max", *SD_PHI_MAX),
+        tau_s=trial.suggest_float("sd_tau_s", *SD_TAU_S),
+        tau_l=tau_l,
+        g_l=1.0 / tau_l,
+        g_b=trial.suggest_float("sd_g_b", *SD_CONDUCTANCE),
+        g_d=trial.suggest_float("sd_g_d", *SD_CONDUCTANCE),
+        g_a=SD_APICAL_CONDUCTANCE if trial.suggest_categorical("sd_apical_conductance", [False, True]) else 0.0,
+        spiking_feedforward=False,
+        spiking_feedback=trial.suggest_categorical("sd_spiking_feedback", [True, False]),
+        # with one hidden layer the layer above is the output layer: both choices are the same network
+        broadcast=trial.suggest_categorical("sd_broadcast", [True, False]) if depth > 1 else True,
+        sparse_feedback=trial.suggest_categorical("sd_sparse_feedback", [False, True]),
+        feedback_bias=trial.suggest_categorical("sd_feedback_bias", [True, False]),
+    )
+
+
+# Algorithms that bring their own network model choose their own space (see hpo.config.NETWORK_ALGORITHMS).
+ALGORITHM_SPACES: dict[str, Callable[[Any, StudyConfig, Dataset], Any]] = {"sd": suggest_sd}
+
+
+def suggest(trial: Any, study: StudyConfig, dataset: Dataset) -> TrainConfig | SDConfig:
+    """The training configuration a trial proposes for ``study.algo`` and ``study.model``."""
+    space = ALGORITHM_SPACES.get(study.algo, SPACES[study.model])
+    return space(trial, study, dataset)
