@@ -2,21 +2,57 @@
 
 from __future__ import annotations
 
+import os
 import re
+import time
+import warnings
 from pathlib import Path
 
 import optuna
+import sqlalchemy.exc
 from optuna.storages import BaseStorage
 
 from hpo.errors import UsageError
 
 RDB_SCHEMES = ("sqlite", "postgresql", "mysql")
-HEARTBEAT_SECONDS = 30  # a running trial writes a heartbeat this often (RDB storage)
-GRACE_SECONDS = 90  # a trial without a heartbeat for this long is stale: failed and retried
+HEARTBEAT_SECONDS = 30  # a running trial writes a heartbeat this often (RDB storage); env HPO_HEARTBEAT_SECONDS
+GRACE_SECONDS = 90  # a trial without a heartbeat for this long is stale: failed and retried; env HPO_GRACE_SECONDS
+CONNECT_TIMEOUT_SECONDS = 5  # a database server that does not answer within this is reported as unreachable
+MAX_RETRY = 1  # a trial whose worker died is re-queued this many times with the same parameters
+SCHEMA_ATTEMPTS = 4  # tries to open a storage whose tables other workers are creating at the same moment
 
 
 def is_rdb_url(url: str) -> bool:
     return re.match(rf"^({'|'.join(RDB_SCHEMES)})(\+\w+)?://", url) is not None
+
+
+def is_server_url(url: str) -> bool:
+    """True for a database server (PostgreSQL, MySQL) that workers on many machines share.
+
+    Dead workers of such storages are found by heartbeats only; for a local file (SQLite, journal) the
+    owner process of a running trial can also be checked directly (see ``hpo.workers``).
+    """
+    return is_rdb_url(url) and not url.startswith("sqlite")
+
+
+def heartbeat_settings() -> tuple[int, int]:
+    """(heartbeat interval, grace period) in seconds; the environment can shorten them (tests, fast clusters)."""
+    values = []
+    for name, default in (("HPO_HEARTBEAT_SECONDS", HEARTBEAT_SECONDS), ("HPO_GRACE_SECONDS", GRACE_SECONDS)):
+        text = os.environ.get(name, "")
+        if not text:
+            values.append(default)
+            continue
+        if not text.isdigit() or int(text) < 1:
+            raise UsageError(f"{name} must be a whole number of seconds >= 1, got {text!r}")
+        values.append(int(text))
+    interval, grace = values
+    if grace <= interval:
+        raise UsageError(
+            f"HPO_GRACE_SECONDS ({grace}) must be longer than the heartbeat interval ({interval}), "
+            "or live trials would be failed as stale"
+        )
+    return interval, grace
 
 
 def redact(url: str) -> str:
@@ -54,7 +90,7 @@ def open_storage(url: str, create: bool = True) -> BaseStorage:
 
 
 def _open_rdb(url: str) -> BaseStorage:
-    from optuna.storages import RDBStorage, RetryFailedTrialCallback
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
     engine_kwargs: dict = {"pool_pre_ping": True}
     if url.startswith("sqlite"):
@@ -63,14 +99,32 @@ def _open_rdb(url: str) -> BaseStorage:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         engine_kwargs["connect_args"] = {"timeout": 60}
     elif url.startswith("postgresql"):
-        engine_kwargs["connect_args"] = {"connect_timeout": 5}
-    return RDBStorage(
-        url,
-        engine_kwargs=engine_kwargs,
-        heartbeat_interval=HEARTBEAT_SECONDS,
-        grace_period=GRACE_SECONDS,
-        failed_trial_callback=RetryFailedTrialCallback(max_retry=1),
-    )
+        engine_kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_SECONDS}
+    interval, grace = heartbeat_settings()
+    for attempt in range(SCHEMA_ATTEMPTS):
+        try:
+            with warnings.catch_warnings():
+                # Heartbeats and the retry callback are marked experimental; they are what makes crashes lose nothing.
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return RDBStorage(
+                    url,
+                    engine_kwargs=engine_kwargs,
+                    heartbeat_interval=interval,
+                    grace_period=grace,
+                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
+                )
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError, sqlalchemy.exc.OperationalError) as e:
+            # Workers that start together on an empty database race to create Optuna's tables; the loser's
+            # CREATE or INSERT collides with the winner's committed one. The tables now exist: open again.
+            if attempt + 1 == SCHEMA_ATTEMPTS or not _is_schema_race(e):
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def _is_schema_race(error: Exception) -> bool:
+    text = str(error).lower()
+    return isinstance(error, sqlalchemy.exc.IntegrityError) or "already exists" in text or "duplicate" in text
 
 
 def _open_journal(path: Path) -> BaseStorage:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 import optuna
+from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
 from hpo.config import StudyConfig
@@ -18,6 +19,7 @@ from hpo.data import Dataset, load_dataset
 from hpo.errors import UsageError
 from hpo.objective import Objective
 from hpo.storage import open_storage, redact
+from hpo.workers import run_local_workers, run_trials, sampler_seed
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # states that count towards --trials
 STUDY_ATTRS = ("dataset", "model", "algo", "folds", "epochs", "seed")  # fixed when a study is created
@@ -37,22 +39,24 @@ def configure_jax(cache_dir: str | None) -> None:
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
-def make_sampler(config: StudyConfig) -> optuna.samplers.BaseSampler:
+def make_sampler(config: StudyConfig, seed: int | None = None) -> optuna.samplers.BaseSampler:
+    """The sampler of ``config``, seeded with ``seed`` (default: the study seed; see ``hpo.workers.sampler_seed``)."""
+    seed = config.seed if seed is None else seed
     if config.sampler == "tpe":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # multivariate/group/liar
-            return optuna.samplers.TPESampler(seed=config.seed, multivariate=True, group=True, constant_liar=True)
+            return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
     if config.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=config.seed)
+        return optuna.samplers.RandomSampler(seed=seed)
     if config.sampler == "gp":
         if importlib.util.find_spec("torch") is None:
             raise UsageError(
                 "--sampler gp needs PyTorch, which is not installed; install it with: pip install -e '.[gp]'"
             )
-        return optuna.samplers.GPSampler(seed=config.seed)
+        return optuna.samplers.GPSampler(seed=seed)
     if importlib.util.find_spec("cmaes") is None:
         raise UsageError("--sampler cmaes needs the cmaes package; install it with: pip install cmaes")
-    return optuna.samplers.CmaEsSampler(seed=config.seed, warn_independent_sampling=False)
+    return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
 
 
 def make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
@@ -64,9 +68,9 @@ def make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
     }[config.pruner]()
 
 
-def open_study(config: StudyConfig, dataset: Dataset) -> optuna.Study:
+def open_study(config: StudyConfig, dataset: Dataset, storage: BaseStorage | None = None) -> optuna.Study:
     """Create the study, or load it and check it was created with the same settings."""
-    storage = open_storage(config.storage)
+    storage = storage if storage is not None else open_storage(config.storage)
     study = optuna.create_study(
         storage=storage,
         study_name=config.name,
@@ -120,11 +124,17 @@ class Progress:
         )
 
 
-def run_study(config: StudyConfig, out: Printer = print) -> optuna.Study:
-    """Run ``config`` until its study holds ``config.trials`` finished trials, then score the best on test."""
+def run_study(config: StudyConfig, out: Printer = print, worker: int = 0, test_score: bool = True) -> optuna.Study:
+    """Run ``config`` until its study holds ``config.trials`` finished trials, then score the best on test.
+
+    Any number of processes may run the same study at once (``hpo.workers`` keeps the total exact);
+    ``config.workers > 1`` starts that many local processes. ``worker`` numbers a local worker process
+    (it seeds its sampler); ``test_score=False`` leaves the test score to the parent of local workers.
+    """
     configure_jax(config.cache_dir)
     dataset = load_dataset(config.dataset, config.data_dir)
-    study = open_study(config, dataset)
+    storage = open_storage(config.storage)
+    study = open_study(config, dataset, storage)
     done = count_finished(study)
     if done >= config.trials:
         out(f"[{config.name}] already has {done} finished trials (asked for {config.trials}); nothing to run")
@@ -133,16 +143,24 @@ def run_study(config: StudyConfig, out: Printer = print) -> optuna.Study:
             f"[{config.name}] {done} finished trials in {redact(config.storage)}; running until {config.trials} "
             f"({config.folds}-fold CV, {config.epochs} epochs, {config.sampler} sampler, {config.pruner} pruner)"
         )
-        objective = Objective(config, dataset)
-        study.optimize(
-            objective,
-            callbacks=[
-                optuna.study.MaxTrialsCallback(config.trials, states=FINISHED),
-                Progress(config, dataset.metric, out),
-            ],
-            gc_after_trial=False,
-        )
-    record_test_score(study, config, dataset, out)
+        if config.workers > 1:
+            run_local_workers(config, config.workers, out)
+        else:
+            trials = study.get_trials(deepcopy=False)
+            busy = any(t.state == TrialState.RUNNING for t in trials)
+            study.sampler = make_sampler(config, sampler_seed(config.seed, len(trials), busy, worker))
+
+            def company() -> None:  # another worker started alongside: never propose what it proposes
+                study.sampler = make_sampler(config, sampler_seed(config.seed, len(trials), True, worker))
+
+            objective = Objective(config, dataset)
+            progress = Progress(config, dataset.metric, out)
+            run_trials(
+                study, storage, config.storage, objective, config.trials, out, progress, None if busy else company,
+                len(trials),
+            )
+    if test_score:
+        record_test_score(study, config, dataset, out)
     return study
 
 

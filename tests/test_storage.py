@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 STUDY = "digits-mlp-bp"
 TINY = ["--dataset", "digits", "--algo", "bp", "--epochs", "1", "--folds", "2", "--pruner", "none"]
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+KILLED = ["--epochs", "3"]  # kill tests: a longer training phase to catch the worker in (any speed works)
 TIMEOUT = 150  # seconds a worker process may take at most on a loaded machine
 
 
@@ -40,14 +41,16 @@ def postgres():
         yield server
 
 
-def env() -> dict[str, str]:
-    return {**os.environ, "HPO_HEARTBEAT_SECONDS": "1", "HPO_GRACE_SECONDS": "4", "PYTHONUNBUFFERED": "1"}
+def env(grace: int = 4) -> dict[str, str]:
+    return {**os.environ, "HPO_HEARTBEAT_SECONDS": "1", "HPO_GRACE_SECONDS": str(grace), "PYTHONUNBUFFERED": "1"}
 
 
-def worker(storage: str, results: Path, trials: int, *extra: str) -> subprocess.Popen:
+def worker(storage: str, results: Path, trials: int, *extra: str, grace: int = 4) -> subprocess.Popen:
     command = [sys.executable, "-m", "hpo.run", *TINY, "--trials", str(trials), "--storage", storage,
                "--results-dir", str(results), *extra]
-    return subprocess.Popen(command, cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        command, cwd=ROOT, env=env(grace), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
 
 def finish(process: subprocess.Popen) -> str:
@@ -75,17 +78,18 @@ def assert_exact(trials: list[optuna.trial.FrozenTrial], total: int) -> None:
 def kill_mid_trial(
     process: subprocess.Popen, storage: str, study: str = STUDY, journal: Path | None = None
 ) -> optuna.trial.FrozenTrial:
-    """SIGKILL ``process`` while it is training a trial: wait until the storage shows a running trial with
-    sampled parameters, freeze the process (SIGSTOP), confirm the trial is still running (and, for a journal,
-    that the process holds no file lock), then kill it. No sleeping and hoping."""
+    """SIGKILL ``process`` while it is training a trial: wait until the storage shows a running trial that has
+    sampled all its parameters and compiled (``compile_seconds`` is recorded just before training), freeze the
+    process (SIGSTOP), confirm the trial is still running (and, for a journal, that the process holds no file
+    lock), then kill it. No sleeping and hoping."""
     deadline = time.monotonic() + TIMEOUT
     while time.monotonic() < deadline:
         assert process.poll() is None, process.stdout.read()
-        running = [t for t in _poll_trials(storage, study) if t.state == TrialState.RUNNING and t.params]
+        running = [t for t in _poll_trials(storage, study) if training(t)]
         if running:
             process.send_signal(signal.SIGSTOP)
             lock_held = journal is not None and os.path.lexists(f"{journal}.lock")
-            still = [t for t in trials_of(storage, study) if t.state == TrialState.RUNNING and t.params]
+            still = [t for t in trials_of(storage, study) if training(t)]
             if still and not lock_held:
                 process.kill()
                 process.wait(timeout=30)
@@ -94,6 +98,10 @@ def kill_mid_trial(
             process.send_signal(signal.SIGCONT)
         time.sleep(0.05)
     raise AssertionError("the worker never showed a running trial")
+
+
+def training(trial: optuna.trial.FrozenTrial) -> bool:
+    return trial.state == TrialState.RUNNING and "compile_seconds" in trial.user_attrs
 
 
 def _poll_trials(storage: str, study: str) -> list[optuna.trial.FrozenTrial]:
@@ -114,23 +122,51 @@ def check_resumed(storage: str, killed: optuna.trial.FrozenTrial, total: int, st
 
 
 def test_two_concurrent_workers_reach_exact_total(postgres, tmp_path):
-    total = 4
-    processes = [worker(postgres.url, tmp_path / f"results{i}", total, "--sampler", "random") for i in range(2)]
+    total = 3
+    # Started together (both create the schema and the study at once). A long grace period: the first worker
+    # to start a trial is frozen until the other has started one too, so that both certainly work.
+    processes = [worker(postgres.url, tmp_path / f"results{i}", total, grace=120) for i in range(2)]
+    first = running_owner(postgres.url, {p.pid for p in processes})
+    frozen = next(p for p in processes if p.pid == first)
+    frozen.send_signal(signal.SIGSTOP)
+    try:
+        running_owner(postgres.url, {p.pid for p in processes} - {first})
+    finally:
+        frozen.send_signal(signal.SIGCONT)
     outputs = [finish(p) for p in processes]
     trials = trials_of(postgres.url)
     assert_exact(trials, total)
-    assert len({t.user_attrs[WORKER_ATTR]["pid"] for t in trials if t.state in FINISHED}) == 2  # both worked
+    assert {t.user_attrs[WORKER_ATTR]["pid"] for t in trials if t.state in FINISHED} == {p.pid for p in processes}
     params = [tuple(sorted(t.params.items())) for t in trials if t.state in FINISHED]
     assert len(set(params)) == total  # workers started together did not propose the same configurations
-    for text in outputs + [p.read_text() for p in tmp_path.rglob("*") if p.is_file()]:
+    for text in outputs:
         assert postgres.password not in text
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert any(p.name == "summary.csv" for p in written)
+    for path in written:  # summaries, charts, html: the password is nowhere
+        assert postgres.password.encode() not in path.read_bytes(), path
+    study = optuna.load_study(study_name=STUDY, storage=open_storage(postgres.url))
+    stored = repr([study.user_attrs] + [(t.user_attrs, t.system_attrs) for t in trials])
+    assert postgres.password not in stored
+
+
+def running_owner(storage: str, pids: set[int]) -> int:
+    """Wait until one of ``pids`` is training a trial (it has sampled parameters); return that pid."""
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline:
+        for t in _poll_trials(storage, STUDY):
+            owner = t.user_attrs.get(WORKER_ATTR, {})
+            if t.state == TrialState.RUNNING and t.params and owner.get("trial") == t.number and owner["pid"] in pids:
+                return owner["pid"]
+        time.sleep(0.05)
+    raise AssertionError(f"none of {pids} started a trial")
 
 
 def test_killed_worker_on_postgres_is_failed_by_heartbeat_and_retried(postgres, tmp_path):
-    storage, study, total = postgres.url, "killed-on-postgres", 3
+    storage, study, total = postgres.url, "killed-on-postgres", 2
     name = ["--study-name", study]
-    killed = kill_mid_trial(worker(storage, tmp_path / "r1", total, *name), storage, study)
-    output = finish(worker(storage, tmp_path / "r2", total, *name))  # not on the same pid: heartbeats only
+    killed = kill_mid_trial(worker(storage, tmp_path / "r1", total, *name, *KILLED), storage, study)
+    output = finish(worker(storage, tmp_path / "r2", total, *name, *KILLED))  # not on the same pid: heartbeats only
     assert "left running by dead process" not in output
     check_resumed(storage, killed, total, study)
     assert postgres.password not in output
@@ -140,10 +176,13 @@ def test_killed_worker_on_postgres_is_failed_by_heartbeat_and_retried(postgres, 
 def test_killed_worker_on_local_file_resumes(kind, tmp_path):
     journal = tmp_path / "studies.journal"
     storage = f"sqlite:///{tmp_path / 'studies.db'}" if kind == "sqlite" else str(journal)
-    total = 3
-    killed = kill_mid_trial(worker(storage, tmp_path / "r1", total), storage, STUDY, journal if kind == "journal" else None)
-    output = finish(worker(storage, tmp_path / "r2", total))
-    assert f"trial #{killed.number} was left running by dead process" in output  # found at once by its pid
+    total = 2
+    # A long heartbeat grace (SQLite has heartbeats too): the restarted worker must find the dead trial by its
+    # owner's pid, at once, not by waiting for the heartbeat to go stale.
+    first = worker(storage, tmp_path / "r1", total, *KILLED, grace=300)
+    killed = kill_mid_trial(first, storage, STUDY, journal if kind == "journal" else None)
+    output = finish(worker(storage, tmp_path / "r2", total, *KILLED, grace=300))
+    assert f"trial #{killed.number} was left running by dead process {first.pid}" in output
     check_resumed(storage, killed, total)
 
 
