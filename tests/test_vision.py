@@ -204,7 +204,7 @@ def test_cache_is_used_then_invalidated_when_a_source_file_changes(tmp_path, no_
 
     monkeypatch.setattr(torchvision.datasets.MNIST, "__init__", counting_init)
     first = load_dataset("mnist", str(tmp_path))
-    assert len(calls) == 2 and (tmp_path / "arrays" / "mnist.npz").is_file()  # train + test split read once
+    assert len(calls) == 2 and (tmp_path / "arrays" / "mnist.npys").is_file()  # train + test split read once
 
     second = load_dataset("mnist", str(tmp_path))
     assert len(calls) == 2  # the cache served it: torchvision not called again
@@ -230,7 +230,7 @@ def test_cache_stands_alone_without_source_files_or_torchvision(tmp_path, no_net
     monkeypatch.setitem(sys.modules, "torchvision.datasets", None)
     again = load_dataset("mnist", str(tmp_path))
     np.testing.assert_array_equal(first.x_train, again.x_train)
-    assert [p.name for p in (tmp_path / "arrays").iterdir()] == ["mnist.npz"]  # no temporary file left behind
+    assert [p.name for p in (tmp_path / "arrays").iterdir()] == ["mnist.npys"]  # no temporary file left behind
 
 
 def test_missing_torchvision_is_a_clear_error(tmp_path, monkeypatch):
@@ -361,7 +361,7 @@ def test_cli_runs_a_study_on_generated_mnist_files(tmp_path, no_network, capsys)
     out, err = capsys.readouterr()
     assert code == 0, err[-3000:]
     assert "[mnist-mlp-fa] 2/2" in out and "test " in out
-    assert (data_dir / "arrays" / "mnist.npz").is_file()
+    assert (data_dir / "arrays" / "mnist.npys").is_file()
     assert any((tmp_path / "results").iterdir())
 
 
@@ -391,11 +391,6 @@ def test_cli_without_files_or_network_prints_one_line(tmp_path, no_network, caps
 
 
 def test_paper_grid():
-    from hpo.config import MODELS
-    from models.rules import RULES
-
-    if "cnn" not in MODELS or "sd" not in RULES:
-        pytest.skip("the paper grid needs --model cnn and --algo sd, which are not registered yet")
     path = ROOT / "studies" / "paper.toml"
     configs = load_grid(path)
     names = {c.name for c in configs}
