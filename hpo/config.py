@@ -12,7 +12,11 @@ from hpo.data import DATASETS
 from hpo.errors import UsageError
 from models.rules import RULES
 
-MODELS = ("mlp",)
+MODELS = ("mlp", "cnn")
+# Algorithms that are whole network models with their own dynamics rather than layer rules of
+# models.rules.RULES, with the network families they exist for (segregated dendrites: models.sd).
+NETWORK_ALGORITHMS = {"sd": ("mlp",)}
+ALGORITHMS = (*sorted(RULES), *sorted(NETWORK_ALGORITHMS))
 SAMPLERS = ("tpe", "random", "gp", "cmaes")
 PRUNERS = ("median", "hyperband", "wilcoxon", "none")
 FOLD_STRATEGIES = ("sequential", "vmap")
@@ -23,7 +27,7 @@ DEFAULT_STORAGE = "sqlite:///studies/studies.db"
 class StudyConfig:
     """One hyperparameter study: which rule on which data, and how to search."""
 
-    algo: str = "fa"  # learning rule (models.rules.RULES)
+    algo: str = "fa"  # learning rule (models.rules.RULES) or network algorithm (NETWORK_ALGORITHMS)
     dataset: str = "mnist-5k"  # dataset name (hpo.data.DATASETS)
     model: str = "mlp"  # network family
     trials: int = 50  # total finished (complete or pruned) trials the study should have
@@ -43,19 +47,24 @@ class StudyConfig:
     data_dir: str | None = None  # files of mnist/fashion-mnist/cifar10 (default: hpo.vision.default_data_dir)
 
     def __post_init__(self) -> None:
-        _choice("--algo", self.algo, sorted(RULES))
+        _choice("--algo", self.algo, ALGORITHMS)
         _choice("--dataset", self.dataset, list(DATASETS))
         _choice("--model", self.model, MODELS)
+        if self.algo in NETWORK_ALGORITHMS and self.model not in NETWORK_ALGORITHMS[self.algo]:
+            raise UsageError(
+                f"--algo {self.algo} exists only for --model {', '.join(NETWORK_ALGORITHMS[self.algo])}, "
+                f"got {self.model!r}"
+            )
         _choice("--sampler", self.sampler, SAMPLERS)
         _choice("--pruner", self.pruner, PRUNERS)
         _choice("--fold-strategy", self.fold_strategy, FOLD_STRATEGIES)
         _at_least("--trials", self.trials, 1)
         _at_least("--folds", self.folds, 2)
         _at_least("--epochs", self.epochs, 1)
-        _at_least("--workers", self.workers, 1)
         _at_least("--evals-per-epoch", self.evals_per_epoch, 1)
         if not isinstance(self.diagnostics, bool):
             raise UsageError(f"diagnostics must be true or false, got {self.diagnostics!r}")
+        _at_least("--workers", self.workers, 1)
         if self.study_name is not None and not self.study_name.strip():
             raise UsageError("--study-name must not be empty")
         if self.data_dir is not None and not str(self.data_dir).strip():

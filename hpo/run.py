@@ -11,17 +11,16 @@ from __future__ import annotations
 import argparse
 import sys
 
-from hpo.config import DEFAULT_STORAGE, FOLD_STRATEGIES, MODELS, PRUNERS, SAMPLERS, StudyConfig, load_grid
+from hpo.config import ALGORITHMS, DEFAULT_STORAGE, FOLD_STRATEGIES, MODELS, PRUNERS, SAMPLERS, StudyConfig, load_grid
 from hpo.data import DATASETS
 from hpo.errors import UsageError
-from models.rules import RULES
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m hpo.run", description=__doc__.split("\n")[0])
     add = parser.add_argument
     add("--config", help="TOML study grid (e.g. studies/bundled.toml); other flags override its values")
-    add("--algo", help=f"learning rule: {', '.join(sorted(RULES))} (default fa)")
+    add("--algo", help=f"learning rule: {', '.join(ALGORITHMS)} (sd: segregated dendrites, mlp only; default fa)")
     add("--dataset", help=f"dataset: {', '.join(DATASETS)} (default mnist-5k)")
     add("--model", help=f"network family: {', '.join(MODELS)} (default mlp)")
     add("--trials", type=int, help="total finished trials the study should reach (default 50)")
