@@ -173,7 +173,13 @@ def _decompress_placed(spec: VisionSpec, folder: Path) -> None:
             raise UsageError(
                 f"{packed} is truncated or corrupt ({error}); delete it to download it again, or replace it"
             ) from None
-        _atomic_write(plain, lambda fh, data=content: fh.write(data))
+        try:
+            _atomic_write(plain, lambda fh, data=content: fh.write(data))
+        except OSError as error:
+            raise UsageError(
+                f"cannot write {plain}, the decompressed {packed.name} that torchvision reads ({error}); "
+                f"decompress it there yourself or use a writable --data-dir"
+            ) from None
 
 
 def _missing(spec: VisionSpec, root: Path) -> list[Path]:
@@ -245,7 +251,8 @@ def _check_idx_pair(spec: VisionSpec, images: Path, labels: Path) -> None:
     image_shape = _idx_shape(images, "images", 3)
     label_shape = _idx_shape(labels, "labels", 1)
     if tuple(image_shape[1:]) != spec.image_shape[:2]:
-        raise UsageError(f"{images} holds {image_shape[1]}x{image_shape[2]} images; {spec.title} has 28x28")
+        height, width, _ = spec.image_shape
+        raise UsageError(f"{images} holds {image_shape[1]}x{image_shape[2]} images; {spec.title} has {height}x{width}")
     if image_shape[0] != label_shape[0]:
         raise UsageError(f"{images} holds {image_shape[0]} images but {labels} holds {label_shape[0]} labels")
 

@@ -294,6 +294,12 @@ def test_swapped_idx_files_and_bad_labels_are_reported(tmp_path, no_network):
         load_dataset("mnist", str(tmp_path))
 
     write_mnist(tmp_path)
+    small = np.zeros((N_TRAIN, 20, 20), np.uint8)  # a valid IDX images file of another size
+    (raw / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(idx_bytes(small)))
+    with pytest.raises(UsageError, match=r"train-images-idx3-ubyte holds 20x20 images; MNIST has 28x28"):
+        load_dataset("mnist", str(tmp_path))
+
+    write_mnist(tmp_path)
     y = np.full(N_TRAIN, 12, np.uint8)  # a valid IDX file whose labels are not digits
     (raw / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(idx_bytes(y)))
     with pytest.raises(UsageError, match=r"do not hold MNIST: labels must be integers in 0\.\.9, found 12\.\.12"):
