@@ -205,3 +205,26 @@ def test_conv_modules_share_the_registry_names_and_defaults():
     assert (layer.features, layer.kernel_size, layer.strides, layer.padding) == (3, 5, 2, "VALID")
     init = jax.eval_shape(lambda: layer.init(jax.random.key(0), jnp.zeros((1, 9, 9, 2))))
     assert init["feedback"]["feedback"].shape == (5, 5, 2, 3)
+
+
+@pytest.mark.slow  # ~10 s each on a loaded 2-core CPU, nearly all XLA compilation
+@pytest.mark.parametrize("rule", sorted(RULES))
+@pytest.mark.parametrize(
+    "dataset,conv,epochs,threshold",
+    [
+        ("mnist-5k", (ConvLayer(8, 3, 2, "SAME", "max"),), 3, 0.6),
+        ("mnist1d", (ConvLayer(16, 5, 1, "SAME", "max"), ConvLayer(16, 3, 1, "SAME", "max")), 10, 0.3),
+    ],
+)
+def test_a_small_cnn_trains_well_above_chance(rule, dataset, conv, epochs, threshold):
+    from hpo.data import load_dataset, make_folds
+    from models.train import FoldData, cross_validate
+
+    data = load_dataset(dataset)
+    folds = make_folds(data, 2, 0)
+    fold_data = FoldData(jnp.asarray(data.x_train), jnp.asarray(data.y_train), folds.train_idx,
+                         jnp.asarray(folds.val_idx), jnp.asarray(folds.val_mask))
+    config = TrainConfig(rule=rule, hidden=(64,), learning_rate=3e-3, epochs=epochs, conv=conv,
+                         weight_decay=1e-2 if RULES[rule].trains_feedback else 0.0)
+    result = cross_validate(config, fold_data, data.out_features, seed=0)
+    assert result.score > threshold, result.fold_scores  # chance is 0.1

@@ -1,0 +1,148 @@
+"""The CNN search space proposes only architectures that fit the input: property tests over many samples."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optuna
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from hpo.config import StudyConfig
+from hpo.data import Dataset
+from hpo.errors import UsageError
+from hpo.space import CONV_CHOICES, MAX_CONV_MACS, suggest, suggest_cnn, suggest_conv_layer
+from hpo.study import make_sampler
+from models.rules import RULES
+from models.train import make_model
+
+SHAPES = [(8, 8, 1), (28, 28, 1), (32, 32, 3), (40, 1)]  # digits, mnist, cifar-like images; mnist1d sequences
+
+
+def fake_dataset(shape, n=3):
+    x = np.zeros((n, *shape), np.float32)
+    y = np.zeros(n, np.int32)
+    return Dataset(f"fake{shape}", "classification", x, y, x, y, 10)
+
+
+class HypothesisTrial:
+    """A stand-in for ``optuna.Trial`` whose every answer hypothesis draws (and can shrink)."""
+
+    def __init__(self, data):
+        self.data, self.params, self.user_attrs = data, {}, {}
+
+    def suggest_categorical(self, name, choices):
+        return self._keep(name, self.data.draw(st.sampled_from(list(choices)), label=name))
+
+    def suggest_int(self, name, low, high):
+        return self._keep(name, self.data.draw(st.integers(low, high), label=name))
+
+    def suggest_float(self, name, low, high, log=False):
+        return self._keep(name, self.data.draw(st.floats(low, high), label=name))
+
+    def set_user_attr(self, key, value):
+        self.user_attrs[key] = value
+
+    def _keep(self, name, value):
+        assert name not in self.params, f"parameter {name!r} asked twice"
+        self.params[name] = value
+        return value
+
+
+def check_architecture(config, shape):
+    """Every conv layer leaves extents >= 1 within budget, and the network runs (abstractly) to logits."""
+    spatial, channels = shape[:-1], shape[-1]
+    for layer in config.conv:
+        assert layer.macs(spatial, channels) <= MAX_CONV_MACS
+        spatial, channels = tuple(layer.output_size(n) for n in spatial), layer.features
+        assert min(spatial) >= 1
+    model = make_model(config, 10)
+    x = jax.ShapeDtypeStruct((2, *shape), jnp.float32)
+    # lax's shape rules reject any convolution or pooling that does not fit, so this is a forward pass on shapes
+    variables = jax.eval_shape(lambda x: model.init({"params": jax.random.key(0)}, x), x)
+    assert jax.eval_shape(model.apply, variables, x).shape == (2, 10)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(shape=st.sampled_from(SHAPES), algo=st.sampled_from(sorted(RULES)), data=st.data())
+def test_every_architecture_hypothesis_can_choose_fits_and_runs(shape, algo, data):
+    trial = HypothesisTrial(data)
+    config = suggest_cnn(trial, StudyConfig(algo=algo, model="cnn"), fake_dataset(shape))
+    assert 1 <= len(config.conv) <= 3
+    check_architecture(config, shape)
+    # the objective retrains the best trial from its parameters with a FixedTrial: the same network comes out
+    assert suggest_cnn(optuna.trial.FixedTrial(trial.params), StudyConfig(algo=algo, model="cnn"),
+                       fake_dataset(shape)) == config
+
+
+@settings(max_examples=25, deadline=None)
+@given(shape=st.sampled_from(SHAPES), seed=st.integers(0, 2**31 - 1))
+def test_optuna_random_sampler_proposals_fit_and_run(shape, seed):
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    for _ in range(4):
+        trial = study.ask()
+        check_architecture(suggest(trial, StudyConfig(algo="dfa", model="cnn"), fake_dataset(shape)), shape)
+        study.tell(trial, 0.5)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_a_tpe_study_never_sees_one_parameter_with_two_choice_sets(shape):
+    """Restricted choices get their own parameter names, so Optuna's distribution check never fires."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    config = StudyConfig(algo="kp", model="cnn", sampler="tpe", seed=1)
+    study = optuna.create_study(sampler=make_sampler(config))
+    dataset = fake_dataset(shape)
+    for i in range(40):
+        trial = study.ask()
+        check_architecture(suggest(trial, config, dataset), shape)
+        study.tell(trial, float(i % 7))
+    names = {name for t in study.trials for name in t.params}
+    for name in names:
+        distributions = {repr(t.distributions[name]) for t in study.trials if name in t.params}
+        assert len(distributions) == 1, name
+
+
+@pytest.mark.parametrize("shape,algo", list(zip(SHAPES, ["fa", "dfa", "kp", "bp"])))
+def test_sampled_networks_really_run_forward(shape, algo):
+    """One sampled architecture per input shape, executed on real arrays (each costs a compilation)."""
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=7))
+    x = np.random.default_rng(0).standard_normal((2, *shape)).astype(np.float32)
+    config = suggest(study.ask(), StudyConfig(algo=algo, model="cnn"), fake_dataset(shape))
+    model = make_model(config, 10)
+    logits = jax.jit(lambda x: model.apply(model.init(jax.random.key(0), x), x))(x)
+    assert logits.shape == (2, 10) and bool(jnp.all(jnp.isfinite(logits)))
+
+
+def test_tiny_inputs_are_restricted_to_what_fits():
+    """On a 3-long sequence VALID padding fits only kernel 3; on extent 1 only SAME is left (not even asked)."""
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(60):
+        trial = study.ask()
+        layer = suggest_conv_layer(trial, 0, (3,), 1)
+        assert layer.output_size(3) >= 1
+        if layer.padding == "VALID":
+            assert layer.kernel == 3 and layer.pool == "none"
+        seen.update(trial.params)
+        study.tell(trial, 0.0)
+    assert "conv1_kernel" in seen and "conv1_pool" in seen
+    trial = study.ask()
+    layer = suggest_conv_layer(trial, 1, (1,), 8)
+    assert layer.padding == "SAME" and layer.pool == "none"
+    assert not any(name.startswith(("conv2_padding", "conv2_pool")) for name in trial.params)
+
+
+def test_nothing_fits_prunes_at_once_with_the_reason():
+    """A 512 x 512 map with 32 channels exceeds the compute budget for every choice: pruned, not crashed."""
+    study = optuna.create_study()
+    trial = study.ask()
+    with pytest.raises(optuna.TrialPruned, match="conv1_channels"):
+        suggest_conv_layer(trial, 0, (512, 512), 32)
+    study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    assert "fits the input" in study.trials[0].user_attrs["pruned_reason"]
+    assert min(CONV_CHOICES["features"]) * 9 * 32 * 256 * 256 > MAX_CONV_MACS
+
+
+def test_inputs_without_spatial_axes_are_a_usage_error():
+    with pytest.raises(UsageError, match=r"--model cnn needs sequences .* shape \(20,\); use --model mlp"):
+        suggest_cnn(optuna.trial.FixedTrial({}), StudyConfig(algo="bp", model="cnn"), fake_dataset((20,)))
