@@ -4,11 +4,12 @@ The forward pass is always the ordinary convolution ``y = conv(x, kernel) + bias
 ``jax.lax.conv_general_dilated`` with 1-D (``NWC`` inputs, ``WIO`` kernels) or 2-D (``NHWC``, ``HWIO``) layouts,
 as ``flax.linen.Conv``. Only the backward pass depends on the rule (see ``models.rules`` for the dense case):
 
-* ``bp``  -- ordinary autodiff.
+* ``bp``  -- ordinary autodiff of ``conv``, whose exact VJP is written out (``_conv2d_bwd``) as convolutions that
+  XLA:CPU runs fast inside ``lax.scan``; tests compare it with ``jax.vjp`` of ``lax.conv_general_dilated``.
 * ``fa``  -- the error reaches the input through a fixed random kernel ``feedback`` of the kernel's shape: the
-  transposed convolution with ``feedback`` instead of ``kernel``. It is JAX's own VJP of the convolution evaluated
-  with ``feedback`` in place of ``kernel`` (the weight gradient does not depend on the kernel), so with
-  ``feedback == kernel`` it is backpropagation bit for bit under ``jit``.
+  transposed convolution with ``feedback`` instead of ``kernel``. It is the VJP of ``conv`` evaluated with
+  ``feedback`` in place of ``kernel`` (the weight gradient does not depend on the kernel), as ``_affine_vjp`` in
+  ``models.rules``, so with ``feedback == kernel`` it is backpropagation bit for bit under ``jit``.
 * ``kp``  -- as ``fa``, and ``feedback`` receives exactly the kernel's update.
 * ``dfa`` -- no error reaches the input; the layer learns from the error its output receives. In a network the
   output feature map (flattened) gets the output error through a ``models.rules.DirectFeedback`` tap, so the

@@ -19,7 +19,8 @@ Every rule keeps the ordinary forward pass ``y = x @ kernel + bias`` (kernel sha
 
 Fixed feedback matrices live in the Flax variable collection ``"feedback"`` (never seen by the optimiser);
 trained ones (``kp``) live in ``"params"`` under the name ``"feedback"``. A rule is chosen by name through
-``get_rule``; nothing else in the code branches on a rule's name.
+``get_rule``; nothing else in the code branches on a rule's name. Each rule's convolution (``models.conv``) is
+registered beside its dense layer (``Rule.conv``, ``Rule.conv_layer``).
 """
 
 from __future__ import annotations
