@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 STUDY = "digits-mlp-bp"
 TINY = ["--dataset", "digits", "--algo", "bp", "--epochs", "1", "--folds", "2", "--pruner", "none"]
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-KILLED = ["--epochs", "3"]  # kill tests: a longer training phase to catch the worker in (any speed works)
+KILLED = ["--epochs", "5"]  # kill tests: a longer training phase to catch the worker in (any speed works)
 TIMEOUT = 150  # seconds a worker process may take at most on a loaded machine
 
 
@@ -83,13 +83,15 @@ def kill_mid_trial(
     process (SIGSTOP), confirm the trial is still running (and, for a journal, that the process holds no file
     lock), then kill it. No sleeping and hoping."""
     deadline = time.monotonic() + TIMEOUT
+    opened = None  # the study, opened once it exists, so that each poll is one quick read
     while time.monotonic() < deadline:
         assert process.poll() is None, process.stdout.read()
-        running = [t for t in _poll_trials(storage, study) if training(t)]
+        opened = opened or _try_load(storage, study)
+        running = [t for t in opened.get_trials(deepcopy=False) if training(t)] if opened else []
         if running:
             process.send_signal(signal.SIGSTOP)
             lock_held = journal is not None and os.path.lexists(f"{journal}.lock")
-            still = [t for t in trials_of(storage, study) if training(t)]
+            still = [t for t in opened.get_trials() if training(t)]
             if still and not lock_held:
                 process.kill()
                 process.wait(timeout=30)
@@ -104,11 +106,16 @@ def training(trial: optuna.trial.FrozenTrial) -> bool:
     return trial.state == TrialState.RUNNING and "compile_seconds" in trial.user_attrs
 
 
-def _poll_trials(storage: str, study: str) -> list[optuna.trial.FrozenTrial]:
+def _try_load(storage: str, study: str) -> optuna.Study | None:
     try:
-        return trials_of(storage, study)
+        return optuna.load_study(study_name=study, storage=open_storage(storage, create=False))
     except (KeyError, UsageError):  # the study or file is not created yet
-        return []
+        return None
+
+
+def _poll_trials(storage: str, study: str) -> list[optuna.trial.FrozenTrial]:
+    opened = _try_load(storage, study)
+    return opened.get_trials(deepcopy=False) if opened else []
 
 
 def check_resumed(storage: str, killed: optuna.trial.FrozenTrial, total: int, study: str = STUDY) -> None:
@@ -181,8 +188,12 @@ def test_killed_worker_on_local_file_resumes(kind, tmp_path):
     # owner's pid, at once, not by waiting for the heartbeat to go stale.
     first = worker(storage, tmp_path / "r1", total, *KILLED, grace=300)
     killed = kill_mid_trial(first, storage, STUDY, journal if kind == "journal" else None)
-    output = finish(worker(storage, tmp_path / "r2", total, *KILLED, grace=300))
+    # SQLite is the one-machine storage: resume it with two local worker processes (--workers, spawn).
+    local = ["--workers", "2"] if kind == "sqlite" else []
+    output = finish(worker(storage, tmp_path / "r2", total, *KILLED, *local, grace=300))
     assert f"trial #{killed.number} was left running by dead process {first.pid}" in output
+    if local:
+        assert "[w0] " in output and "[w1] " in output
     check_resumed(storage, killed, total)
 
 
