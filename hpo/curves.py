@@ -13,8 +13,9 @@ reads them back without retraining):
 Why user attributes and not Optuna artifacts: they live in the study storage itself, so every backend works
 the same (a PostgreSQL study shared by workers on several machines needs no shared filesystem for an artifact
 store), they are copied and committed with the storage, and the dashboard shows them. They are small: a
-3-layer network with diagnostics, 10 epochs, 3 folds and one evaluation per epoch stores about 5 kB per trial
-(250 kB for a 50-trial study); ``tests/test_diagnostics.py`` checks the bound.
+network of 3 hidden layers with diagnostics (24 series), 10 epochs, 3 folds and one evaluation per epoch
+stores about 6 kB per trial (300 kB for a 50-trial study; pruned trials store no curves);
+``tests/test_diagnostics.py`` checks the bound. ``--evals-per-epoch N`` multiplies it by N.
 
 Plots (``write_curve_plots``, called by ``hpo.report.write_reports``): for the best trial of each study,
 ``results/studies/<study>/curves.png`` (learning curves per fold and mean), ``alignment.png`` (angles per
@@ -198,7 +199,7 @@ def alignment_comparison_png(rows: list[dict[str, Any]], path: Path) -> bool:
     if not groups:
         return False
     plt = _plt()
-    fig, axes = plt.subplots(1, len(groups), figsize=(max(5.0, 4.8 * len(groups)), 4.0), squeeze=False)
+    fig, axes = plt.subplots(1, len(groups), figsize=(max(6.0, 4.8 * len(groups)), 4.0), squeeze=False)
     for ax, (title, group) in zip(axes[0], sorted(groups.items())):
         group = sorted(group, key=lambda r: r["algo"])
         names = sorted({k for r in group for k in final_angles(r["diagnostics"])}, key=lambda k: (k == "total", k))
@@ -214,7 +215,7 @@ def alignment_comparison_png(rows: list[dict[str, Any]], path: Path) -> bool:
         ax.set_title(title, fontsize=10)
         ax.grid(axis="y", alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle("Best trial of each study: angle between the rule's update and backprop's gradient", fontsize=10)
+    fig.suptitle("Update angle to backprop at the end of training (best trial of each study)", fontsize=10)
     _save(fig, path)
     return True
 

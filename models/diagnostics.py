@@ -5,6 +5,10 @@ is generic over the network and the rule: backprop's gradient is that of *the sa
 with the rule swapped for ``"bp"`` (``model.clone(rule="bp")``), so any rule in the registry, and any Flax
 network with a ``rule`` field, gets the diagnostics without code of its own.
 
+The trainer evaluates them at each evaluation point (``evals_per_epoch`` per epoch) on the last training batch
+before that point, with the parameters after it: the "current batch", as in the seeds, at the cost of two extra
+forward-backward passes of one batch per evaluation point.
+
 A *layer* is a Flax module that owns trained forward parameters (leaves other than ``feedback``), named by its
 module path (``"dense_0"``, ``"output"``; nested modules ``"block/conv"``), in the order of the parameter tree.
 
@@ -12,6 +16,8 @@ Metrics (all angles in degrees, between flattened arrays; see ``angle``):
 
 * ``update_angle/<layer>`` and ``update_angle/total``: the rule's gradient (its update before the optimiser)
   against backprop's gradient on the same batch, over the layer's kernel and bias (total: every layer).
+  The total weights layers by their gradient norms, so when the rule's and backprop's norms differ by layer
+  (see ``norm_ratio``) it can exceed every per-layer angle: read it together with the per-layer ones.
 * ``norm_ratio/<layer>``: ``||rule gradient|| / ||backprop gradient||`` of the layer.
 * ``wb_angle/<layer>``: forward kernel ``W`` against the feedback matrix ``B`` of the same shape that carries
   the layer's error backwards (fa: fixed, kp: trained). Layers without such a matrix (bp, dfa) have none.
