@@ -162,7 +162,7 @@ SPACES: dict[str, Callable[[Any, StudyConfig, Dataset], TrainConfig]] = {"mlp": 
 # Segregated dendrites (models.sd). Ranges are centred on the paper's Table 1 values (in brackets).
 SD_WIDTHS = (100, 250, 500)  # per hidden layer [500]
 SD_DEPTHS = (1, 3)  # inclusive range of hidden layers [1]
-SD_FORWARD_LR = (0.05, 1.0)  # log-uniform, per layer [0.21]; 1.2 and above diverged in our runs
+SD_FORWARD_LR = (0.05, 0.6)  # log-uniform, per layer [0.21]; mean update over SD_BATCH_SIZE streams: 0.8+ fails to learn
 SD_FEEDBACK_LR = (1e-4, 1e-1)  # log-uniform, per hidden layer, when feedback weights learn [fixed]
 SD_DT = (0.5, 1.0)  # ms [1]; Euler steps beyond ~1.2 ms are unstable under the teaching conductances
 SD_PHASES = (30.0, 50.0)  # forward and target phase lengths, ms [50]
