@@ -165,6 +165,121 @@ def _dfa_bwd(strides, padding, residuals, dy):
 dfa_conv.defvjp(_dfa_fwd, _dfa_bwd)
 
 
+# Sign-concordant feedback (Liao, Leibo & Poggio 2016, "How important is weight symmetry in backpropagation?",
+# AAAI; Moskovitz, Litwin-Kumar & Abbott 2018, arXiv:1812.06488). These helpers are shared with the dense
+# layers of ``models.rules`` (which imports this module), so they live here.
+
+
+def sign_feedback_scale(shape: tuple[int, ...]) -> float:
+    """``1 / sqrt(fan_in)`` with ``fan_in`` the product of all but the last axis (as the LeCun kernel init).
+
+    The scale of every sign-concordant feedback matrix: ``sign(W)`` alone has entries of magnitude 1, so the
+    error reaching a layer would grow by about ``sqrt(fan_in)`` per layer compared with backprop. Scaled, its
+    entries have the root-mean-square of the initial kernel (and of fa's default feedback), so errors keep
+    backprop's magnitude and learning rates mean the same across rules. (biotorch scales by the Xavier std
+    ``sqrt(2 / (fan_in + fan_out))``; with Adam a per-layer constant hardly matters, with SGD it does.)
+    """
+    fan_in = 1
+    for n in shape[:-1]:
+        fan_in *= n
+    return float(fan_in) ** -0.5
+
+
+def usf_feedback(kernel: Array) -> Array:
+    """uSF's feedback matrix: ``sign(kernel) / sqrt(fan_in)``, from the current forward weights."""
+    return jnp.sign(kernel) * sign_feedback_scale(kernel.shape)
+
+
+def frsf_feedback(kernel: Array, magnitude: Array) -> Array:
+    """frSF's feedback matrix ``|R| * sign(kernel)``, with the fixed random ``R`` (stored) giving the magnitudes."""
+    return jnp.abs(magnitude) * jnp.sign(kernel)
+
+
+def brsf_feedback(kernel: Array, key: Array) -> Array:
+    """brSF's feedback matrix ``|R| * sign(kernel)`` with ``R ~ N(0, 1 / fan_in)`` drawn from ``key``.
+
+    ``|R|`` is half-normal: mean ``sqrt(2 / pi) / sqrt(fan_in)``, mean square ``1 / fan_in`` (the scale of
+    ``sign_feedback_scale``). A new key per update gives the batchwise redrawn magnitudes of brSF.
+    """
+    magnitude = jax.random.normal(key, kernel.shape, kernel.dtype) * sign_feedback_scale(kernel.shape)
+    return frsf_feedback(kernel, magnitude)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(1,))
+def forward_only(y: Array, reason: str) -> Array:
+    """``y`` unchanged; differentiating through it raises ``ValueError(reason)`` while tracing.
+
+    Layers whose backward pass needs an input the forward pass does not (a random key, a target) use it when
+    applied without that input: inference works, and a gradient fails loudly instead of being silently wrong.
+    """
+    return y
+
+
+def _forward_only_fwd(y, reason):
+    return y, None
+
+
+def _forward_only_bwd(reason, residuals, dy):
+    raise ValueError(reason)
+
+
+forward_only.defvjp(_forward_only_fwd, _forward_only_bwd)
+
+FEEDBACK_RNG = "feedback"  # Flax rng stream of layers whose backward pass is random (brsf)
+NO_FEEDBACK_RNG = (
+    f"this layer's backward pass draws random feedback (brsf): pass rngs={{'{FEEDBACK_RNG}': key}} to apply, "
+    "a new key for every update"
+)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def usf_conv(x: Array, kernel: Array, bias: Array, strides: tuple[int, ...], padding: str) -> Array:
+    """Uniform sign-concordant feedback: the input error is the VJP through ``usf_feedback(kernel)``."""
+    return conv(x, kernel, bias, strides, padding)
+
+
+def _usf_bwd(strides, padding, residuals, dy):
+    x, kernel, bias = residuals
+    return _conv_vjp(x, usf_feedback(kernel), bias, dy, strides, padding)
+
+
+usf_conv.defvjp(_dfa_fwd, _usf_bwd)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def frsf_conv(x: Array, kernel: Array, bias: Array, feedback: Array, strides: tuple[int, ...], padding: str) -> Array:
+    """Fixed random-magnitude sign-concordant feedback: the VJP through ``|feedback| * sign(kernel)``."""
+    return conv(x, kernel, bias, strides, padding)
+
+
+def _frsf_fwd(x, kernel, bias, feedback, strides, padding):
+    return conv(x, kernel, bias, strides, padding), (x, kernel, bias, feedback)
+
+
+def _frsf_bwd(strides, padding, residuals, dy):
+    x, kernel, bias, feedback = residuals
+    dx, dkernel, dbias = _conv_vjp(x, frsf_feedback(kernel, feedback), bias, dy, strides, padding)
+    return dx, dkernel, dbias, jnp.zeros_like(feedback)
+
+
+frsf_conv.defvjp(_frsf_fwd, _frsf_bwd)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def brsf_conv(x: Array, kernel: Array, bias: Array, key: Array, strides: tuple[int, ...], padding: str) -> Array:
+    """Batchwise random-magnitude sign-concordant feedback: the VJP through ``brsf_feedback(kernel, key)``."""
+    return conv(x, kernel, bias, strides, padding)
+
+
+def _brsf_bwd(strides, padding, residuals, dy):
+    x, kernel, bias, key = residuals
+    dx, dkernel, dbias = _conv_vjp(x, brsf_feedback(kernel, key), bias, dy, strides, padding)
+    return dx, dkernel, dbias, None  # a key has no cotangent
+
+
+brsf_conv.defvjp(_frsf_fwd, _brsf_bwd)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Flax modules
 
@@ -248,3 +363,45 @@ class DFAConv(_ConvBase):
         shape, strides = self._shapes(x)
         kernel, bias = self._kernel_and_bias(shape)
         return dfa_conv(x, kernel, bias, strides, self.padding)
+
+
+class USFConv(_ConvBase):
+    """Convolution trained with uniform sign-concordant feedback (uSF): no stored feedback kernel."""
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        shape, strides = self._shapes(x)
+        kernel, bias = self._kernel_and_bias(shape)
+        return usf_conv(x, kernel, bias, strides, self.padding)
+
+
+class FRSFConv(_ConvBase):
+    """Convolution trained with fixed random-magnitude sign-concordant feedback (frSF).
+
+    The fixed kernel ``feedback`` (collection ``"feedback"``) holds ``R``; the backward pass uses ``|R|``.
+    """
+
+    feedback_init: Initializer = default_feedback_init
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        shape, strides = self._shapes(x)
+        kernel, bias = self._kernel_and_bias(shape)
+        feedback = self.variable(FEEDBACK, FEEDBACK, lambda: self.feedback_init(self.make_rng("params"), shape))
+        return frsf_conv(x, kernel, bias, feedback.value, strides, self.padding)
+
+
+class BRSFConv(_ConvBase):
+    """Convolution trained with batchwise random-magnitude sign-concordant feedback (brSF).
+
+    The magnitudes are drawn from the Flax rng stream ``FEEDBACK_RNG``; applied without it the layer computes
+    its forward pass but cannot be differentiated (``forward_only``).
+    """
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        shape, strides = self._shapes(x)
+        kernel, bias = self._kernel_and_bias(shape)
+        if not self.has_rng(FEEDBACK_RNG):
+            return forward_only(conv(x, kernel, bias, strides, self.padding), NO_FEEDBACK_RNG)
+        return brsf_conv(x, kernel, bias, self.make_rng(FEEDBACK_RNG), strides, self.padding)

@@ -20,7 +20,9 @@ Metrics (all angles in degrees, between flattened arrays; see ``angle``):
   (see ``norm_ratio``) it can exceed every per-layer angle: read it together with the per-layer ones.
 * ``norm_ratio/<layer>``: ``||rule gradient|| / ||backprop gradient||`` of the layer.
 * ``wb_angle/<layer>``: forward kernel ``W`` against the feedback matrix ``B`` of the same shape that carries
-  the layer's error backwards (fa: fixed, kp: trained). Layers without such a matrix (bp, dfa) have none.
+  the layer's error backwards (fa: fixed, kp: trained; usf, frsf: formed from the kernel's signs,
+  ``Rule.kernel_feedback``; brsf: the expected matrix ``E|R| * sign(W)``, as a single draw is random). Layers
+  without such a matrix (bp, dfa, drtp) have none.
   Under fa the first layer's ``B`` is never used (no error is sent to the input), so it does not align.
 * ``error_angle/<layer>`` for hidden layers: the error the rule delivers to the layer's output (its
   pre-activation, ``dL/da`` as the rule computes it: ``(e @ B.T) * f'(a)`` under dfa, the feedback chain
@@ -39,7 +41,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from models.rules import FEEDBACK
+from models.rules import FEEDBACK, get_rule
 
 Array = jax.Array
 BACKPROP = "bp"  # the rule every other rule is compared with
@@ -112,23 +114,31 @@ def _subtree(tree: dict, path: tuple[str, ...]) -> dict | None:
     return tree if isinstance(tree, dict) else None
 
 
-def feedback_pairs(params: dict, fixed: dict) -> dict[str, tuple[Array, Array]]:
+def feedback_pairs(
+    params: dict, fixed: dict, kernel_feedback: Callable[[Array, Array | None], Array] | None = None
+) -> dict[str, tuple[Array, Array]]:
     """Layer name -> (kernel ``W``, feedback ``B``) for layers whose feedback matrix has the kernel's shape.
 
     ``B`` is looked up beside the kernel in ``params`` (trained, kp) or at the same module path in the fixed
     ``"feedback"`` collection (fa). Direct feedback matrices (dfa) live in their own modules and have another
-    shape, so they pair with no kernel.
+    shape, so they pair with no kernel. With ``kernel_feedback`` (``Rule.kernel_feedback``: sign-concordant
+    rules) ``B = kernel_feedback(W, stored matrix or None)`` for every layer with a kernel.
     """
     pairs = {}
     for name, leaves in layers(params).items():
         if "kernel" not in leaves:
             continue
         path = tuple(name.split("/")) if name else ()
+        stored = None
         for where in (_subtree(params, path), _subtree(fixed.get(FEEDBACK, {}), path)):
             b = None if where is None else where.get(FEEDBACK)
             if b is not None and b.shape == leaves["kernel"].shape:
-                pairs[name] = (leaves["kernel"], b)
+                stored = b
                 break
+        if kernel_feedback is not None:
+            pairs[name] = (leaves["kernel"], kernel_feedback(leaves["kernel"], stored))
+        elif stored is not None:
+            pairs[name] = (leaves["kernel"], stored)
     return pairs
 
 
@@ -160,16 +170,24 @@ def _output_taps(names: set[str], perturbations: dict[str, Array] | None, record
     return interceptor
 
 
+def _rule_inputs(model: nn.Module, y: Array, key: Array | None) -> dict[str, Any]:
+    """What the model's rule needs besides the inputs (targets, a random key): ``Rule.apply_kwargs``."""
+    if "rule" not in getattr(model, "__dataclass_fields__", {}):
+        return {}
+    return get_rule(model.rule).apply_kwargs(y, key)
+
+
 def gradients_and_errors(
-    model: nn.Module, params: dict, fixed: dict, x: Array, y: Array, loss: LossFn
+    model: nn.Module, params: dict, fixed: dict, x: Array, y: Array, loss: LossFn, key: Array | None = None
 ) -> tuple[dict, dict[str, Array]]:
     """The gradient of ``loss`` w.r.t. ``params`` under the model's rule, and the error (cotangent) each layer's
-    output receives, keyed by layer name in call order."""
+    output receives, keyed by layer name in call order. ``key`` feeds rules with a random backward pass."""
     names = set(layers(params))
+    inputs = _rule_inputs(model, y, key)
 
     def run(p, perturbations, record):
         with nn.intercept_methods(_output_taps(names, perturbations, record)):
-            return loss(model.apply({"params": p, **fixed}, x), y)
+            return loss(model.apply({"params": p, **fixed}, x, **inputs), y)
 
     shapes: dict[str, Any] = {}
     jax.eval_shape(lambda p: run(p, None, shapes), params)
@@ -185,15 +203,21 @@ def backprop_model(model: nn.Module) -> nn.Module:
     return model.clone(rule=BACKPROP)
 
 
-def diagnose(model: nn.Module, params: dict, fixed: dict, x: Array, y: Array, loss: LossFn) -> dict[str, Array]:
-    """Every alignment metric of the module docstring on the batch ``(x, y)``, as a flat dict of scalars."""
-    rule_grads, rule_errors = gradients_and_errors(model, params, fixed, x, y, loss)
+def diagnose(
+    model: nn.Module, params: dict, fixed: dict, x: Array, y: Array, loss: LossFn, key: Array | None = None
+) -> dict[str, Array]:
+    """Every alignment metric of the module docstring on the batch ``(x, y)``, as a flat dict of scalars.
+
+    ``key`` is the random key of rules whose backward pass is random (brsf: one draw of its feedback).
+    """
+    rule_grads, rule_errors = gradients_and_errors(model, params, fixed, x, y, loss, key)
     bp_grads, bp_errors = gradients_and_errors(backprop_model(model), forward_params(params), {}, x, y, loss)
     rule_grads = forward_params(rule_grads)
     out = {f"update_angle/{k}": v for k, v in per_layer(angle, rule_grads, bp_grads).items()}
     out["update_angle/total"] = angle(rule_grads, bp_grads)
     out.update({f"norm_ratio/{k}": v for k, v in per_layer(norm_ratio, rule_grads, bp_grads).items()})
-    out.update({f"wb_angle/{k}": angle(w, b) for k, (w, b) in feedback_pairs(params, fixed).items()})
+    kernel_feedback = get_rule(model.rule).kernel_feedback if "rule" in model.__dataclass_fields__ else None
+    out.update({f"wb_angle/{k}": angle(w, b) for k, (w, b) in feedback_pairs(params, fixed, kernel_feedback).items()})
     hidden = list(rule_errors)[:-1]  # the last layer called is the output layer
     out.update({f"error_angle/{k}": angle(rule_errors[k], bp_errors[k]) for k in hidden})
     return out

@@ -34,7 +34,8 @@ class MLP(nn.Module):
     """A multilayer perceptron whose every layer learns by ``rule``.
 
     Inputs of any shape ``(batch, ...)`` are flattened. For rules with direct feedback (dfa), each hidden
-    layer's output gets a zero-valued tap added to the network output, through which the output error arrives.
+    layer's output gets a zero-valued tap added to the network output, through which the output error arrives
+    (drtp: through which a projection of the target arrives, so ``__call__`` takes the batch's ``target``).
     """
 
     hidden: tuple[int, ...]  # widths of the hidden layers (empty: a linear model)
@@ -44,7 +45,8 @@ class MLP(nn.Module):
     feedback_init: Initializer | None = None  # initialiser for feedback matrices (None: the rule's default)
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, target: jax.Array | None = None) -> jax.Array:
+        """Network outputs; ``target`` (labels or target vectors) reaches the taps of rules that need it (drtp)."""
         rule = get_rule(self.rule)
         act = get_activation(self.activation)
         h = x.reshape(x.shape[0], -1)
@@ -53,7 +55,7 @@ class MLP(nn.Module):
             h = act(rule.dense_layer(width, self.feedback_init, name=f"dense_{i}")(h))
             tap = rule.direct_tap(self.out_features, self.feedback_init)
             if tap is not None:
-                taps.append(tap(h))
+                taps.append(tap(h, target) if rule.needs_target else tap(h))
         y = rule.dense_layer(self.out_features, self.feedback_init, name="output")(h)
         return sum(taps, y)
 
@@ -140,7 +142,8 @@ class CNN(nn.Module):
     feedback_init: Initializer | None = None  # initialiser for feedback matrices (None: the rule's default)
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, target: jax.Array | None = None) -> jax.Array:
+        """Network outputs; ``target`` (labels or target vectors) reaches the taps of rules that need it (drtp)."""
         rule = get_rule(self.rule)
         act = get_activation(self.activation)
         if x.ndim not in (3, 4):
@@ -151,7 +154,8 @@ class CNN(nn.Module):
         def tap(hidden: jax.Array) -> None:
             layer = rule.direct_tap(self.out_features, self.feedback_init)
             if layer is not None:
-                taps.append(layer(hidden.reshape(hidden.shape[0], -1)))
+                flat = hidden.reshape(hidden.shape[0], -1)
+                taps.append(layer(flat, target) if rule.needs_target else layer(flat))
 
         for i, spec in enumerate(self.conv):
             layer = rule.conv_layer(

@@ -96,6 +96,7 @@ class TrainState(NamedTuple):
     params: Any  # trained parameters (collection "params")
     fixed: Any  # fixed variables (collection "feedback"): never updated
     opt_state: Any  # optimiser state including the injected hyperparameters
+    key: Any = None  # PRNG key (raw uint32[2]) split at every step, for rules with a random backward pass (needs_rng)
 
 
 class EpochMetrics(NamedTuple):
@@ -222,6 +223,7 @@ def build_programs(spec: ProgramSpec) -> Programs:
     """Pure (uncompiled) functions for one spec; ``cross_validate`` compiles them ahead of time."""
     config = spec.config
     model = make_model(config, spec.out_features)
+    rule = get_rule(config.rule)
     optimizer = make_optimizer(config.optimizer)
     per_example = _loss_and_score(config.loss)
     map_folds = jax.vmap if spec.fold_strategy == "vmap" else _lax_map
@@ -233,20 +235,23 @@ def build_programs(spec: ProgramSpec) -> Programs:
     def apply(params, fixed, x):
         return model.apply({"params": params, **fixed}, x)
 
-    def batch_loss(params, fixed, x, y):
-        loss, score = per_example(apply(params, fixed, x), y)
+    def batch_loss(params, fixed, x, y, key):
+        # the targets and a fresh key reach the network only for rules that need them (Rule.apply_kwargs)
+        outputs = model.apply({"params": params, **fixed}, x, **rule.apply_kwargs(y, key))
+        loss, score = per_example(outputs, y)
         return loss.mean(), score.mean()
 
     def fold_epoch(state, batches, val_idx, val_mask, x, y, hyper):
         tx = transform(hyper)
 
         def step(state, idx):
+            key, step_key = (None, None) if state.key is None else jax.random.split(state.key)
             (loss, score), grads = jax.value_and_grad(batch_loss, has_aux=True)(
-                state.params, state.fixed, x[idx], y[idx]
+                state.params, state.fixed, x[idx], y[idx], step_key
             )
             updates, opt_state = tx.update(grads, state.opt_state, state.params)
             params = optax.apply_updates(state.params, updates)
-            return TrainState(params, state.fixed, opt_state), (loss, score)
+            return TrainState(params, state.fixed, opt_state, key), (loss, score)
 
         def validate(params, fixed):
             val_loss, val_score = per_example(apply(params, fixed, x[val_idx]), y[val_idx])
@@ -287,7 +292,9 @@ def build_programs(spec: ProgramSpec) -> Programs:
             point["val_loss"], point["val_score"] = validate(state.params, state.fixed)
             if spec.diagnostics:
                 idx = seg[end]
-                point.update(diagnostics.diagnose(model, state.params, state.fixed, x[idx], y[idx], mean_loss))
+                point.update(
+                    diagnostics.diagnose(model, state.params, state.fixed, x[idx], y[idx], mean_loss, state.key)
+                )
                 point.update(diagnostics.weight_change(state.params, start))
             return state, point
 
@@ -378,7 +385,7 @@ class _Compiled(NamedTuple):
 _COMPILED: dict[tuple, _Compiled] = {}
 
 
-def _compiled(spec: ProgramSpec, params, fixed, hyper, batches, data: FoldData) -> tuple[_Compiled, float]:
+def _compiled(spec: ProgramSpec, params, fixed, hyper, batches, data: FoldData, key=None) -> tuple[_Compiled, float]:
     """Ahead-of-time compiled programs for ``spec`` and these shapes, and the seconds spent compiling.
 
     Programs are kept for the life of the process, so later trials with the same shapes compile nothing;
@@ -391,7 +398,7 @@ def _compiled(spec: ProgramSpec, params, fixed, hyper, batches, data: FoldData) 
     start = time.perf_counter()
     programs = build_programs(spec)
     init_opt = jax.jit(programs.init_opt).lower(params, hyper).compile()
-    state_shape = TrainState(params, fixed, jax.eval_shape(programs.init_opt, params, hyper))
+    state_shape = TrainState(params, fixed, jax.eval_shape(programs.init_opt, params, hyper), key)
     device_data = (data.x, data.y, data.val_idx, data.val_mask)
     epoch = jax.jit(programs.epoch, donate_argnums=0).lower(state_shape, batches, *device_data, hyper).compile()
     _COMPILED[cache_key] = _Compiled(init_opt, epoch)
@@ -450,16 +457,18 @@ def cross_validate(
     sample_x = data.x[:1]
     variables = _stack([init_variables(model, sample_x, np.random.default_rng(s), config) for s in fold_seeds])
     params = variables.pop("params")
+    # per-fold keys of a random backward pass, from a child of each fold's seed (the initialisation is unchanged)
+    key = np.stack([s.spawn(1)[0].generate_state(2) for s in fold_seeds]) if get_rule(config.rule).needs_rng else None
     hyper = {k: np.float32(v) for k, v in config.hyperparameters.items()}
     batches = batch_orders(order_rng, train_idx, config.batch_size)
     _, valid, _ = segment_layout(batches.shape[1], evals_per_epoch)
     point_epochs = (np.arange(config.epochs)[:, None] + valid.sum(1).cumsum() / valid.sum()).ravel()
-    compiled, compile_seconds = _compiled(spec, params, variables, hyper, batches, data)
+    compiled, compile_seconds = _compiled(spec, params, variables, hyper, batches, data, key)
     if on_compiled is not None:
         on_compiled(compile_seconds)
 
     start = time.perf_counter()
-    state = TrainState(params, variables, compiled.init_opt(params, hyper))
+    state = TrainState(params, variables, compiled.init_opt(params, hyper), key)
     history: list[EpochMetrics] = []
     point_history: list[dict[str, np.ndarray]] = []
     for epoch in range(config.epochs):

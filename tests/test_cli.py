@@ -73,7 +73,7 @@ def test_grid_config_runs_every_study(tmp_path):
 
 
 BAD = [
-    (["--algo", "xx"], "--algo must be one of bp, dfa, fa, kp, sd, got 'xx'"),
+    (["--algo", "xx"], "--algo must be one of bp, brsf, dfa, drtp, fa, frsf, kp, usf, sd, got 'xx'"),
     (["--dataset", "imagenet"], "--dataset must be one of mnist-5k, digits, mnist1d"),
     (["--sampler", "bogus"], "--sampler must be one of tpe, random, gp, cmaes, got 'bogus'"),
     (["--pruner", "bogus"], "--pruner must be one of median, hyperband, wilcoxon, none, got 'bogus'"),
@@ -126,7 +126,7 @@ def test_bad_input_from_the_shell_has_no_traceback(tmp_path):
     result = run_cli("--algo", "nope", "--results-dir", str(tmp_path / "r"))
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: --algo must be one of bp, dfa, fa, kp") and "got 'nope'" in lines[0]
+    assert len(lines) == 1 and lines[0].startswith("error: --algo must be one of bp, brsf, dfa, drtp, fa, frsf, kp, usf") and "got 'nope'" in lines[0]
     assert not (tmp_path / "r").exists()
 
 

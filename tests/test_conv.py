@@ -174,7 +174,7 @@ def test_cnn_shapes_and_where_feedback_lives(rule, spatial):
     expected = trunk_shape(model.conv, spatial_in)
     assert variables["params"]["dense_0"]["kernel"].shape == (int(np.prod(expected)) * 5, 7)
     has_fixed = "feedback" in variables
-    assert has_fixed == (rule in ("fa", "dfa"))
+    assert has_fixed == (RULES[rule].has_feedback and not RULES[rule].trains_feedback)  # fa, dfa, frsf, drtp
     if rule == "fa":
         assert variables["feedback"]["conv_1"]["feedback"].shape == kernel.shape
     if rule == "kp":

@@ -6,6 +6,7 @@ import numpy as np
 import optax
 import pytest
 
+from models import rules
 from models.networks import MLP
 from models.rules import RULES, UnknownRuleError, direct_feedback, fa_dense, get_rule, kp_dense
 from models.train import TrainConfig, init_variables
@@ -20,8 +21,9 @@ def softmax(z):
 def numpy_grads(rule, x, labels, kernels, biases, feedback, activation):
     """The rule's update for an MLP with mean softmax cross-entropy, written out by hand.
 
-    kernels[i]: (n_i, n_{i+1}); feedback[i] is B_i of the kernel's shape (fa/kp) or, for dfa, the direct
-    matrix of hidden layer i with shape (n_{i+1}, n_out).
+    kernels[i]: (n_i, n_{i+1}); feedback[i] is B_i of the kernel's shape (fa/kp; frsf: the stored R whose
+    magnitudes |R| get the kernel's signs; brsf: the drawn B itself) or, for dfa and drtp, the direct matrix of
+    hidden layer i with shape (n_{i+1}, n_out). usf needs none: B = sign(W) / sqrt(fan_in).
     """
     f, df = activation
     hs, pre = [x], []
@@ -37,8 +39,15 @@ def numpy_grads(rule, x, labels, kernels, biases, feedback, activation):
     for i in range(len(kernels) - 2, -1, -1):
         if rule == "bp":
             back = deltas[i + 1] @ kernels[i + 1].T
-        elif rule in ("fa", "kp"):
+        elif rule in ("fa", "kp", "brsf"):
             back = deltas[i + 1] @ feedback[i + 1].T
+        elif rule == "usf":  # the current kernel's signs, scaled by 1/sqrt(fan_in)
+            w = kernels[i + 1]
+            back = deltas[i + 1] @ (np.sign(w) / np.sqrt(w.shape[0])).T
+        elif rule == "frsf":  # fixed magnitudes, the current kernel's signs
+            back = deltas[i + 1] @ (np.abs(feedback[i + 1]) * np.sign(kernels[i + 1])).T
+        elif rule == "drtp":  # the one-hot target (not the error) straight to every hidden layer, batch mean
+            back = np.eye(pre[-1].shape[1])[labels] @ feedback[i].T / n
         else:  # dfa: the output error straight to every hidden layer
             back = error @ feedback[i].T
         deltas[i] = back * df(pre[i])
@@ -61,28 +70,50 @@ def network_and_grads(rule_name, n_layers, seed=0):
     config = TrainConfig(rule=rule_name, hidden=widths, learning_rate=0.1)
     variables = init_variables(model, x[:1], rng, config)
     params = variables.pop("params")
+    inputs = get_rule(rule_name).apply_kwargs(labels, jax.random.key(seed))  # target (drtp), rng (brsf)
 
     def loss(p):
-        logits = model.apply({"params": p, **variables}, x)
+        logits = model.apply({"params": p, **variables}, x, **inputs)
         return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
     grads = jax.grad(loss)(params)
     return x, labels, params, variables, grads
 
 
+@pytest.fixture
+def brsf_draws(monkeypatch):
+    """Records every feedback matrix brsf draws, by kernel shape (the shapes of one test network differ)."""
+    drawn = {}
+    real = rules.brsf_feedback
+
+    def recording(kernel, key):
+        b = real(kernel, key)
+        jax.debug.callback(lambda v: drawn.__setitem__(v.shape, np.asarray(v, np.float64)), b)
+        return b
+
+    monkeypatch.setattr(rules, "brsf_feedback", recording)
+    return drawn
+
+
 @pytest.mark.parametrize("n_layers", [2, 3])
 @pytest.mark.parametrize("rule_name", sorted(RULES))
-def test_gradients_equal_closed_form_update(rule_name, n_layers):
+def test_gradients_equal_closed_form_update(rule_name, n_layers, brsf_draws):
     x, labels, params, fixed, grads = network_and_grads(rule_name, n_layers)
     names = LAYER_NAMES[n_layers]
     kernels = [np.asarray(params[n]["kernel"], np.float64) for n in names]
     biases = [np.asarray(params[n]["bias"], np.float64) for n in names]
-    if rule_name in ("fa", "kp"):
+    if rule_name in ("fa", "kp", "frsf"):
         source = fixed.get("feedback", params)
         feedback = [np.asarray(source[n]["feedback"], np.float64) for n in names]
-    elif rule_name == "dfa":
+    elif rule_name in ("dfa", "drtp"):
         taps = fixed["feedback"]
-        feedback = [np.asarray(taps[f"DirectFeedback_{i}"]["feedback"], np.float64) for i in range(n_layers - 1)]
+        tap = get_rule(rule_name).direct.__name__
+        feedback = [np.asarray(taps[f"{tap}_{i}"]["feedback"], np.float64) for i in range(n_layers - 1)]
+    elif rule_name == "brsf":  # the draws of this backward pass: signs of the kernels, |R| of mean square 1/fan_in
+        jax.effects_barrier()  # the debug callbacks have run
+        feedback = [brsf_draws[k.shape] for k in kernels]
+        for w, b in zip(kernels[1:], feedback[1:]):
+            np.testing.assert_array_equal(np.sign(b), np.sign(w))
     else:
         feedback = None
     expected = numpy_grads(rule_name, x.astype(np.float64), labels, kernels, biases, feedback, TANH)
@@ -90,7 +121,7 @@ def test_gradients_equal_closed_form_update(rule_name, n_layers):
         for kind, values in expected.items():
             np.testing.assert_allclose(grads[name][kind], values[i], rtol=2e-4, atol=1e-6, err_msg=f"{name}.{kind}")
     # fixed feedback is never a trained parameter
-    if rule_name in ("fa", "dfa"):
+    if rule_name in ("fa", "dfa", "frsf", "drtp"):
         assert all("feedback" not in params[n] for n in names)
 
 
@@ -154,6 +185,8 @@ def test_direct_feedback_is_zero_forward_and_projects_backward():
 
 
 def test_unknown_rule_lists_known_ones():
-    with pytest.raises(UnknownRuleError, match=r"unknown learning rule 'xyz'; known rules: bp, dfa, fa, kp"):
+    with pytest.raises(
+        UnknownRuleError, match=r"unknown learning rule 'xyz'; known rules: bp, brsf, dfa, drtp, fa, frsf, kp, usf"
+    ):
         get_rule("xyz")
     assert get_rule("kp").trains_feedback and not get_rule("fa").trains_feedback
