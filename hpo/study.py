@@ -18,6 +18,7 @@ from hpo.config import StudyConfig
 from hpo.data import Dataset, load_dataset
 from hpo.errors import UsageError
 from hpo.objective import Objective
+from hpo.space import starting_points
 from hpo.storage import open_storage, redact
 from hpo.workers import run_local_workers, run_trials, sampler_seed
 
@@ -89,8 +90,10 @@ def open_study(config: StudyConfig, dataset: Dataset, storage: BaseStorage | Non
             )
         if name not in attrs:
             study.set_user_attr(name, value)
-    if "metric" not in attrs:
+    if "metric" not in attrs:  # a new study: record its metric and warm-start it
         study.set_user_attr("metric", dataset.metric)
+        for params in starting_points(config):
+            study.enqueue_trial(params, user_attrs={"starting_point": True})
     return study
 
 
