@@ -53,6 +53,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from models.programs import ProgramCache
 from models.train import CVResult, DivergedError, EpochMetrics, FoldData, batch_orders
 
 Array = jax.Array
@@ -614,18 +615,12 @@ def build_epoch(s: Structure) -> Callable:
     return epoch
 
 
-_COMPILED: dict[tuple, Any] = {}
+_COMPILED = ProgramCache()
 
 
 def _compiled_epoch(s: Structure, args: tuple) -> tuple[Any, float]:
     shapes = jax.tree_util.tree_map(lambda a: (jnp.shape(a), str(jnp.result_type(a))), args)
-    cache_key = (s, str(shapes))
-    if cache_key in _COMPILED:
-        return _COMPILED[cache_key], 0.0
-    start = time.perf_counter()
-    compiled = jax.jit(build_epoch(s), donate_argnums=0).lower(*args).compile()
-    _COMPILED[cache_key] = compiled
-    return compiled, time.perf_counter() - start
+    return _COMPILED.get((s, str(shapes)), lambda: jax.jit(build_epoch(s), donate_argnums=0).lower(*args).compile())
 
 
 def input_rates01(x: Array | np.ndarray, train_idx: np.ndarray) -> np.ndarray:

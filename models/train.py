@@ -20,6 +20,7 @@ import numpy as np
 import optax
 
 from models import diagnostics
+from models.programs import ProgramCache
 from models.networks import CNN, MLP, ConvLayer
 from models.rules import FEEDBACK, get_rule
 
@@ -382,27 +383,26 @@ class _Compiled(NamedTuple):
     epoch: Any  # (state, batches, x, y, val_idx, val_mask, hyper) -> (state, EpochMetrics)
 
 
-_COMPILED: dict[tuple, _Compiled] = {}
+_COMPILED = ProgramCache()
 
 
 def _compiled(spec: ProgramSpec, params, fixed, hyper, batches, data: FoldData, key=None) -> tuple[_Compiled, float]:
     """Ahead-of-time compiled programs for ``spec`` and these shapes, and the seconds spent compiling.
 
-    Programs are kept for the life of the process, so later trials with the same shapes compile nothing;
-    JAX's persistent compilation cache (configured by ``hpo``) does the same across processes.
+    Programs are kept in a bounded per-process cache (``models.programs``), so later trials with the same shapes
+    compile nothing; JAX's persistent compilation cache (configured by ``hpo``) does the same across processes.
     """
     shapes = jax.tree_util.tree_map(lambda a: (a.shape, str(a.dtype)), (params, fixed, batches, data))
-    cache_key = (spec, str(shapes))
-    if cache_key in _COMPILED:
-        return _COMPILED[cache_key], 0.0
-    start = time.perf_counter()
-    programs = build_programs(spec)
-    init_opt = jax.jit(programs.init_opt).lower(params, hyper).compile()
-    state_shape = TrainState(params, fixed, jax.eval_shape(programs.init_opt, params, hyper), key)
-    device_data = (data.x, data.y, data.val_idx, data.val_mask)
-    epoch = jax.jit(programs.epoch, donate_argnums=0).lower(state_shape, batches, *device_data, hyper).compile()
-    _COMPILED[cache_key] = _Compiled(init_opt, epoch)
-    return _COMPILED[cache_key], time.perf_counter() - start
+
+    def build() -> _Compiled:
+        programs = build_programs(spec)
+        init_opt = jax.jit(programs.init_opt).lower(params, hyper).compile()
+        state_shape = TrainState(params, fixed, jax.eval_shape(programs.init_opt, params, hyper), key)
+        device_data = (data.x, data.y, data.val_idx, data.val_mask)
+        epoch = jax.jit(programs.epoch, donate_argnums=0).lower(state_shape, batches, *device_data, hyper).compile()
+        return _Compiled(init_opt, epoch)
+
+    return _COMPILED.get((spec, str(shapes)), build)
 
 
 def count_params(params: Any) -> int:

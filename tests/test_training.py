@@ -116,3 +116,16 @@ def test_kolen_pollack_feedback_aligns_with_forward_weights():
     assert angles[0] > 60  # independent random initialisations are nearly orthogonal
     assert all(later < earlier for earlier, later in zip(angles, angles[1:])), angles
     assert angles[-1] < 15
+
+
+def test_program_cache_is_bounded_and_least_recently_used():
+    """Unbounded caches of XLA executables exhaust the kernel's memory-map limit in long studies."""
+    from models.programs import ProgramCache
+
+    cache, built = ProgramCache(max_entries=2), []
+    build = lambda name: (lambda: built.append(name) or name)  # noqa: E731
+    assert cache.get("a", build("a"))[0] == "a" and cache.get("b", build("b"))[0] == "b"
+    assert cache.get("a", build("a!")) == ("a", 0.0)  # hit: nothing built, "a" becomes most recent
+    cache.get("c", build("c"))  # evicts "b", the least recently used
+    assert len(cache) == 2 and built == ["a", "b", "c"]
+    assert cache.get("b", build("b2"))[0] == "b2" and cache.get("a", build("a3"))[0] == "a3"
