@@ -20,8 +20,8 @@ import numpy as np
 import optax
 
 from models import diagnostics
-from models.programs import ProgramCache
 from models.networks import CNN, MLP, ConvLayer
+from models.programs import ProgramCache
 from models.rules import FEEDBACK, get_rule
 
 Array = jax.Array
