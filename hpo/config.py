@@ -39,7 +39,7 @@ class StudyConfig:
     pruner: str = "median"  # early stopping of unpromising trials
     seed: int = 0  # seeds the sampler, the folds and every network
     results_dir: str = "results"  # where summaries and charts are written
-    fold_strategy: str = "sequential"  # folds one after another or vmapped in one program
+    fold_strategy: str = "vmap"  # folds vmapped in one program (measured faster here, results/benchmarks.md) or sequential
     evals_per_epoch: int = 1  # evaluation points per epoch: learning curves and diagnostics
     diagnostics: bool = True  # alignment with backprop, W-B angles, weight change at each evaluation point
     cache_dir: str | None = None  # JAX persistent compilation cache (default: ~/.cache/bioplausible-hpo/jax)

@@ -32,7 +32,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--pruner", help=f"{', '.join(PRUNERS)} (default median)")
     add("--seed", type=int, help="study seed: sampler, folds, networks (default 0)")
     add("--results-dir", help="where summaries and charts are written (default results)")
-    add("--fold-strategy", help=f"{', '.join(FOLD_STRATEGIES)} (default sequential)")
+    add("--fold-strategy", help=f"{', '.join(FOLD_STRATEGIES)} (default vmap)")
     add("--evals-per-epoch", type=int, help="evaluation points per epoch for learning curves and diagnostics (default 1)")
     add("--diagnostics", action=argparse.BooleanOptionalAction, default=None,
         help="record alignment with backprop, W-B angles and weight change per trial (default on)")
