@@ -174,7 +174,7 @@ def torch_reference(dataset, folds, width: int, epochs: int):
                 layers.append((w, bias, torch.randn(a, b, generator=gen) / a**0.5))
             optimiser = torch.optim.Adam([p for w, b, _ in layers for p in (w, b)], lr=1e-3)
 
-            def forward(x):
+            def forward(x, layers=layers):
                 for i, (w, b, feedback) in enumerate(layers):
                     x = FALinear.apply(x, w, b, feedback)
                     if i < len(layers) - 1:

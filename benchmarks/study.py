@@ -29,7 +29,6 @@ import time
 from pathlib import Path
 
 import jax.numpy as jnp
-import numpy as np
 import optuna
 
 from benchmarks.objective import machine

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import tomllib
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -143,7 +143,3 @@ def _as_list(value: Any, key: str, path: Path) -> list[Any]:
     if not isinstance(value, list) or not value:
         raise UsageError(f"{key} in {str(path)!r} must be a non-empty list, got {value!r}")
     return value
-
-
-def with_overrides(config: StudyConfig, **changes: Any) -> StudyConfig:
-    return replace(config, **{k: v for k, v in changes.items() if v is not None})

@@ -85,9 +85,13 @@ class Objective:
             trial.set_user_attr("diagnostics", final_diagnostics(result.points))
         return result.score
 
-    def test_score(self, params: dict[str, Any], trial_number: int) -> float:
-        """Retrain the configuration ``params`` on the whole training split and score the test split."""
-        train_config = suggest(optuna.trial.FixedTrial(params), self.config, self.dataset)
-        d = self.dataset
-        seed = trial_seed(self.config.seed, trial_number)
-        return fit_and_score(train_config, d.x_train, d.y_train, d.x_test, d.y_test, d.out_features, seed)
+
+def test_score(config: StudyConfig, dataset: Dataset, params: dict[str, Any], trial_number: int) -> float:
+    """Retrain the configuration ``params`` on the whole training split and score the test split.
+
+    Needs no folds: the trial's own seed and the fixed split are all it uses.
+    """
+    train_config = suggest(optuna.trial.FixedTrial(params), config, dataset)
+    seed = trial_seed(config.seed, trial_number)
+    d = dataset
+    return fit_and_score(train_config, d.x_train, d.y_train, d.x_test, d.y_test, d.out_features, seed)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import optuna
 
 from hpo.config import StudyConfig
-from hpo.storage import open_storage
 from hpo.report import check_writable, print_summary, write_reports
+from hpo.storage import open_storage
 from hpo.study import run_study
 
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import sys
-import time
 import warnings
 from pathlib import Path
 from typing import Callable
@@ -17,7 +15,7 @@ from optuna.trial import TrialState
 from hpo.config import StudyConfig
 from hpo.data import Dataset, load_dataset
 from hpo.errors import UsageError
-from hpo.objective import Objective
+from hpo.objective import Objective, test_score
 from hpo.space import starting_points
 from hpo.storage import open_storage, redact
 from hpo.workers import run_local_workers, run_trials, sampler_seed
@@ -101,16 +99,11 @@ def count_finished(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
 
 
-def format_value(value: float | None, metric: str) -> str:
-    return "-" if value is None else f"{value:.4f}"
-
-
 class Progress:
     """One line per finished trial: count, state, value, best so far, time."""
 
     def __init__(self, config: StudyConfig, metric: str, out: Printer):
         self.config, self.metric, self.out = config, metric, out
-        self.start = time.perf_counter()
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         done = count_finished(study)
@@ -181,11 +174,6 @@ def record_test_score(study: optuna.Study, config: StudyConfig, dataset: Dataset
     stored = study.user_attrs.get("test")
     if stored and stored.get("trial") == best.number:
         return
-    objective = Objective(config, dataset)
-    score = objective.test_score(best.params, best.number)
+    score = test_score(config, dataset, best.params, best.number)
     study.set_user_attr("test", {"trial": best.number, "score": score, "metric": dataset.metric})
     out(f"[{config.name}] best trial #{best.number}: CV {dataset.metric} {best.value:.4f}, test {score:.4f}")
-
-
-def eprint(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)

@@ -295,6 +295,14 @@ def _window(value: int | Sequence[int], spatial: int, what: str) -> tuple[int, .
     return values
 
 
+def fixed_feedback(module: nn.Module, shape: tuple[int, ...]) -> Array:
+    """A feedback matrix of ``shape`` held fixed in the collection ``"feedback"`` (never seen by an optimiser).
+
+    ``module`` must have a ``feedback_init`` field; the initialiser draws from the ``"params"`` rng stream.
+    """
+    return module.variable(FEEDBACK, FEEDBACK, lambda: module.feedback_init(module.make_rng("params"), shape)).value
+
+
 class _ConvBase(nn.Module):
     """Shared fields and shapes of the convolution modules (inputs ``(batch, *spatial, channels)``)."""
 
@@ -335,8 +343,8 @@ class FAConv(_ConvBase):
     def __call__(self, x: Array) -> Array:
         shape, strides = self._shapes(x)
         kernel, bias = self._kernel_and_bias(shape)
-        feedback = self.variable(FEEDBACK, FEEDBACK, lambda: self.feedback_init(self.make_rng("params"), shape))
-        return fa_conv(x, kernel, bias, feedback.value, strides, self.padding)
+        feedback = fixed_feedback(self, shape)
+        return fa_conv(x, kernel, bias, feedback, strides, self.padding)
 
 
 class KPConv(_ConvBase):
@@ -387,8 +395,8 @@ class FRSFConv(_ConvBase):
     def __call__(self, x: Array) -> Array:
         shape, strides = self._shapes(x)
         kernel, bias = self._kernel_and_bias(shape)
-        feedback = self.variable(FEEDBACK, FEEDBACK, lambda: self.feedback_init(self.make_rng("params"), shape))
-        return frsf_conv(x, kernel, bias, feedback.value, strides, self.padding)
+        feedback = fixed_feedback(self, shape)
+        return frsf_conv(x, kernel, bias, feedback, strides, self.padding)
 
 
 class BRSFConv(_ConvBase):

@@ -55,6 +55,7 @@ from models.conv import (
     KPConv,
     USFConv,
     brsf_feedback,
+    fixed_feedback,
     forward_only,
     frsf_feedback,
     usf_feedback,
@@ -258,65 +259,56 @@ default_kernel_init = nn.initializers.lecun_normal()
 default_feedback_init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
 
 
-class BPDense(nn.Module):
-    """``flax.linen.Dense`` under backpropagation (kept for a uniform interface across rules)."""
+class _DenseBase(nn.Module):
+    """Shared fields of the dense modules: ``y = x @ kernel + bias`` with kernel shape ``(in, features)``."""
 
     features: int
     kernel_init: Initializer = default_kernel_init
     bias_init: Initializer = nn.initializers.zeros_init()
 
+    def _kernel_and_bias(self, x: Array) -> tuple[tuple[int, int], Array, Array]:
+        shape = (x.shape[-1], self.features)
+        return shape, self.param("kernel", self.kernel_init, shape), self.param("bias", self.bias_init, (self.features,))
+
+
+class BPDense(_DenseBase):
+    """``flax.linen.Dense`` under backpropagation (kept for a uniform interface across rules)."""
+
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features))
-        bias = self.param("bias", self.bias_init, (self.features,))
+        _, kernel, bias = self._kernel_and_bias(x)
         return bp_dense(x, kernel, bias)
 
 
-class FADense(nn.Module):
+class FADense(_DenseBase):
     """Dense layer trained by feedback alignment; ``feedback`` is fixed (collection ``"feedback"``)."""
 
-    features: int
-    kernel_init: Initializer = default_kernel_init
-    bias_init: Initializer = nn.initializers.zeros_init()
     feedback_init: Initializer = default_feedback_init
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        shape = (x.shape[-1], self.features)
-        kernel = self.param("kernel", self.kernel_init, shape)
-        bias = self.param("bias", self.bias_init, (self.features,))
-        feedback = self.variable(FEEDBACK, FEEDBACK, lambda: self.feedback_init(self.make_rng("params"), shape))
-        return fa_dense(x, kernel, bias, feedback.value)
+        shape, kernel, bias = self._kernel_and_bias(x)
+        return fa_dense(x, kernel, bias, fixed_feedback(self, shape))
 
 
-class KPDense(nn.Module):
+class KPDense(_DenseBase):
     """Dense layer trained by Kolen-Pollack; ``feedback`` is a trained parameter with the kernel's update."""
 
-    features: int
-    kernel_init: Initializer = default_kernel_init
-    bias_init: Initializer = nn.initializers.zeros_init()
     feedback_init: Initializer = default_feedback_init
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        shape = (x.shape[-1], self.features)
-        kernel = self.param("kernel", self.kernel_init, shape)
-        bias = self.param("bias", self.bias_init, (self.features,))
+        shape, kernel, bias = self._kernel_and_bias(x)
         feedback = self.param(FEEDBACK, self.feedback_init, shape)
         return kp_dense(x, kernel, bias, feedback)
 
 
-class DFADense(nn.Module):
+class DFADense(_DenseBase):
     """Dense layer of a DFA network: learns from the error delivered to its output, passes none back."""
-
-    features: int
-    kernel_init: Initializer = default_kernel_init
-    bias_init: Initializer = nn.initializers.zeros_init()
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features))
-        bias = self.param("bias", self.bias_init, (self.features,))
+        _, kernel, bias = self._kernel_and_bias(x)
         return dfa_dense(x, kernel, bias)
 
 
@@ -332,46 +324,34 @@ class DirectFeedback(nn.Module):
     @nn.compact
     def __call__(self, hidden: Array) -> Array:
         shape = (hidden.shape[-1], self.out_features)
-        feedback = self.variable(FEEDBACK, FEEDBACK, lambda: self.feedback_init(self.make_rng("params"), shape))
-        return direct_feedback(hidden, feedback.value)
+        return direct_feedback(hidden, fixed_feedback(self, shape))
 
 
-class USFDense(nn.Module):
+class USFDense(_DenseBase):
     """Dense layer trained with uniform sign-concordant feedback (uSF): no stored feedback matrix."""
-
-    features: int
-    kernel_init: Initializer = default_kernel_init
-    bias_init: Initializer = nn.initializers.zeros_init()
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features))
-        bias = self.param("bias", self.bias_init, (self.features,))
+        _, kernel, bias = self._kernel_and_bias(x)
         return usf_dense(x, kernel, bias)
 
 
-class FRSFDense(nn.Module):
+class FRSFDense(_DenseBase):
     """Dense layer trained with fixed random-magnitude sign-concordant feedback (frSF).
 
     The fixed matrix ``feedback`` (collection ``"feedback"``, initialised as fa's) holds ``R``; the backward pass
     uses ``|R| * sign(kernel)``, so ``R``'s distribution and scale set the magnitudes and the kernel the signs.
     """
 
-    features: int
-    kernel_init: Initializer = default_kernel_init
-    bias_init: Initializer = nn.initializers.zeros_init()
     feedback_init: Initializer = default_feedback_init
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        shape = (x.shape[-1], self.features)
-        kernel = self.param("kernel", self.kernel_init, shape)
-        bias = self.param("bias", self.bias_init, (self.features,))
-        feedback = self.variable(FEEDBACK, FEEDBACK, lambda: self.feedback_init(self.make_rng("params"), shape))
-        return frsf_dense(x, kernel, bias, feedback.value)
+        shape, kernel, bias = self._kernel_and_bias(x)
+        return frsf_dense(x, kernel, bias, fixed_feedback(self, shape))
 
 
-class BRSFDense(nn.Module):
+class BRSFDense(_DenseBase):
     """Dense layer trained with batchwise random-magnitude sign-concordant feedback (brSF).
 
     The magnitudes are drawn from the Flax rng stream ``FEEDBACK_RNG`` (``"feedback"``), which the trainer
@@ -379,14 +359,9 @@ class BRSFDense(nn.Module):
     differentiated.
     """
 
-    features: int
-    kernel_init: Initializer = default_kernel_init
-    bias_init: Initializer = nn.initializers.zeros_init()
-
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features))
-        bias = self.param("bias", self.bias_init, (self.features,))
+        _, kernel, bias = self._kernel_and_bias(x)
         if not self.has_rng(FEEDBACK_RNG):
             return forward_only(x @ kernel + bias, NO_FEEDBACK_RNG)
         return brsf_dense(x, kernel, bias, self.make_rng(FEEDBACK_RNG))
@@ -405,10 +380,10 @@ class DirectTarget(nn.Module):
     @nn.compact
     def __call__(self, hidden: Array, target: Array | None = None) -> Array:
         shape = (hidden.shape[-1], self.out_features)
-        feedback = self.variable(FEEDBACK, FEEDBACK, lambda: self.feedback_init(self.make_rng("params"), shape))
+        feedback = fixed_feedback(self, shape)
         if target is None:
-            return forward_only(direct_feedback(hidden, feedback.value), NO_TARGET)  # zeros that depend on hidden
-        return direct_target(hidden, feedback.value, target_signal(target, self.out_features))
+            return forward_only(direct_feedback(hidden, feedback), NO_TARGET)  # zeros that depend on hidden
+        return direct_target(hidden, feedback, target_signal(target, self.out_features))
 
 
 # ----------------------------------------------------------------------------------------------------------

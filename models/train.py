@@ -217,7 +217,6 @@ class Programs(NamedTuple):
     # (state, batches (k, b, bs), x, y, val_idx, val_mask, hyper) -> (state, EpochMetrics, points), where
     # points maps a metric name to its (k, evals_per_epoch) values (empty when one plain evaluation per epoch)
     epoch: Callable
-    predict: Callable  # (params, fixed, x) -> outputs
 
 
 def build_programs(spec: ProgramSpec) -> Programs:
@@ -313,7 +312,7 @@ def build_programs(spec: ProgramSpec) -> Programs:
 
         return map_folds(one)(state, batches, val_idx, val_mask)
 
-    return Programs(init_opt, epoch, apply)
+    return Programs(init_opt, epoch)
 
 
 def segment_layout(n_batches: int, n_segments: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
