@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from hpo.files import atomic_path, pyplot
+
 LEARNING = ("train_loss", "train_score", "val_loss", "val_score")
 SIGNIFICANT = 4  # digits kept in storage: angles to 0.01 degree, losses to 0.1 %
 
@@ -77,22 +79,11 @@ def final_diagnostics(points: dict[str, np.ndarray]) -> dict[str, float | None]:
 # Plots
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _save(fig, path: Path) -> None:
-    from hpo.report import atomic_path
-
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=90, format="png")
-    _plt().close(fig)
+    pyplot().close(fig)
 
 
 def _layered(series: dict[str, np.ndarray], metric: str) -> dict[str, np.ndarray]:
@@ -108,7 +99,7 @@ def _mean_and_folds(ax, epochs: np.ndarray, folds: np.ndarray, label: str, colou
 
 def learning_curves_png(title: str, epochs: np.ndarray, series: dict[str, np.ndarray], path: Path) -> None:
     """Loss and score, train and validation, per fold (thin) and mean over folds (thick)."""
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
     for ax, kind in zip(axes, ("loss", "score")):
         for split, colour in (("train", "#264653"), ("val", "#e76f51")):
@@ -134,7 +125,7 @@ def alignment_png(title: str, epochs: np.ndarray, series: dict[str, np.ndarray],
     panels = [(m, t, _layered(series, m)) for m, t in ANGLE_PANELS if _layered(series, m)]
     if not panels:
         return False
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
     for ax, (_, subtitle, by_layer) in zip(axes[0], panels):
         for layer, folds in by_layer.items():
@@ -161,7 +152,7 @@ def weight_change_png(title: str, epochs: np.ndarray, series: dict[str, np.ndarr
     ]
     if not panels:
         return False
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False)
     for ax, (subtitle, by_layer) in zip(axes[0], panels):
         for layer, folds in by_layer.items():
@@ -198,7 +189,7 @@ def alignment_comparison_png(rows: list[dict[str, Any]], path: Path) -> bool:
             groups.setdefault(f"{row['dataset']} / {row['model']}", []).append(row)
     if not groups:
         return False
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(groups), figsize=(max(6.0, 4.8 * len(groups)), 4.0), squeeze=False)
     for ax, (title, group) in zip(axes[0], sorted(groups.items())):
         group = sorted(group, key=lambda r: r["algo"])

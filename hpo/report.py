@@ -12,12 +12,8 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import json
-import os
 import sys
-import tempfile
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +24,7 @@ from optuna.trial import TrialState
 from hpo.config import DEFAULT_STORAGE
 from hpo.curves import write_curve_plots
 from hpo.errors import UsageError
+from hpo.files import atomic_path, check_writable, pyplot, write_text
 from hpo.storage import open_storage, redact, study_names
 
 SUMMARY_COLUMNS = [
@@ -35,37 +32,6 @@ SUMMARY_COLUMNS = [
     "mean", "std", "best_trial", "best_fold_std", "test_score", "median_trial_seconds", "compile_seconds",
     "wall_seconds", "best_params",
 ]
-
-
-@contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success rename it over ``path``, on failure remove it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_text(path: Path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
-
-
-def check_writable(results_dir: str | Path) -> Path:
-    """Fail early, before any training, if results cannot be written."""
-    path = Path(results_dir)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
-            pass
-    except OSError as error:
-        raise UsageError(f"results directory {str(path)!r} is not writable: {error.strerror or error}") from None
-    return path
 
 
 def study_row(study: optuna.Study) -> dict:
@@ -138,6 +104,7 @@ def to_markdown(frame: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n\nBest configurations:\n\n" + "\n".join(params) + "\n"
 
 
+STAT_COLOURS = {"best": "#2a9d8f", "mean": "#e9c46a", "worst": "#e76f51"}  # bar colour of each statistic
 MAX_PANELS_PER_ROW = 4  # wider grids of (dataset, model) panels wrap onto further rows
 
 
@@ -178,23 +145,18 @@ def _score_limits(group: pd.DataFrame) -> tuple[float | None, float | None]:
 
 def comparison_png(frame: pd.DataFrame, path: Path) -> None:
     """Grouped bars per (dataset, model): best, mean (error bar: std over trials) and worst of each rule."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     groups = _groups(frame)
     if not groups:
         return
     rows, cols = _grid(len(groups))
     fig, axes = plt.subplots(rows, cols, figsize=(max(5.0, 4.2 * cols), 4.2 * rows), squeeze=False)
     width = 0.26
-    colours = {"best": "#2a9d8f", "mean": "#e9c46a", "worst": "#e76f51"}
     for ax, (title, group) in zip(axes.flat, groups, strict=False):  # spare axes of the last row stay empty
         x = np.arange(len(group))
         for i, stat in enumerate(("best", "mean", "worst")):
             err = group["std"].to_numpy() if stat == "mean" else None
-            ax.bar(x + (i - 1) * width, group[stat], width, yerr=err, capsize=3, label=stat, color=colours[stat])
+            ax.bar(x + (i - 1) * width, group[stat], width, yerr=err, capsize=3, label=stat, color=STAT_COLOURS[stat])
         long_labels = (group["label"] != group["algo"]).any()  # study names: rotate so they do not overlap
         ax.set_xticks(x, group["label"], rotation=20 if long_labels else 0, ha="right" if long_labels else "center")
         ax.set_title(title)
@@ -222,7 +184,6 @@ def comparison_html(frame: pd.DataFrame, path: Path) -> None:
         return
     rows, cols = _grid(len(groups))
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=[t for t, _ in groups])
-    colours = {"best": "#2a9d8f", "mean": "#e9c46a", "worst": "#e76f51"}
     for i, (_, group) in enumerate(groups):
         row, col = divmod(i, cols)
         row, col = row + 1, col + 1
@@ -231,7 +192,7 @@ def comparison_html(frame: pd.DataFrame, path: Path) -> None:
             fig.add_trace(
                 go.Bar(
                     name=stat, x=group["label"].tolist(), y=group[stat].tolist(), error_y=error,
-                    marker_color=colours[stat], legendgroup=stat, showlegend=i == 0,
+                    marker_color=STAT_COLOURS[stat], legendgroup=stat, showlegend=i == 0,
                     customdata=group[["study", "complete", "test_score"]].to_numpy(),
                     hovertemplate="%{customdata[0]}<br>" + stat + " %{y:.4f}<br>complete trials %{customdata[1]}"
                     "<br>test %{customdata[2]:.4f}<extra></extra>",
@@ -249,10 +210,7 @@ def comparison_html(frame: pd.DataFrame, path: Path) -> None:
 
 def study_plots(study: optuna.Study, directory: Path) -> None:
     """Optuna's optimisation history and parameter importances (html, and png for the README)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from optuna.visualization import matplotlib as opt_mpl
 
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -15,10 +17,11 @@ from optuna.trial import TrialState
 from hpo.config import StudyConfig
 from hpo.data import Dataset, load_dataset
 from hpo.errors import UsageError
+from hpo.launcher import run_local_workers
 from hpo.objective import Objective, test_score
 from hpo.space import starting_points
 from hpo.storage import open_storage, redact
-from hpo.workers import run_local_workers, run_trials, sampler_seed
+from hpo.workers import run_trials, sampler_seed
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # states that count towards --trials
 STUDY_ATTRS = ("dataset", "model", "algo", "folds", "epochs", "seed")  # fixed when a study is created
@@ -140,7 +143,7 @@ def run_study(config: StudyConfig, out: Printer = print, worker: int = 0, test_s
             f"({config.folds}-fold CV, {config.epochs} epochs, {config.sampler} sampler, {config.pruner} pruner)"
         )
         if config.workers > 1:
-            run_local_workers(config, config.workers, out)
+            run_local_workers(worker_main, config, config.workers, out)
         else:
             trials = study.get_trials(deepcopy=False)
             busy = any(t.state == TrialState.RUNNING for t in trials)
@@ -177,3 +180,19 @@ def record_test_score(study: optuna.Study, config: StudyConfig, dataset: Dataset
     score = test_score(config, dataset, best.params, best.number)
     study.set_user_attr("test", {"trial": best.number, "score": score, "metric": dataset.metric})
     out(f"[{config.name}] best trial #{best.number}: CV {dataset.metric} {best.value:.4f}, test {score:.4f}")
+
+
+def worker_main(config: StudyConfig, index: int) -> None:
+    """Body of one ``--workers`` process: a fresh interpreter that initialises JAX itself and runs the study."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+    def out(line: str) -> None:
+        print(f"[w{index}] {line}", flush=True)
+
+    try:
+        run_study(replace(config, workers=1), out, worker=index, test_score=False)
+    except UsageError as error:
+        print(f"[w{index}] error: {error}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)

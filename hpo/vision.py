@@ -33,17 +33,17 @@ import math
 import os
 import pickle
 import sys
-import uuid
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import IO, Any
 from urllib.error import URLError
 
 import numpy as np
 
-from hpo.data import Dataset
+from hpo.dataset import Dataset, standardise
 from hpo.errors import UsageError
+from hpo.files import atomic_write
 
 INSTALL_HINT = 'pip install -e ".[vision]"'
 CACHE_FORMAT = 1  # bump when the cache layout changes, so old caches are rebuilt
@@ -174,7 +174,7 @@ def _decompress_placed(spec: VisionSpec, folder: Path) -> None:
                 f"{packed} is truncated or corrupt ({error}); delete it to download it again, or replace it"
             ) from None
         try:
-            _atomic_write(plain, lambda fh, data=content: fh.write(data))
+            atomic_write(plain, lambda fh, data=content: fh.write(data))
         except OSError as error:
             raise UsageError(
                 f"cannot write {plain}, the decompressed {packed.name} that torchvision reads ({error}); "
@@ -363,7 +363,7 @@ def _write_cache(path: Path, arrays: dict[str, np.ndarray], sources: dict[str, l
 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(path, write)
+        atomic_write(path, write)
     except OSError as error:
         # A read-only shared data directory is a valid setup: say so and go on reading the source files each time.
         print(
@@ -372,39 +372,15 @@ def _write_cache(path: Path, arrays: dict[str, np.ndarray], sources: dict[str, l
         )
 
 
-def _atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
-    """Write a temporary file in the same directory, then rename it: readers never see half a file.
-
-    The temporary name is unique per process (concurrent workers may build the same cache); ``open(..., "xb")``
-    creates it with the usual permissions (umask), so a shared data directory stays readable by others.
-    """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "xb") as handle:
-            write(handle)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def _standardise(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
-    """(x / 255 - mean) / std per channel, in float32, in two passes over the array."""
-    out = x.astype(np.float32)
-    out *= (1.0 / (255.0 * std)).astype(np.float32)
-    out += (-mean / std).astype(np.float32)
-    return out
-
-
 def _dataset(spec: VisionSpec, root: Path, arrays: dict[str, np.ndarray]) -> Dataset:
     mean, std = arrays["mean"], arrays["std"]
     n_train, n_test = len(arrays["x_train"]), len(arrays["x_test"])
     return Dataset(
         spec.name,
         "classification",
-        _standardise(arrays["x_train"], mean, std),
+        standardise(arrays["x_train"], mean, std, scale=1 / 255),
         arrays["y_train"].astype(np.int32),
-        _standardise(arrays["x_test"], mean, std),
+        standardise(arrays["x_test"], mean, std, scale=1 / 255),
         arrays["y_test"].astype(np.int32),
         N_CLASSES,
         f"{spec.title} via torchvision from {root}: official split, {n_train} train / {n_test} test, "

@@ -29,14 +29,12 @@ update a finished trial), so a trial is never retried twice.
 from __future__ import annotations
 
 import contextlib
-import multiprocessing
 import os
 import socket
 import threading
 import time
 import warnings
 import zlib
-from dataclasses import replace
 from typing import Callable, Iterator
 
 import numpy as np
@@ -257,55 +255,3 @@ def sampler_seed(seed: int, n_existing: int, busy: bool, worker: int) -> int:
     if busy:
         entropy += [os.getpid(), zlib.crc32(socket.gethostname().encode())]
     return int(np.random.SeedSequence(entropy).generate_state(1)[0])
-
-
-# ---- local worker processes (--workers W) -------------------------------------------------------------------
-
-
-def _worker_main(config, index: int) -> int:
-    """Body of one spawned worker: a fresh interpreter that initialises JAX itself and runs the study."""
-    import sys
-
-    from hpo.errors import UsageError
-    from hpo.study import run_study
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-    def out(line: str) -> None:
-        print(f"[w{index}] {line}", flush=True)
-
-    try:
-        run_study(replace(config, workers=1), out, worker=index, test_score=False)
-    except UsageError as error:
-        print(f"[w{index}] error: {error}", file=sys.stderr, flush=True)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        sys.exit(130)
-    return 0
-
-
-def run_local_workers(config, workers: int, out: Printer) -> None:
-    """Start ``workers`` processes with the spawn start method (never fork after JAX started) and wait for them.
-
-    Each prints its own progress lines prefixed ``[wN]``. Raises UsageError naming the first worker that failed.
-    """
-    from hpo.errors import UsageError
-
-    context = multiprocessing.get_context("spawn")
-    processes = [
-        context.Process(target=_worker_main, args=(config, i), name=f"hpo-worker-{i}") for i in range(workers)
-    ]
-    out(f"[{config.name}] starting {workers} worker processes")
-    for process in processes:
-        process.start()
-    try:
-        for process in processes:
-            process.join()
-    except KeyboardInterrupt:
-        for process in processes:
-            process.join()  # they got the same SIGINT: each fails and re-queues its trial, then exits
-        raise
-    failed = [(i, p.exitcode) for i, p in enumerate(processes) if p.exitcode != 0]
-    if failed:
-        i, code = failed[0]
-        raise UsageError(f"worker w{i} of study {config.name!r} exited with code {code} (its error is above)")
