@@ -19,6 +19,7 @@ import os
 import platform
 import statistics
 import time
+from functools import partial
 from pathlib import Path
 
 import jax
@@ -26,17 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from hpo.data import load_dataset, make_folds
-from models.train import (
-    FoldData,
-    TrainConfig,
-    TrainState,
-    batch_orders,
-    build_programs,
-    cross_validate,
-    init_variables,
-    make_model,
-    spec_for,
-)
+from models.rule_training import TrainConfig
+from models.train import FoldData, Plan, RunState, batch_orders, cross_validate, run_epoch, stack, start_runs
 
 SETTINGS = (  # (label, evals_per_epoch, diagnostics)
     ("off, 1 eval/epoch (plain program)", 1, False),
@@ -57,18 +49,17 @@ def machine() -> str:
 
 def epoch_seconds(config: TrainConfig, data: FoldData, calls: int) -> dict[str, float]:
     """Fastest of ``calls`` runs of each setting's compiled epoch program (interleaved), from the same state."""
-    model = make_model(config, 10)
-    variables = [init_variables(model, data.x[:1], np.random.default_rng(i), config) for i in range(3)]
-    variables = jax.tree_util.tree_map(lambda *a: np.stack(a), *variables)
-    params = variables.pop("params")
-    hyper = {k: np.float32(v) for k, v in config.hyperparameters.items()}
+    family = config.family
+    spec = family.program_spec(config, data.x[:1], 10)
+    host = stack([family.init(config, spec, data.x[:1], np.random.default_rng(i)) for i in range(3)])
+    hyper = family.hyperparameters(config)
     batches = batch_orders(np.random.default_rng(0), np.asarray(data.train_idx), config.batch_size)
     device_data = (data.x, data.y, data.val_idx, data.val_mask)
+    state = RunState(jax.jit(partial(start_runs, family, spec, "sequential"))(host, hyper), None)
     programs = {}
     for label, evals, diagnostics in SETTINGS:
-        built = build_programs(spec_for(config, 10, "sequential", evals, diagnostics))
-        state = TrainState(params, variables, jax.jit(built.init_opt)(params, hyper))
-        programs[label] = (jax.jit(built.epoch).lower(state, batches, *device_data, hyper).compile(), state)
+        epoch = partial(run_epoch, family, spec, Plan("sequential", evals, diagnostics))
+        programs[label] = (jax.jit(epoch).lower(state, batches, *device_data, hyper).compile(), state)
     best = dict.fromkeys(programs, float("inf"))
     for _ in range(calls):
         for label, (epoch, state) in programs.items():

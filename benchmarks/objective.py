@@ -33,9 +33,9 @@ import numpy as np
 import optax
 
 from hpo.data import load_dataset, make_folds
-from models.api import cross_validate
-from models.rules import fa_dense
-from models.train import FoldData, TrainConfig
+from models.rule_training import TrainConfig
+from models.rules import DenseForward, get_rule, rule_op
+from models.train import FoldData, cross_validate
 
 BATCH = 64
 FOLDS = 3
@@ -104,7 +104,7 @@ def jit_step_reference(dataset, folds, width: int, epochs: int):
 
     def forward(params, x):
         for i, layer in enumerate(params):
-            x = fa_dense(x, layer["w"], layer["b"], jax.lax.stop_gradient(layer["B"]))
+            x = rule_op(get_rule("fa"), DenseForward(), x, layer["w"], layer["b"], jax.lax.stop_gradient(layer["B"]), None)
             if i < len(params) - 1:
                 x = jax.nn.relu(x)
         return x

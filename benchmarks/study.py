@@ -33,8 +33,8 @@ import optuna
 
 from benchmarks.objective import machine
 from hpo.data import load_dataset, make_folds
-from models.api import cross_validate
-from models.train import FoldData, TrainConfig
+from models.rule_training import TrainConfig
+from models.train import FoldData, cross_validate
 
 MARKER = "<!-- study benchmarks below -->"
 

@@ -8,18 +8,13 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from hpo.algorithms import ALGORITHMS, MODELS, get_algorithm
 from hpo.data import DATASETS
 from hpo.errors import UsageError
-from models.rules import RULES
+from models.train import FOLD_STRATEGIES
 
-MODELS = ("mlp", "cnn")
-# Algorithms that are whole network models with their own dynamics rather than layer rules of
-# models.rules.RULES, with the network families they exist for (segregated dendrites: models.sd).
-NETWORK_ALGORITHMS = {"sd": ("mlp",)}
-ALGORITHMS = (*sorted(RULES), *sorted(NETWORK_ALGORITHMS))
 SAMPLERS = ("tpe", "random", "gp", "cmaes")
 PRUNERS = ("median", "hyperband", "wilcoxon", "none")
-FOLD_STRATEGIES = ("sequential", "vmap")
 DEFAULT_STORAGE = "sqlite:///studies/studies.db"
 
 
@@ -27,7 +22,7 @@ DEFAULT_STORAGE = "sqlite:///studies/studies.db"
 class StudyConfig:
     """One hyperparameter study: which rule on which data, and how to search."""
 
-    algo: str = "fa"  # learning rule (models.rules.RULES) or network algorithm (NETWORK_ALGORITHMS)
+    algo: str = "fa"  # learning rule or whole model (hpo.algorithms.ALGORITHMS)
     dataset: str = "mnist-5k"  # dataset name (hpo.data.DATASETS)
     model: str = "mlp"  # network family
     trials: int = 50  # total finished (complete or pruned) trials the study should have
@@ -47,14 +42,10 @@ class StudyConfig:
     data_dir: str | None = None  # files of mnist/fashion-mnist/cifar10 (default: hpo.vision.default_data_dir)
 
     def __post_init__(self) -> None:
-        _choice("--algo", self.algo, ALGORITHMS)
+        _choice("--algo", self.algo, tuple(ALGORITHMS))
         _choice("--dataset", self.dataset, list(DATASETS))
         _choice("--model", self.model, MODELS)
-        if self.algo in NETWORK_ALGORITHMS and self.model not in NETWORK_ALGORITHMS[self.algo]:
-            raise UsageError(
-                f"--algo {self.algo} exists only for --model {', '.join(NETWORK_ALGORITHMS[self.algo])}, "
-                f"got {self.model!r}"
-            )
+        get_algorithm(self.algo).space(self.model)  # the algorithm exists for this model
         _choice("--sampler", self.sampler, SAMPLERS)
         _choice("--pruner", self.pruner, PRUNERS)
         _choice("--fold-strategy", self.fold_strategy, FOLD_STRATEGIES)

@@ -50,15 +50,6 @@ def encode_curves(points: dict[str, np.ndarray], point_epochs: np.ndarray) -> di
     }
 
 
-def result_curves(result: Any) -> dict[str, Any]:
-    """The ``curves`` user attribute of a ``CVResult``: its evaluation points, or for a trainer that records
-    none (one evaluation per epoch, e.g. segregated dendrites) its per-epoch curves, at epochs 1, 2, ..."""
-    if result.points:
-        return encode_curves(result.points, result.point_epochs)
-    n_epochs = len(next(iter(result.curves.values())))
-    return encode_curves(result.curves, np.arange(1, n_epochs + 1))
-
-
 def decode_curves(attr: dict[str, Any]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Positions (points,) and name -> (folds, points) float arrays (NaN where stored as null)."""
     epochs = np.asarray(attr["epoch"], float)

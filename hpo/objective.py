@@ -9,13 +9,23 @@ import jax.numpy as jnp
 import numpy as np
 import optuna
 
+from hpo.algorithms import study_space, suggest
 from hpo.config import StudyConfig
-from hpo.curves import final_diagnostics, result_curves
-from hpo.data import Dataset, make_folds
+from hpo.curves import encode_curves, final_diagnostics
+from hpo.data import Dataset, Folds, make_folds
 from hpo.errors import UsageError
-from hpo.space import BATCH_SIZES, suggest
-from models.api import cross_validate, fit_and_score
-from models.train import DivergedError, EpochMetrics, FoldData
+from models.train import DivergedError, EpochMetrics, FoldData, cross_validate, fit_and_score
+
+
+def check_evaluation_points(config: StudyConfig, dataset: Dataset, folds: Folds) -> None:
+    """``--evals-per-epoch`` must not exceed the mini-batches of an epoch at the largest batch size the space proposes."""
+    largest = max(study_space(config).batch_sizes)
+    fewest_batches = folds.train_idx.shape[1] // largest
+    if config.evals_per_epoch > fewest_batches:
+        raise UsageError(
+            f"--evals-per-epoch must be at most {fewest_batches} (the mini-batches per epoch at batch size "
+            f"{largest} on {dataset.name} with {config.folds} folds), got {config.evals_per_epoch}"
+        )
 
 
 def trial_seed(study_seed: int, trial_number: int) -> int:
@@ -37,12 +47,7 @@ class Objective:
             val_idx=jnp.asarray(folds.val_idx),
             val_mask=jnp.asarray(folds.val_mask),
         )
-        fewest_batches = folds.train_idx.shape[1] // max(BATCH_SIZES)
-        if config.evals_per_epoch > fewest_batches:
-            raise UsageError(
-                f"--evals-per-epoch must be at most {fewest_batches} (the mini-batches per epoch at batch size "
-                f"{max(BATCH_SIZES)} on {dataset.name} with {config.folds} folds), got {config.evals_per_epoch}"
-            )
+        check_evaluation_points(config, dataset, folds)
 
     def __call__(self, trial: optuna.Trial) -> float:
         start = time.perf_counter()
@@ -80,7 +85,7 @@ class Objective:
         trial.set_user_attr("fold_std", float(np.std(result.fold_scores)))
         trial.set_user_attr("train_seconds", result.train_seconds)
         trial.set_user_attr("n_params", result.n_params)
-        trial.set_user_attr("curves", result_curves(result))
+        trial.set_user_attr("curves", encode_curves(result.points, result.point_epochs))
         if self.config.diagnostics:
             trial.set_user_attr("diagnostics", final_diagnostics(result.points))
         return result.score
@@ -94,4 +99,4 @@ def test_score(config: StudyConfig, dataset: Dataset, params: dict[str, Any], tr
     train_config = suggest(optuna.trial.FixedTrial(params), config, dataset)
     seed = trial_seed(config.seed, trial_number)
     d = dataset
-    return fit_and_score(train_config, d.x_train, d.y_train, d.x_test, d.y_test, d.out_features, seed)
+    return float(fit_and_score(train_config, d.x_train, d.y_train, d.x_test, d.y_test, d.out_features, seed).fold_scores[0])

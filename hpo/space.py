@@ -1,25 +1,35 @@
-"""Search spaces: define-by-run functions that turn an Optuna trial into a ``models.train.TrainConfig``.
+"""Search spaces: define-by-run functions that turn an Optuna trial into a model family's configuration
+(``models.rule_training.TrainConfig``, ``models.sd.SDConfig``), one ``Space`` per model (``hpo.algorithms``
+says which algorithm uses which).
 
 Parameters that change array shapes (width, depth, batch size) come from small sets, so compiled programs are
 reused across trials; scalars (learning rate, momentum, decay, feedback scale) are continuous and traced.
-Rule-specific parameters are asked only when the rule has them (``Rule.has_feedback``,
+Rule-specific parameters are asked only when the rule has them (``Rule.has_feedback_init``,
 ``Rule.trains_feedback``), so the space of each rule is exactly what that rule can use.
 """
 
 from __future__ import annotations
 
 import itertools
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
 
 import optuna
 
-from hpo.config import StudyConfig
-from hpo.data import Dataset
+from hpo.dataset import Dataset
 from hpo.errors import UsageError
 from models.networks import ConvLayer
+from models.rule_training import TrainConfig
 from models.rules import get_rule
 from models.sd import SDConfig
-from models.train import TrainConfig
+
+
+class StudySettings(Protocol):
+    """What a space reads of the study's configuration (``hpo.config.StudyConfig``)."""
+
+    algo: str
+    model: str
+    epochs: int
 
 WIDTHS = (64, 128, 256, 512)  # hidden-layer width (all hidden layers share it)
 DEPTHS = (1, 3)  # inclusive range of hidden layers
@@ -33,7 +43,7 @@ FEEDBACK_SCALE = (0.1, 10.0)  # log-uniform multiplier of the 1/fan_in-variance 
 KP_DECAY = (1e-4, 1.0)  # log-uniform decoupled weight decay (times the learning rate) of W and B
 
 
-def suggest_training(trial: Any, study: StudyConfig) -> dict[str, Any]:
+def suggest_training(trial: Any, study: StudySettings) -> dict[str, Any]:
     """Optimiser, batch size and rule-specific feedback parameters, shared by every network family."""
     rule = get_rule(study.algo)
     params: dict[str, Any] = {"optimizer": trial.suggest_categorical("optimizer", ["adam", "sgd"])}
@@ -43,7 +53,7 @@ def suggest_training(trial: Any, study: StudyConfig) -> dict[str, Any]:
         params["learning_rate"] = trial.suggest_float("lr_sgd", *SGD_LR, log=True)
         params["momentum"] = trial.suggest_float("momentum", *MOMENTUM)
     params["batch_size"] = trial.suggest_categorical("batch_size", list(BATCH_SIZES))
-    if rule.has_feedback:
+    if rule.has_feedback_init:
         params["feedback_distribution"] = trial.suggest_categorical(
             "feedback_distribution", list(FEEDBACK_DISTRIBUTIONS)
         )
@@ -53,7 +63,7 @@ def suggest_training(trial: Any, study: StudyConfig) -> dict[str, Any]:
     return params
 
 
-def suggest_mlp(trial: Any, study: StudyConfig, dataset: Dataset) -> TrainConfig:
+def suggest_mlp(trial: Any, study: StudySettings, dataset: Dataset) -> TrainConfig:
     """Search space of multilayer perceptrons."""
     depth = trial.suggest_int("depth", *DEPTHS)
     width = trial.suggest_categorical("width", list(WIDTHS))
@@ -129,17 +139,12 @@ def suggest_conv_layer(trial: Any, index: int, spatial: tuple[int, ...], in_chan
     return ConvLayer(**chosen)
 
 
-def suggest_cnn(trial: Any, study: StudyConfig, dataset: Dataset) -> TrainConfig:
+def suggest_cnn(trial: Any, study: StudySettings, dataset: Dataset) -> TrainConfig:
     """Search space of convolutional networks: 1-D convolutions for sequences, 2-D for images.
 
     Every sampled architecture fits the dataset's input shape by construction (``suggest_conv_layer``).
     """
     shape = dataset.input_shape
-    if len(shape) not in (2, 3):
-        raise UsageError(
-            f"--model cnn needs sequences (length, channels) or images (height, width, channels), but dataset "
-            f"{dataset.name!r} has inputs of shape {shape}; use --model mlp"
-        )
     spatial, channels = shape[:-1], shape[-1]
     layers: list[ConvLayer] = []
     for i in range(trial.suggest_int("conv_layers", *CONV_LAYERS)):
@@ -156,7 +161,13 @@ def suggest_cnn(trial: Any, study: StudyConfig, dataset: Dataset) -> TrainConfig
     )
 
 
-SPACES: dict[str, Callable[[Any, StudyConfig, Dataset], TrainConfig]] = {"mlp": suggest_mlp, "cnn": suggest_cnn}
+def check_cnn(study: StudySettings, dataset: Dataset) -> None:
+    shape = dataset.input_shape
+    if len(shape) not in (2, 3):
+        raise UsageError(
+            f"--model cnn needs sequences (length, channels) or images (height, width, channels), but dataset "
+            f"{dataset.name!r} has inputs of shape {shape}; use --model mlp"
+        )
 
 
 # Segregated dendrites (models.sd). Ranges are centred on the paper's Table 1 values (in brackets).
@@ -179,17 +190,13 @@ SD_APICAL_CONDUCTANCE = 0.05  # g_a of the paper's variant with a non-segregated
 SD_BATCH_SIZE = 8
 
 
-def suggest_sd(trial: Any, study: StudyConfig, dataset: Dataset) -> SDConfig:
+def suggest_sd(trial: Any, study: StudySettings, dataset: Dataset) -> SDConfig:
     """Search space of segregated-dendrites networks (Guerguiev et al. 2017), covering what the seed searched.
 
     Feedforward transmission uses rates, not spikes (as the seed's runs did): with spiking inputs every time
     step pushes a fresh input vector through the first layer, which makes a trial ~10x slower. Feedback may
     be spiking or rate-based. Mini-batches of ``SD_BATCH_SIZE`` streams keep a 30-trial study to ~10-20 minutes.
     """
-    if dataset.task != "classification":
-        raise UsageError(f"--algo sd is classification-only, but dataset {dataset.name!r} is {dataset.task}")
-    if study.evals_per_epoch != 1:
-        raise UsageError(f"--algo sd evaluates once per epoch; --evals-per-epoch must be 1, got {study.evals_per_epoch}")
     depth = trial.suggest_int("sd_depth", *SD_DEPTHS)
     hidden = tuple(trial.suggest_categorical(f"sd_width{i + 1}", list(SD_WIDTHS)) for i in range(depth))
     forward_lr = tuple(trial.suggest_float(f"sd_lr_forward{i}", *SD_FORWARD_LR, log=True) for i in range(depth + 1))
@@ -236,20 +243,24 @@ SD_PAPER_START = {
     "sd_sparse_feedback": False, "sd_feedback_bias": True,
 }
 
-# Known-good configurations enqueued once, when a study is created (warm start), per algorithm.
-STARTING_POINTS: dict[str, list[dict[str, Any]]] = {"sd": [SD_PAPER_START]}
+def check_sd(study: StudySettings, dataset: Dataset) -> None:
+    if dataset.task != "classification":
+        raise UsageError(f"--algo sd is classification-only, but dataset {dataset.name!r} is {dataset.task}")
 
 
-def starting_points(study: StudyConfig) -> list[dict[str, Any]]:
-    """Parameters to try before the sampler proposes anything (empty for most algorithms)."""
-    return STARTING_POINTS.get(study.algo, [])
+@dataclass(frozen=True)
+class Space:
+    """A model's search space: the define-by-run sampler and what the study must know about it in advance."""
+
+    suggest: Callable[[Any, StudySettings, Dataset], Any]  # (trial, study, dataset) -> the model family's config
+    batch_sizes: tuple[int, ...]  # every batch size it may propose (bounds --evals-per-epoch)
+    check: Callable[[StudySettings, Dataset], None] | None = None  # UsageError when the dataset cannot be used
+
+    def check_dataset(self, study: StudySettings, dataset: Dataset) -> None:
+        if self.check is not None:
+            self.check(study, dataset)
 
 
-# Algorithms that bring their own network model choose their own space (see hpo.config.NETWORK_ALGORITHMS).
-ALGORITHM_SPACES: dict[str, Callable[[Any, StudyConfig, Dataset], Any]] = {"sd": suggest_sd}
-
-
-def suggest(trial: Any, study: StudyConfig, dataset: Dataset) -> TrainConfig | SDConfig:
-    """The training configuration a trial proposes for ``study.algo`` and ``study.model``."""
-    space = ALGORITHM_SPACES.get(study.algo, SPACES[study.model])
-    return space(trial, study, dataset)
+MLP_SPACE = Space(suggest_mlp, BATCH_SIZES)
+CNN_SPACE = Space(suggest_cnn, BATCH_SIZES, check_cnn)
+SD_SPACE = Space(suggest_sd, (SD_BATCH_SIZE,), check_sd)

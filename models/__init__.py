@@ -1,14 +1,13 @@
-"""The science: learning rules, networks and the compiled training loop. Never imports optuna."""
+"""The science: learning rules, networks, the compiled cross-validation core and its model families
+(networks of rule layers, segregated dendrites). Never imports optuna."""
 
-from models.api import cross_validate, fit_and_score, register_trainer
-from models.networks import MLP
+from models.networks import CNN, MLP, ConvLayer
+from models.rule_training import TrainConfig
 from models.rules import RULES, Rule, get_rule
-from models.sd import SDConfig, cross_validate_sd
-from models.train import CVResult, FoldData, TrainConfig
-
-register_trainer(SDConfig, cross_validate_sd)  # segregated dendrites: its own dynamics, its own trainer
+from models.sd import SDConfig
+from models.train import CVResult, FoldData, cross_validate, fit_and_score
 
 __all__ = [
-    "MLP", "RULES", "Rule", "get_rule", "TrainConfig", "FoldData", "CVResult", "cross_validate", "fit_and_score",
-    "register_trainer", "SDConfig",
+    "CNN", "MLP", "ConvLayer", "TrainConfig", "RULES", "Rule", "get_rule", "SDConfig", "CVResult", "FoldData",
+    "cross_validate", "fit_and_score",
 ]

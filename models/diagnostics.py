@@ -19,10 +19,10 @@ Metrics (all angles in degrees, between flattened arrays; see ``angle``):
   The total weights layers by their gradient norms, so when the rule's and backprop's norms differ by layer
   (see ``norm_ratio``) it can exceed every per-layer angle: read it together with the per-layer ones.
 * ``norm_ratio/<layer>``: ``||rule gradient|| / ||backprop gradient||`` of the layer.
-* ``wb_angle/<layer>``: forward kernel ``W`` against the feedback matrix ``B`` of the same shape that carries
-  the layer's error backwards (fa: fixed, kp: trained; usf, frsf: formed from the kernel's signs,
-  ``Rule.kernel_feedback``; brsf: the expected matrix ``E|R| * sign(W)``, as a single draw is random). Layers
-  without such a matrix (bp, dfa, drtp) have none.
+* ``wb_angle/<layer>``: forward kernel ``W`` against the matrix ``B`` that carries the layer's error backwards,
+  as the rule itself forms it (``Rule.backward``: fa's fixed matrix, kp's trained one, usf's and frsf's from the
+  kernel's signs, brsf's expected matrix ``E|R| * sign(W)``, as a single draw is random). Rules without such a
+  matrix (bp sends the error through ``W`` itself; dfa and drtp send none back) have none.
   Under fa the first layer's ``B`` is never used (no error is sent to the input), so it does not align.
 * ``error_angle/<layer>`` for hidden layers: the error the rule delivers to the layer's output (its
   pre-activation, ``dL/da`` as the rule computes it: ``(e @ B.T) * f'(a)`` under dfa, the feedback chain
@@ -41,7 +41,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from models.rules import FEEDBACK, get_rule
+from models.rules.registry import FEEDBACK, Backward, get_rule
 
 Array = jax.Array
 BACKPROP = "bp"  # the rule every other rule is compared with
@@ -114,15 +114,12 @@ def _subtree(tree: dict, path: tuple[str, ...]) -> dict | None:
     return tree if isinstance(tree, dict) else None
 
 
-def feedback_pairs(
-    params: dict, fixed: dict, kernel_feedback: Callable[[Array, Array | None], Array] | None = None
-) -> dict[str, tuple[Array, Array]]:
-    """Layer name -> (kernel ``W``, feedback ``B``) for layers whose feedback matrix has the kernel's shape.
+def feedback_pairs(params: dict, fixed: dict, backward: Backward) -> dict[str, tuple[Array, Array]]:
+    """Layer name -> (kernel ``W``, the matrix ``B = backward(W, stored, None)`` carrying its error backwards).
 
-    ``B`` is looked up beside the kernel in ``params`` (trained, kp) or at the same module path in the fixed
-    ``"feedback"`` collection (fa). Direct feedback matrices (dfa) live in their own modules and have another
-    shape, so they pair with no kernel. With ``kernel_feedback`` (``Rule.kernel_feedback``: sign-concordant
-    rules) ``B = kernel_feedback(W, stored matrix or None)`` for every layer with a kernel.
+    The stored feedback matrix of a layer is looked up beside its kernel in ``params`` (trained, kp) or at the same
+    module path in the fixed ``"feedback"`` collection (fa, frsf); direct feedback matrices (dfa) live in their
+    own modules with another shape, so they are never taken for a layer's.
     """
     pairs = {}
     for name, leaves in layers(params).items():
@@ -135,10 +132,9 @@ def feedback_pairs(
             if b is not None and b.shape == leaves["kernel"].shape:
                 stored = b
                 break
-        if kernel_feedback is not None:
-            pairs[name] = (leaves["kernel"], kernel_feedback(leaves["kernel"], stored))
-        elif stored is not None:
-            pairs[name] = (leaves["kernel"], stored)
+        matrix = backward(leaves["kernel"], stored, None)
+        if matrix is not None:
+            pairs[name] = (leaves["kernel"], matrix)
     return pairs
 
 
@@ -216,8 +212,9 @@ def diagnose(
     out = {f"update_angle/{k}": v for k, v in per_layer(angle, rule_grads, bp_grads).items()}
     out["update_angle/total"] = angle(rule_grads, bp_grads)
     out.update({f"norm_ratio/{k}": v for k, v in per_layer(norm_ratio, rule_grads, bp_grads).items()})
-    kernel_feedback = get_rule(model.rule).kernel_feedback if "rule" in model.__dataclass_fields__ else None
-    out.update({f"wb_angle/{k}": angle(w, b) for k, (w, b) in feedback_pairs(params, fixed, kernel_feedback).items()})
+    rule = get_rule(model.rule)
+    if rule.backward is not None and not rule.transports_weights:
+        out.update({f"wb_angle/{k}": angle(w, b) for k, (w, b) in feedback_pairs(params, fixed, rule.backward).items()})
     hidden = list(rule_errors)[:-1]  # the last layer called is the output layer
     out.update({f"error_angle/{k}": angle(rule_errors[k], bp_errors[k]) for k in hidden})
     return out

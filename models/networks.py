@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from models.conv import PADDINGS
-from models.rules import Initializer, get_rule
+from models.initializers import FanIn
+from models.rules.layers import Conv, Dense, Initializer, direct_tap_layer
+from models.rules.ops import PADDINGS
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "relu": nn.relu,
@@ -42,21 +44,21 @@ class MLP(nn.Module):
     out_features: int  # number of classes or regression targets
     rule: str = "bp"  # learning rule name from models.rules.RULES
     activation: str = "relu"  # hidden nonlinearity from ACTIVATIONS
-    feedback_init: Initializer | None = None  # initialiser for feedback matrices (None: the rule's default)
+    feedback_init: Initializer = FanIn()  # initialiser of every feedback matrix (layers' and taps')
 
     @nn.compact
     def __call__(self, x: jax.Array, target: jax.Array | None = None) -> jax.Array:
         """Network outputs; ``target`` (labels or target vectors) reaches the taps of rules that need it (drtp)."""
-        rule = get_rule(self.rule)
         act = get_activation(self.activation)
+        dense = partial(Dense, rule=self.rule, feedback_init=self.feedback_init, check_error=False)
         h = x.reshape(x.shape[0], -1)
         taps = []
         for i, width in enumerate(self.hidden):
-            h = act(rule.dense_layer(width, self.feedback_init, name=f"dense_{i}")(h))
-            tap = rule.direct_tap(self.out_features, self.feedback_init)
+            h = act(dense(width, name=f"dense_{i}")(h))
+            tap = direct_tap_layer(self.rule, self.out_features, self.feedback_init)
             if tap is not None:
-                taps.append(tap(h, target) if rule.needs_target else tap(h))
-        y = rule.dense_layer(self.out_features, self.feedback_init, name="output")(h)
+                taps.append(tap(h, target))
+        y = dense(self.out_features, name="output")(h)
         return sum(taps, y)
 
 
@@ -139,35 +141,31 @@ class CNN(nn.Module):
     out_features: int  # number of classes or regression targets
     rule: str = "bp"  # learning rule name from models.rules.RULES
     activation: str = "relu"  # nonlinearity after every conv and hidden dense layer (ACTIVATIONS)
-    feedback_init: Initializer | None = None  # initialiser for feedback matrices (None: the rule's default)
+    feedback_init: Initializer = FanIn()  # initialiser of every feedback matrix (layers' and taps')
 
     @nn.compact
     def __call__(self, x: jax.Array, target: jax.Array | None = None) -> jax.Array:
         """Network outputs; ``target`` (labels or target vectors) reaches the taps of rules that need it (drtp)."""
-        rule = get_rule(self.rule)
         act = get_activation(self.activation)
         if x.ndim not in (3, 4):
             raise ValueError(f"CNN inputs must be (batch, length, channels) or (batch, h, w, channels), got {x.shape}")
         trunk_shape(self.conv, x.shape[1:-1])
+        shared = {"rule": self.rule, "feedback_init": self.feedback_init, "check_error": False}
         h, taps = x, []
 
         def tap(hidden: jax.Array) -> None:
-            layer = rule.direct_tap(self.out_features, self.feedback_init)
+            layer = direct_tap_layer(self.rule, self.out_features, self.feedback_init)
             if layer is not None:
-                flat = hidden.reshape(hidden.shape[0], -1)
-                taps.append(layer(flat, target) if rule.needs_target else layer(flat))
+                taps.append(layer(hidden.reshape(hidden.shape[0], -1), target))
 
         for i, spec in enumerate(self.conv):
-            layer = rule.conv_layer(
-                spec.features, spec.kernel, spec.stride, spec.padding, self.feedback_init, name=f"conv_{i}"
-            )
-            h = act(layer(h))
+            h = act(Conv(spec.features, spec.kernel, spec.stride, spec.padding, name=f"conv_{i}", **shared)(h))
             tap(h)
             if spec.pool != "none":
                 h = pool(h, spec.pool)
         h = h.reshape(h.shape[0], -1)
         for i, width in enumerate(self.hidden):
-            h = act(rule.dense_layer(width, self.feedback_init, name=f"dense_{i}")(h))
+            h = act(Dense(width, name=f"dense_{i}", **shared)(h))
             tap(h)
-        y = rule.dense_layer(self.out_features, self.feedback_init, name="output")(h)
+        y = Dense(self.out_features, name="output", **shared)(h)
         return sum(taps, y)

@@ -45,16 +45,14 @@ independent example streams and averages their updates (not in the paper; much f
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from models.programs import ProgramCache
-from models.train import CVResult, DivergedError, EpochMetrics, FoldData, batch_orders
+from models.train import FoldData
 
 Array = jax.Array
 
@@ -62,7 +60,6 @@ POISSON_MAX_SPIKES = 8  # spikes per neuron per step are capped here: P(more) < 
 MAX_RATE_PER_STEP = 0.5  # phi_max * dt must not exceed this (keeps the cap above negligible)
 EVAL_CHUNK = 64  # validation examples simulated together when input spikes are generated (bounds memory)
 UNROLL = 10  # time steps per loop iteration: XLA:CPU's per-iteration overhead dominates small layers
-FOLD_STRATEGIES = ("sequential", "vmap")
 
 
 @dataclass(frozen=True)
@@ -125,6 +122,10 @@ class SDConfig:
     @property
     def learns_feedback(self) -> bool:
         return self.feedback_learning_rates is not None
+
+    @property
+    def family(self) -> SegregatedDendrites:
+        return SEGREGATED_DENDRITES
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -278,7 +279,6 @@ class Structure:
     spiking_feedback: bool
     broadcast: bool
     learns_feedback: bool
-    fold_strategy: str
 
     @property
     def depth(self) -> int:
@@ -292,14 +292,12 @@ class Structure:
         return self.spiking_feedforward or feeds_back
 
 
-def structure_of(config: SDConfig, n_in: int, out_features: int, fold_strategy: str = "sequential") -> Structure:
-    if fold_strategy not in FOLD_STRATEGIES:
-        raise ValueError(f"fold_strategy must be one of {', '.join(FOLD_STRATEGIES)}, got {fold_strategy!r}")
+def structure_of(config: SDConfig, n_in: int, out_features: int) -> Structure:
     return Structure(
         (n_in, *config.hidden, out_features), config.batch_size, config.steps(config.forward_phase),
         config.steps(config.target_phase), config.steps(config.test_phase), config.steps(config.settle_time),
         float(config.g_a), config.spiking_feedforward, config.spiking_feedback, config.broadcast,
-        config.learns_feedback, fold_strategy,
+        config.learns_feedback,
     )
 
 
@@ -567,60 +565,12 @@ def evaluate(s: Structure, h: dict, params: SDParams, x_rate: Array, labels: Arr
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Compiled epochs and cross-validation
+# The model family: what the cross-validation core (models.train) needs from segregated dendrites
 
 
 class SDState(NamedTuple):
     params: SDParams
     neurons: Neurons
-
-
-def build_epoch(s: Structure) -> Callable:
-    """(state (k,...), batches (k, nb, bs), keys (k,), x_rate01, y, val_idx, val_mask, h) -> (state, metrics)."""
-
-    def fold_epoch(state, batches, key, val_idx, val_mask, x01, y, h):
-        x_rate = x01 * h["phi_max"]
-        key_train, key_val = jax.random.split(key)
-
-        def one(carry, inputs):
-            params, neurons = carry
-            idx, k = inputs
-            params, neurons, (loss, correct) = train_example(s, h, params, neurons, x_rate[idx], y[idx], k)
-            return (params, neurons), (loss.mean(), correct.mean())
-
-        keys = jax.random.split(key_train, batches.shape[0])
-        (params, neurons), (losses, scores) = jax.lax.scan(one, (state.params, state.neurons), (batches, keys))
-
-        chunk = EVAL_CHUNK if s.spiking_feedforward else val_idx.shape[0]
-        n_chunks = -(-val_idx.shape[0] // chunk)
-        pad = n_chunks * chunk - val_idx.shape[0]
-        idx = jnp.pad(val_idx, (0, pad)).reshape(n_chunks, chunk)
-        val_keys = jax.random.split(key_val, n_chunks)
-        val_loss, val_correct = jax.lax.map(
-            lambda a: evaluate(s, h, params, x_rate[a[0]], y[a[0]], a[1]), (idx, val_keys)
-        )
-        mask = jnp.pad(val_mask, (0, pad)).reshape(n_chunks, chunk).astype(val_loss.dtype)
-        mask = mask / mask.sum()
-        metrics = EpochMetrics(losses.mean(), scores.mean(), (val_loss * mask).sum(), (val_correct * mask).sum())
-        return SDState(params, neurons), metrics
-
-    def epoch(state, batches, keys, x01, y, val_idx, val_mask, h):
-        def one(st, bt, k, vi, vm):
-            return fold_epoch(st, bt, k, vi, vm, x01, y, h)
-
-        if s.fold_strategy == "vmap":
-            return jax.vmap(one)(state, batches, keys, val_idx, val_mask)
-        return jax.lax.map(lambda a: one(*a), (state, batches, keys, val_idx, val_mask))
-
-    return epoch
-
-
-_COMPILED = ProgramCache()
-
-
-def _compiled_epoch(s: Structure, args: tuple) -> tuple[Any, float]:
-    shapes = jax.tree_util.tree_map(lambda a: (jnp.shape(a), str(jnp.result_type(a))), args)
-    return _COMPILED.get((s, str(shapes)), lambda: jax.jit(build_epoch(s), donate_argnums=0).lower(*args).compile())
 
 
 def input_rates01(x: Array | np.ndarray, train_idx: np.ndarray) -> np.ndarray:
@@ -636,77 +586,75 @@ def input_rates01(x: Array | np.ndarray, train_idx: np.ndarray) -> np.ndarray:
     return np.clip((x - low) / (high - low), 0.0, 1.0).astype(np.float32)
 
 
-def _stack(trees: list) -> Any:
-    return jax.tree_util.tree_map(lambda *leaves: np.stack(leaves), *trees)
+class SegregatedDendrites:
+    """The model family of ``SDConfig`` for the cross-validation core (``models.train.ModelFamily``).
 
-
-def cross_validate_sd(
-    config: SDConfig,
-    data: FoldData,
-    out_features: int,
-    seed: int,
-    on_epoch: Callable[[int, EpochMetrics], None] | None = None,
-    fold_strategy: str = "sequential",
-    on_compiled: Callable[[float], None] | None = None,
-    evals_per_epoch: int = 1,
-    diagnostics: bool = False,
-) -> CVResult:
-    """Train one fresh segregated-dendrites network per fold; same contract as ``models.train.cross_validate``.
-
-    Validation runs once per epoch (``evals_per_epoch`` must be 1), and the backprop-alignment diagnostics of
-    ``models.diagnostics`` do not apply to this model (``diagnostics`` records nothing).
-
-    Classification only (integer labels); score = accuracy of the test-length forward phase, loss = mean
-    squared error of the output rates (as fractions of phi_max) against the one-hot target. Training metrics
-    are those of each example's forward phase, measured before its update.
+    Classification only (integer labels); score = accuracy of the test-length forward phase, loss = mean squared
+    error of the output rates (as fractions of phi_max) against the one-hot target. Training metrics are those of
+    each example's forward phase, measured before its update. Inputs are mapped to fractions of the maximal rate
+    once per cross-validation (``input_rates01``). The backprop-alignment diagnostics do not apply: the local
+    phase updates of this model have no backprop counterpart of the same network.
     """
-    if evals_per_epoch != 1:
-        raise ValueError(f"segregated-dendrites training evaluates once per epoch; evals_per_epoch must be 1, got {evals_per_epoch}")
-    if np.ndim(data.y) != 1 or not np.issubdtype(np.asarray(data.y).dtype, np.integer):
-        raise ValueError("segregated-dendrites training needs integer class labels (classification only)")
-    train_idx = np.asarray(data.train_idx)
-    n_folds = train_idx.shape[0]
-    x01 = input_rates01(data.x, train_idx)
-    s = structure_of(config, x01.shape[1], out_features, fold_strategy)
-    *fold_seeds, order_seed, key_seed = np.random.SeedSequence(seed).spawn(n_folds + 2)
-    order_rng = np.random.default_rng(order_seed)
-    params = _stack([init_params(config, x01.shape[1], out_features, np.random.default_rng(q)) for q in fold_seeds])
-    neurons = jax.tree_util.tree_map(lambda a: np.zeros((n_folds, *a.shape), np.float32), zero_neurons(s, s.batch_size))
-    state = SDState(params, neurons)
-    h = hyperparameters(config)
-    key_root = jax.random.key(int(key_seed.generate_state(1)[0]))
-    y = jnp.asarray(data.y, jnp.int32)
-    x01 = jnp.asarray(x01)
 
-    def epoch_keys(epoch: int) -> Array:
-        return jax.random.split(jax.random.fold_in(key_root, epoch), n_folds)
+    name = "segregated-dendrites"
+    has_diagnostics = False
 
-    batches = batch_orders(order_rng, train_idx, config.batch_size)
-    args = (state, batches, epoch_keys(0), x01, y, data.val_idx, data.val_mask, h)
-    compiled, compile_seconds = _compiled_epoch(s, args)
-    if on_compiled is not None:
-        on_compiled(compile_seconds)
+    def program_spec(self, config: SDConfig, sample_x: Any, out_features: int) -> Structure:
+        return structure_of(config, int(np.prod(np.shape(sample_x)[1:])), out_features)
 
-    start = time.perf_counter()
-    history: list[EpochMetrics] = []
-    for epoch in range(config.epochs):
-        if epoch:
-            batches = batch_orders(order_rng, train_idx, config.batch_size)
-        state, metrics = compiled(state, batches, epoch_keys(epoch), x01, y, data.val_idx, data.val_mask, h)
-        metrics = EpochMetrics(*(np.asarray(m) for m in metrics))
-        history.append(metrics)
-        bad = np.flatnonzero(~(np.isfinite(metrics.train_loss) & np.isfinite(metrics.val_loss)))
-        if bad.size:
-            raise DivergedError(
-                f"non-finite loss (train {metrics.train_loss[bad[0]]}, validation {metrics.val_loss[bad[0]]}) "
-                f"in epoch {epoch + 1}, fold {bad[0] + 1}"
-            )
-        if on_epoch is not None:
-            on_epoch(epoch, metrics)
-    train_seconds = time.perf_counter() - start
+    def hyperparameters(self, config: SDConfig) -> dict[str, np.ndarray]:
+        return hyperparameters(config)
 
-    curves = {name: np.stack([getattr(m, name) for m in history]) for name in EpochMetrics._fields}
-    sizes = s.sizes
-    n_params = int(sum(sizes[i] * sizes[i + 1] + sizes[i + 1] for i in range(len(sizes) - 1)))
-    epochs = np.arange(1, config.epochs + 1, dtype=float)
-    return CVResult(history[-1].val_score, curves, compile_seconds, train_seconds, n_params, points=dict(curves), point_epochs=epochs)
+    def epochs(self, config: SDConfig) -> int:
+        return config.epochs
+
+    def batch_size(self, config: SDConfig) -> int:
+        return config.batch_size
+
+    def prepare(self, config: SDConfig, data: FoldData) -> FoldData:
+        if np.ndim(data.y) != 1 or not np.issubdtype(np.asarray(data.y).dtype, np.integer):
+            raise ValueError("segregated-dendrites training needs integer class labels (classification only)")
+        x01 = input_rates01(data.x, np.asarray(data.train_idx))
+        return data._replace(x=jnp.asarray(x01), y=jnp.asarray(data.y, jnp.int32))
+
+    def init(self, config: SDConfig, spec: Structure, sample_x: Any, rng: np.random.Generator) -> SDState:
+        params = init_params(config, spec.sizes[0], spec.sizes[-1], rng)
+        neurons = jax.tree_util.tree_map(lambda a: np.zeros(a.shape, np.float32), zero_neurons(spec, spec.batch_size))
+        return SDState(params, neurons)
+
+    def needs_key(self, spec: Structure) -> bool:
+        return True  # spike trains (and the initial phases' noise) draw from it
+
+    def count_params(self, spec: Structure, state: SDState) -> int:
+        sizes = spec.sizes
+        return int(sum(sizes[i] * sizes[i + 1] + sizes[i + 1] for i in range(len(sizes) - 1)))
+
+    def start(self, spec: Structure, hyper: dict, state: SDState) -> SDState:
+        return state
+
+    def train_step(self, spec: Structure, hyper: dict, state: SDState, key, x01, y, idx):
+        x_rate = x01[idx] * hyper["phi_max"]
+        params, neurons, (loss, correct) = train_example(spec, hyper, state.params, state.neurons, x_rate, y[idx], key)
+        return SDState(params, neurons), (loss.mean(), correct.mean())
+
+    def evaluate(self, spec: Structure, hyper: dict, state: SDState, key, x01, y, val_idx, val_mask):
+        """The test-length forward phase of every validation example, ``EVAL_CHUNK`` examples at a time when input
+        spike trains are generated (they are held for a whole phase: this bounds memory)."""
+        chunk = EVAL_CHUNK if spec.spiking_feedforward else val_idx.shape[0]
+        n_chunks = -(-val_idx.shape[0] // chunk)
+        pad = n_chunks * chunk - val_idx.shape[0]
+        idx = jnp.pad(val_idx, (0, pad)).reshape(n_chunks, chunk)
+        keys = jax.random.split(key, n_chunks)
+        x_rate = x01 * hyper["phi_max"]
+        val_loss, val_correct = jax.lax.map(
+            lambda a: evaluate(spec, hyper, state.params, x_rate[a[0]], y[a[0]], a[1]), (idx, keys)
+        )
+        mask = jnp.pad(val_mask, (0, pad)).reshape(n_chunks, chunk).astype(val_loss.dtype)
+        mask = mask / mask.sum()
+        return (val_loss * mask).sum(), (val_correct * mask).sum()
+
+    def diagnose(self, spec, hyper, state, before, key, x, y, idx) -> dict:
+        return {}
+
+
+SEGREGATED_DENDRITES = SegregatedDendrites()

@@ -8,13 +8,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from hpo.algorithms import check_dataset, suggest
 from hpo.config import StudyConfig
 from hpo.data import Dataset
 from hpo.errors import UsageError
-from hpo.space import CONV_CHOICES, MAX_CONV_MACS, suggest, suggest_cnn, suggest_conv_layer
+from hpo.space import CONV_CHOICES, MAX_CONV_MACS, suggest_cnn, suggest_conv_layer
 from hpo.study import make_sampler
+from models.rule_training import make_model
 from models.rules import RULES
-from models.train import make_model
 
 SHAPES = [(8, 8, 1), (28, 28, 1), (32, 32, 3), (40, 1)]  # digits, mnist, cifar-like images; mnist1d sequences
 
@@ -145,4 +146,4 @@ def test_nothing_fits_prunes_at_once_with_the_reason():
 
 def test_inputs_without_spatial_axes_are_a_usage_error():
     with pytest.raises(UsageError, match=r"--model cnn needs sequences .* shape \(20,\); use --model mlp"):
-        suggest_cnn(optuna.trial.FixedTrial({}), StudyConfig(algo="bp", model="cnn"), fake_dataset((20,)))
+        check_dataset(StudyConfig(algo="bp", model="cnn"), fake_dataset((20,)))

@@ -8,12 +8,26 @@ import numpy as np
 import optax
 import pytest
 
-from models import conv as conv_module
-from models import rules
-from models.conv import bp_conv, dfa_conv, fa_conv, kp_conv
+from models.initializers import host_init
 from models.networks import CNN, ConvLayer, pool, trunk_shape
-from models.rules import RULES, get_rule
-from models.train import TrainConfig, init_variables, make_model
+from models.rule_training import TrainConfig, make_model
+from models.rules import FEEDBACK, RULES, Conv, ConvForward, get_rule, rule_op
+
+
+def bp_conv(x, kernel, bias, strides, padding):
+    return rule_op(get_rule("bp"), ConvForward(strides, padding), x, kernel, bias, None, None)
+
+
+def fa_conv(x, kernel, bias, feedback, strides, padding):
+    return rule_op(get_rule("fa"), ConvForward(strides, padding), x, kernel, bias, feedback, None)
+
+
+def kp_conv(x, kernel, bias, feedback, strides, padding):
+    return rule_op(get_rule("kp"), ConvForward(strides, padding), x, kernel, bias, feedback, None)
+
+
+def dfa_conv(x, kernel, bias, strides, padding):
+    return rule_op(get_rule("dfa"), ConvForward(strides, padding), x, kernel, bias, None, None)
 
 LAYOUTS = {1: ("NWC", "WIO", "NWC"), 2: ("NHWC", "HWIO", "NHWC")}
 CASES = list(itertools.product([1, 2], [1, 2], ["SAME", "VALID"]))  # (spatial axes, stride, padding)
@@ -113,7 +127,7 @@ def small_cnn(rule, spatial, pool_kind="max"):
     x = rng.standard_normal(shape).astype(np.float32)
     labels = rng.integers(0, 3, shape[0])
     model = make_model(config, 3)
-    variables = init_variables(model, x[:1], rng, config)
+    variables = host_init(model, x[:1], rng)
     return model, variables, x, labels
 
 
@@ -174,7 +188,7 @@ def test_cnn_shapes_and_where_feedback_lives(rule, spatial):
     expected = trunk_shape(model.conv, spatial_in)
     assert variables["params"]["dense_0"]["kernel"].shape == (int(np.prod(expected)) * 5, 7)
     has_fixed = "feedback" in variables
-    assert has_fixed == (RULES[rule].has_feedback and not RULES[rule].trains_feedback)  # fa, dfa, frsf, drtp
+    assert has_fixed == (RULES[rule].has_feedback_init and not RULES[rule].trains_feedback)  # fa, dfa, frsf, drtp
     if rule == "fa":
         assert variables["feedback"]["conv_1"]["feedback"].shape == kernel.shape
     if rule == "kp":
@@ -198,13 +212,12 @@ def test_pooling_matches_flax_and_drops_an_odd_last_row():
     assert pool(x[:, :, 0], "max").shape == (2, 3, 3)
 
 
-def test_conv_modules_share_the_registry_names_and_defaults():
-    assert conv_module.FEEDBACK == rules.FEEDBACK
-    assert all(get_rule(name).conv is not None for name in RULES)
-    layer = get_rule("fa").conv_layer(3, 5, 2, "VALID")
-    assert (layer.features, layer.kernel_size, layer.strides, layer.padding) == (3, 5, 2, "VALID")
+def test_conv_layer_holds_its_rules_feedback_with_the_kernels_shape():
+    layer = Conv(3, 5, 2, "VALID", rule="fa")
     init = jax.eval_shape(lambda: layer.init(jax.random.key(0), jnp.zeros((1, 9, 9, 2))))
-    assert init["feedback"]["feedback"].shape == (5, 5, 2, 3)
+    assert init[FEEDBACK][FEEDBACK].shape == init["params"]["kernel"].shape == (5, 5, 2, 3)
+    trained = jax.eval_shape(lambda: Conv(3, 5, rule="kp").init(jax.random.key(0), jnp.zeros((1, 9, 2))))
+    assert set(trained) == {"params"} and trained["params"][FEEDBACK].shape == (5, 2, 3)
 
 
 @pytest.mark.slow  # ~10 s each on a loaded 2-core CPU, nearly all XLA compilation

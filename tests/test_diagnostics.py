@@ -2,6 +2,7 @@
 the curves' shape and storage size, and the plots made from storage alone."""
 
 import json
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -15,8 +16,10 @@ from hpo.curves import decode_curves, encode_curves, final_diagnostics, write_cu
 from hpo.data import load_dataset, make_folds
 from hpo.objective import Objective
 from models import diagnostics as D
+from models.initializers import host_init
 from models.networks import MLP
-from models.train import FoldData, TrainConfig, build_programs, cross_validate, segment_layout, spec_for
+from models.rule_training import TrainConfig
+from models.train import FoldData, Plan, RunState, cross_validate, run_epoch, segment_layout, stack, start_runs
 
 
 def loss_fn(logits, labels):
@@ -24,13 +27,11 @@ def loss_fn(logits, labels):
 
 
 def network(rule, hidden=(7, 5), activation="tanh", seed=0):
-    from models.train import init_variables
-
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((11, 6)).astype(np.float32)
     labels = rng.integers(0, 4, 11)
     model = MLP(hidden, 4, rule, activation)
-    variables = init_variables(model, x[:1], rng, TrainConfig(rule=rule, hidden=hidden, learning_rate=0.1))
+    variables = host_init(model, x[:1], rng)
     params = variables.pop("params")
     return model, params, variables, x, labels
 
@@ -150,28 +151,24 @@ def test_kp_aligns_curves_have_every_point_and_training_is_unchanged():
 
 def test_diagnostics_off_is_the_plain_program():
     """Off, nothing of the diagnostics is traced: no angle (atan2), no segment branch (cond), no extra output."""
-    spec_off = spec_for(TrainConfig(rule="fa", hidden=(8,), learning_rate=0.1), 10, "sequential")
-    spec_on = spec_for(TrainConfig(rule="fa", hidden=(8,), learning_rate=0.1), 10, "sequential", 2, True)
-    args = _epoch_args()
-    off = str(jax.make_jaxpr(build_programs(spec_off).epoch)(*args))
-    on = str(jax.make_jaxpr(build_programs(spec_on).epoch)(*args))
+    family, spec, args = _epoch_args()
+    plain, monitored = Plan("sequential"), Plan("sequential", evals_per_epoch=2, diagnostics=True)
+    off = str(jax.make_jaxpr(partial(run_epoch, family, spec, plain))(*args))
+    on = str(jax.make_jaxpr(partial(run_epoch, family, spec, monitored))(*args))
     assert "atan2" not in off and "cond" not in off and "atan2" in on
-    assert jax.eval_shape(build_programs(spec_off).epoch, *args)[2] == {}
+    assert jax.eval_shape(partial(run_epoch, family, spec, plain), *args)[2] == {}
 
 
 def _epoch_args():
-    from models.train import TrainState, init_variables, make_model
-
     config = TrainConfig(rule="fa", hidden=(8,), learning_rate=0.1)
+    family = config.family
     x = np.zeros((40, 6), np.float32)
-    variables = init_variables(make_model(config, 10), x[:1], np.random.default_rng(0), config)
-    stacked = jax.tree_util.tree_map(lambda a: np.stack([a, a]), variables)
-    params = stacked.pop("params")
-    hyper = {k: np.float32(v) for k, v in config.hyperparameters.items()}
-    programs = build_programs(spec_for(config, 10, "sequential"))
-    state = TrainState(params, stacked, jax.eval_shape(programs.init_opt, params, hyper))
+    spec = family.program_spec(config, x[:1], 10)
+    host = stack([family.init(config, spec, x[:1], np.random.default_rng(0))] * 2)
+    hyper = family.hyperparameters(config)
+    state = RunState(jax.eval_shape(partial(start_runs, family, spec, "sequential"), host, hyper), None)
     batches = np.zeros((2, 5, 4), np.int32)
-    return state, batches, x, np.zeros(40, np.int32), np.zeros((2, 8), np.int32), np.ones((2, 8), bool), hyper
+    return family, spec, (state, batches, x, np.zeros(40, np.int32), np.zeros((2, 8), np.int32), np.ones((2, 8), bool), hyper)
 
 
 def test_fa_hidden_update_aligns_with_backprop_on_mnist():

@@ -12,17 +12,44 @@ import numpy as np
 import optax
 import pytest
 
-from models import rules
-from models.conv import (
-    brsf_conv,
-    brsf_feedback,
-    frsf_conv,
-    sign_feedback_scale,
-    usf_conv,
-)
+from models.initializers import host_init
 from models.networks import CNN, MLP, ConvLayer
-from models.rules import RULES, brsf_dense, frsf_dense, get_rule, usf_dense
-from models.train import FoldData, TrainConfig, cross_validate, init_variables, make_model
+from models.rule_training import TrainConfig, make_model
+from models.rules import (
+    RULES,
+    ConvForward,
+    DenseForward,
+    brsf_feedback,
+    get_rule,
+    registry,
+    rule_op,
+    sign_feedback_scale,
+)
+from models.train import FoldData, cross_validate
+
+
+def usf_dense(x, kernel, bias):
+    return rule_op(get_rule("usf"), DenseForward(), x, kernel, bias, None, None)
+
+
+def frsf_dense(x, kernel, bias, feedback):
+    return rule_op(get_rule("frsf"), DenseForward(), x, kernel, bias, feedback, None)
+
+
+def brsf_dense(x, kernel, bias, key):
+    return rule_op(get_rule("brsf"), DenseForward(), x, kernel, bias, None, key)
+
+
+def usf_conv(x, kernel, bias, strides, padding):
+    return rule_op(get_rule("usf"), ConvForward(strides, padding), x, kernel, bias, None, None)
+
+
+def frsf_conv(x, kernel, bias, feedback, strides, padding):
+    return rule_op(get_rule("frsf"), ConvForward(strides, padding), x, kernel, bias, feedback, None)
+
+
+def brsf_conv(x, kernel, bias, key, strides, padding):
+    return rule_op(get_rule("brsf"), ConvForward(strides, padding), x, kernel, bias, None, key)
 
 NEW_RULES = ("usf", "brsf", "frsf", "drtp")
 LAYOUTS = {1: ("NWC", "WIO", "NWC"), 2: ("NHWC", "HWIO", "NHWC")}
@@ -76,8 +103,7 @@ def _mlp(rule, seed=0, activation="tanh"):
     x = rng.standard_normal((11, 6)).astype(np.float32)
     labels = rng.integers(0, 4, 11)
     model = MLP((7, 5), 4, rule, activation)
-    config = TrainConfig(rule=rule, hidden=(7, 5), learning_rate=0.1)
-    variables = init_variables(model, x[:1], rng, config)
+    variables = host_init(model, x[:1], rng)
     return model, variables.pop("params"), variables, x, labels
 
 
@@ -215,7 +241,7 @@ def small_cnn(rule, spatial=2, seed=5):
     x = rng.standard_normal(shape).astype(np.float32)
     labels = rng.integers(0, 3, shape[0])
     model = make_model(config, 3)
-    variables = init_variables(model, x[:1], rng, config)
+    variables = host_init(model, x[:1], rng)
     return model, variables.pop("params"), variables, x, labels
 
 
@@ -266,8 +292,8 @@ def test_drtp_conv_hidden_error_is_the_projected_target(spatial):
 def test_registry_fields_of_the_new_rules():
     assert {r for r in RULES if RULES[r].needs_rng} == {"brsf"}
     assert {r for r in RULES if RULES[r].needs_target} == {"drtp"}
-    assert [RULES[r].has_feedback for r in NEW_RULES] == [False, False, True, True]
-    assert all(RULES[r].conv is not None and not RULES[r].trains_feedback for r in NEW_RULES)
+    assert [RULES[r].has_feedback_init for r in NEW_RULES] == [False, False, True, True]
+    assert all(not RULES[r].trains_feedback for r in NEW_RULES)
     assert get_rule("bp").apply_kwargs(None, None) == {}  # old rules: the network is called exactly as before
 
 
@@ -283,7 +309,7 @@ def fold_data(name, k=2):
 def test_brsf_trainer_redraws_at_every_step_with_the_current_signs(monkeypatch):
     """In the compiled trainer every update draws new magnitudes, always with the signs of the kernel it uses."""
     seen = []
-    real = rules.brsf_feedback
+    real = registry.brsf_feedback
 
     def recording(kernel, key):
         b = real(kernel, key)
@@ -291,7 +317,7 @@ def test_brsf_trainer_redraws_at_every_step_with_the_current_signs(monkeypatch):
             jax.debug.callback(lambda w, v: seen.append((np.asarray(w), np.asarray(v))), kernel, b)
         return b
 
-    monkeypatch.setattr(rules, "brsf_feedback", recording)
+    monkeypatch.setattr(registry, "brsf_feedback", recording)
     data, folds = fold_data("digits")
     config = TrainConfig(rule="brsf", hidden=(13,), learning_rate=1e-2, epochs=1, batch_size=128)
     first = cross_validate(config, folds, 10, seed=2)

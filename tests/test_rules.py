@@ -6,10 +6,21 @@ import numpy as np
 import optax
 import pytest
 
-from models import rules
+from models.initializers import host_init
 from models.networks import MLP
-from models.rules import RULES, UnknownRuleError, direct_feedback, fa_dense, get_rule, kp_dense
-from models.train import TrainConfig, init_variables
+from models.rules import RULES, TAPS, DenseForward, UnknownRuleError, direct_tap, get_rule, registry, rule_op
+
+
+def fa_dense(x, kernel, bias, feedback):
+    return rule_op(get_rule("fa"), DenseForward(), x, kernel, bias, feedback, None)
+
+
+def kp_dense(x, kernel, bias, feedback):
+    return rule_op(get_rule("kp"), DenseForward(), x, kernel, bias, feedback, None)
+
+
+def direct_feedback(hidden, feedback):
+    return direct_tap(hidden, feedback, None)
 
 
 def softmax(z):
@@ -67,8 +78,7 @@ def network_and_grads(rule_name, n_layers, seed=0):
     x = rng.standard_normal((11, 6)).astype(np.float32)
     labels = rng.integers(0, 4, 11)
     model = MLP(widths, 4, rule_name, "tanh")
-    config = TrainConfig(rule=rule_name, hidden=widths, learning_rate=0.1)
-    variables = init_variables(model, x[:1], rng, config)
+    variables = host_init(model, x[:1], rng)
     params = variables.pop("params")
     inputs = get_rule(rule_name).apply_kwargs(labels, jax.random.key(seed))  # target (drtp), rng (brsf)
 
@@ -84,14 +94,14 @@ def network_and_grads(rule_name, n_layers, seed=0):
 def brsf_draws(monkeypatch):
     """Records every feedback matrix brsf draws, by kernel shape (the shapes of one test network differ)."""
     drawn = {}
-    real = rules.brsf_feedback
+    real = registry.brsf_feedback
 
     def recording(kernel, key):
         b = real(kernel, key)
         jax.debug.callback(lambda v: drawn.__setitem__(v.shape, np.asarray(v, np.float64)), b)
         return b
 
-    monkeypatch.setattr(rules, "brsf_feedback", recording)
+    monkeypatch.setattr(registry, "brsf_feedback", recording)
     return drawn
 
 
@@ -107,7 +117,7 @@ def test_gradients_equal_closed_form_update(rule_name, n_layers, brsf_draws):
         feedback = [np.asarray(source[n]["feedback"], np.float64) for n in names]
     elif rule_name in ("dfa", "drtp"):
         taps = fixed["feedback"]
-        tap = get_rule(rule_name).direct.__name__
+        tap = TAPS[get_rule(rule_name).direct].__name__
         feedback = [np.asarray(taps[f"{tap}_{i}"]["feedback"], np.float64) for i in range(n_layers - 1)]
     elif rule_name == "brsf":  # the draws of this backward pass: signs of the kernels, |R| of mean square 1/fan_in
         jax.effects_barrier()  # the debug callbacks have run

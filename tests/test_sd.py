@@ -13,7 +13,7 @@ import pytest
 
 from benchmarks.sd_reference import NumpySD
 from models import sd
-from models.train import FoldData
+from models.train import FoldData, cross_validate
 
 H = {"dt": 0.5, "g_l": 0.1, "g_b": 0.6, "g_d": 0.6, "e_exc": 8.0, "e_inh": -8.0, "tau_l": 10.0, "tau_s": 3.0}
 
@@ -183,7 +183,7 @@ def test_learns_mnist_well_above_chance():
     # the paper's 784-500-10 network, learning rates and phases, online; rate-coded inputs, a shorter test phase
     config = sd.SDConfig(epochs=2, spiking_feedforward=False, test_phase=60.0)
     seen = []
-    result = sd.cross_validate_sd(config, data, 10, seed=0, on_epoch=lambda epoch, m: seen.append(epoch))
+    result = cross_validate(config, data, 10, seed=0, on_epoch=lambda epoch, m: seen.append(epoch))
     assert result.score > 0.6, result.curves  # chance is 0.1
     assert seen == [0, 1] and all(v.shape == (2, 1) and np.isfinite(v).all() for v in result.curves.values())
     assert result.n_params == 784 * 500 + 500 + 500 * 10 + 10
@@ -192,15 +192,15 @@ def test_learns_mnist_well_above_chance():
 def test_hpo_rejects_sd_for_cnn_and_regression():
     import optuna
 
+    from hpo.algorithms import check_dataset, suggest
     from hpo.config import StudyConfig
     from hpo.data import load_dataset
     from hpo.errors import UsageError
-    from hpo.space import suggest
 
     with pytest.raises(UsageError, match="--algo sd exists only for --model mlp"):
         StudyConfig(algo="sd", model="cnn")
     with pytest.raises(UsageError, match="classification-only"):
-        suggest(optuna.trial.FixedTrial({}), StudyConfig(algo="sd", dataset="sinreg"), load_dataset("sinreg"))
+        check_dataset(StudyConfig(algo="sd", dataset="sinreg"), load_dataset("sinreg"))
     trial = optuna.trial.FixedTrial({
         "sd_depth": 2, "sd_width1": 100, "sd_width2": 250, "sd_lr_forward0": 0.2, "sd_lr_forward1": 0.2,
         "sd_lr_forward2": 0.2, "sd_learn_feedback": False, "sd_phase": 30.0, "sd_tau_l": 10.0, "sd_dt": 1.0,
@@ -220,3 +220,23 @@ def test_fast_uniform_is_uniform_and_key_dependent():
     assert abs(u.mean() - 0.5) < 0.005 and abs(u.var() - 1 / 12) < 0.002
     assert abs(np.corrcoef(u.ravel(), v.ravel())[0, 1]) < 0.01
     assert abs(np.corrcoef(u[:, :-1].ravel(), u[:, 1:].ravel())[0, 1]) < 0.01  # neighbouring counters
+
+
+def test_shares_the_cross_validation_core_with_evaluation_points_and_the_program_cache():
+    """sd is a model family of models.train like the rule networks: curves at several points per epoch, and its
+    compiled programs live in the one bounded cache, so a second run with a new learning rate compiles nothing."""
+    from hpo.data import load_dataset, make_folds
+    from models.train import PROGRAMS
+
+    dataset = load_dataset("digits")
+    folds = make_folds(dataset, 2, 0)
+    data = FoldData(jnp.asarray(dataset.x_train), jnp.asarray(dataset.y_train), folds.train_idx[:, :400],
+                    jnp.asarray(folds.val_idx[:, :100]), jnp.asarray(folds.val_mask[:, :100]))
+    config = sd.SDConfig(hidden=(20,), forward_learning_rates=(0.3, 0.3), epochs=1, batch_size=8, forward_phase=8.0,
+                         target_phase=8.0, test_phase=8.0, settle_time=2.0, spiking_feedforward=False)
+    result = cross_validate(config, data, 10, seed=0, evals_per_epoch=2, diagnostics=True)
+    assert result.points["val_score"].shape == (2, 2) and result.point_epochs.tolist() == [0.5, 1.0]
+    assert set(result.points) == {"train_loss", "train_score", "val_loss", "val_score"}  # no diagnostics to add
+    assert any(key[0] == "segregated-dendrites" for key in PROGRAMS._entries)
+    again = cross_validate(replace(config, forward_learning_rates=(0.1, 0.1)), data, 10, seed=0, evals_per_epoch=2)
+    assert again.compile_seconds == 0.0

@@ -7,10 +7,11 @@ import optax
 import pytest
 
 from hpo.data import load_dataset, make_folds
-from models.api import cross_validate, fit_and_score
+from models.initializers import host_init
 from models.networks import MLP
+from models.rule_training import TrainConfig, make_optimizer
 from models.rules import RULES
-from models.train import DivergedError, FoldData, TrainConfig, init_variables, make_optimizer
+from models.train import DivergedError, FoldData, cross_validate, fit_and_score
 
 
 def fold_data(name, k=2, seed=0):
@@ -82,7 +83,7 @@ def test_on_epoch_can_stop_training():
 def test_fit_and_score_uses_the_test_split():
     data = load_dataset("digits")
     config = TrainConfig(rule="bp", hidden=(64,), learning_rate=3e-3, epochs=5)
-    score = fit_and_score(config, data.x_train, data.y_train, data.x_test, data.y_test, 10, seed=0)
+    score = fit_and_score(config, data.x_train, data.y_train, data.x_test, data.y_test, 10, seed=0).fold_scores[0]
     assert 0.85 < score <= 1.0
 
 
@@ -96,8 +97,7 @@ def test_kolen_pollack_feedback_aligns_with_forward_weights():
     data = load_dataset("digits")
     x, y = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
     model = MLP((32,), 10, "kp", "tanh")
-    config = TrainConfig(rule="kp", hidden=(32,), learning_rate=0.05, optimizer="sgd", weight_decay=0.5)
-    params = init_variables(model, x[:1], np.random.default_rng(0), config)["params"]
+    params = host_init(model, x[:1], np.random.default_rng(0))["params"]
     tx = make_optimizer("sgd")(learning_rate=0.05, momentum=0.0, weight_decay=0.5)
     state = tx.init(params)
 

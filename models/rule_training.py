@@ -1,0 +1,232 @@
+"""Networks of rule layers (MLPs and CNNs) trained with an Optax optimiser: ``TrainConfig`` and its model family.
+
+The family gives the cross-validation core (``models.train``) what is particular to these networks: host-side
+initialisation that follows the layers' declared initialisers (``models.initializers.host_init``), the optimiser
+with traced hyperparameters (``optax.inject_hyperparams``), one training step, the masked validation and the
+alignment diagnostics of ``models.diagnostics``. Its step functions are pure, module-level functions of
+``(spec, hyper, state, ...)``; the core binds the static ``spec`` with ``functools.partial`` and compiles them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from models import diagnostics
+from models.initializers import FanIn, host_init
+from models.networks import CNN, MLP, ConvLayer
+from models.rules.registry import FEEDBACK, get_rule
+from models.train import HOST, TRACED, FoldData, Static, traced_values
+
+Array = jax.Array
+
+FEEDBACK_DISTRIBUTIONS = {"normal": "truncated_normal", "uniform": "uniform"}  # name -> models.initializers.FanIn's
+OPTIMIZERS = ("adam", "sgd")
+LOSSES = ("cross_entropy", "mse")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines how one network of rule layers is trained (a trial's hyperparameters).
+
+    Fields are static (they fix the compiled programs), traced (program inputs: a new value never recompiles) or
+    host-only (initialisation and the epoch loop), as their metadata declares (``models.train.Static``).
+    """
+
+    rule: str  # learning rule name (models.rules.RULES)
+    hidden: tuple[int, ...]  # hidden-layer widths (the dense head's, for models with a convolutional trunk)
+    learning_rate: float = field(metadata=TRACED)  # optimiser step size
+    activation: str = "relu"  # hidden nonlinearity (models.networks.ACTIVATIONS)
+    optimizer: str = "adam"  # "adam" or "sgd" (SGD with heavy-ball momentum)
+    momentum: float = field(default=0.9, metadata=TRACED)  # SGD momentum (ignored by adam)
+    weight_decay: float = field(default=0.0, metadata=TRACED)  # decoupled decay of kernels and trained feedback, x lr
+    batch_size: int = 64  # mini-batch size
+    epochs: int = field(default=10, metadata=HOST)  # passes over each fold's training part
+    feedback_distribution: str = field(default="normal", metadata=HOST)  # truncated normal or uniform, var 1/fan_in
+    feedback_scale: float = field(default=1.0, metadata=HOST)  # multiplies every feedback matrix's initial values
+    loss: str = "cross_entropy"  # "cross_entropy" (classification, score = accuracy) or "mse"
+    conv: tuple[ConvLayer, ...] = ()  # convolutional trunk before the hidden layers (empty: an MLP)
+
+    def __post_init__(self) -> None:
+        get_rule(self.rule)
+        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        _check_choice("feedback_distribution", self.feedback_distribution, tuple(FEEDBACK_DISTRIBUTIONS))
+        _check_choice("loss", self.loss, LOSSES)
+        if self.batch_size < 1 or self.epochs < 1 or any(w < 1 for w in self.hidden):
+            raise ValueError(f"batch_size, epochs and widths must be >= 1, got {self}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if not isinstance(self.conv, tuple) or not all(isinstance(layer, ConvLayer) for layer in self.conv):
+            raise ValueError(f"conv must be a tuple of ConvLayer (hashable: compiled programs are keyed on it), got {self.conv!r}")
+
+    @property
+    def family(self) -> RuleNetworks:
+        return RULE_NETWORKS
+
+
+def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+
+
+def make_model(config: TrainConfig | Static, out_features: int) -> nn.Module:
+    """The network ``config`` describes. From a full config its feedback matrices are initialised as the config
+    says; from its static part (what programs are built from) with the default, which the programs never read."""
+    kwargs = {}
+    if isinstance(config, TrainConfig):
+        distribution = FEEDBACK_DISTRIBUTIONS[config.feedback_distribution]
+        kwargs["feedback_init"] = FanIn(config.feedback_scale, distribution)
+    if config.conv:
+        return CNN(config.conv, config.hidden, out_features, config.rule, config.activation, **kwargs)
+    return MLP(config.hidden, out_features, config.rule, config.activation, **kwargs)
+
+
+def _decay_mask(params: Any) -> Any:
+    """Decay kernels and trained feedback matrices, never biases."""
+    return jax.tree_util.tree_map_with_path(lambda path, _: getattr(path[-1], "key", None) in ("kernel", FEEDBACK), params)
+
+
+def _adam(learning_rate, weight_decay):
+    return optax.chain(
+        optax.scale_by_adam(),
+        optax.add_decayed_weights(weight_decay, _decay_mask),
+        optax.scale_by_learning_rate(learning_rate),
+    )
+
+
+def _sgd(learning_rate, momentum, weight_decay):
+    return optax.chain(
+        optax.trace(decay=momentum),
+        optax.add_decayed_weights(weight_decay, _decay_mask),
+        optax.scale_by_learning_rate(learning_rate),
+    )
+
+
+_OPTIMIZER_ARGS = {"adam": ("learning_rate", "weight_decay"), "sgd": ("learning_rate", "momentum", "weight_decay")}
+
+
+def make_optimizer(name: str) -> Callable[..., optax.GradientTransformation]:
+    """An optimiser factory whose scalar hyperparameters are injected (traced) values.
+
+    Weight decay is decoupled (added after the adaptive scaling, then multiplied by the learning rate, as in
+    AdamW), so under kp the kernel and its feedback matrix receive identical updates apart from their own decay.
+    """
+    return optax.inject_hyperparams({"adam": _adam, "sgd": _sgd}[name])
+
+
+def optimizer(spec: Spec, hyper: dict) -> optax.GradientTransformation:
+    """The spec's optimiser with the traced hyperparameters it uses."""
+    name = spec.config.optimizer
+    return make_optimizer(name)(**{n: hyper[n] for n in _OPTIMIZER_ARGS[name]})
+
+
+def per_example_loss(loss: str) -> Callable[[Array, Array], tuple[Array, Array]]:
+    """Per-example loss and score: (cross-entropy, correct) or (squared error, squared error)."""
+
+    def cross_entropy(logits, labels):
+        per_example = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+        return per_example, (jnp.argmax(logits, -1) == labels).astype(logits.dtype)
+
+    def mse(outputs, targets):
+        per_example = jnp.mean((outputs - targets.reshape(outputs.shape)) ** 2, axis=-1)
+        return per_example, per_example
+
+    return {"cross_entropy": cross_entropy, "mse": mse}[loss]
+
+
+def count_params(params: Any) -> int:
+    """Number of trained forward parameters, feedback matrices excluded."""
+    leaves = jax.tree_util.tree_leaves_with_path(params)
+    return int(sum(np.prod(v.shape) for path, v in leaves if getattr(path[-1], "key", None) != FEEDBACK))
+
+
+class Spec(NamedTuple):
+    """The program spec: the config's static part and the output width."""
+
+    config: Static
+    out_features: int
+
+
+class LayerState(NamedTuple):
+    """One run's network: trained parameters, fixed variables (collection "feedback") and the optimiser state."""
+
+    params: Any
+    fixed: Any
+    opt_state: Any
+
+
+class RuleNetworks:
+    """The model family of ``TrainConfig`` (see the module docstring and ``models.train.ModelFamily``)."""
+
+    name = "rule-networks"
+    has_diagnostics = True
+
+    def program_spec(self, config: TrainConfig, sample_x: Any, out_features: int) -> Spec:
+        return Spec(Static(config), out_features)
+
+    def hyperparameters(self, config: TrainConfig) -> dict[str, np.ndarray]:
+        return traced_values(config)
+
+    def epochs(self, config: TrainConfig) -> int:
+        return config.epochs
+
+    def batch_size(self, config: TrainConfig) -> int:
+        return config.batch_size
+
+    def prepare(self, config: TrainConfig, data: FoldData) -> FoldData:
+        return data
+
+    def init(self, config: TrainConfig, spec: Spec, sample_x: Any, rng: np.random.Generator) -> LayerState:
+        variables = host_init(make_model(config, spec.out_features), sample_x, rng)
+        params = variables.pop("params")
+        return LayerState(params, variables, None)
+
+    def needs_key(self, spec: Spec) -> bool:
+        return get_rule(spec.config.rule).needs_rng
+
+    def count_params(self, spec: Spec, state: LayerState) -> int:
+        return count_params(state.params)
+
+    def start(self, spec: Spec, hyper: dict, state: LayerState) -> LayerState:
+        return state._replace(opt_state=optimizer(spec, hyper).init(state.params))
+
+    def train_step(self, spec: Spec, hyper: dict, state: LayerState, key, x, y, idx):
+        model, rule = make_model(spec.config, spec.out_features), get_rule(spec.config.rule)
+        per_example = per_example_loss(spec.config.loss)
+
+        def batch_loss(params, fixed, xb, yb, key):
+            # the targets and a fresh key reach the network only for rules that need them (Rule.apply_kwargs)
+            outputs = model.apply({"params": params, **fixed}, xb, **rule.apply_kwargs(yb, key))
+            loss, score = per_example(outputs, yb)
+            return loss.mean(), score.mean()
+
+        (loss, score), grads = jax.value_and_grad(batch_loss, has_aux=True)(state.params, state.fixed, x[idx], y[idx], key)
+        updates, opt_state = optimizer(spec, hyper).update(grads, state.opt_state, state.params)
+        return LayerState(optax.apply_updates(state.params, updates), state.fixed, opt_state), (loss, score)
+
+    def evaluate(self, spec: Spec, hyper: dict, state: LayerState, key, x, y, val_idx, val_mask):
+        model = make_model(spec.config, spec.out_features)
+        outputs = model.apply({"params": state.params, **state.fixed}, x[val_idx])
+        val_loss, val_score = per_example_loss(spec.config.loss)(outputs, y[val_idx])
+        weight = val_mask.astype(val_loss.dtype) / val_mask.sum()
+        return (val_loss * weight).sum(), (val_score * weight).sum()
+
+    def diagnose(self, spec: Spec, hyper: dict, state: LayerState, before: LayerState, key, x, y, idx) -> dict:
+        model = make_model(spec.config, spec.out_features)
+        per_example = per_example_loss(spec.config.loss)
+
+        def mean_loss(outputs, targets):
+            return per_example(outputs, targets)[0].mean()
+
+        out = diagnostics.diagnose(model, state.params, state.fixed, x[idx], y[idx], mean_loss, key)
+        out.update(diagnostics.weight_change(state.params, before.params))
+        return out
+
+
+RULE_NETWORKS = RuleNetworks()

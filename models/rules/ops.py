@@ -1,0 +1,245 @@
+"""The operations behind every rule: one layer operation for dense and convolutional layers, the tap of direct
+rules, and a check on the error that flows back through a value.
+
+``rule_op(rule, forward, x, kernel, bias, feedback, key)`` computes the layer's ordinary ``forward(x, kernel,
+bias)``; its backward pass is *JAX's own VJP of that forward function* evaluated with the rule's matrix
+(``rule.backward``) in place of the kernel. The weight gradients of an affine or convolutional map do not depend
+on the kernel, so every rule gets backprop's weight update for the error its layer receives, and a rule whose
+matrix equals the kernel is backpropagation bit for bit. Direct rules send nothing back (a zero input error);
+Kolen-Pollack's trained feedback receives the kernel's update.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+
+from models.rules.registry import Rule
+
+Array = jax.Array
+PADDINGS = ("SAME", "VALID")
+LAYOUT = ("NHWC", "HWIO", "NHWC")  # lax.conv_general_dilated layouts (input, kernel, output); 1-D runs as H = 1
+
+
+@dataclass(frozen=True)
+class DenseForward:
+    """``x @ kernel + bias`` with a kernel of shape ``(in, out)``, as ``flax.linen.Dense``."""
+
+    def __call__(self, x: Array, kernel: Array, bias: Array) -> Array:
+        return x @ kernel + bias
+
+
+@dataclass(frozen=True)
+class ConvForward:
+    """``conv(x, kernel) + bias`` (see ``conv``) with these strides and padding."""
+
+    strides: tuple[int, ...]
+    padding: str
+
+    def __call__(self, x: Array, kernel: Array, bias: Array) -> Array:
+        return conv(x, kernel, bias, self.strides, self.padding)
+
+
+Forward = DenseForward | ConvForward
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def rule_op(
+    rule: Rule, forward: Forward, x: Array, kernel: Array, bias: Array, feedback: Array | None, key: Array | None
+) -> Array:
+    """The layer ``forward(x, kernel, bias)`` whose backward pass is that of ``rule`` (see the module docstring).
+
+    ``feedback`` is the layer's stored feedback matrix (rules with ``stores_feedback``; else None) and ``key`` the
+    random key of rules with a random backward pass (``needs_rng``; else None).
+    """
+    return forward(x, kernel, bias)
+
+
+def _rule_op_fwd(rule, forward, x, kernel, bias, feedback, key):
+    return forward(x, kernel, bias), (x, kernel, bias, feedback, key)
+
+
+def _rule_op_bwd(rule, forward, residuals, dy):
+    x, kernel, bias, feedback, key = residuals
+    matrix = kernel if rule.backward is None else rule.backward(kernel, feedback, key)
+    dx, dkernel, dbias = jax.vjp(forward, x, matrix, bias)[1](dy)
+    if rule.backward is None:  # a direct rule: the layer learns from the error it receives, sends none back
+        dx = jnp.zeros_like(x)
+    dfeedback = None
+    if feedback is not None:
+        dfeedback = dkernel if rule.trains_feedback else jnp.zeros_like(feedback)
+    return dx, dkernel, dbias, dfeedback, None  # a key has no cotangent
+
+
+rule_op.defvjp(_rule_op_fwd, _rule_op_bwd)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Convolution
+
+
+def conv(x: Array, kernel: Array, bias: Array, strides: tuple[int, ...], padding: str) -> Array:
+    """``conv(x, kernel) + bias`` for ``x`` of shape ``(batch, *spatial, in)`` and kernel ``(*window, in, out)``.
+
+    One or two spatial axes; a 1-D convolution is computed as a 2-D one over a height-1 image.
+    """
+    spatial = kernel.ndim - 2
+    if spatial not in (1, 2) or x.ndim != spatial + 2 or len(strides) != spatial:
+        raise ValueError(
+            f"convolution needs 1 or 2 spatial axes with inputs (batch, *spatial, channels) and one stride per "
+            f"axis; got input shape {x.shape}, kernel shape {kernel.shape} and strides {strides}"
+        )
+    if padding not in PADDINGS:
+        raise ValueError(f"padding must be one of {', '.join(PADDINGS)}, got {padding!r}")
+    if spatial == 1:
+        return _conv2d(x[:, None], kernel[None], bias, (1, *strides), padding)[:, 0]
+    return _conv2d(x, kernel, bias, tuple(strides), padding)
+
+
+def _pads(x: Array, kernel: Array, strides: tuple[int, ...], padding: str) -> list[tuple[int, int]]:
+    return jax.lax.padtype_to_pads(x.shape[1:3], kernel.shape[:2], strides, padding)
+
+
+def _lax_conv2d(x: Array, kernel: Array, bias: Array, strides: tuple[int, int], padding: str) -> Array:
+    pads = _pads(x, kernel, strides, padding)
+    return jax.lax.conv_general_dilated(x, kernel, strides, pads, dimension_numbers=LAYOUT) + bias
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _conv2d(x: Array, kernel: Array, bias: Array, strides: tuple[int, int], padding: str) -> Array:
+    """2-D convolution (``NHWC`` input, ``HWIO`` kernel) plus bias; its VJP is chosen per backend (below)."""
+    return _lax_conv2d(x, kernel, bias, strides, padding)
+
+
+def _conv2d_fwd(x, kernel, bias, strides, padding):
+    return _lax_conv2d(x, kernel, bias, strides, padding), (x, kernel)
+
+
+def _conv2d_bwd(strides, padding, residuals, dy):
+    """The exact VJP: on XLA:CPU written as stride-1 forward convolutions (``_cpu_conv2d_vjp``), elsewhere XLA's
+    own transpose rules (cuDNN's kernels on a GPU). The choice is made when the program is lowered."""
+    x, kernel = residuals
+    return jax.lax.platform_dependent(
+        x, kernel, dy,
+        cpu=partial(_cpu_conv2d_vjp, strides, padding),
+        default=partial(_xla_conv2d_vjp, strides, padding),
+    )
+
+
+def _xla_conv2d_vjp(strides, padding, x, kernel, dy):
+    bias = jnp.zeros(kernel.shape[-1:], dy.dtype)  # the VJP does not depend on the bias's value
+    return jax.vjp(partial(_lax_conv2d, strides=strides, padding=padding), x, kernel, bias)[1](dy)
+
+
+def _cpu_conv2d_vjp(strides, padding, x, kernel, dy):
+    """The exact VJP, written as stride-1 forward convolutions in the ``NHWC``/``HWIO`` layout.
+
+    JAX's own transpose rules express the input and kernel gradients as convolutions with permuted dimension
+    numbers and dilations, which XLA:CPU runs many times slower inside ``lax.scan`` (jax-ml/jax#12868) -- and
+    the training loop is a scan (``benchmarks/objective.py`` measures both). Here the strides become zeros
+    inserted into ``dy`` (``lax.pad`` interior padding) and the layouts become explicit transposes, so every
+    convolution takes the fast path:
+
+    * ``dx = correlate(pad(dilate(dy)), flip(kernel) with in/out swapped)``;
+    * ``dkernel[h, w, i, o] = sum_{n, y, x} pad(x)[n, y + h, x + w, i] * dilate(dy)[n, y, x, o]``, a correlation
+      with the batch as the contracted channel axis.
+
+    ``tests/test_conv.py`` checks both against ``jax.vjp`` of ``lax.conv_general_dilated``.
+    """
+    zero = jnp.zeros((), dy.dtype)
+    pads = _pads(x, kernel, strides, padding)
+    window, size, out = kernel.shape[:2], x.shape[1:3], dy.shape[1:3]
+    dilate = [(0, 0, s - 1) for s in strides]
+    full = [(k - 1 - lo, n + lo - (o - 1) * s - 1, s - 1) for k, n, o, s, (lo, _) in zip(window, size, out, strides, pads)]
+    dy_full = jax.lax.pad(dy, zero, [(0, 0, 0), *full, (0, 0, 0)])
+    flipped = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
+    dx = jax.lax.conv_general_dilated(dy_full, flipped, (1, 1), "VALID", dimension_numbers=LAYOUT)
+    x_pad = jax.lax.pad(x, zero, [(0, 0, 0), *((lo, hi, 0) for lo, hi in pads), (0, 0, 0)])
+    dy_dilated = jax.lax.pad(dy, zero, [(0, 0, 0), *dilate, (0, 0, 0)])
+    dkernel = jax.lax.conv_general_dilated(
+        x_pad.transpose(3, 1, 2, 0), dy_dilated.transpose(1, 2, 0, 3), (1, 1), "VALID", dimension_numbers=LAYOUT
+    )  # (in, >= kh, >= kw, out): rows beyond the kernel come from input the strides never reach
+    dkernel = dkernel[:, : window[0], : window[1]].transpose(1, 2, 0, 3)
+    return dx, dkernel, dy.sum((0, 1, 2))
+
+
+_conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Direct rules' taps
+
+
+def target_signal(target: Array, out_features: int) -> Array:
+    """What drtp projects: one-hot rows for integer class labels, the target vector itself otherwise."""
+    if jnp.issubdtype(target.dtype, jnp.integer):
+        return jax.nn.one_hot(target, out_features, dtype=jnp.float32)
+    return target.reshape(target.shape[0], -1)
+
+
+@jax.custom_vjp
+def direct_tap(hidden: Array, feedback: Array, target: Array | None) -> Array:
+    """A zero-valued tap to add to the network output; its VJP sends a projection to the hidden layer.
+
+    ``hidden`` is ``(..., n_l)`` and ``feedback`` ``(n_l, n_out)``; the result is zeros of shape ``(..., n_out)``.
+    Without ``target`` (dfa): if the network output is ``y + direct_tap(h_l, B_l, None)`` and ``e = dL/dy``, then
+    ``dL/dh_l = e @ B_l.T``, DFA's hidden error. With ``target`` (drtp, ``(n, n_out)``, see ``target_signal``):
+    ``dL/dh_l = target @ B_l.T / n`` whatever the output error, as in the DRTP authors' code (their hook returns
+    ``labels @ B`` as the gradient of the layer's output); dividing by the batch size makes it a batch mean like
+    every other rule's gradient of the mean loss. Nothing reaches ``feedback`` or ``target``.
+    """
+    return jnp.zeros(hidden.shape[:-1] + feedback.shape[-1:], hidden.dtype)
+
+
+def _direct_tap_fwd(hidden, feedback, target):
+    return direct_tap(hidden, feedback, target), (feedback, target)
+
+
+def _direct_tap_bwd(residuals, error):
+    feedback, target = residuals
+    if target is None:
+        return error @ feedback.T, jnp.zeros_like(feedback), None
+    dhidden = (target @ feedback.T / target.shape[0]).astype(error.dtype)
+    return dhidden, jnp.zeros_like(feedback), jnp.zeros_like(target)
+
+
+direct_tap.defvjp(_direct_tap_fwd, _direct_tap_bwd)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# A check on what flows backwards
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def error_check(y: Array, message: str, only_if_zero: bool) -> Array:
+    """``y`` unchanged, with a check on the error (cotangent) that reaches it.
+
+    ``only_if_zero=False``: differentiating through it raises ``ValueError(message)`` while tracing -- a layer
+    applied without an input its backward pass needs (a random key, a target) computes its forward pass, and a
+    gradient fails loudly instead of being silently wrong. ``only_if_zero=True``: the error passes through, and
+    ``message`` is warned at run time when it is all zeros (a direct rule's layer that no tap feeds).
+    """
+    return y
+
+
+def _error_check_fwd(y, message, only_if_zero):
+    return y, None
+
+
+def _warn_if_zero(is_zero, message: str) -> None:
+    if bool(is_zero):
+        warnings.warn(message, stacklevel=1)
+
+
+def _error_check_bwd(message, only_if_zero, residuals, dy):
+    if not only_if_zero:
+        raise ValueError(message)
+    jax.debug.callback(partial(_warn_if_zero, message=message), jnp.all(dy == 0))
+    return (dy,)
+
+
+error_check.defvjp(_error_check_fwd, _error_check_bwd)

@@ -1,0 +1,99 @@
+"""The shape of the code the other tests rely on: one rule operation, declared initialisers, static fields."""
+
+import ast
+import warnings
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from models.initializers import FanIn, Zeros, host_init
+from models.rule_training import TrainConfig
+from models.rules import Dense, DFADense, DirectFeedback
+from models.train import Static, traced_values
+
+MODELS = Path(__file__).resolve().parent.parent / "models"
+
+
+def test_models_define_at_most_five_custom_vjps():
+    """Every rule's backward pass comes from one operation (models.rules.ops.rule_op), not one function per rule."""
+    count = 0
+    for path in MODELS.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and node.attr == "custom_vjp":
+                count += 1
+    assert 1 <= count <= 5, count
+
+
+def test_host_init_draws_from_each_layers_declared_initialiser():
+    model = Dense(400, rule="fa", kernel_init=FanIn(3.0), feedback_init=FanIn(0.5, "uniform"), bias_init=Zeros())
+    variables = host_init(model, np.zeros((1, 300), np.float32), np.random.default_rng(0))
+    kernel, feedback = variables["params"]["kernel"], variables["feedback"]["feedback"]
+    assert kernel.dtype == np.float32 and kernel.shape == (300, 400)
+    assert kernel.std() == pytest.approx(3.0 / np.sqrt(300), rel=0.01)
+    assert np.abs(kernel).max() <= 2 * 3.0 / np.sqrt(300) / 0.8796 + 1e-6  # truncated at two standard deviations
+    assert feedback.std() == pytest.approx(0.5 / np.sqrt(300), rel=0.01)
+    assert np.abs(feedback).max() <= 0.5 * np.sqrt(3 / 300)  # uniform of that variance
+    np.testing.assert_array_equal(variables["params"]["bias"], 0)
+    # a plain Flax initialiser is drawn with JAX on the host, with the variable's shape
+    other = host_init(Dense(5, kernel_init=jax.nn.initializers.ones), np.zeros((1, 3)), np.random.default_rng(0))
+    np.testing.assert_array_equal(other["params"]["kernel"], np.ones((3, 5)))
+    # the same seed gives the same network; the same structure as the modules' own init
+    again = host_init(model, np.zeros((1, 300), np.float32), np.random.default_rng(0))
+    np.testing.assert_array_equal(again["params"]["kernel"], kernel)
+    flax_init = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 300))))
+    assert jax.tree_util.tree_structure(flax_init) == jax.tree_util.tree_structure(variables)
+
+
+def test_static_view_hides_traced_and_host_fields():
+    a = TrainConfig(rule="fa", hidden=(8,), learning_rate=0.1, epochs=3, feedback_scale=2.0)
+    b = TrainConfig(rule="fa", hidden=(8,), learning_rate=0.5, epochs=9, momentum=0.5)
+    assert Static(a) == Static(b) and hash(Static(a)) == hash(Static(b))  # they share compiled programs
+    assert Static(a) != Static(TrainConfig(rule="fa", hidden=(16,), learning_rate=0.1))
+    assert Static(a).hidden == (8,)
+    for name in ("learning_rate", "epochs", "feedback_scale"):
+        with pytest.raises(AttributeError, match="not a static field"):
+            getattr(Static(a), name)
+    assert traced_values(b) == {"learning_rate": np.float32(0.5), "momentum": np.float32(0.5), "weight_decay": 0}
+
+
+def _dfa_grads(model):
+    x, labels = jnp.ones((4, 6)), jnp.array([0, 1, 2, 3])
+    variables = model.init(jax.random.key(0), x)
+    params, fixed = variables["params"], {k: v for k, v in variables.items() if k != "params"}
+
+    def loss(p):
+        return optax.softmax_cross_entropy_with_integer_labels(model.apply({"params": p, **fixed}, x), labels).mean()
+
+    grads = jax.grad(loss)(params)
+    jax.effects_barrier()  # the run-time check reports through a host callback
+    return grads
+
+
+def test_a_dfa_layer_without_its_tap_warns_that_it_gets_no_error():
+    import flax.linen as nn
+
+    class NoTap(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return DFADense(4)(nn.sigmoid(DFADense(5)(x)))
+
+    class WithTap(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            h = nn.sigmoid(DFADense(5)(x))
+            return DFADense(4)(h) + DirectFeedback(4)(h)
+
+    def hidden_kernel(grads):
+        return next(np.asarray(g["kernel"]) for g in grads.values() if g["kernel"].shape == (6, 5))
+
+    with pytest.warns(UserWarning, match="received an all-zero error"):
+        grads = _dfa_grads(NoTap())
+    assert not hidden_kernel(grads).any()  # what the warning is about
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        grads = _dfa_grads(WithTap())
+    assert hidden_kernel(grads).any()
