@@ -53,7 +53,7 @@ def epoch_seconds(config: TrainConfig, data: FoldData, calls: int) -> dict[str, 
     spec = family.program_spec(config, data.x[:1], 10)
     host = stack([family.init(config, spec, data.x[:1], np.random.default_rng(i)) for i in range(3)])
     hyper = family.hyperparameters(config)
-    batches = batch_orders(np.random.default_rng(0), np.asarray(data.train_idx), config.batch_size)
+    batches = batch_orders([np.random.default_rng(0)] * len(data.train_idx), np.asarray(data.train_idx), config.batch_size)
     device_data = (data.x, data.y, data.val_idx, data.val_mask)
     state = RunState(jax.jit(partial(start_runs, family, spec, "sequential"))(host, hyper), None)
     programs = {}

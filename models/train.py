@@ -320,12 +320,13 @@ def stack(trees: list) -> Any:
     return jax.tree_util.tree_map(lambda *leaves: np.stack(leaves), *trees)
 
 
-def batch_orders(rng: np.random.Generator, train_idx: np.ndarray, batch_size: int) -> np.ndarray:
-    """One epoch's mini-batches per run: a fresh permutation of each training part, cut into full batches."""
+def batch_orders(rngs: list[np.random.Generator], train_idx: np.ndarray, batch_size: int) -> np.ndarray:
+    """One epoch's mini-batches per run: a fresh permutation of each training part (run i's from ``rngs[i]``; the
+    same generator may serve several runs, one after another), cut into full batches."""
     n_batches = train_idx.shape[1] // batch_size
     if n_batches == 0:
         raise ValueError(f"batch_size {batch_size} exceeds the {train_idx.shape[1]} training examples per fold")
-    orders = [rng.permutation(row)[: n_batches * batch_size] for row in train_idx]
+    orders = [rng.permutation(row)[: n_batches * batch_size] for rng, row in zip(rngs, train_idx, strict=True)]
     return np.stack(orders).reshape(len(train_idx), n_batches, batch_size).astype(np.int32)
 
 
@@ -356,10 +357,32 @@ def cross_validate(
     exactly the one without them). Neither changes the training itself. ``keep_state`` returns the runs'
     final states (``CVResult.state``).
     """
-    family: ModelFamily = config.family
-    plan = Plan(fold_strategy, evals_per_epoch, diagnostics and family.has_diagnostics)
     n_runs = data.train_idx.shape[0]
     *run_seeds, order_seed = np.random.SeedSequence(seed).spawn(n_runs + 1)
+    order_rng = np.random.default_rng(order_seed)  # one generator draws every fold's batch order in turn
+    return train_runs(
+        config, data, out_features, run_seeds, [order_rng] * n_runs, on_epoch, fold_strategy, on_compiled,
+        evals_per_epoch, diagnostics, keep_state,
+    )
+
+
+def train_runs(
+    config: Any,
+    data: FoldData,
+    out_features: int,
+    run_seeds: list[np.random.SeedSequence],
+    order_rngs: list[np.random.Generator],
+    on_epoch: EpochCallback | None = None,
+    fold_strategy: str = "sequential",
+    on_compiled: Callable[[float], None] | None = None,
+    evals_per_epoch: int = 1,
+    diagnostics: bool = False,
+    keep_state: bool = False,
+) -> CVResult:
+    """``cross_validate`` with the randomness of every run given: run i is initialised from ``run_seeds[i]``
+    (and its random key from a child of it) and its batches are drawn from ``order_rngs[i]``."""
+    family: ModelFamily = config.family
+    plan = Plan(fold_strategy, evals_per_epoch, diagnostics and family.has_diagnostics)
     data = family.prepare(config, data)
     sample_x = data.x[:1]
     spec = family.program_spec(config, sample_x, out_features)
@@ -367,10 +390,9 @@ def cross_validate(
     # per-run keys from a child of each run's seed (the initialisation, drawn from the seed itself, is unchanged)
     key = np.stack([s.spawn(1)[0].generate_state(2) for s in run_seeds]) if family.needs_key(spec) else None
     hyper = family.hyperparameters(config)
-    order_rng = np.random.default_rng(order_seed)
     train_idx = np.asarray(data.train_idx)
     batch_size, epochs = family.batch_size(config), family.epochs(config)
-    batches = batch_orders(order_rng, train_idx, batch_size)
+    batches = batch_orders(order_rngs, train_idx, batch_size)
     _, valid, _ = segment_layout(batches.shape[1], evals_per_epoch)
     point_epochs = (np.arange(epochs)[:, None] + valid.sum(1).cumsum() / valid.sum()).ravel()
     compiled, compile_seconds = compiled_programs(family, spec, plan, state, key, batches, data, hyper)
@@ -384,7 +406,7 @@ def cross_validate(
     point_history: list[dict[str, np.ndarray]] = []
     for epoch in range(epochs):
         if epoch:
-            batches = batch_orders(order_rng, train_idx, batch_size)
+            batches = batch_orders(order_rngs, train_idx, batch_size)
         run_state, metrics, points = compiled.epoch(run_state, batches, data.x, data.y, data.val_idx, data.val_mask, hyper)
         metrics, points = jax.device_get((metrics, points))  # one transfer: each is a wait on a busy machine
         metrics = EpochMetrics(*(np.asarray(m) for m in metrics))
@@ -420,17 +442,29 @@ def fit_and_score(
     x_test: np.ndarray,
     y_test: np.ndarray,
     out_features: int,
-    seed: int,
+    seeds: int | list[int],
+    fold_strategy: str = "vmap",
     keep_state: bool = False,
 ) -> CVResult:
-    """Train on the whole training split and score the test split: the cross-validation core with one run whose
-    validation part is the test split. ``CVResult.fold_scores[0]`` is the test score."""
-    n_train, n_test = len(x_train), len(x_test)
+    """Train on the whole training split and score the test split, once per seed, all seeds in one program.
+
+    The cross-validation core with one run per seed whose validation part is the test split: ``fold_scores[i]``
+    is seed i's test score. Each run's randomness comes from its own seed alone (initialisation from the first
+    child of ``SeedSequence(seed)``, batch order from the second), so a seed's score does not depend on the
+    other seeds it is trained with.
+    """
+    seeds = [seeds] if isinstance(seeds, int) else list(seeds)
+    n_train, n_test, k = len(x_train), len(x_test), len(seeds)
     data = FoldData(
         x=jnp.asarray(np.concatenate([x_train, x_test])),
         y=jnp.asarray(np.concatenate([y_train, y_test])),
-        train_idx=np.arange(n_train, dtype=np.int32)[None],
-        val_idx=jnp.arange(n_train, n_train + n_test, dtype=jnp.int32)[None],
-        val_mask=jnp.ones((1, n_test), bool),
+        train_idx=np.tile(np.arange(n_train, dtype=np.int32), (k, 1)),
+        val_idx=jnp.tile(jnp.arange(n_train, n_train + n_test, dtype=jnp.int32), (k, 1)),
+        val_mask=jnp.ones((k, n_test), bool),
     )
-    return cross_validate(config, data, out_features, seed, keep_state=keep_state)
+    children = [np.random.SeedSequence(seed).spawn(2) for seed in seeds]
+    run_seeds = [init for init, _ in children]
+    order_rngs = [np.random.default_rng(order) for _, order in children]
+    return train_runs(
+        config, data, out_features, run_seeds, order_rngs, fold_strategy=fold_strategy, keep_state=keep_state
+    )

@@ -83,7 +83,7 @@ def test_on_epoch_can_stop_training():
 def test_fit_and_score_uses_the_test_split():
     data = load_dataset("digits")
     config = TrainConfig(rule="bp", hidden=(64,), learning_rate=3e-3, epochs=5)
-    score = fit_and_score(config, data.x_train, data.y_train, data.x_test, data.y_test, 10, seed=0).fold_scores[0]
+    score = fit_and_score(config, data.x_train, data.y_train, data.x_test, data.y_test, 10, seeds=0).fold_scores[0]
     assert 0.85 < score <= 1.0
 
 
@@ -129,3 +129,14 @@ def test_program_cache_is_bounded_and_least_recently_used():
     cache.get("c", build("c"))  # evicts "b", the least recently used
     assert len(cache) == 2 and built == ["a", "b", "c"]
     assert cache.get("b", build("b2"))[0] == "b2" and cache.get("a", build("a3"))[0] == "a3"
+
+
+def test_fit_and_score_over_seeds_trains_each_seed_as_if_alone():
+    """Test scores over seeds (one program, one run per seed): a seed's run depends on that seed only."""
+    data = load_dataset("digits")
+    config = TrainConfig(rule="fa", hidden=(32,), learning_rate=3e-3, epochs=2)
+    split = (data.x_train, data.y_train, data.x_test, data.y_test, 10)
+    together = fit_and_score(config, *split, seeds=[5, 6, 7])
+    alone = fit_and_score(config, *split, seeds=[6, 5])
+    assert together.fold_scores.shape == (3,) and len(set(together.fold_scores.tolist())) > 1
+    np.testing.assert_allclose(alone.fold_scores, together.fold_scores[[1, 0]], atol=1e-6)
