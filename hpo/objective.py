@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax.numpy as jnp
 import numpy as np
@@ -23,12 +23,20 @@ def trial_seed(study_seed: int, trial_number: int) -> int:
     return int(np.random.SeedSequence([study_seed, trial_number]).generate_state(1)[0])
 
 
-class Objective:
-    """Callable objective of one study; holds the dataset's folds on the device across trials."""
+# (trial number, epochs done, epochs, mean validation score, seconds since the trial started): progress display
+EpochListener = Callable[[int, int, int, float, float], None]
 
-    def __init__(self, config: StudyConfig, dataset: Dataset):
+
+class Objective:
+    """Callable objective of one study; holds the dataset's folds on the device across trials.
+
+    ``on_epoch`` (optional) hears about every epoch, e.g. ``hpo.progress.EpochProgress``.
+    """
+
+    def __init__(self, config: StudyConfig, dataset: Dataset, on_epoch: EpochListener | None = None):
         self.config = config
         self.dataset = dataset
+        self.on_epoch = on_epoch
         folds = make_folds(dataset, config.folds, config.seed)
         self.data = FoldData(
             x=jnp.asarray(dataset.x_train),
@@ -49,7 +57,10 @@ class Objective:
         train_config = suggest(trial, self.config, self.dataset)
 
         def on_epoch(epoch: int, metrics: EpochMetrics) -> None:
-            trial.report(float(np.mean(metrics.val_score)), epoch)
+            score = float(np.mean(metrics.val_score))
+            trial.report(score, epoch)
+            if self.on_epoch is not None:
+                self.on_epoch(trial.number, epoch + 1, self.config.epochs, score, time.perf_counter() - start)
             if trial.should_prune():
                 trial.set_user_attr("pruned_reason", f"pruner stopped the trial after epoch {epoch + 1}")
                 raise optuna.TrialPruned(f"pruned after epoch {epoch + 1}")
