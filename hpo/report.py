@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import functools
 import json
 import re
 import sys
@@ -236,7 +237,13 @@ def study_plots(study: optuna.Study, directory: Path, bundle: Path, sparse_param
         return
     plots = {"history": (optuna.visualization.plot_optimization_history, opt_mpl.plot_optimization_history)}
     if len(complete) >= 2 and len({json.dumps(t.params, sort_keys=True) for t in complete}) >= 2:
-        plots["importance"] = (optuna.visualization.plot_param_importances, opt_mpl.plot_param_importances)
+        # the parameters in a fixed order: Optuna lists them from a set, so equal importances would swap places
+        # from run to run and a regenerated report would differ from the last one
+        names = sorted({name for t in complete for name in t.distributions})
+        plots["importance"] = (
+            functools.partial(optuna.visualization.plot_param_importances, params=names),
+            functools.partial(opt_mpl.plot_param_importances, params=names),
+        )
     for name, (plotly_fn, mpl_fn) in plots.items():
         # optuna's matplotlib plots switch the global style to ggplot; the context keeps that to these charts
         with warnings.catch_warnings(record=True) as caught, plt.rc_context():

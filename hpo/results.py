@@ -118,4 +118,5 @@ def write_html(figure, path: Path, bundle: Path) -> None:
     through a relative path: no network, and the folder can be moved or copied whole."""
     relative = Path(os.path.relpath(bundle, path.parent)).as_posix()
     with atomic_path(path) as tmp:
-        figure.write_html(tmp, include_plotlyjs=relative, full_html=True)
+        # a fixed element id (plotly draws a random one) so that regenerating a report changes no unchanged page
+        figure.write_html(tmp, include_plotlyjs=relative, full_html=True, div_id=f"{path.stem}-chart")
