@@ -2,8 +2,9 @@
 
 * ``StudyClock``: elapsed time of this run and the remaining time, from the study's rate since this run began
   (trials finished by every worker, so ``--workers`` and other machines speed the ETA up as they should).
-* ``EpochProgress``: once a trial has run for ``LONG_TRIAL_SECONDS``, one step per epoch: a tqdm bar on a
-  terminal (gone when the trial ends), plain lines otherwise (a log file, a notebook, ``--workers``).
+* ``EpochProgress``: once a trial has run for ``LONG_TRIAL_SECONDS``, its epochs: a tqdm bar on a terminal,
+  updated every epoch and gone when the trial ends; otherwise (a log file, a notebook, ``--workers``) a line
+  per epoch, at most one per ``LONG_TRIAL_SECONDS``.
 * ``outcome``: what a finished trial's line says about how it ended, including why a pruned trial was stopped.
 """
 
@@ -83,15 +84,22 @@ class EpochProgress:
         self.after = long_trial_seconds() if after is None else after
         self.terminal = (out is print and sys.stdout.isatty()) if terminal is None else terminal
         self.bar, self.bar_trial = None, None
+        self.printed: dict[int, float] = {}  # trial number -> its seconds at its last plain epoch line
 
     def __call__(self, trial_number: int, epoch: int, epochs: int, score: float, seconds: float) -> None:
         """``epoch`` of ``epochs`` done after ``seconds`` in the trial, with mean validation ``score``."""
         if seconds < self.after and (self.bar is None or self.bar_trial != trial_number):
             return
         if not self.terminal:
-            self.out(
-                f"[{self.name}] trial #{trial_number} epoch {epoch}/{epochs}: {self.metric} {score:.4f} | {seconds:.1f}s"
-            )
+            # a line when the trial passes ``after`` seconds and then at most one per ``after`` seconds: epochs
+            # that follow a long compilation within a second would otherwise fill a log with lines
+            last = self.printed.get(trial_number)
+            if last is None or seconds - last >= self.after:
+                self.printed = {trial_number: seconds}
+                self.out(
+                    f"[{self.name}] trial #{trial_number} epoch {epoch}/{epochs}: {self.metric} {score:.4f} "
+                    f"| {seconds:.1f}s"
+                )
             return
         if self.bar is not None and self.bar_trial != trial_number:
             self.finish()

@@ -104,12 +104,12 @@ def open_study(config: StudyConfig, dataset: Dataset, storage: BaseStorage | Non
     return study
 
 
+ACRONYMS = {"mse": "MSE"}  # metrics (hpo.data) written in capitals where they are shown
+
+
 def metric_name(metric: str) -> str:
     """The objective's display name: ``CV accuracy``, ``CV MSE``."""
     return f"CV {ACRONYMS.get(metric, metric)}"
-
-
-ACRONYMS = {"mse": "MSE"}
 
 
 def count_finished(study: optuna.Study) -> int:

@@ -62,9 +62,13 @@ def test_pruned_trial_line_gives_the_reason():
 def test_epoch_lines_only_for_long_trials():
     lines = []
     progress = EpochProgress("s", "accuracy", lines.append, terminal=False, after=10.0)
-    progress(0, 1, 3, 0.5, 4.0)  # a short trial so far: quiet
-    progress(0, 2, 3, 0.6, 11.0)
-    assert lines == ["[s] trial #0 epoch 2/3: accuracy 0.6000 | 11.0s"]
+    progress(0, 1, 5, 0.5, 4.0)  # a short trial so far: quiet
+    progress(0, 2, 5, 0.6, 11.0)
+    progress(0, 3, 5, 0.7, 12.0)  # fast epochs after a long compilation: one line per 10 s
+    progress(0, 4, 5, 0.8, 21.5)
+    progress(1, 1, 5, 0.4, 10.5)  # the next trial
+    assert lines == ["[s] trial #0 epoch 2/5: accuracy 0.6000 | 11.0s", "[s] trial #0 epoch 4/5: accuracy 0.8000 | 21.5s",
+                     "[s] trial #1 epoch 1/5: accuracy 0.4000 | 10.5s"]
 
 
 def run_cli(args, cwd, env, terminal=False):
