@@ -32,15 +32,21 @@ Printer = Callable[[str], None]
 
 
 def configure_jax(cache_dir: str | None) -> None:
-    """Turn on JAX's persistent compilation cache, so a rerun compiles (almost) nothing."""
+    """Turn on the persistent program caches, so a rerun (or a study after ``python -m hpo.warmup``) compiles
+    nothing: our own store of compiled programs (``models.programs``: no tracing either) in ``<dir>/programs``,
+    and JAX's persistent compilation cache in the directory itself for everything else."""
     import jax
+
+    from models.train import PROGRAMS
 
     path = cache_dir or os.environ.get("HPO_JAX_CACHE") or str(Path.home() / ".cache" / "bioplausible-hpo" / "jax")
     if path.lower() == "none":
+        PROGRAMS.directory = None
         return
     jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    PROGRAMS.directory = Path(path) / "programs"
 
 
 def make_sampler(config: StudyConfig, seed: int | None = None) -> optuna.samplers.BaseSampler:
