@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import optuna
 
+from hpo.algorithms import check_dataset, study_space
 from hpo.config import StudyConfig
+from hpo.data import load_dataset
 from hpo.report import check_writable, print_summary, write_reports
 from hpo.storage import open_storage
 from hpo.study import run_study
@@ -13,6 +15,7 @@ from hpo.study import run_study
 def run_all(configs: list[StudyConfig], out=print) -> None:
     """Run every study in sequence (each resumes where it stopped), then report each storage once."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    check_datasets(configs)
     for storage in dict.fromkeys(c.storage for c in configs):  # fail on a bad storage before writing anything
         open_storage(storage)
     for config in configs:
@@ -25,3 +28,19 @@ def run_all(configs: list[StudyConfig], out=print) -> None:
             reported.add((config.storage, config.results_dir))
             frame = write_reports(config.storage, config.results_dir, out=out)
             print_summary(frame, out)
+
+
+def check_datasets(configs: list[StudyConfig]) -> None:
+    """Every study's space can use its dataset (CNN input shapes, user-fixed conv kernels, classification-only
+    models, batch sizes), before any storage or result is written. Each dataset needed is loaded once here; an MLP
+    study with the default batch sizes needs none."""
+    by_dataset: dict[tuple[str, str | None], list[StudyConfig]] = {}
+    for config in configs:
+        space = study_space(config)
+        if space.check is None and space.batch_parameter not in config.space:
+            continue
+        by_dataset.setdefault((config.dataset, config.data_dir), []).append(config)
+    for (name, data_dir), group in by_dataset.items():
+        dataset = load_dataset(name, data_dir)
+        for config in group:
+            check_dataset(config, dataset)

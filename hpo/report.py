@@ -3,7 +3,7 @@
     python -m hpo.report [--storage URL] [--results-dir DIR] [--study PATTERN]
 
 Writes ``summary.csv``, ``summary.md``, ``comparison.png`` (matplotlib), ``comparison.html`` (plotly) and, per
-study, its optimisation history and parameter importances under ``studies/<name>/``. Every file is written to
+study, its optimisation history, parameter importances and search space (``space.md``) under ``studies/<name>/``. Every file is written to
 a temporary name and renamed, so an interrupted report never leaves a half-written file.
 """
 
@@ -25,6 +25,7 @@ from hpo.config import DEFAULT_STORAGE
 from hpo.curves import write_curve_plots
 from hpo.errors import UsageError
 from hpo.files import atomic_path, check_writable, pyplot, write_text
+from hpo.space_config import space_table
 from hpo.storage import open_storage, redact, study_names
 
 SUMMARY_COLUMNS = [
@@ -248,6 +249,7 @@ def write_reports(storage_url: str, results_dir: str | Path, pattern: str = "*",
     comparison_html(frame, results / "comparison.html")
     for study in studies:
         study_plots(study, results / "studies" / study.study_name)
+        write_text(results / "studies" / study.study_name / "space.md", space_table(study.user_attrs))
     write_curve_plots(studies, results)
     write_index(results)
     out(f"wrote summaries and charts of {len(studies)} studies to {results}/ (browse {results / 'index.html'})")
