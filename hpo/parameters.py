@@ -8,6 +8,7 @@ by ``effective_space``; the suggest functions then ask every question through ``
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
@@ -122,6 +123,7 @@ def _typed(parameter: Parameter, value: Any, what: str) -> Any:
     }[kind]
     if ok and kind is float:
         value = float(value)
+        ok = math.isfinite(value)  # TOML allows nan and inf; no network is built from them
     if not ok or not parameter.domain.contains(value):
         allowed = "true or false" if kind is bool else parameter.domain.describe(kind)
         raise UsageError(f"space parameter {parameter.name!r}: {what} must be {allowed}, got {value!r}")
@@ -239,6 +241,17 @@ class EffectiveSpace:
     def largest(self, name: str) -> Any:
         distribution = self.distributions[name]
         return distribution.high if isinstance(distribution, Range) else max(distribution_values(distribution))
+
+    def smallest(self, name: str) -> Any:
+        distribution = self.distributions[name]
+        return distribution.low if isinstance(distribution, Range) else min(distribution_values(distribution))
+
+    def shown(self, name: str) -> str:
+        """The values of ``name`` as errors write them: ``[3, 5]`` or ``0.05..0.6``."""
+        distribution = self.distributions[name]
+        if isinstance(distribution, Range):
+            return f"{show(distribution.low)}..{show(distribution.high)}"
+        return "[" + ", ".join(show(v) for v in distribution_values(distribution)) + "]"
 
     def parameter_of(self, optuna_name: str) -> Parameter | None:
         """The parameter a trial's Optuna parameter belongs to (``conv2_kernel[3|5]`` -> conv_kernel), if asked."""

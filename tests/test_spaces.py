@@ -274,6 +274,23 @@ def test_conv_choices_that_cannot_fit_the_dataset_are_refused_before_anything_is
                                                                    "conv_padding": "VALID"}), load_dataset("digits"))
 
 
+def test_sd_values_that_make_no_valid_model_together_are_refused(tmp_path, capsys):
+    storage = tmp_path / "s.journal"
+    space = write(tmp_path / "space.toml", "[space.sd]\nsd_settle = [10.0, 30.0]\n")
+    assert main(["--algo", "sd", *TINY, "--space", space, "--storage", str(storage), "--results-dir",
+                 str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "space parameters sd_phase [30, 50] and sd_settle [10, 30]: every phase must be longer than every " \
+        "settling time" in err and err.count("\n") == 1
+    assert not storage.exists()
+    from hpo.algorithms import check_dataset
+
+    with pytest.raises(UsageError, match=r"sd_phi_max and sd_dt reach phi_max x dt = 0.6 spikes per step"):
+        check_dataset(StudyConfig(algo="sd", space={"sd_phi_max": {"low": 0.1, "high": 0.6}}), load_dataset("digits"))
+    check_dataset(StudyConfig(algo="sd", space={"sd_settle": 30.0, "sd_phase": [40.0, 50.0],
+                                                "sd_target_phase": {"low": 31.0, "high": 60.0}}), load_dataset("digits"))
+
+
 def test_bad_space_in_a_grid_names_its_table(tmp_path, capsys):
     grid = write(tmp_path / "grid.toml", '[[grid]]\nalgos = ["fa"]\n[grid.space.fa]\nfeedback_scale = -1.0\n')
     assert main(["--config", grid]) == 2
@@ -359,7 +376,7 @@ def test_show_space_prints_the_table_and_touches_no_storage(tmp_path, capsys):
     assert out.startswith("kp (Kolen-Pollack) on mlp: mnist-5k-mlp-kp\nparameter ")
     rows = {line.split()[0]: line.split(None, 1)[1].split() for line in out.splitlines()[3:]}
     assert rows["optimizer"] == ["fixed", "sgd"] and rows["activation"] == ["fixed", "tanh"] and "lr_adam" not in rows
-    assert rows["kp_decay_per_step"] == ["float", "(log)", "1e-05", "..", "0.01"]
+    assert rows["kp_decay_per_step"] == ["float", "(log)", "1e-05", "..", "0.03"]
     assert rows["momentum"] == ["float", "0", "..", "0.99", "optimizer", "=", "sgd"]
     assert not storage.exists() and not results.exists()
     assert main(["--show-space", "--config", str(ROOT / "studies" / "fair.toml"), "--algo", "dfa", "--model", "mlp",
