@@ -27,14 +27,27 @@ from __future__ import annotations
 import tomllib
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Protocol, TypeVar
+
+import optuna
 
 from hpo.algorithms import ALGORITHMS, MODELS, get_algorithm, study_effective_space
 from hpo.errors import UsageError
 from hpo.parameters import Parameter, parameters_of, parse_override, show
 
+
+class StudySpace(Protocol):
+    """What this module reads of a study's configuration (``hpo.config.StudyConfig``, which imports this module)."""
+
+    algo: str
+    model: str
+    name: str
+    space: Mapping[str, Any]
+
+
+Config = TypeVar("Config", bound=StudySpace)
+
 SPACE_ATTR = "space"  # the study user attribute holding its effective space (JSON)
-SPECIFICITY = ("[space]", "[space.MODEL]", "[space.RULE]", "[space.RULE.MODEL]")  # lowest precedence first
 
 
 def _all_parameters() -> dict[str, Parameter]:
@@ -154,8 +167,8 @@ def resolve(layers: list[SpaceLayer], algo: str, model: str) -> tuple[dict[str, 
     return overrides, used
 
 
-def apply_spaces(placed: list[tuple[Any, list[SpaceLayer]]]) -> list[Any]:
-    """Each ``(StudyConfig, its layers)`` with its overrides set; an entry that selects studies but applies to none
+def apply_spaces(placed: list[tuple[Config, list[SpaceLayer]]]) -> list[Config]:
+    """Each ``(study configuration, its layers)`` with its overrides set; an entry that selects studies but applies to none
     of them is an error (a generic ``kp_decay_per_step`` with no kp study, say)."""
     configs, used, selected = [], set(), {}
     for config, layers in placed:
@@ -180,7 +193,7 @@ def apply_spaces(placed: list[tuple[Any, list[SpaceLayer]]]) -> list[Any]:
 DESCRIBED = ("kind", "low", "high", "log", "choices", "value")  # what makes two spaces differ (not "when" texts)
 
 
-def stored_space(config: Any) -> dict[str, dict[str, Any]]:
+def stored_space(config: StudySpace) -> dict[str, dict[str, Any]]:
     """The JSON form of the study's effective space (``hpo.parameters.EffectiveSpace.to_attrs``)."""
     return study_effective_space(config).to_attrs()
 
@@ -206,7 +219,7 @@ def first_difference(stored: dict[str, Any], current: dict[str, Any]) -> tuple[s
     return None
 
 
-def record_space(study: Any, config: Any, where: str) -> None:
+def record_space(study: optuna.Study, config: StudySpace, where: str) -> None:
     """Store the effective space on a new study; refuse to resume one created with another space.
 
     A study created before spaces were stored (no attribute, but trials) is taken to have used the default space:
@@ -276,9 +289,9 @@ def text_table(rows: list[tuple[str, ...]]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines) + "\n"
 
 
-def show_spaces(configs: list[Any]) -> str:
+def show_spaces(configs: list[StudySpace]) -> str:
     """The effective space of each study as a text table; studies with the same space share one table."""
-    groups: dict[str, tuple[Any, dict[str, Any], list[str]]] = {}
+    groups: dict[str, tuple[StudySpace, dict[str, Any], list[str]]] = {}
     for config in configs:
         space = stored_space(config)
         key = f"{config.algo}/{config.model}/{space}"
