@@ -61,6 +61,7 @@ WIDTHS = (64, 128, 256, 512)  # hidden-layer width (all hidden layers share it)
 DEPTHS = (1, 3)  # inclusive range of hidden layers
 BATCH_SIZES = (32, 64, 128)
 ACTIVATION_CHOICES = ("relu", "tanh")
+OPTIMIZER_CHOICES = ("adam", "sgd")  # sgd: heavy-ball momentum
 ADAM_LR = (1e-4, 1e-2)  # log-uniform
 # log-uniform; down to 1e-4 so SGD with momentum 0.9 reaches DRTP's published rate (README, published regimes)
 SGD_LR = (1e-4, 3e-1)
@@ -82,7 +83,8 @@ OPTIMIZER_SGD = Condition("optimizer", lambda v: v == "sgd", "optimizer = sgd")
 OPTIMIZER_ADAM = Condition("optimizer", lambda v: v == "adam", "optimizer = adam")
 
 TRAINING_PARAMETERS = (
-    Parameter("optimizer", str, Choices(OPTIMIZERS), Domain(values=OPTIMIZERS), "adam, or sgd with heavy-ball momentum"),
+    Parameter("optimizer", str, Choices(OPTIMIZER_CHOICES), Domain(values=OPTIMIZERS),
+              "adam, or sgd with heavy-ball momentum"),
     Parameter("lr_adam", float, Range(*ADAM_LR, log=True), POSITIVE, "Adam's learning rate", OPTIMIZER_ADAM),
     Parameter("lr_sgd", float, Range(*SGD_LR, log=True), POSITIVE, "SGD's learning rate", OPTIMIZER_SGD),
     Parameter("momentum", float, Range(*MOMENTUM), Domain(low=0.0, high=1.0, high_open=True), "SGD's momentum",
@@ -224,7 +226,15 @@ def suggest_training(trial: Any, space: EffectiveSpace) -> dict[str, Any]:
 
 
 def suggest_mlp(trial: Any, study: StudySettings, dataset: Dataset) -> TrainConfig:
-    """Search space of multilayer perceptrons."""
+    """Search space of multilayer perceptrons.
+
+    Every activation and optimiser the study's space offers is served by one compiled program
+    (``activation_choices``, ``optimizer_choices``): trials that differ only there share programs, a quarter as
+    many compilations in the default space. The price, computing the candidates' activations and optimiser updates
+    that a trial does not use, is a few percent of an MLP's arithmetic (``benchmarks/study.py`` measures it); CNN
+    trials are nearly all new architectures anyway, so their space keeps one activation and optimiser per program.
+    A study that fixes them compiles just the one it uses.
+    """
     space = MLP_SPACE.effective(study)
     depth = space.ask(trial, "depth")
     width = space.ask(trial, "width")
@@ -235,6 +245,8 @@ def suggest_mlp(trial: Any, study: StudySettings, dataset: Dataset) -> TrainConf
         activation=activation,
         epochs=study.epochs,
         loss=dataset.loss,
+        activation_choices=tuple(space.values("activation")),
+        optimizer_choices=tuple(space.values("optimizer")),
         **suggest_training(trial, space),
     )
 
