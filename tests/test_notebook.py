@@ -48,7 +48,8 @@ def test_notebook_runs_top_to_bottom(tmp_path):
     assert run.main(argv) == 0
 
     notebook = nbformat.read(NOTEBOOK, as_version=4)
-    km = kernel_manager(tmp_path, {"HPO_STORAGE": storage, "HPO_RESULTS_DIR": str(results)})
+    # PYTHONPATH: this checkout's hpo, whichever checkout an editable install points at
+    km = kernel_manager(tmp_path, {"HPO_STORAGE": storage, "HPO_RESULTS_DIR": str(results), "PYTHONPATH": str(ROOT)})
     client = NotebookClient(notebook, km=km, timeout=CELL_SECONDS, resources={"metadata": {"path": str(tmp_path)}})
     client.execute()  # raises CellExecutionError, naming the cell, if any cell fails
 
@@ -59,6 +60,8 @@ def test_notebook_runs_top_to_bottom(tmp_path):
         for output in cell.outputs
     )
     assert f"storage: {storage}" in text  # the injected storage was used, not the default database
+    warned = [o.get("text", "") for cell in code for o in cell.outputs if o.get("name") == "stderr"]
+    assert not any("Warning" in w for w in warned), warned  # e.g. tqdm's IProgress warning, at import of optuna
     assert "digits-mlp-fa" in text and "fold_scores" in text
     assert "| `depth` | int | 1 .. 3 |  |" in text  # the study's search space, as stored with it
     images = [o for cell in code for o in cell.outputs if "image/png" in o.get("data", {})]
