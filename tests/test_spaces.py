@@ -315,6 +315,7 @@ def test_space_is_stored_and_a_changed_space_is_refused_on_resume(tmp_path, caps
     table = (Path(results) / "studies" / "digits-mlp-fa" / "space.md").read_text()
     assert table == space_table(study.user_attrs) and "| `width` | fixed | 64 |  |" in table
     assert "| `lr_adam` | float (log) | 0.001 .. 0.01 | optimizer = adam |" in table
+    assert 'href="studies/digits-mlp-fa/space.md"' in (Path(results) / "index.html").read_text()
     capsys.readouterr()
 
     narrower = write(tmp_path / "b.toml", '[space]\noptimizer = "adam"\nwidth = [64]\nlr_adam = {low = 1e-3, high = 5e-3, log = true}\n')
