@@ -29,7 +29,7 @@ from models.train import (
 
 def check_evaluation_points(config: StudyConfig, dataset: Dataset, folds: Folds) -> None:
     """``--evals-per-epoch`` must not exceed the mini-batches of an epoch at the largest batch size the space proposes."""
-    largest = max(study_space(config).batch_sizes)
+    largest = study_space(config).largest_batch_size(config)
     fewest_batches = folds.train_idx.shape[1] // largest
     if config.evals_per_epoch > fewest_batches:
         raise UsageError(

@@ -14,13 +14,14 @@ import optuna
 from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
-from hpo.algorithms import get_algorithm
+from hpo.algorithms import starting_points
 from hpo.config import StudyConfig
 from hpo.data import Dataset, load_dataset
 from hpo.errors import UsageError
 from hpo.launcher import run_local_workers
 from hpo.objective import Objective, test_score
 from hpo.progress import EpochProgress, StudyClock, outcome
+from hpo.space_config import record_space
 from hpo.storage import open_storage, redact
 from hpo.trackers import make_tracker
 from hpo.workers import run_trials, sampler_seed
@@ -99,9 +100,10 @@ def open_study(config: StudyConfig, dataset: Dataset, storage: BaseStorage | Non
             )
         if name not in attrs:
             study.set_user_attr(name, value)
+    record_space(study, config, redact(config.storage))  # the effective space, or a refusal if it changed
     if "metric" not in attrs:  # a new study: record its metric and warm-start it
         study.set_user_attr("metric", dataset.metric)
-        for params in get_algorithm(config.algo).starting_points:
+        for params in starting_points(config):
             study.enqueue_trial(params, user_attrs={"starting_point": True})
     if not study.metric_names:  # what optuna-dashboard calls the objective ("Objective 0" without it)
         with warnings.catch_warnings():
