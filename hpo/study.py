@@ -33,21 +33,20 @@ Printer = Callable[[str], None]
 
 
 def configure_jax(cache_dir: str | None) -> None:
-    """Turn on the persistent program caches, so a rerun (or a study after ``python -m hpo.warmup``) compiles
-    nothing: our own store of compiled programs (``models.programs``: no tracing either) in ``<dir>/programs``,
-    and JAX's persistent compilation cache in the directory itself for everything else."""
+    """Turn on the persistent store of compiled programs (``models.programs``) in ``<dir>/programs``, so a rerun,
+    or a study after ``python -m hpo.warmup``, neither traces nor compiles its programs.
+
+    JAX's own persistent compilation cache is turned off: an executable it loaded serialises incompletely (stored
+    again, it fails at run time with "Function ... not found"), and every program a study runs goes through our
+    store anyway, which also skips the tracing that JAX's cache needs before it can look a program up.
+    """
     import jax
 
     from models.train import PROGRAMS
 
+    jax.config.update("jax_enable_compilation_cache", False)
     path = cache_dir or os.environ.get("HPO_JAX_CACHE") or str(Path.home() / ".cache" / "bioplausible-hpo" / "jax")
-    if path.lower() == "none":
-        PROGRAMS.directory = None
-        return
-    jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    PROGRAMS.directory = Path(path) / "programs"
+    PROGRAMS.directory = None if path.lower() == "none" else Path(path) / "programs"
 
 
 def make_sampler(config: StudyConfig, seed: int | None = None) -> optuna.samplers.BaseSampler:
