@@ -24,7 +24,7 @@ from optuna.trial import TrialState
 from hpo.config import DEFAULT_STORAGE
 from hpo.curves import write_curve_plots
 from hpo.errors import UsageError
-from hpo.files import atomic_path, check_writable, pyplot, write_text
+from hpo.files import atomic_path, check_writable, pyplot, study_folder, write_text, written_together
 from hpo.storage import open_storage, redact, study_names
 
 SUMMARY_COLUMNS = [
@@ -241,15 +241,22 @@ def write_reports(storage_url: str, results_dir: str | Path, pattern: str = "*",
     if not studies:
         raise UsageError(f"no study matching {pattern!r} in storage {redact(storage_url)!r}")
     frame = summarize(studies)
-    with atomic_path(results / "summary.csv") as tmp:
-        frame.to_csv(tmp, index=False, float_format="%.6g")
-    write_text(results / "summary.md", to_markdown(frame))
-    comparison_png(frame, results / "comparison.png")
-    comparison_html(frame, results / "comparison.html")
-    for study in studies:
-        study_plots(study, results / "studies" / study.study_name)
-    write_curve_plots(studies, results)
-    write_index(results)
+    try:
+        with written_together() as publish:  # a full disk mid-report keeps the previous report set whole
+            with atomic_path(results / "summary.csv") as tmp:
+                frame.to_csv(tmp, index=False, float_format="%.6g")
+            write_text(results / "summary.md", to_markdown(frame))
+            comparison_png(frame, results / "comparison.png")
+            comparison_html(frame, results / "comparison.html")
+            for study in studies:
+                study_plots(study, study_folder(results, study.study_name))
+            write_curve_plots(studies, results)
+            publish()  # the index lists the files found in place
+            write_index(results)
+    except OSError as error:
+        raise UsageError(
+            f"cannot write the reports to {str(results)!r}: {error.strerror or error}; the previous reports are kept"
+        ) from None
     out(f"wrote summaries and charts of {len(studies)} studies to {results}/ (browse {results / 'index.html'})")
     return frame
 
