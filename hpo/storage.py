@@ -125,6 +125,8 @@ def url_secrets(url: str) -> list[str]:
     userinfo = re.match(r"^[\w+.-]+://[^:/?#@]*:(.*)@", url, flags=re.DOTALL)
     if userinfo:
         found.append(userinfo.group(1))
+        # SQLAlchemy takes what follows a password's first "@" for the host name, which driver errors then show
+        found.extend(userinfo.group(1).split("@", 1)[1:])
     if parsed is not None:
         # SQLAlchemy cuts a password at its first "@"; that piece is hidden as part of the whole one above
         if parsed.password and not (userinfo and userinfo.group(1).startswith(f"{parsed.password}@")):
