@@ -160,7 +160,7 @@ def study_folder(results: str | Path, name: str) -> Path:
     made of letters, digits, ``.``, ``_`` and ``-`` (starting with a letter or digit, at most 100 characters) is
     kept as it is (``digits-mlp-fa``), and any other name (``../../etc``, ``/tmp/x``, a name of 300 bytes,
     control characters) becomes a slug of its safe characters, ``+`` and a hash of the whole name
-    (``etc+3f0c9a2b41de``), so two different names never share a folder.
+    (``etc+74ccf3c5b4c1``), so two different names never share a folder.
     """
     if _KEPT_NAME.fullmatch(name):
         folder = name

@@ -14,6 +14,7 @@ import signal
 from typing import Any, Callable
 
 from hpo.errors import ReportedError, UsageError
+from hpo.interrupts import SIGNALS, Interrupted
 
 REPORTED_EXIT_CODES = (2, 3)  # a worker that exits with these has printed its one-line error itself
 
@@ -54,4 +55,6 @@ def run_local_workers(target: Callable[[Any, int], Any], config: Any, workers: i
         i, code = failed[0]
         if code in REPORTED_EXIT_CODES:
             raise ReportedError(code)  # the worker printed its own one-line error
+        if code - 128 in SIGNALS:  # that worker alone was interrupted (and re-queued its trial): so is the study
+            raise Interrupted(code - 128)
         raise UsageError(f"worker w{i} of study {config.name!r} exited with code {code}")

@@ -28,7 +28,7 @@ from hpo.data import load_dataset
 from hpo.errors import UsageError
 from hpo.files import atomic_path, study_folder, write_text, written_together
 from hpo.run import main
-from hpo.storage import open_storage, redact, scrub
+from hpo.storage import open_storage, redact, scrub, study_names
 from hpo.study import open_study, trial_outcome
 from hpo.workers import SURPLUS_ATTR
 
@@ -271,15 +271,16 @@ def start_study(storage: Path, results: Path, trials: int, *extra: str) -> subpr
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
-def wait_for_trial(storage: Path, process: subprocess.Popen, phase: str, study: str = "digits-mlp-fa") -> None:
+def wait_for_trial(storage: Path, process: subprocess.Popen, phase: str, study: str | None = None) -> None:
     """Until a trial of ``process``'s study is in ``phase``: "compiling" (sampled, not yet compiled) or
     "training" (compiled: ``compile_seconds`` is recorded just before training)."""
     deadline = time.monotonic() + TIMEOUT
     while time.monotonic() < deadline:
         assert process.poll() is None, process.communicate()
         try:
-            trials = journal_study(storage, study).get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        except (KeyError, UsageError):
+            names = [study] if study else study_names(open_storage(str(storage), create=False))
+            trials = journal_study(storage, names[0]).get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        except (KeyError, IndexError, UsageError):
             trials = []
         for t in trials:
             if t.params and ("compile_seconds" in t.user_attrs) == (phase == "training"):
@@ -336,19 +337,45 @@ def test_sigint_during_compilation_and_sigterm_during_training_exit_cleanly_and_
     assert_resumes_with_requeued_trials(storage, results, 3, interrupted=2)
 
 
+def interrupt_after_a_trial(storage: str, results: Path, signum: int, delay: float) -> tuple[int, str]:
+    """The issue's reproduction: the default study (mnist-5k, 3 folds, 10 epochs, SQLite, the persistent
+    compilation cache), interrupted ``delay`` seconds after its first progress line, in whatever it is doing then
+    (training, sampling, compiling the next trial's shapes)."""
+    command = [sys.executable, "-m", "hpo.run", "--algo", "fa", "--trials", "50", "--storage", storage,
+               "--results-dir", str(results), "--cache-dir", str(results.parent / "jax-cache")]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    for line in process.stdout:
+        if " trial #" in line:
+            break
+    time.sleep(delay)
+    process.send_signal(signum)
+    _, err = process.communicate(timeout=TIMEOUT)
+    return process.returncode, err
+
+
 @pytest.mark.slow
 def test_ten_interrupts_at_random_points_exit_cleanly_every_time_and_resume(tmp_path):
-    """Issue 16.5: one Ctrl-C in five ended in a segmentation fault right after the "interrupted" line."""
+    """Issue 16.5: one Ctrl-C in five ended in a segmentation fault right after the "interrupted" line (here,
+    before the fix, 2 to 3 runs in 10 ended with SIGSEGV: an XLA compilation still running under the
+    interpreter's shutdown)."""
     import random
 
     rng = random.Random(0)
-    storage, results = tmp_path / "s.journal", tmp_path / "results"
+    storage, results = f"sqlite:///{tmp_path / 'studies.db'}", tmp_path / "results"
     for i in range(10):
-        signum = (signal.SIGINT, signal.SIGTERM)[i % 2]
-        code, err = interrupt(storage, results, 12, signum, rng.choice(["compiling", "training"]),
-                              rng.uniform(0.0, 0.5), *INTERRUPT_ARGS)
+        signum = (signal.SIGINT, signal.SIGINT, signal.SIGTERM)[i % 3]
+        code, err = interrupt_after_a_trial(storage, results, signum, rng.uniform(0.0, 3.0))
         assert_interrupted_cleanly(code, err, signum)
-    assert_resumes_with_requeued_trials(storage, results, 12, interrupted=10)
+    trials = optuna.load_study(study_name="mnist-5k-mlp-fa", storage=open_storage(storage)).get_trials()
+    assert not [t for t in trials if t.state == TrialState.RUNNING]  # every interrupted trial was failed
+    # each run resumed the study and finished a trial before its interrupt (it waits for a progress line)
+    assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) >= 10
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert 1 <= len(failed) <= 10  # at most one per interrupt (an interrupt between trials fails none)
+    for t in failed:
+        retries = [r for r in trials if r.system_attrs.get("failed_trial") == t.number]
+        assert len(retries) == (0 if "failed_trial" in t.system_attrs else 1)
 
 
 def test_sigterm_to_the_parent_of_workers_stops_every_worker_and_requeues(tmp_path):
