@@ -12,17 +12,19 @@ from typing import Callable
 
 import optuna
 from optuna.storages import BaseStorage
+from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
-from hpo.algorithms import starting_points
+from hpo.algorithms import check_dataset, starting_points, suggest
 from hpo.config import StudyConfig
-from hpo.data import Dataset, load_dataset
-from hpo.errors import UsageError
+from hpo.data import Dataset, check_folds, load_dataset
+from hpo.errors import StorageError, UsageError
+from hpo.interrupts import exit_code_of, exit_now, handle_interrupts
 from hpo.launcher import run_local_workers
 from hpo.objective import Objective, test_score
 from hpo.progress import EpochProgress, StudyClock, outcome
 from hpo.space_config import record_space
-from hpo.storage import open_storage, redact
+from hpo.storage import STORAGE_FAILURES, open_storage, redact, scrub
 from hpo.trackers import make_tracker
 from hpo.workers import run_trials, sampler_seed
 
@@ -78,9 +80,46 @@ def make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
     }[config.pruner]()
 
 
+def validate_study(config: StudyConfig, dataset: Dataset) -> Objective:
+    """Every check of ``config`` against ``dataset``, before any storage, study or file exists; the objective.
+
+    Bad input must leave nothing behind (no study with one failed trial, no empty study), so everything that
+    can refuse the study runs here, on the loaded dataset: the folds against the class counts, one proposal of
+    the search space (it refuses, e.g., ``--model cnn`` on a dataset without images and ``--algo sd`` on
+    regression) and the objective's own checks (``--evals-per-epoch`` against the mini-batches per epoch).
+    """
+    configure_jax(config.cache_dir)
+    check_folds(dataset, config.folds)
+    make_sampler(config)  # gp without PyTorch, cmaes without its package
+    make_pruner(config)
+    check_dataset(config, dataset)  # the space can use it: images for a CNN, classes for sd, user-fixed values
+    _propose_once(config, dataset)
+    return Objective(config, dataset)
+
+
+def _propose_once(config: StudyConfig, dataset: Dataset) -> None:
+    """Sample one configuration from the search space in a throwaway in-memory study (nothing is stored)."""
+    scratch = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=config.seed), direction=dataset.direction)
+    trial = scratch.ask()
+    try:
+        suggest(trial, config, dataset)
+    except optuna.TrialPruned:
+        pass  # a proposal that the space itself prunes (no CNN layer fits) is a trial outcome, not bad input
+
+
 def open_study(config: StudyConfig, dataset: Dataset, storage: BaseStorage | None = None) -> optuna.Study:
-    """Create the study, or load it and check it was created with the same settings."""
+    """Create the study, or load it and check it was created with the same settings.
+
+    Only the process that creates the study enqueues its warm-start points, so two processes that create the same
+    new study at once do not both enqueue them (if the creator dies in the moment between creating the study and
+    enqueueing, the study just starts without them).
+    """
     storage = storage if storage is not None else open_storage(config.storage)
+    try:
+        storage.create_new_study([StudyDirection[dataset.direction.upper()]], config.name)
+        created = True
+    except optuna.exceptions.DuplicatedStudyError:
+        created = False
     study = optuna.create_study(
         storage=storage,
         study_name=config.name,
@@ -100,8 +139,9 @@ def open_study(config: StudyConfig, dataset: Dataset, storage: BaseStorage | Non
         if name not in attrs:
             study.set_user_attr(name, value)
     record_space(study, config, redact(config.storage))  # the effective space, or a refusal if it changed
-    if "metric" not in attrs:  # a new study: record its metric and warm-start it
+    if "metric" not in attrs:
         study.set_user_attr("metric", dataset.metric)
+    if created:
         for params in starting_points(config):
             study.enqueue_trial(params, user_attrs={"starting_point": True})
     if not study.metric_names:  # what optuna-dashboard calls the objective ("Objective 0" without it)
@@ -156,7 +196,18 @@ def run_study(config: StudyConfig, out: Printer = print, worker: int = 0, test_s
     """
     configure_jax(config.cache_dir)
     dataset = load_dataset(config.dataset, config.data_dir)
+    objective = validate_study(config, dataset)  # before anything is created
     storage = open_storage(config.storage)
+    try:
+        return _run_study(config, dataset, storage, objective, out, worker, test_score)
+    except (*STORAGE_FAILURES, StorageError) as error:
+        raise storage_failure(config, error) from None
+
+
+def _run_study(
+    config: StudyConfig, dataset: Dataset, storage: BaseStorage, objective: Objective, out: Printer, worker: int,
+    test_score: bool,
+) -> optuna.Study:
     study = open_study(config, dataset, storage)
     done = count_finished(study)
     if done >= config.trials:
@@ -177,7 +228,7 @@ def run_study(config: StudyConfig, out: Printer = print, worker: int = 0, test_s
                 study.sampler = make_sampler(config, sampler_seed(config.seed, len(trials), True, worker))
 
             progress = Progress(config, dataset.metric, out, done)
-            objective = Objective(config, dataset, on_epoch=progress.epochs)
+            objective.on_epoch = progress.epochs
             tracker = make_tracker(config.tracker, dataset.metric, lambda line: out(f"[{config.name}] {line}"))
 
             def on_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -192,6 +243,18 @@ def run_study(config: StudyConfig, out: Printer = print, worker: int = 0, test_s
     if test_score:
         record_test_score(study, config, dataset, out)
     return study
+
+
+def storage_failure(config: StudyConfig, error: BaseException) -> StorageError:
+    """One line for a storage that failed mid-study: which storage (password hidden), the root cause, what now."""
+    root = error
+    while root.__cause__ is not None:
+        root = root.__cause__
+    text = str(root).strip().splitlines()[0] if str(root).strip() else type(root).__name__
+    return StorageError(
+        f"study {config.name!r} lost its storage {redact(config.storage)!r}: {scrub(text, config.storage)}; finished "
+        "trials are stored and a running trial is recovered when a worker runs the study again"
+    )
 
 
 def record_test_score(study: optuna.Study, config: StudyConfig, dataset: Dataset, out: Printer) -> None:
@@ -221,9 +284,13 @@ def worker_main(config: StudyConfig, index: int) -> None:
         print(f"[w{index}] {line}", flush=True)
 
     try:
-        run_study(replace(config, workers=1), out, worker=index, test_score=False)
+        with handle_interrupts():
+            run_study(replace(config, workers=1), out, worker=index, test_score=False)
     except UsageError as error:
         print(f"[w{index}] error: {error}", file=sys.stderr, flush=True)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        sys.exit(130)
+        exit_now(2)
+    except StorageError as error:
+        print(f"[w{index}] error: {error}", file=sys.stderr, flush=True)
+        exit_now(3)
+    except KeyboardInterrupt as error:  # its trial is re-queued; the parent prints the one "interrupted" line
+        exit_now(exit_code_of(error))
