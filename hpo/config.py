@@ -42,6 +42,7 @@ class StudyConfig:
     diagnostics: bool = True  # alignment with backprop, W-B angles, weight change at each evaluation point
     cache_dir: str | None = None  # JAX persistent compilation cache (default: ~/.cache/bioplausible-hpo/jax)
     workers: int = 1  # local worker processes (spawn start method) that run this study together
+    trial_batch: int = 1  # trials a worker asks at once; those sharing programs train as one compiled program
     data_dir: str | None = None  # files of mnist/fashion-mnist/cifar10 (default: hpo.vision.default_data_dir)
     tracker: str = "none"  # also log every trial to an experiment tracker (hpo.trackers: mlflow, wandb)
     # search-space overrides of this study, parameter -> value, [choices] or {low, high, log} (hpo.space_config)
@@ -73,6 +74,7 @@ class StudyConfig:
         if not isinstance(self.diagnostics, bool):
             raise UsageError(f"diagnostics must be true or false, got {self.diagnostics!r}")
         _at_least("--workers", self.workers, 1)
+        _at_least("--trial-batch", self.trial_batch, 1)
         _at_least("--seed", self.seed, 0)
         if self.study_name is not None:
             check_study_name(self.study_name)

@@ -11,14 +11,30 @@ import contextlib
 import multiprocessing
 import os
 import signal
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
+from hpo.devices import visible_gpus, worker_environment
 from hpo.errors import ReportedError, UsageError
 from hpo.interrupts import SIGNALS, Interrupted
 
 REPORTED_EXIT_CODES = (2, 3)  # a worker that exits with these has printed its one-line error itself
 
 Printer = Callable[[str], None]
+
+
+@contextlib.contextmanager
+def environment(settings: dict[str, str]) -> Iterator[None]:
+    """``os.environ`` with ``settings`` applied, restored afterwards."""
+    saved = {name: os.environ.get(name) for name in settings}
+    os.environ.update(settings)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def run_local_workers(target: Callable[[Any, int], Any], config: Any, workers: int, out: Printer) -> None:
@@ -32,9 +48,12 @@ def run_local_workers(target: Callable[[Any, int], Any], config: Any, workers: i
     processes = [
         context.Process(target=target, args=(config, i), name=f"hpo-worker-{i}") for i in range(workers)
     ]
-    out(f"[{config.name}] starting {workers} worker processes")
-    for process in processes:
-        process.start()
+    gpus = visible_gpus()
+    out(f"[{config.name}] starting {workers} worker processes" + (f" on {len(gpus)} GPUs" if gpus else ""))
+    for i, process in enumerate(processes):
+        # a spawned interpreter starts with this process's environment: set each worker's GPU before it starts
+        with environment(worker_environment(i, workers, gpus)):
+            process.start()
     try:
         for process in processes:
             process.join()

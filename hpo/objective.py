@@ -74,44 +74,55 @@ class Objective:
             raise outcome
         return outcome
 
-    def run_batch(self, trials: list[optuna.Trial]) -> list[float | BaseException]:
+    def run_batch(
+        self, trials: list[optuna.Trial], on_outcome: Callable[[int, float | BaseException], None] | None = None
+    ) -> list[float | BaseException]:
         """Run several trials at once: sample each one's configuration, train those that share programs as one
         group (one compiled program vmapped over trials x folds), record each trial's results and timing.
 
         Returns each trial's value, or the exception it ended with (``optuna.TrialPruned`` for a pruned or
-        diverged trial). Each trial reports after every epoch and is pruned on its own. A trial's seconds are
-        its sampling plus an equal share of its group's compiling and training (``Timing``), so a study's
-        seconds add up however its trials were batched. Interrupts (``KeyboardInterrupt``) propagate.
+        diverged trial); ``on_outcome(i, outcome)`` hears of trial i as soon as its outcome is known (so a worker
+        can tell the storage before the next group trains). Each trial reports after every epoch and is pruned
+        on its own. A trial's seconds are its sampling plus an equal share of its group's compiling and training
+        (``Timing``), so a study's seconds add up however its trials were batched. Interrupts propagate.
         """
         outcomes: list[float | BaseException | None] = [None] * len(trials)
         walls = [0.0] * len(trials)
         timings = [Timing() for _ in trials]
+
+        def settle(i: int, outcome: float | BaseException) -> None:
+            outcomes[i] = outcome
+            record_timing(trials[i], walls[i], timings[i])
+            if on_outcome is not None:
+                on_outcome(i, outcome)
+
         groups: dict[Hashable, list[tuple[int, PlannedTrial]]] = {}
         for i, trial in enumerate(trials):
             start = time.perf_counter()
             try:
                 planned = self.plan(trial, timings[i])
-                groups.setdefault(planned.key, []).append((i, planned))
             except Exception as error:  # noqa: BLE001 -- this trial's outcome (e.g. a CNN that cannot fit: pruned)
-                outcomes[i] = error
+                walls[i] += time.perf_counter() - start
+                settle(i, error)
+                continue
             walls[i] += time.perf_counter() - start
-        try:
-            for group in groups.values():
-                start = time.perf_counter()
-                results = train_group(
-                    [planned.member for _, planned in group], self.data, self.dataset.out_features,
-                    self.config.fold_strategy, self.config.evals_per_epoch, self.config.diagnostics,
-                )
-                for (i, planned), result in zip(group, results):
-                    try:
-                        outcomes[i] = self.finish(planned.trial, result)
-                    except Exception as error:  # noqa: BLE001 -- pruned, diverged, or failed: the trial's outcome
-                        outcomes[i] = error
-                    walls[i] += (time.perf_counter() - start) / len(group)
-        finally:
-            for i, trial in enumerate(trials):
-                if outcomes[i] is not None:  # interrupted trials keep no timing: they are re-queued
-                    record_timing(trial, walls[i], timings[i])
+            groups.setdefault(planned.key, []).append((i, planned))
+        for group in groups.values():
+            start = time.perf_counter()
+            results = train_group(
+                [planned.member for _, planned in group], self.data, self.dataset.out_features,
+                self.config.fold_strategy, self.config.evals_per_epoch, self.config.diagnostics,
+            )
+            finished = []
+            for (i, planned), result in zip(group, results):
+                try:
+                    finished.append((i, self.finish(planned.trial, result)))
+                except Exception as error:  # noqa: BLE001 -- pruned, diverged, or failed: the trial's outcome
+                    finished.append((i, error))
+            share = (time.perf_counter() - start) / len(group)
+            for i, outcome in finished:
+                walls[i] += share
+                settle(i, outcome)
         return outcomes
 
     def plan(self, trial: optuna.Trial, timing: Timing) -> PlannedTrial:
@@ -132,7 +143,9 @@ class Objective:
         n_runs = self.data.train_idx.shape[0]
         *run_seeds, order_seed = np.random.SeedSequence(trial_seed(self.config.seed, trial.number)).spawn(n_runs + 1)
         order_rng = np.random.default_rng(order_seed)  # as models.train.cross_validate: one generator for the folds
-        member = Member(config, run_seeds, [order_rng] * n_runs, on_epoch, timing)
+        # recorded before training too, so that a running trial shows it has compiled (dashboard, tests)
+        member = Member(config, run_seeds, [order_rng] * n_runs, on_epoch, timing,
+                        lambda seconds: trial.set_user_attr("compile_seconds", seconds))
         return PlannedTrial(trial, member, group_key(config, self.data, self.dataset.out_features))
 
     def finish(self, trial: optuna.Trial, outcome: CVResult | Exception) -> float:

@@ -57,7 +57,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="record alignment with backprop, W-B angles and weight change per trial (default on)")
     add("--workers", type=int, help="local worker processes running each study together (default 1); "
         "workers on other machines just run the same command with the same --storage")
-    add("--cache-dir", help="JAX persistent compilation cache directory, or 'none' (default ~/.cache/bioplausible-hpo/jax)")
+    add("--trial-batch", type=int, help="trials each worker runs at once: those that share programs train as one "
+        "compiled program over trials x folds, each reported and pruned on its own (default 1)")
+    add("--cache-dir", help="directory of the store of compiled programs (in <dir>/programs), or 'none' "
+        "(default $HPO_JAX_CACHE or ~/.cache/bioplausible-hpo/jax)")
     add(
         "--data-dir",
         help="directory of the mnist, fashion-mnist and cifar10 files, downloaded there when missing "

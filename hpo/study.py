@@ -238,7 +238,7 @@ def _run_study(
 
             run_trials(
                 study, storage, config.storage, objective, config.trials, out, on_trial, None if busy else company,
-                len(trials),
+                len(trials), batch=config.trial_batch,
             )
     if test_score:
         record_test_score(study, config, dataset, out)

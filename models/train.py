@@ -417,6 +417,7 @@ class Member:
     order_rngs: list[np.random.Generator]  # one per run (the same generator may serve several): batch orders
     on_epoch: EpochCallback | None = None  # after every epoch with this member's metrics; raising stops it
     timing: Timing | None = None  # this member's share of the group's compile and training seconds
+    on_compiled: Callable[[float], None] | None = None  # told its share of the compile seconds, before training
 
 
 def group_key(config: Any, data: FoldData, out_features: int) -> Hashable:
@@ -508,8 +509,10 @@ def train_group(
     point_epochs = (np.arange(epochs)[:, None] + valid.sum(1).cumsum() / valid.sum()).ravel()
     timings = [Timing() if m.timing is None else m.timing for m in members]
     compiled, compile_seconds = compiled_programs(family, spec, plan, state, key, batches, data, hyper)
-    for timing in timings:
+    for member, timing in zip(members, timings):
         timing.compile_seconds += compile_seconds / n_members
+        if member.on_compiled is not None:
+            member.on_compiled(timing.compile_seconds)
     n_params = family.count_params(spec, jax.tree_util.tree_map(lambda a: a[0], state))
 
     outcomes: list[CVResult | Exception | None] = [None] * n_members
