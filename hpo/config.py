@@ -43,6 +43,7 @@ class StudyConfig:
     cache_dir: str | None = None  # JAX persistent compilation cache (default: ~/.cache/bioplausible-hpo/jax)
     workers: int = 1  # local worker processes (spawn start method) that run this study together
     trial_batch: int = 1  # trials a worker asks at once; those sharing programs train as one compiled program
+    compile_ahead: bool | None = None  # compile the space's programs in the background (None: where a core is free)
     data_dir: str | None = None  # files of mnist/fashion-mnist/cifar10 (default: hpo.vision.default_data_dir)
     tracker: str = "none"  # also log every trial to an experiment tracker (hpo.trackers: mlflow, wandb)
     # search-space overrides of this study, parameter -> value, [choices] or {low, high, log} (hpo.space_config)
@@ -73,6 +74,8 @@ class StudyConfig:
         _at_least("--evals-per-epoch", self.evals_per_epoch, 1)
         if not isinstance(self.diagnostics, bool):
             raise UsageError(f"diagnostics must be true or false, got {self.diagnostics!r}")
+        if self.compile_ahead is not None and not isinstance(self.compile_ahead, bool):
+            raise UsageError(f"compile_ahead must be true or false, got {self.compile_ahead!r}")
         _at_least("--workers", self.workers, 1)
         _at_least("--trial-batch", self.trial_batch, 1)
         _at_least("--seed", self.seed, 0)

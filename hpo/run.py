@@ -57,6 +57,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="record alignment with backprop, W-B angles and weight change per trial (default on)")
     add("--workers", type=int, help="local worker processes running each study together (default 1); "
         "workers on other machines just run the same command with the same --storage")
+    add("--compile-ahead", action=argparse.BooleanOptionalAction, default=None,
+        help="compile the search space's programs in a background thread while trials train (default: on a GPU, "
+        "or a CPU with 4 or more cores)")
     add("--trial-batch", type=int, help="trials each worker runs at once: those that share programs train as one "
         "compiled program over trials x folds, each reported and pruned on its own (default 1)")
     add("--cache-dir", help="directory of the store of compiled programs (in <dir>/programs), or 'none' "

@@ -22,6 +22,7 @@ from hpo.errors import StorageError, UsageError
 from hpo.interrupts import exit_code_of, exit_now, handle_interrupts
 from hpo.launcher import run_local_workers
 from hpo.objective import Objective, test_score
+from hpo.precompile import compile_ahead
 from hpo.progress import EpochProgress, StudyClock, outcome
 from hpo.space_config import record_space
 from hpo.storage import STORAGE_FAILURES, open_storage, redact, scrub
@@ -29,6 +30,7 @@ from hpo.trackers import make_tracker
 from hpo.workers import run_trials, sampler_seed
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # states that count towards --trials
+COMPILE_AHEAD_MIN_CORES = 4  # CPU cores from which compiling ahead leaves training a core of its own
 STUDY_ATTRS = ("dataset", "model", "algo", "folds", "epochs", "seed")  # fixed when a study is created
 
 Printer = Callable[[str], None]
@@ -49,6 +51,18 @@ def configure_jax(cache_dir: str | None) -> None:
     jax.config.update("jax_enable_compilation_cache", False)
     path = cache_dir or os.environ.get("HPO_JAX_CACHE") or str(Path.home() / ".cache" / "bioplausible-hpo" / "jax")
     PROGRAMS.directory = None if path.lower() == "none" else Path(path) / "programs"
+
+
+def compiles_ahead(config: StudyConfig) -> bool:
+    """Whether to compile the space's programs in the background while trials train: where a core is free for it
+    (a GPU trains while the CPU compiles; a CPU with more than ``COMPILE_AHEAD_MIN_CORES`` cores), unless
+    ``--compile-ahead``/``--no-compile-ahead`` says otherwise. On 2 cores it competes with training itself
+    (``benchmarks/study.py`` measures both)."""
+    if config.compile_ahead is not None:
+        return config.compile_ahead
+    import jax
+
+    return jax.default_backend() != "cpu" or (os.cpu_count() or 1) >= COMPILE_AHEAD_MIN_CORES
 
 
 def make_sampler(config: StudyConfig, seed: int | None = None) -> optuna.samplers.BaseSampler:
@@ -229,6 +243,8 @@ def _run_study(
 
             progress = Progress(config, dataset.metric, out, done)
             objective.on_epoch = progress.epochs
+            if worker == 0 and compiles_ahead(config):
+                compile_ahead(config, objective)
             tracker = make_tracker(config.tracker, dataset.metric, lambda line: out(f"[{config.name}] {line}"))
 
             def on_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:

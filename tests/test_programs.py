@@ -42,3 +42,23 @@ def test_a_stored_program_is_loaded_by_the_next_process_and_trains_the_same(tmp_
     third = run(tmp_path)
     assert (third["built"], third["loaded"]) == (1, 0) and third["scores"] == first["scores"]
     assert stored[0].read_bytes() != b"damaged"
+
+
+def test_warmup_compiles_every_program_of_a_space_and_the_study_compiles_none_of_its_trials(tmp_path):
+    space = tmp_path / "space.toml"
+    space.write_text("[space]\ndepth = 1\nwidth = [16, 32]\nbatch_size = [64]\n")
+    common = ["--algo", "fa", "--dataset", "digits", "--folds", "2", "--epochs", "1", "--space", str(space),
+              "--cache-dir", str(tmp_path / "cache")]
+    warm = subprocess.run([sys.executable, "-m", "hpo.warmup", *common], cwd=ROOT, capture_output=True, text=True)
+    assert warm.returncode == 0, warm.stderr
+    assert "2 programs ready" in warm.stdout  # one per width: activation and optimiser share programs
+    stored = set((tmp_path / "cache" / "programs").glob("*.programs"))
+    assert len(stored) == 2
+    study = subprocess.run(
+        [sys.executable, "-m", "hpo.run", *common, "--trials", "4", "--storage", str(tmp_path / "s.journal"),
+         "--results-dir", str(tmp_path / "results"), "--no-compile-ahead"],
+        cwd=ROOT, capture_output=True, text=True,
+    )
+    assert study.returncode == 0, study.stderr
+    added = set((tmp_path / "cache" / "programs").glob("*.programs")) - stored
+    assert len(added) == 1  # only the retraining of the best configuration (one run on the whole training split)
