@@ -40,6 +40,7 @@ class StudyConfig:
     cache_dir: str | None = None  # JAX persistent compilation cache (default: ~/.cache/bioplausible-hpo/jax)
     workers: int = 1  # local worker processes (spawn start method) that run this study together
     data_dir: str | None = None  # files of mnist/fashion-mnist/cifar10 (default: hpo.vision.default_data_dir)
+    test_seeds: int = 5  # seeds the best configuration is retrained with and test-scored (hpo.heldout)
 
     def __post_init__(self) -> None:
         _choice("--algo", self.algo, tuple(ALGORITHMS))
@@ -56,6 +57,7 @@ class StudyConfig:
         if not isinstance(self.diagnostics, bool):
             raise UsageError(f"diagnostics must be true or false, got {self.diagnostics!r}")
         _at_least("--workers", self.workers, 1)
+        _at_least("--test-seeds", self.test_seeds, 1)
         if self.study_name is not None and not self.study_name.strip():
             raise UsageError("--study-name must not be empty")
         if self.data_dir is not None and not str(self.data_dir).strip():

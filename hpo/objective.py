@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
@@ -14,7 +13,8 @@ from hpo.config import StudyConfig
 from hpo.curves import encode_curves, final_diagnostics
 from hpo.data import Dataset, Folds, make_folds
 from hpo.errors import UsageError
-from models.train import DivergedError, EpochMetrics, FoldData, cross_validate, fit_and_score
+from hpo.population import mark_startup, startup_length
+from models.train import DivergedError, EpochMetrics, FoldData, cross_validate
 
 
 def check_evaluation_points(config: StudyConfig, dataset: Dataset, folds: Folds) -> None:
@@ -48,9 +48,11 @@ class Objective:
             val_mask=jnp.asarray(folds.val_mask),
         )
         check_evaluation_points(config, dataset, folds)
+        self.startup = startup_length(config.algo)
 
     def __call__(self, trial: optuna.Trial) -> float:
         start = time.perf_counter()
+        mark_startup(trial, self.startup)  # before sampling: the spread's population (hpo.population)
         train_config = suggest(trial, self.config, self.dataset)
 
         def on_epoch(epoch: int, metrics: EpochMetrics) -> None:
@@ -89,14 +91,3 @@ class Objective:
         if self.config.diagnostics:
             trial.set_user_attr("diagnostics", final_diagnostics(result.points))
         return result.score
-
-
-def test_score(config: StudyConfig, dataset: Dataset, params: dict[str, Any], trial_number: int) -> float:
-    """Retrain the configuration ``params`` on the whole training split and score the test split.
-
-    Needs no folds: the trial's own seed and the fixed split are all it uses.
-    """
-    train_config = suggest(optuna.trial.FixedTrial(params), config, dataset)
-    seed = trial_seed(config.seed, trial_number)
-    d = dataset
-    return float(fit_and_score(train_config, d.x_train, d.y_train, d.x_test, d.y_test, d.out_features, seed).fold_scores[0])
