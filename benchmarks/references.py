@@ -43,7 +43,7 @@ import os
 import platform
 import time
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Callable
 
@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", default="results/references.md", help="markdown file to write")
     args = parser.parse_args(argv)
     budget = Budget(seeds=2, quick=True) if args.quick else Budget()
-    started = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    started = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     output = Path(args.output)
     all_runs = runs(budget)
     done: dict[str, Run] = {}
