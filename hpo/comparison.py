@@ -44,7 +44,7 @@ STARTUP_COLUMNS = ["startup_n", "startup_unscored", "startup_mean", "startup_std
 VS_BP_COLUMNS = ["delta_vs_bp", "delta_vs_bp_ci95", "p_vs_bp"]
 
 
-def test_columns(attrs: dict[str, Any], best_trial: int | None) -> dict[str, Any]:
+def heldout_columns(attrs: dict[str, Any], best_trial: int | None) -> dict[str, Any]:
     """The ``test_*`` columns of a study from its user attributes and its best trial's number."""
     row: dict[str, Any] = {"test_n": 0, "test_mean": np.nan, "test_std": np.nan, "test_ci95": np.nan,
                            "test_note": "", "test_scores": ""}

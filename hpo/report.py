@@ -31,9 +31,9 @@ from hpo.comparison import (
     add_vs_bp,
     best_params_tables,
     efficiency_png,
+    heldout_columns,
     markdown_table,
     startup_columns,
-    test_columns,
 )
 from hpo.config import DEFAULT_STORAGE
 from hpo.curves import write_curve_plots
@@ -84,7 +84,7 @@ def study_row(study: optuna.Study) -> dict:
             best_fold_std=best.user_attrs.get("fold_std", np.nan),
             best_params=json.dumps(best.params, sort_keys=True),
         )
-    row.update(test_columns(attrs, None if best is None else best.number))
+    row.update(heldout_columns(attrs, None if best is None else best.number))
     return row
 
 
