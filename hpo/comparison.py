@@ -37,6 +37,11 @@ from hpo.population import STARTUP_TRIALS, startup_spread
 from hpo.stats import CONFIDENCE, summarize_scores, welch
 
 BACKPROP = "bp"  # the rule every other one is compared with
+PREDATES_TEST_SEEDS = "one seed: the run predates test seeds"
+PREDATES_STARTUP_MARK = (
+    f"predates the start-up mark: its first {STARTUP_TRIALS} trials are taken as the start-up ones, which the "
+    "pruner could stop after the fifth (stopped ones are unscored)"
+)
 SIGNIFICANCE = 0.05  # p below which the chart marks a difference from backprop
 
 TEST_COLUMNS = ["test_n", "test_mean", "test_std", "test_ci95", "test_note", "test_scores"]
@@ -64,7 +69,7 @@ def heldout_columns(attrs: dict[str, Any], best_trial: int | None) -> dict[str, 
     row.update(test_n=summary.n, test_mean=summary.mean, test_std=summary.std, test_ci95=summary.ci95,
                test_scores=json.dumps(list(record.scores)))
     if record.predates_seeds:
-        row["test_note"] = "one seed: the run predates test seeds"
+        row["test_note"] = PREDATES_TEST_SEEDS
     return row
 
 
@@ -78,10 +83,7 @@ def startup_columns(trials: list[optuna.trial.FrozenTrial], maximize: bool) -> d
         "startup_mean": float(scores.mean()) if spread.n else np.nan,
         "startup_std": float(scores.std(ddof=1)) if spread.n > 1 else np.nan,
         "startup_worst": (float(scores.min() if maximize else scores.max())) if spread.n else np.nan,
-        "startup_note": "" if spread.marked else (
-            f"predates the start-up mark: its first {STARTUP_TRIALS} trials are taken as the start-up ones and "
-            f"could be pruned (median pruner after 5); {spread.unscored} were, or diverged"
-        ),
+        "startup_note": "" if spread.marked else PREDATES_STARTUP_MARK,
     }
 
 

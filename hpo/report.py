@@ -24,6 +24,8 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from hpo.comparison import (
+    PREDATES_STARTUP_MARK,
+    PREDATES_TEST_SEEDS,
     SIGNIFICANCE,
     STARTUP_COLUMNS,
     TEST_COLUMNS,
@@ -144,18 +146,33 @@ def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
     })
 
 
+def _notes(frame: pd.DataFrame) -> list[str]:
+    """Markdown lines about rows that need them: notes shared by many studies (a run older than test seeds or
+    the start-up mark) once, with the studies listed; any other note per study."""
+    def listed(rows, detail=lambda r: "") -> str:
+        return ", ".join(f"`{r.study}`{detail(r)}" for r in rows)
+
+    rows = list(frame.itertuples())
+    old_startup = [r for r in rows if r.startup_note == PREDATES_STARTUP_MARK]
+    old_test = [r for r in rows if r.test_note == PREDATES_TEST_SEEDS]
+    lines = []
+    if old_startup:
+        lines.append(f"- Start-up {PREDATES_STARTUP_MARK}: {listed(old_startup, lambda r: f' ({r.startup_unscored} unscored)')}.")
+    if old_test:
+        lines.append(f"- Test: {PREDATES_TEST_SEEDS}: {listed(old_test)}.")
+    for r in rows:
+        if r.startup_note and r.startup_note != PREDATES_STARTUP_MARK:
+            lines.append(f"- `{r.study}`: start-up {r.startup_note}")
+        elif not r.startup_note and r.startup_unscored:
+            lines.append(f"- `{r.study}`: {r.startup_unscored} start-up trial(s) ended without a score (diverged)")
+        if r.test_note and r.test_note != PREDATES_TEST_SEEDS:
+            lines.append(f"- `{r.study}`: test {r.test_note}")
+    return ["", "Notes:", "", *lines] if lines else []
+
+
 def to_markdown(frame: pd.DataFrame) -> str:
     parts = [markdown_table(summary_table(frame)), "", SPREAD_NOTE, "", TEST_NOTE]
-    notes = []
-    for r in frame.itertuples():
-        if r.startup_note:
-            notes.append(f"- `{r.study}`: start-up {r.startup_note}")
-        elif r.startup_unscored:
-            notes.append(f"- `{r.study}`: {r.startup_unscored} start-up trial(s) ended without a score (diverged)")
-        if r.test_note:
-            notes.append(f"- `{r.study}`: test {r.test_note}")
-    if notes:
-        parts += ["", "Notes:", "", *notes]
+    parts += [*_notes(frame)]
     parts += ["", "## Best hyperparameters", ""]
     for title, table in best_params_tables(frame):
         parts += [f"### {title}", "", markdown_table(table), ""]
@@ -391,7 +408,11 @@ def index_html(results: Path) -> str:
     frame = read_summary(summary) if summary.is_file() else None
     if frame is not None:
         parts.append(summary_table(frame).to_html(index=False, border=0))
-        parts += [f"<p>{escape(SPREAD_NOTE)}</p>", f"<p>{escape(TEST_NOTE)}</p>", "<h2>Best hyperparameters</h2>"]
+        parts += [f"<p>{escape(SPREAD_NOTE)}</p>", f"<p>{escape(TEST_NOTE)}</p>"]
+        notes = [line.removeprefix("- ").replace("`", "") for line in _notes(frame) if line.startswith("- ")]
+        if notes:
+            parts.append("<ul>" + "".join(f"<li>{escape(note)}</li>" for note in notes) + "</ul>")
+        parts.append("<h2>Best hyperparameters</h2>")
         for title, table in best_params_tables(frame):
             parts += [f"<h3>{escape(title)}</h3>", table.to_html(index=False, border=0)]
     for directory, files in _result_files(results).items():
