@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Hashable, NamedTuple
 
 import jax.numpy as jnp
 import numpy as np
@@ -14,7 +15,16 @@ from hpo.curves import encode_curves, final_diagnostics
 from hpo.data import Dataset, Folds, make_folds
 from hpo.errors import UsageError
 from hpo.population import mark_startup, startup_length
-from models.train import DivergedError, EpochMetrics, FoldData, cross_validate
+from models.train import (
+    CVResult,
+    DivergedError,
+    EpochMetrics,
+    FoldData,
+    Member,
+    Timing,
+    group_key,
+    train_group,
+)
 
 
 def check_evaluation_points(config: StudyConfig, dataset: Dataset, folds: Folds) -> None:
@@ -51,9 +61,24 @@ class Objective:
         self.startup = startup_length(config.algo)
 
     def __call__(self, trial: optuna.Trial) -> float:
+        """Run one trial: sample its configuration, cross-validate it, record what happened; its value."""
         start = time.perf_counter()
+        timing = Timing()
+        try:
+            planned = self.plan(trial, timing)
+            (outcome,) = train_group(
+                [planned.member], self.data, self.dataset.out_features, self.config.fold_strategy,
+                self.config.evals_per_epoch, self.config.diagnostics,
+            )
+            return self.finish(trial, outcome)
+        finally:
+            record_timing(trial, time.perf_counter() - start, timing)
+
+    def plan(self, trial: optuna.Trial, timing: Timing) -> PlannedTrial:
+        """Sample the trial's configuration and prepare its place in a training group (``models.train.Member``):
+        its runs' seeds and the per-epoch report to the trial, which prunes it when the pruner says so."""
         mark_startup(trial, self.startup)  # before sampling: the spread's population (hpo.population)
-        train_config = suggest(trial, self.config, self.dataset)
+        config = suggest(trial, self.config, self.dataset)
 
         def on_epoch(epoch: int, metrics: EpochMetrics) -> None:
             trial.report(float(np.mean(metrics.val_score)), epoch)
@@ -61,33 +86,40 @@ class Objective:
                 trial.set_user_attr("pruned_reason", f"pruner stopped the trial after epoch {epoch + 1}")
                 raise optuna.TrialPruned(f"pruned after epoch {epoch + 1}")
 
-        try:
-            return self._cross_validate(trial, train_config, on_epoch)
-        finally:
-            trial.set_user_attr("wall_seconds", time.perf_counter() - start)
+        n_runs = self.data.train_idx.shape[0]
+        *run_seeds, order_seed = np.random.SeedSequence(trial_seed(self.config.seed, trial.number)).spawn(n_runs + 1)
+        order_rng = np.random.default_rng(order_seed)  # as models.train.cross_validate: one generator for the folds
+        member = Member(config, run_seeds, [order_rng] * n_runs, on_epoch, timing)
+        return PlannedTrial(trial, member, group_key(config, self.data, self.dataset.out_features))
 
-    def _cross_validate(self, trial: optuna.Trial, train_config, on_epoch) -> float:
-        try:
-            result = cross_validate(
-                train_config,
-                self.data,
-                self.dataset.out_features,
-                trial_seed(self.config.seed, trial.number),
-                on_epoch=on_epoch,
-                fold_strategy=self.config.fold_strategy,
-                on_compiled=lambda seconds: trial.set_user_attr("compile_seconds", seconds),
-                evals_per_epoch=self.config.evals_per_epoch,
-                diagnostics=self.config.diagnostics,
-            )
-        except DivergedError as error:
-            trial.set_user_attr("pruned_reason", f"diverged: {error}")
-            raise optuna.TrialPruned(f"diverged: {error}") from None
-
-        trial.set_user_attr("fold_scores", [float(s) for s in result.fold_scores])
-        trial.set_user_attr("fold_std", float(np.std(result.fold_scores)))
-        trial.set_user_attr("train_seconds", result.train_seconds)
-        trial.set_user_attr("n_params", result.n_params)
-        trial.set_user_attr("curves", encode_curves(result.points, result.point_epochs))
+    def finish(self, trial: optuna.Trial, outcome: CVResult | Exception) -> float:
+        """Record a trained trial's results as user attributes and return its value (or raise how it ended)."""
+        if isinstance(outcome, DivergedError):
+            trial.set_user_attr("pruned_reason", f"diverged: {outcome}")
+            raise optuna.TrialPruned(f"diverged: {outcome}")
+        if isinstance(outcome, Exception):
+            raise outcome
+        trial.set_user_attr("fold_scores", [float(s) for s in outcome.fold_scores])
+        trial.set_user_attr("fold_std", float(np.std(outcome.fold_scores)))
+        trial.set_user_attr("n_params", outcome.n_params)
+        trial.set_user_attr("curves", encode_curves(outcome.points, outcome.point_epochs))
         if self.config.diagnostics:
-            trial.set_user_attr("diagnostics", final_diagnostics(result.points))
-        return result.score
+            trial.set_user_attr("diagnostics", final_diagnostics(outcome.points))
+        return outcome.score
+
+
+class PlannedTrial(NamedTuple):
+    """A trial whose configuration is sampled, ready to train in a group of trials with the same ``key``."""
+
+    trial: optuna.Trial
+    member: Member
+    key: Hashable  # models.train.group_key of its configuration
+
+
+def record_timing(trial: optuna.Trial, wall_seconds: float, timing: Timing) -> None:
+    """Every second of a finished trial, pruned or not: compiling, training, and everything else (sampling,
+    initialisation, transfers, storage writes), so a study's benchmark can account for its whole time."""
+    trial.set_user_attr("wall_seconds", wall_seconds)
+    trial.set_user_attr("compile_seconds", timing.compile_seconds)
+    trial.set_user_attr("train_seconds", timing.train_seconds)
+    trial.set_user_attr("overhead_seconds", max(0.0, wall_seconds - timing.compile_seconds - timing.train_seconds))

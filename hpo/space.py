@@ -35,6 +35,7 @@ WIDTHS = (64, 128, 256, 512)  # hidden-layer width (all hidden layers share it)
 DEPTHS = (1, 3)  # inclusive range of hidden layers
 BATCH_SIZES = (32, 64, 128)
 ACTIVATIONS = ("relu", "tanh")
+OPTIMIZER_CHOICES = ("adam", "sgd")  # sgd: heavy-ball momentum
 ADAM_LR = (1e-4, 1e-2)  # log-uniform
 SGD_LR = (1e-3, 3e-1)  # log-uniform
 MOMENTUM = (0.5, 0.99)
@@ -46,7 +47,7 @@ KP_DECAY = (1e-4, 1.0)  # log-uniform decoupled weight decay (times the learning
 def suggest_training(trial: Any, study: StudySettings) -> dict[str, Any]:
     """Optimiser, batch size and rule-specific feedback parameters, shared by every network family."""
     rule = get_rule(study.algo)
-    params: dict[str, Any] = {"optimizer": trial.suggest_categorical("optimizer", ["adam", "sgd"])}
+    params: dict[str, Any] = {"optimizer": trial.suggest_categorical("optimizer", list(OPTIMIZER_CHOICES))}
     if params["optimizer"] == "adam":
         params["learning_rate"] = trial.suggest_float("lr_adam", *ADAM_LR, log=True)
     else:
@@ -64,7 +65,14 @@ def suggest_training(trial: Any, study: StudySettings) -> dict[str, Any]:
 
 
 def suggest_mlp(trial: Any, study: StudySettings, dataset: Dataset) -> TrainConfig:
-    """Search space of multilayer perceptrons."""
+    """Search space of multilayer perceptrons.
+
+    Every activation and optimiser the space offers is served by one compiled program (``activation_choices``,
+    ``optimizer_choices``): trials that differ only there share programs, a quarter as many compilations. The
+    price, computing the candidates' activations and optimiser updates that a trial does not use, is a few
+    percent of an MLP's arithmetic (``benchmarks/study.py`` measures it); CNN trials are nearly all new
+    architectures anyway, so their space keeps one activation and optimiser per program.
+    """
     depth = trial.suggest_int("depth", *DEPTHS)
     width = trial.suggest_categorical("width", list(WIDTHS))
     activation = trial.suggest_categorical("activation", list(ACTIVATIONS))
@@ -74,6 +82,8 @@ def suggest_mlp(trial: Any, study: StudySettings, dataset: Dataset) -> TrainConf
         activation=activation,
         epochs=study.epochs,
         loss=dataset.loss,
+        activation_choices=tuple(ACTIVATIONS),
+        optimizer_choices=OPTIMIZER_CHOICES,
         **suggest_training(trial, study),
     )
 

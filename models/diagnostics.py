@@ -174,12 +174,14 @@ def _rule_inputs(model: nn.Module, y: Array, key: Array | None) -> dict[str, Any
 
 
 def gradients_and_errors(
-    model: nn.Module, params: dict, fixed: dict, x: Array, y: Array, loss: LossFn, key: Array | None = None
+    model: nn.Module, params: dict, fixed: dict, x: Array, y: Array, loss: LossFn, key: Array | None = None,
+    call_kwargs: dict[str, Any] | None = None,
 ) -> tuple[dict, dict[str, Array]]:
     """The gradient of ``loss`` w.r.t. ``params`` under the model's rule, and the error (cotangent) each layer's
-    output receives, keyed by layer name in call order. ``key`` feeds rules with a random backward pass."""
+    output receives, keyed by layer name in call order. ``key`` feeds rules with a random backward pass;
+    ``call_kwargs`` are further arguments of the model's ``__call__`` (e.g. ``activation_index``)."""
     names = set(layers(params))
-    inputs = _rule_inputs(model, y, key)
+    inputs = {**_rule_inputs(model, y, key), **(call_kwargs or {})}
 
     def run(p, perturbations, record):
         with nn.intercept_methods(_output_taps(names, perturbations, record)):
@@ -200,14 +202,17 @@ def backprop_model(model: nn.Module) -> nn.Module:
 
 
 def diagnose(
-    model: nn.Module, params: dict, fixed: dict, x: Array, y: Array, loss: LossFn, key: Array | None = None
+    model: nn.Module, params: dict, fixed: dict, x: Array, y: Array, loss: LossFn, key: Array | None = None,
+    call_kwargs: dict[str, Any] | None = None,
 ) -> dict[str, Array]:
     """Every alignment metric of the module docstring on the batch ``(x, y)``, as a flat dict of scalars.
 
-    ``key`` is the random key of rules whose backward pass is random (brsf: one draw of its feedback).
+    ``key`` is the random key of rules whose backward pass is random (brsf: one draw of its feedback);
+    ``call_kwargs`` are further arguments of the model's ``__call__``, given to both networks.
     """
-    rule_grads, rule_errors = gradients_and_errors(model, params, fixed, x, y, loss, key)
-    bp_grads, bp_errors = gradients_and_errors(backprop_model(model), forward_params(params), {}, x, y, loss)
+    rule_grads, rule_errors = gradients_and_errors(model, params, fixed, x, y, loss, key, call_kwargs)
+    bp_model = backprop_model(model)
+    bp_grads, bp_errors = gradients_and_errors(bp_model, forward_params(params), {}, x, y, loss, None, call_kwargs)
     rule_grads = forward_params(rule_grads)
     out = {f"update_angle/{k}": v for k, v in per_layer(angle, rule_grads, bp_grads).items()}
     out["update_angle/total"] = angle(rule_grads, bp_grads)

@@ -32,6 +32,30 @@ def get_activation(name: str) -> Callable[[jax.Array], jax.Array]:
         raise ValueError(f"unknown activation {name!r}; known: {', '.join(sorted(ACTIVATIONS))}") from None
 
 
+def activation_function(names: str | tuple[str, ...], index: jax.Array | None) -> Callable[[jax.Array], jax.Array]:
+    """The activation ``names`` (one name), or the one among several names that the traced ``index`` selects.
+
+    With several names every candidate is computed and the chosen one selected elementwise (``jnp.where``): one
+    compiled program serves every choice, the result and its derivative are exactly the chosen function's, and
+    the price is the other candidates' arithmetic (``benchmarks/study.py`` measures it).
+    """
+    if isinstance(names, str):
+        return get_activation(names)
+    functions = [get_activation(name) for name in names]
+    if len(functions) == 1:
+        return functions[0]
+    if index is None:
+        raise ValueError(f"activation is one of {names}: pass activation_index to choose it")
+
+    def selected(a: jax.Array) -> jax.Array:
+        out = functions[0](a)
+        for i, f in enumerate(functions[1:], start=1):
+            out = jnp.where(index == i, f(a), out)
+        return out
+
+    return selected
+
+
 class MLP(nn.Module):
     """A multilayer perceptron whose every layer learns by ``rule``.
 
@@ -43,13 +67,14 @@ class MLP(nn.Module):
     hidden: tuple[int, ...]  # widths of the hidden layers (empty: a linear model)
     out_features: int  # number of classes or regression targets
     rule: str = "bp"  # learning rule name from models.rules.RULES
-    activation: str = "relu"  # hidden nonlinearity from ACTIVATIONS
+    activation: str | tuple[str, ...] = "relu"  # hidden nonlinearity (ACTIVATIONS), or candidates (activation_index)
     feedback_init: Initializer = FanIn()  # initialiser of every feedback matrix (layers' and taps')
 
     @nn.compact
-    def __call__(self, x: jax.Array, target: jax.Array | None = None) -> jax.Array:
-        """Network outputs; ``target`` (labels or target vectors) reaches the taps of rules that need it (drtp)."""
-        act = get_activation(self.activation)
+    def __call__(self, x: jax.Array, target: jax.Array | None = None, activation_index: jax.Array | None = None):
+        """Network outputs; ``target`` (labels or target vectors) reaches the taps of rules that need it (drtp);
+        ``activation_index`` chooses among several candidate activations (``activation_function``)."""
+        act = activation_function(self.activation, activation_index)
         dense = partial(Dense, rule=self.rule, feedback_init=self.feedback_init, check_error=False)
         h = x.reshape(x.shape[0], -1)
         taps = []
@@ -140,13 +165,14 @@ class CNN(nn.Module):
     hidden: tuple[int, ...]  # widths of the dense head between trunk and output (may be empty)
     out_features: int  # number of classes or regression targets
     rule: str = "bp"  # learning rule name from models.rules.RULES
-    activation: str = "relu"  # nonlinearity after every conv and hidden dense layer (ACTIVATIONS)
+    activation: str | tuple[str, ...] = "relu"  # after every conv and hidden dense layer, as MLP.activation
     feedback_init: Initializer = FanIn()  # initialiser of every feedback matrix (layers' and taps')
 
     @nn.compact
-    def __call__(self, x: jax.Array, target: jax.Array | None = None) -> jax.Array:
-        """Network outputs; ``target`` (labels or target vectors) reaches the taps of rules that need it (drtp)."""
-        act = get_activation(self.activation)
+    def __call__(self, x: jax.Array, target: jax.Array | None = None, activation_index: jax.Array | None = None):
+        """Network outputs; ``target`` reaches the taps of rules that need it (drtp); ``activation_index`` chooses
+        among several candidate activations (``activation_function``)."""
+        act = activation_function(self.activation, activation_index)
         if x.ndim not in (3, 4):
             raise ValueError(f"CNN inputs must be (batch, length, channels) or (batch, h, w, channels), got {x.shape}")
         trunk_shape(self.conv, x.shape[1:-1])

@@ -2,8 +2,8 @@
 
 The family gives the cross-validation core (``models.train``) what is particular to these networks: host-side
 initialisation that follows the layers' declared initialisers (``models.initializers.host_init``), the optimiser
-with traced hyperparameters (``optax.inject_hyperparams``), one training step, the masked validation and the
-alignment diagnostics of ``models.diagnostics``. Its step functions are pure, module-level functions of
+built from the traced hyperparameters, one training step, the masked validation and the alignment diagnostics of
+``models.diagnostics``. Its step functions are pure, module-level functions of
 ``(spec, hyper, state, ...)``; the core binds the static ``spec`` with ``functools.partial`` and compiles them.
 """
 
@@ -20,9 +20,9 @@ import optax
 
 from models import diagnostics
 from models.initializers import FanIn, host_init
-from models.networks import CNN, MLP, ConvLayer
+from models.networks import CNN, MLP, ConvLayer, get_activation
 from models.rules.registry import FEEDBACK, get_rule
-from models.train import HOST, TRACED, FoldData, Static, traced_values
+from models.train import HOST, TRACED, FoldData, Static, chosen_among, traced_values
 
 Array = jax.Array
 
@@ -35,15 +35,18 @@ LOSSES = ("cross_entropy", "mse")
 class TrainConfig:
     """Everything that defines how one network of rule layers is trained (a trial's hyperparameters).
 
-    Fields are static (they fix the compiled programs), traced (program inputs: a new value never recompiles) or
-    host-only (initialisation and the epoch loop), as their metadata declares (``models.train.Static``).
+    Fields are static (they fix the compiled programs), traced (program inputs: a new value never recompiles),
+    host-only (initialisation and the epoch loop) or a choice among static candidates that one program serves, as
+    their metadata declares (``models.train.Static``). A search space that tries several activations or
+    optimisers names them in ``activation_choices``/``optimizer_choices``, so trials that differ only there share
+    compiled programs.
     """
 
     rule: str  # learning rule name (models.rules.RULES)
     hidden: tuple[int, ...]  # hidden-layer widths (the dense head's, for models with a convolutional trunk)
     learning_rate: float = field(metadata=TRACED)  # optimiser step size
-    activation: str = "relu"  # hidden nonlinearity (models.networks.ACTIVATIONS)
-    optimizer: str = "adam"  # "adam" or "sgd" (SGD with heavy-ball momentum)
+    activation: str = field(default="relu", metadata=chosen_among("activation_choices"))  # networks.ACTIVATIONS
+    optimizer: str = field(default="adam", metadata=chosen_among("optimizer_choices"))  # "adam" or "sgd" (momentum)
     momentum: float = field(default=0.9, metadata=TRACED)  # SGD momentum (ignored by adam)
     weight_decay: float = field(default=0.0, metadata=TRACED)  # decoupled decay of kernels and trained feedback, x lr
     batch_size: int = 64  # mini-batch size
@@ -52,10 +55,19 @@ class TrainConfig:
     feedback_scale: float = field(default=1.0, metadata=HOST)  # multiplies every feedback matrix's initial values
     loss: str = "cross_entropy"  # "cross_entropy" (classification, score = accuracy) or "mse"
     conv: tuple[ConvLayer, ...] = ()  # convolutional trunk before the hidden layers (empty: an MLP)
+    activation_choices: tuple[str, ...] = ()  # activations one compiled program serves (empty: just `activation`)
+    optimizer_choices: tuple[str, ...] = ()  # optimisers one compiled program serves (empty: just `optimizer`)
 
     def __post_init__(self) -> None:
         get_rule(self.rule)
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        for name in self.activation_choices:
+            get_activation(name)
+        for name in self.optimizer_choices:
+            _check_choice("optimizer_choices", name, OPTIMIZERS)
+        for name, choices in (("activation", self.activation_choices), ("optimizer", self.optimizer_choices)):
+            if choices and getattr(self, name) not in choices:
+                raise ValueError(f"{name} {getattr(self, name)!r} must be one of its choices {choices}")
         _check_choice("feedback_distribution", self.feedback_distribution, tuple(FEEDBACK_DISTRIBUTIONS))
         _check_choice("loss", self.loss, LOSSES)
         if self.batch_size < 1 or self.epochs < 1 or any(w < 1 for w in self.hidden):
@@ -82,9 +94,13 @@ def make_model(config: TrainConfig | Static, out_features: int) -> nn.Module:
     if isinstance(config, TrainConfig):
         distribution = FEEDBACK_DISTRIBUTIONS[config.feedback_distribution]
         kwargs["feedback_init"] = FanIn(config.feedback_scale, distribution)
+        activation = config.activation  # the variables do not depend on it
+    else:
+        activation = config.activation_choices
+        activation = activation[0] if len(activation) == 1 else activation  # several: chosen by activation_index
     if config.conv:
-        return CNN(config.conv, config.hidden, out_features, config.rule, config.activation, **kwargs)
-    return MLP(config.hidden, out_features, config.rule, config.activation, **kwargs)
+        return CNN(config.conv, config.hidden, out_features, config.rule, activation, **kwargs)
+    return MLP(config.hidden, out_features, config.rule, activation, **kwargs)
 
 
 def _decay_mask(params: Any) -> Any:
@@ -108,22 +124,47 @@ def _sgd(learning_rate, momentum, weight_decay):
     )
 
 
+_OPTIMIZERS = {"adam": _adam, "sgd": _sgd}
 _OPTIMIZER_ARGS = {"adam": ("learning_rate", "weight_decay"), "sgd": ("learning_rate", "momentum", "weight_decay")}
 
 
 def make_optimizer(name: str) -> Callable[..., optax.GradientTransformation]:
-    """An optimiser factory whose scalar hyperparameters are injected (traced) values.
+    """The optimiser ``name`` as a factory of its scalar hyperparameters (``learning_rate``, ``weight_decay`` and,
+    for sgd, ``momentum``); inside a compiled program they are traced values, so a new value never recompiles.
 
     Weight decay is decoupled (added after the adaptive scaling, then multiplied by the learning rate, as in
     AdamW), so under kp the kernel and its feedback matrix receive identical updates apart from their own decay.
     """
-    return optax.inject_hyperparams({"adam": _adam, "sgd": _sgd}[name])
+    return _OPTIMIZERS[name]
+
+
+def _select(index: Array, options: list) -> Any:
+    """``options[index]`` for a traced index, elementwise over equal pytrees (exactly the chosen values)."""
+    out = options[0]
+    for i, option in enumerate(options[1:], start=1):
+        out = jax.tree_util.tree_map(lambda a, b, i=i: jnp.where(index == i, a, b), option, out)
+    return out
+
+
+def switched(transforms: list[optax.GradientTransformation], index: Array) -> optax.GradientTransformation:
+    """The transform ``transforms[index]`` for a traced index: every candidate keeps its own state and computes
+    its update, the chosen one is returned, so one compiled program serves every choice."""
+
+    def init(params):
+        return tuple(t.init(params) for t in transforms)
+
+    def update(grads, state, params=None):
+        results = [t.update(grads, s, params) for t, s in zip(transforms, state)]
+        return _select(index, [u for u, _ in results]), tuple(s for _, s in results)
+
+    return optax.GradientTransformation(init, update)
 
 
 def optimizer(spec: Spec, hyper: dict) -> optax.GradientTransformation:
-    """The spec's optimiser with the traced hyperparameters it uses."""
-    name = spec.config.optimizer
-    return make_optimizer(name)(**{n: hyper[n] for n in _OPTIMIZER_ARGS[name]})
+    """The spec's optimiser (or the traced choice among its candidates) with the traced hyperparameters."""
+    names = spec.config.optimizer_choices
+    transforms = [make_optimizer(name)(**{n: hyper[n] for n in _OPTIMIZER_ARGS[name]}) for name in names]
+    return transforms[0] if len(transforms) == 1 else switched(transforms, hyper["optimizer"])
 
 
 def per_example_loss(loss: str) -> Callable[[Array, Array], tuple[Array, Array]]:
@@ -151,6 +192,14 @@ class Spec(NamedTuple):
 
     config: Static
     out_features: int
+
+
+def initial_optimizer_state(spec: Spec, hyper: dict, params: Any) -> Any:
+    """The optimiser's initial state, made on the host without running (or compiling) its ``init``: every optimiser
+    here starts from zeros (moments, traces, step counts), so zeros of the state's abstract shapes are exact
+    (``tests/test_training.py`` compares them with ``init``)."""
+    shapes = jax.eval_shape(optimizer(spec, hyper).init, params)
+    return jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), shapes)
 
 
 class LayerState(NamedTuple):
@@ -185,7 +234,7 @@ class RuleNetworks:
     def init(self, config: TrainConfig, spec: Spec, sample_x: Any, rng: np.random.Generator) -> LayerState:
         variables = host_init(make_model(config, spec.out_features), sample_x, rng)
         params = variables.pop("params")
-        return LayerState(params, variables, None)
+        return LayerState(params, variables, initial_optimizer_state(spec, traced_values(config), params))
 
     def needs_key(self, spec: Spec) -> bool:
         return get_rule(spec.config.rule).needs_rng
@@ -193,16 +242,14 @@ class RuleNetworks:
     def count_params(self, spec: Spec, state: LayerState) -> int:
         return count_params(state.params)
 
-    def start(self, spec: Spec, hyper: dict, state: LayerState) -> LayerState:
-        return state._replace(opt_state=optimizer(spec, hyper).init(state.params))
-
     def train_step(self, spec: Spec, hyper: dict, state: LayerState, key, x, y, idx):
         model, rule = make_model(spec.config, spec.out_features), get_rule(spec.config.rule)
         per_example = per_example_loss(spec.config.loss)
 
         def batch_loss(params, fixed, xb, yb, key):
             # the targets and a fresh key reach the network only for rules that need them (Rule.apply_kwargs)
-            outputs = model.apply({"params": params, **fixed}, xb, **rule.apply_kwargs(yb, key))
+            kwargs = rule.apply_kwargs(yb, key)
+            outputs = model.apply({"params": params, **fixed}, xb, activation_index=hyper["activation"], **kwargs)
             loss, score = per_example(outputs, yb)
             return loss.mean(), score.mean()
 
@@ -212,7 +259,7 @@ class RuleNetworks:
 
     def evaluate(self, spec: Spec, hyper: dict, state: LayerState, key, x, y, val_idx, val_mask):
         model = make_model(spec.config, spec.out_features)
-        outputs = model.apply({"params": state.params, **state.fixed}, x[val_idx])
+        outputs = model.apply({"params": state.params, **state.fixed}, x[val_idx], activation_index=hyper["activation"])
         val_loss, val_score = per_example_loss(spec.config.loss)(outputs, y[val_idx])
         weight = val_mask.astype(val_loss.dtype) / val_mask.sum()
         return (val_loss * weight).sum(), (val_score * weight).sum()
@@ -224,7 +271,8 @@ class RuleNetworks:
         def mean_loss(outputs, targets):
             return per_example(outputs, targets)[0].mean()
 
-        out = diagnostics.diagnose(model, state.params, state.fixed, x[idx], y[idx], mean_loss, key)
+        extra = {"activation_index": hyper["activation"]}
+        out = diagnostics.diagnose(model, state.params, state.fixed, x[idx], y[idx], mean_loss, key, extra)
         out.update(diagnostics.weight_change(state.params, before.params))
         return out
 

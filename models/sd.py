@@ -629,9 +629,6 @@ class SegregatedDendrites:
         sizes = spec.sizes
         return int(sum(sizes[i] * sizes[i + 1] + sizes[i + 1] for i in range(len(sizes) - 1)))
 
-    def start(self, spec: Structure, hyper: dict, state: SDState) -> SDState:
-        return state
-
     def train_step(self, spec: Structure, hyper: dict, state: SDState, key, x01, y, idx):
         x_rate = x01[idx] * hyper["phi_max"]
         params, neurons, (loss, correct) = train_example(spec, hyper, state.params, state.neurons, x_rate, y[idx], key)

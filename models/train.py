@@ -39,28 +39,50 @@ TRACED = {"kind": "traced"}  # field metadata: an input of the compiled programs
 HOST = {"kind": "host"}  # field metadata: used on the host only (initialisation, loop length), never in a program
 
 
+def chosen_among(choices_field: str) -> dict:
+    """Field metadata of a categorical choice that one compiled program serves for every value of the static
+    field ``choices_field`` (a tuple; empty: only the field's own value): the program gets the index."""
+    return {"kind": "choice", "among": choices_field}
+
+
 def field_kind(f) -> str:
     return f.metadata.get("kind", "static")
 
 
+def choices_of(config: Any, f) -> tuple:
+    """The values a choice field's program serves: its choices field, or the field's own value alone."""
+    return tuple(getattr(config, f.metadata["among"])) or (getattr(config, f.name),)
+
+
 def traced_values(config: Any) -> dict[str, np.ndarray]:
-    """The traced fields of a configuration dataclass, as float32 program inputs."""
-    return {f.name: np.float32(getattr(config, f.name)) for f in fields(config) if field_kind(f) == "traced"}
+    """The traced fields of a configuration dataclass as float32 program inputs, and each choice field's index
+    among its choices as an int32 input."""
+    values: dict[str, np.ndarray] = {}
+    for f in fields(config):
+        if field_kind(f) == "traced":
+            values[f.name] = np.float32(getattr(config, f.name))
+        elif field_kind(f) == "choice":
+            values[f.name] = np.int32(choices_of(config, f).index(getattr(config, f.name)))
+    return values
 
 
 class Static:
     """The static fields of a configuration dataclass: what fixes its compiled programs.
 
-    Hashable and compared by value, so equal static parts share compiled programs (the cache key); reading a traced
-    or host-only field through it is an error, so a value that must not be baked into a program never is.
+    Hashable and compared by value, so equal static parts share compiled programs (the cache key); reading a traced,
+    host-only or choice field through it is an error, so a value that must not be baked into a program never is
+    (a choice field's choices are static, its value is an input: ``chosen_among``).
     """
 
     __slots__ = ("_type", "_values")
 
     def __init__(self, config: Any):
         object.__setattr__(self, "_type", type(config))
-        values = tuple((f.name, getattr(config, f.name)) for f in fields(config) if field_kind(f) == "static")
-        object.__setattr__(self, "_values", values)
+        values = {f.name: getattr(config, f.name) for f in fields(config) if field_kind(f) == "static"}
+        for f in fields(config):
+            if field_kind(f) == "choice":  # the program serves the choices; the value itself is an input
+                values[f.metadata["among"]] = choices_of(config, f)
+        object.__setattr__(self, "_values", tuple(values.items()))
 
     def __getattr__(self, name: str) -> Any:
         for key, value in self._values:
@@ -134,6 +156,14 @@ class CVResult:
         return float(np.mean(self.fold_scores))
 
 
+@dataclass
+class Timing:
+    """Where a training's seconds went, kept up to date while it runs (so a stopped training has them too)."""
+
+    compile_seconds: float = 0.0  # tracing and compiling programs (0 when they were reused)
+    train_seconds: float = 0.0  # running the compiled epochs, including the per-epoch transfer of metrics
+
+
 class ModelFamily(Protocol):
     """What a model family gives the core. ``spec`` is its program spec, ``hyper`` its traced scalars (a dict of
     float32 arrays), ``state`` one run's state (a pytree), ``key`` a raw PRNG key or None (``needs_key``).
@@ -150,7 +180,6 @@ class ModelFamily(Protocol):
     def init(self, config: Any, spec: Hashable, sample_x: Any, rng: np.random.Generator) -> Any: ...
     def needs_key(self, spec: Hashable) -> bool: ...
     def count_params(self, spec: Hashable, state: Any) -> int: ...
-    def start(self, spec: Hashable, hyper: dict, state: Any) -> Any: ...
     def train_step(self, spec: Hashable, hyper: dict, state: Any, key: Any, x: Array, y: Array, idx: Array): ...
     def evaluate(self, spec: Hashable, hyper: dict, state: Any, key: Any, x: Array, y: Array, idx: Array, mask: Array): ...
     def diagnose(self, spec: Hashable, hyper: dict, state: Any, before: Any, key: Any, x: Array, y: Array, idx: Array) -> dict: ...
@@ -189,11 +218,6 @@ def map_runs(fold_strategy: str, f: Callable) -> Callable:
     return lambda *args: jax.lax.map(lambda a: f(*a), args)
 
 
-def start_runs(family: ModelFamily, spec: Hashable, fold_strategy: str, state: Any, hyper: dict) -> Any:
-    """Every run's initial device state from its host state (e.g. the optimiser state)."""
-    return map_runs(fold_strategy, lambda s: family.start(spec, hyper, s))(state)
-
-
 def segment_layout(n_batches: int, n_segments: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Cut an epoch's ``n_batches`` batches, in order, into ``n_segments`` segments of near-equal length.
 
@@ -221,7 +245,7 @@ def _evaluate(family, spec, hyper, x, y, val_idx, val_mask, state: RunState) -> 
 
 
 def run_epoch(family: ModelFamily, spec: Hashable, plan: Plan, state: RunState, batches, x, y, val_idx, val_mask, hyper):
-    """One epoch of every run: ``(state (k, ...), batches (k, b, bs), ...) -> (state, EpochMetrics, points)``.
+    """One epoch of every run: ``(state (k, ...), batches (k, b, bs), ..., hyper (k,)) -> (state, metrics, points)``.
 
     ``points`` maps a metric name to its (k, evals_per_epoch) values; it is empty for the plain program (one
     evaluation at the end of the epoch, no diagnostics), in which nothing else is traced.
@@ -229,12 +253,12 @@ def run_epoch(family: ModelFamily, spec: Hashable, plan: Plan, state: RunState, 
     plain = plan.evals_per_epoch == 1 and not plan.diagnostics
     epoch = _plain_epoch if plain else _monitored_epoch
 
-    def one(run_state, run_batches, run_val_idx, run_val_mask):
-        step = partial(_step, family, spec, hyper, x, y)
-        evaluate = partial(_evaluate, family, spec, hyper, x, y, run_val_idx, run_val_mask)
-        return epoch(family, spec, plan, hyper, x, y, step, evaluate, run_state, run_batches)
+    def one(run_state, run_batches, run_val_idx, run_val_mask, run_hyper):
+        step = partial(_step, family, spec, run_hyper, x, y)
+        evaluate = partial(_evaluate, family, spec, run_hyper, x, y, run_val_idx, run_val_mask)
+        return epoch(family, spec, plan, run_hyper, x, y, step, evaluate, run_state, run_batches)
 
-    return map_runs(plan.fold_strategy, one)(state, batches, val_idx, val_mask)
+    return map_runs(plan.fold_strategy, one)(state, batches, val_idx, val_mask, hyper)
 
 
 def _plain_epoch(family, spec, plan, hyper, x, y, step, evaluate, state, batches):
@@ -277,7 +301,6 @@ def _monitored_epoch(family, spec, plan, hyper, x, y, step, evaluate, state, bat
 
 
 class Compiled(NamedTuple):
-    start: Any  # (host state (k, ...), hyper) -> device state (k, ...)
     epoch: Any  # (RunState, batches, x, y, val_idx, val_mask, hyper) -> (RunState, EpochMetrics, points)
 
 
@@ -301,12 +324,9 @@ def compiled_programs(family: ModelFamily, spec: Hashable, plan: Plan, state, ke
     cache_key = (family.name, spec, plan, _shapes((state, key, batches, device_data, hyper)))
 
     def build() -> Compiled:
-        start_fn = partial(start_runs, family, spec, plan.fold_strategy)
-        start = jax.jit(start_fn).lower(state, hyper).compile()
-        run_state = RunState(jax.eval_shape(start_fn, state, hyper), key)
         epoch_fn = partial(run_epoch, family, spec, plan)
-        epoch = jax.jit(epoch_fn, donate_argnums=0).lower(run_state, batches, *device_data, hyper).compile()
-        return Compiled(start, epoch)
+        epoch = jax.jit(epoch_fn, donate_argnums=0).lower(RunState(state, key), batches, *device_data, hyper).compile()
+        return Compiled(epoch)
 
     return PROGRAMS.get(cache_key, build)
 
@@ -340,7 +360,7 @@ def cross_validate(
     seed: int,
     on_epoch: EpochCallback | None = None,
     fold_strategy: str = "sequential",
-    on_compiled: Callable[[float], None] | None = None,
+    timing: Timing | None = None,
     evals_per_epoch: int = 1,
     diagnostics: bool = False,
     keep_state: bool = False,
@@ -351,8 +371,8 @@ def cross_validate(
     (initialisation, batch order, random keys) derives from ``seed``. ``on_epoch(epoch, metrics)`` is called
     after every epoch with per-run metrics (numpy arrays); it may raise to stop training early (the study's
     pruner does this). A non-finite training or validation loss raises ``DivergedError`` naming epoch and run.
-    ``on_compiled(seconds)`` is told the compile time before training starts (so it is known even when training
-    is stopped early). ``evals_per_epoch`` evaluation points per epoch give the learning curves in
+    ``timing`` is kept up to date with the compile and training seconds as training goes (so they are known even
+    when training is stopped early). ``evals_per_epoch`` evaluation points per epoch give the learning curves in
     ``CVResult.points``; ``diagnostics`` adds the family's diagnostics to them (off, the compiled program is
     exactly the one without them). Neither changes the training itself. ``keep_state`` returns the runs'
     final states (``CVResult.state``).
@@ -361,7 +381,7 @@ def cross_validate(
     *run_seeds, order_seed = np.random.SeedSequence(seed).spawn(n_runs + 1)
     order_rng = np.random.default_rng(order_seed)  # one generator draws every fold's batch order in turn
     return train_runs(
-        config, data, out_features, run_seeds, [order_rng] * n_runs, on_epoch, fold_strategy, on_compiled,
+        config, data, out_features, run_seeds, [order_rng] * n_runs, on_epoch, fold_strategy, timing,
         evals_per_epoch, diagnostics, keep_state,
     )
 
@@ -374,37 +394,94 @@ def train_runs(
     order_rngs: list[np.random.Generator],
     on_epoch: EpochCallback | None = None,
     fold_strategy: str = "sequential",
-    on_compiled: Callable[[float], None] | None = None,
+    timing: Timing | None = None,
     evals_per_epoch: int = 1,
     diagnostics: bool = False,
     keep_state: bool = False,
 ) -> CVResult:
     """``cross_validate`` with the randomness of every run given: run i is initialised from ``run_seeds[i]``
     (and its random key from a child of it) and its batches are drawn from ``order_rngs[i]``."""
+    member = Member(config, run_seeds, order_rngs, on_epoch, timing)
+    (outcome,) = train_group([member], data, out_features, fold_strategy, evals_per_epoch, diagnostics, keep_state)
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return outcome
+
+
+@dataclass
+class Member:
+    """One configuration of a group trained together in one program (e.g. one trial of a trial batch)."""
+
+    config: Any  # a model family's configuration; every member of a group has the same ``group_key``
+    run_seeds: list[np.random.SeedSequence]  # one per run of the data: initialisation and random key
+    order_rngs: list[np.random.Generator]  # one per run (the same generator may serve several): batch orders
+    on_epoch: EpochCallback | None = None  # after every epoch with this member's metrics; raising stops it
+    timing: Timing | None = None  # this member's share of the group's compile and training seconds
+
+
+def group_key(config: Any, data: FoldData, out_features: int) -> Hashable:
+    """Configurations with equal keys compile to the same programs and can be trained as one group."""
     family: ModelFamily = config.family
+    spec = family.program_spec(config, data.x[:1], out_features)
+    return family.name, spec, family.batch_size(config), family.epochs(config)
+
+
+def train_group(
+    members: list[Member],
+    data: FoldData,
+    out_features: int,
+    fold_strategy: str = "sequential",
+    evals_per_epoch: int = 1,
+    diagnostics: bool = False,
+    keep_state: bool = False,
+) -> list[CVResult | Exception]:
+    """Train every member's runs of ``data`` together: one program over members x runs, one epoch loop.
+
+    Each member gets its own metrics after every epoch (``Member.on_epoch``) and is stopped on its own: when its
+    callback raises, or its loss is not finite (``DivergedError``), that exception becomes its outcome and its
+    runs are no longer looked at (they keep their slots in the program until the group ends; the loop ends when
+    no member is left). The outcome of a member that trained every epoch is its ``CVResult``. The group's compile
+    seconds are shared equally by its members, each epoch's seconds equally by the members still training.
+    """
+    first = members[0].config
+    family: ModelFamily = first.family
+    key_of_group = group_key(first, data, out_features)
+    if any(group_key(m.config, data, out_features) != key_of_group for m in members[1:]):
+        raise ValueError("members of a group must share their programs (models.train.group_key)")
     plan = Plan(fold_strategy, evals_per_epoch, diagnostics and family.has_diagnostics)
-    data = family.prepare(config, data)
+    data = family.prepare(first, data)
+    n_members, k = len(members), data.train_idx.shape[0]
+    if n_members > 1:  # every member runs on the same folds, in its own slots
+        data = data._replace(
+            train_idx=np.tile(data.train_idx, (n_members, 1)), val_idx=jnp.tile(data.val_idx, (n_members, 1)),
+            val_mask=jnp.tile(data.val_mask, (n_members, 1)),
+        )
     sample_x = data.x[:1]
-    spec = family.program_spec(config, sample_x, out_features)
-    state = stack([family.init(config, spec, sample_x, np.random.default_rng(s)) for s in run_seeds])
+    spec = family.program_spec(first, sample_x, out_features)
+    run_seeds = [s for m in members for s in m.run_seeds]
+    order_rngs = [rng for m in members for rng in m.order_rngs]
+    state = stack([family.init(m.config, spec, sample_x, np.random.default_rng(s)) for m in members for s in m.run_seeds])
     # per-run keys from a child of each run's seed (the initialisation, drawn from the seed itself, is unchanged)
     key = np.stack([s.spawn(1)[0].generate_state(2) for s in run_seeds]) if family.needs_key(spec) else None
-    hyper = family.hyperparameters(config)
+    hyper = stack([family.hyperparameters(m.config) for m in members for _ in range(k)])  # one value per run
     train_idx = np.asarray(data.train_idx)
-    batch_size, epochs = family.batch_size(config), family.epochs(config)
+    batch_size, epochs = family.batch_size(first), family.epochs(first)
     batches = batch_orders(order_rngs, train_idx, batch_size)
     _, valid, _ = segment_layout(batches.shape[1], evals_per_epoch)
     point_epochs = (np.arange(epochs)[:, None] + valid.sum(1).cumsum() / valid.sum()).ravel()
+    timings = [Timing() if m.timing is None else m.timing for m in members]
     compiled, compile_seconds = compiled_programs(family, spec, plan, state, key, batches, data, hyper)
-    if on_compiled is not None:
-        on_compiled(compile_seconds)
+    for timing in timings:
+        timing.compile_seconds += compile_seconds / n_members
     n_params = family.count_params(spec, jax.tree_util.tree_map(lambda a: a[0], state))
 
-    start = time.perf_counter()
-    run_state = RunState(compiled.start(state, hyper), key)
+    outcomes: list[CVResult | Exception | None] = [None] * n_members
+    slots = [slice(i * k, (i + 1) * k) for i in range(n_members)]
+    run_state = RunState(jax.device_put(state), key)
     history: list[EpochMetrics] = []
     point_history: list[dict[str, np.ndarray]] = []
     for epoch in range(epochs):
+        start = time.perf_counter()
         if epoch:
             batches = batch_orders(order_rngs, train_idx, batch_size)
         run_state, metrics, points = compiled.epoch(run_state, batches, data.x, data.y, data.val_idx, data.val_mask, hyper)
@@ -412,20 +489,38 @@ def train_runs(
         metrics = EpochMetrics(*(np.asarray(m) for m in metrics))
         history.append(metrics)
         point_history.append(points)
-        _check_finite(metrics, epoch)
-        if on_epoch is not None:
-            on_epoch(epoch, metrics)
-    train_seconds = time.perf_counter() - start
+        training = [i for i in range(n_members) if outcomes[i] is None]
+        for i in training:
+            timings[i].train_seconds += (time.perf_counter() - start) / len(training)
+        for i in training:
+            mine = EpochMetrics(*(m[slots[i]] for m in metrics))
+            try:
+                _check_finite(mine, epoch)
+                if members[i].on_epoch is not None:
+                    members[i].on_epoch(epoch, mine)
+            except Exception as error:  # noqa: BLE001 -- the member's outcome; the group goes on
+                outcomes[i] = error
+        if all(outcome is not None for outcome in outcomes):
+            break
 
-    curves = {name: np.stack([getattr(m, name) for m in history]) for name in EpochMetrics._fields}
-    if point_history[0]:  # (k, evals) per epoch -> (epochs * evals, k)
-        points = {name: np.concatenate([p[name] for p in point_history], axis=1).T for name in point_history[0]}
-    else:  # one plain evaluation per epoch: the points are the epoch metrics
-        points = dict(curves)
     final = jax.device_get(run_state.model) if keep_state else None
-    return CVResult(
-        history[-1].val_score, curves, compile_seconds, train_seconds, n_params, points, point_epochs, final
-    )
+    for i in range(n_members):
+        if outcomes[i] is not None:
+            continue
+        curves = {name: np.stack([getattr(m, name)[slots[i]] for m in history]) for name in EpochMetrics._fields}
+        if point_history[0]:  # (runs, evals) per epoch -> (epochs * evals, k)
+            points = {
+                name: np.concatenate([p[name][slots[i]] for p in point_history], axis=1).T for name in point_history[0]
+            }
+        else:  # one plain evaluation per epoch: the points are the epoch metrics
+            points = dict(curves)
+        mine = None if final is None else jax.tree_util.tree_map(lambda a, s=slots[i]: a[s], final)
+        timing = timings[i]
+        outcomes[i] = CVResult(
+            curves["val_score"][-1], curves, timing.compile_seconds, timing.train_seconds, n_params, points,
+            point_epochs, mine,
+        )
+    return outcomes
 
 
 def _check_finite(metrics: EpochMetrics, epoch: int) -> None:
