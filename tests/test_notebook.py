@@ -48,7 +48,8 @@ def test_notebook_runs_top_to_bottom(tmp_path):
     assert run.main(argv) == 0
 
     notebook = nbformat.read(NOTEBOOK, as_version=4)
-    km = kernel_manager(tmp_path, {"HPO_STORAGE": storage, "HPO_RESULTS_DIR": str(results)})
+    # PYTHONPATH: this checkout's hpo, whichever checkout an editable install points at
+    km = kernel_manager(tmp_path, {"HPO_STORAGE": storage, "HPO_RESULTS_DIR": str(results), "PYTHONPATH": str(ROOT)})
     client = NotebookClient(notebook, km=km, timeout=CELL_SECONDS, resources={"metadata": {"path": str(tmp_path)}})
     client.execute()  # raises CellExecutionError, naming the cell, if any cell fails
 
