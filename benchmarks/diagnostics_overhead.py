@@ -28,7 +28,7 @@ import numpy as np
 
 from hpo.data import load_dataset, make_folds
 from models.rule_training import TrainConfig
-from models.train import FoldData, Plan, RunState, batch_orders, cross_validate, run_epoch, stack, start_runs
+from models.train import FoldData, Plan, RunState, batch_orders, cross_validate, run_epoch, stack
 
 SETTINGS = (  # (label, evals_per_epoch, diagnostics)
     ("off, 1 eval/epoch (plain program)", 1, False),
@@ -52,10 +52,10 @@ def epoch_seconds(config: TrainConfig, data: FoldData, calls: int) -> dict[str, 
     family = config.family
     spec = family.program_spec(config, data.x[:1], 10)
     host = stack([family.init(config, spec, data.x[:1], np.random.default_rng(i)) for i in range(3)])
-    hyper = family.hyperparameters(config)
+    hyper = stack([family.hyperparameters(config)] * 3)  # one value per run
     batches = batch_orders([np.random.default_rng(0)] * len(data.train_idx), np.asarray(data.train_idx), config.batch_size)
     device_data = (data.x, data.y, data.val_idx, data.val_mask)
-    state = RunState(jax.jit(partial(start_runs, family, spec, "sequential"))(host, hyper), None)
+    state = RunState(jax.device_put(host), None)
     programs = {}
     for label, evals, diagnostics in SETTINGS:
         epoch = partial(run_epoch, family, spec, Plan("sequential", evals, diagnostics))

@@ -15,6 +15,7 @@ from models.train import FOLD_STRATEGIES
 
 SAMPLERS = ("tpe", "random", "gp", "cmaes")
 PRUNERS = ("median", "hyperband", "wilcoxon", "none")
+TRACKERS = ("none", "mlflow", "wandb")  # hpo.trackers
 DEFAULT_STORAGE = "sqlite:///studies/studies.db"
 
 
@@ -33,13 +34,14 @@ class StudyConfig:
     sampler: str = "tpe"  # Bayesian optimisation sampler
     pruner: str = "median"  # early stopping of unpromising trials
     seed: int = 0  # seeds the sampler, the folds and every network
-    results_dir: str = "results"  # where summaries and charts are written
+    results_dir: str | None = None  # where summaries and charts go (default: results/<storage name>, hpo.results)
     fold_strategy: str = "vmap"  # folds vmapped in one program (measured faster here, results/benchmarks.md) or sequential
     evals_per_epoch: int = 1  # evaluation points per epoch: learning curves and diagnostics
     diagnostics: bool = True  # alignment with backprop, W-B angles, weight change at each evaluation point
     cache_dir: str | None = None  # JAX persistent compilation cache (default: ~/.cache/bioplausible-hpo/jax)
     workers: int = 1  # local worker processes (spawn start method) that run this study together
     data_dir: str | None = None  # files of mnist/fashion-mnist/cifar10 (default: hpo.vision.default_data_dir)
+    tracker: str = "none"  # also log every trial to an experiment tracker (hpo.trackers: mlflow, wandb)
     test_seeds: int = 5  # seeds the best configuration is retrained with and test-scored (hpo.heldout)
 
     def __post_init__(self) -> None:
@@ -50,6 +52,7 @@ class StudyConfig:
         _choice("--sampler", self.sampler, SAMPLERS)
         _choice("--pruner", self.pruner, PRUNERS)
         _choice("--fold-strategy", self.fold_strategy, FOLD_STRATEGIES)
+        _choice("--tracker", self.tracker, TRACKERS)
         _at_least("--trials", self.trials, 1)
         _at_least("--folds", self.folds, 2)
         _at_least("--epochs", self.epochs, 1)

@@ -18,7 +18,7 @@ stores about 6 kB per trial (300 kB for a 50-trial study; pruned trials store no
 ``tests/test_diagnostics.py`` checks the bound. ``--evals-per-epoch N`` multiplies it by N.
 
 Plots (``write_curve_plots``, called by ``hpo.report.write_reports``): for the best trial of each study,
-``results/studies/<study>/curves.png`` (learning curves per fold and mean), ``alignment.png`` (angles per
+``<results>/studies/<study>/curves.png`` (learning curves per fold and mean), ``alignment.png`` (angles per
 layer over training) and ``weight_change.png``; across studies, ``results/alignment.png`` (final angles of
 every rule, grouped by dataset and model).
 """
@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from hpo.files import atomic_path, pyplot
+from hpo.results import study_dir
 
 LEARNING = ("train_loss", "train_score", "val_loss", "val_score")
 SIGNIFICANT = 4  # digits kept in storage: angles to 0.01 degree, losses to 0.1 %
@@ -70,16 +71,46 @@ def final_diagnostics(points: dict[str, np.ndarray]) -> dict[str, float | None]:
 # Plots
 
 
-def _save(fig, path: Path) -> None:
-    fig.tight_layout()
+def _save(fig, path: Path, legend: bool = False) -> None:
+    fig.tight_layout(rect=(0, 0.08, 1, 1) if legend else (0, 0, 1, 1))  # room for a figure legend below
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=90, format="png")
     pyplot().close(fig)
 
 
 def _layered(series: dict[str, np.ndarray], metric: str) -> dict[str, np.ndarray]:
+    """``metric/<layer>`` series by layer, in network order (see ``layer_order``); ``total`` last."""
     prefix = f"{metric}/"
-    return {name[len(prefix):]: a for name, a in series.items() if name.startswith(prefix)}
+    layers = {name[len(prefix):]: a for name, a in series.items() if name.startswith(prefix)}
+    return {layer: layers[layer] for layer in sorted(layers, key=layer_order)}
+
+
+LAYER_KINDS = ("conv", "dense", "output", "total")  # input to output: how models.networks names its layers
+
+
+def layer_order(layer: str) -> tuple[int, int, str]:
+    """Sort key of layer names in network order: conv_0, conv_1, ..., dense_0, ..., output, then total."""
+    kind, _, index = layer.rpartition("_") if layer[-1:].isdigit() else (layer, "", "")
+    rank = LAYER_KINDS.index(kind) if kind in LAYER_KINDS else len(LAYER_KINDS)
+    return rank, int(index) if index.isdigit() else 0, layer
+
+
+LAYER_COLOURS = ("#264653", "#2a9d8f", "#8ab17d", "#e9c46a", "#f4a261", "#e76f51", "#9b5de5", "#457b9d")
+TOTAL_COLOUR = "#a0a0a0"
+
+
+def layer_colours(layers) -> dict[str, str]:
+    """One colour per layer name for every panel of a figure, so a colour means the same layer everywhere."""
+    layers = set(layers)
+    ordered = sorted(layers - {"total"}, key=layer_order)
+    colours = {layer: LAYER_COLOURS[i % len(LAYER_COLOURS)] for i, layer in enumerate(ordered)}
+    return {**colours, "total": TOTAL_COLOUR} if "total" in layers else colours
+
+
+def first_layer(layers) -> str | None:
+    """The layer next to the input (its feedback matrix would carry the error to the input)."""
+    ordered = sorted((layer for layer in layers if layer not in ("output", "total")), key=layer_order)
+    return ordered[0] if ordered else None
 
 
 def _mean_and_folds(ax, epochs: np.ndarray, folds: np.ndarray, label: str, colour) -> None:
@@ -88,8 +119,18 @@ def _mean_and_folds(ax, epochs: np.ndarray, folds: np.ndarray, label: str, colou
     ax.plot(epochs, np.nanmean(folds, axis=0), color=colour, lw=1.8, label=label)
 
 
-def learning_curves_png(title: str, epochs: np.ndarray, series: dict[str, np.ndarray], path: Path) -> None:
-    """Loss and score, train and validation, per fold (thin) and mean over folds (thick)."""
+METRIC_LABELS = {"accuracy": "accuracy", "mse": "MSE"}  # the dataset's metric (hpo.data) as axes name it
+
+
+def metric_label(metric: str | None) -> str:
+    return METRIC_LABELS.get(metric or "", metric or "score")
+
+
+def learning_curves_png(
+    title: str, epochs: np.ndarray, series: dict[str, np.ndarray], path: Path, metric: str | None = None
+) -> None:
+    """Loss and score (named after the study's ``metric``), train and validation, per fold (thin) and mean
+    over folds (thick)."""
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
     for ax, kind in zip(axes, ("loss", "score")):
@@ -97,7 +138,7 @@ def learning_curves_png(title: str, epochs: np.ndarray, series: dict[str, np.nda
             if f"{split}_{kind}" in series:
                 _mean_and_folds(ax, epochs, series[f"{split}_{kind}"], split, colour)
         ax.set_xlabel("epoch")
-        ax.set_ylabel(kind)
+        ax.set_ylabel("loss" if kind == "loss" else metric_label(metric))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(f"{title}: learning curves (thin: folds, thick: mean)", fontsize=10)
@@ -111,31 +152,61 @@ ANGLE_PANELS = (
 )
 
 
+def angle_panels(series: dict[str, np.ndarray]) -> list[tuple[str, str, dict[str, np.ndarray]]]:
+    """(metric, subtitle, layer -> (folds, points)) of each kind of angle present.
+
+    The W-B angle of the first layer is left out: that B would carry the error on to the input, which no rule
+    does, so it never takes part in learning (under fa it stays at its initial ~90 degrees and says nothing).
+    """
+    panels = []
+    for metric, subtitle in ANGLE_PANELS:
+        by_layer = _layered(series, metric)
+        if metric == "wb_angle":
+            unused = first_layer(by_layer)
+            by_layer = {layer: a for layer, a in by_layer.items() if layer != unused}
+            subtitle += f"\n({unused}'s B is never used: not shown)" if unused else ""
+        if by_layer:
+            panels.append((metric, subtitle, by_layer))
+    return panels
+
+
 def alignment_png(title: str, epochs: np.ndarray, series: dict[str, np.ndarray], path: Path) -> bool:
-    """One panel per kind of angle present, one line per layer (mean over folds, band: min-max over folds)."""
-    panels = [(m, t, _layered(series, m)) for m, t in ANGLE_PANELS if _layered(series, m)]
+    """One panel per kind of angle present, one line per layer (mean over folds, band: min-max over folds);
+    a layer has the same colour in every panel."""
+    panels = angle_panels(series)
     if not panels:
         return False
+    colours = layer_colours(layer for _, _, by_layer in panels for layer in by_layer)
     plt = pyplot()
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), squeeze=False)
     for ax, (_, subtitle, by_layer) in zip(axes[0], panels):
         for layer, folds in by_layer.items():
-            line = ax.plot(epochs, np.nanmean(folds, 0), lw=1.6, label=layer)[0]
-            ax.fill_between(epochs, np.nanmin(folds, 0), np.nanmax(folds, 0), color=line.get_color(), alpha=0.15)
+            colour = colours[layer]
+            ax.plot(epochs, np.nanmean(folds, 0), lw=1.6, label=layer, color=colour)
+            ax.fill_between(epochs, np.nanmin(folds, 0), np.nanmax(folds, 0), color=colour, alpha=0.15)
         ax.axhline(90, color="grey", lw=0.8, ls="--")
         ax.set_ylim(0, 120)
         ax.set_title(subtitle, fontsize=9)
         ax.set_xlabel("epoch")
         ax.set_ylabel("angle (degrees)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+    _figure_legend(fig, colours)
     fig.suptitle(f"{title}: alignment with backprop", fontsize=10)
-    _save(fig, path)
+    _save(fig, path, legend=True)
     return True
 
 
+def _figure_legend(fig, colours: dict[str, str]) -> None:
+    """One legend for the whole figure, below the panels: a layer's colour is the same in every panel."""
+    from matplotlib.patches import Patch
+
+    handles = [Patch(color=colour, label=layer) for layer, colour in colours.items()]
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 8), fontsize=8, frameon=False)
+
+
 def weight_change_png(title: str, epochs: np.ndarray, series: dict[str, np.ndarray], path: Path) -> bool:
-    """Relative weight change between evaluation points and the rule/backprop gradient-norm ratio per layer."""
+    """Relative weight change between evaluation points and the rule/backprop gradient-norm ratio per layer
+    (a layer has the same colour in both panels)."""
     panels = [
         (t, _layered(series, m))
         for m, t in (("weight_change", "||W_t - W_t-1|| / ||W_t||"), ("norm_ratio", "||rule update|| / ||bp grad||"))
@@ -143,18 +214,19 @@ def weight_change_png(title: str, epochs: np.ndarray, series: dict[str, np.ndarr
     ]
     if not panels:
         return False
+    colours = layer_colours(layer for _, by_layer in panels for layer in by_layer)
     plt = pyplot()
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.8), squeeze=False)
     for ax, (subtitle, by_layer) in zip(axes[0], panels):
         for layer, folds in by_layer.items():
-            ax.plot(epochs, np.nanmean(folds, 0), lw=1.6, label=layer)
+            ax.plot(epochs, np.nanmean(folds, 0), lw=1.6, label=layer, color=colours[layer])
         ax.set_yscale("log")
         ax.set_title(subtitle, fontsize=9)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7)
+    _figure_legend(fig, colours)
     fig.suptitle(f"{title}: weight change per layer (mean over folds)", fontsize=10)
-    _save(fig, path)
+    _save(fig, path, legend=True)
     return True
 
 
@@ -172,7 +244,9 @@ def final_angles(summary: dict[str, Any]) -> dict[str, float]:
 def alignment_comparison_png(rows: list[dict[str, Any]], path: Path) -> bool:
     """Final update angle to backprop per layer and in total, bars per rule, one panel per dataset/model.
 
-    ``rows``: ``{"dataset", "model", "algo", "diagnostics"}`` of each study's best trial.
+    ``rows``: ``{"dataset", "model", "algo", "diagnostics"}`` of each study's best trial. A layer has one colour
+    in every panel (one legend below them); backprop's group, 0 degrees by definition, says so instead of
+    showing bars of height 0.
     """
     groups: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
@@ -180,25 +254,29 @@ def alignment_comparison_png(rows: list[dict[str, Any]], path: Path) -> bool:
             groups.setdefault(f"{row['dataset']} / {row['model']}", []).append(row)
     if not groups:
         return False
+    colours = layer_colours(k for rows_ in groups.values() for r in rows_ for k in final_angles(r["diagnostics"]))
     plt = pyplot()
-    fig, axes = plt.subplots(1, len(groups), figsize=(max(6.0, 4.8 * len(groups)), 4.0), squeeze=False)
+    fig, axes = plt.subplots(1, len(groups), figsize=(max(6.0, 4.8 * len(groups)), 4.3), squeeze=False)
     for ax, (title, group) in zip(axes[0], sorted(groups.items())):
         group = sorted(group, key=lambda r: r["algo"])
-        names = sorted({k for r in group for k in final_angles(r["diagnostics"])}, key=lambda k: (k == "total", k))
+        names = sorted({k for r in group for k in final_angles(r["diagnostics"])}, key=layer_order)
         width = 0.8 / len(names)
         x = np.arange(len(group))
         for i, name in enumerate(names):
-            values = [final_angles(r["diagnostics"]).get(name, np.nan) for r in group]
-            ax.bar(x + (i - (len(names) - 1) / 2) * width, values, width, label=name)
+            values = [np.nan if r["algo"] == "bp" else final_angles(r["diagnostics"]).get(name, np.nan) for r in group]
+            ax.bar(x + (i - (len(names) - 1) / 2) * width, values, width, label=name, color=colours[name])
+        for position, row in zip(x, group):
+            if row["algo"] == "bp":  # backprop's update is the reference: its angle to itself is 0
+                ax.text(position, 4, "0 by\ndefinition", ha="center", va="bottom", fontsize=7, color="#555555")
         ax.axhline(90, color="grey", lw=0.8, ls="--")
         ax.set_xticks(x, [r["algo"] for r in group])
         ax.set_ylim(0, 100)
         ax.set_ylabel("final update angle to backprop (degrees)")
         ax.set_title(title, fontsize=10)
         ax.grid(axis="y", alpha=0.3)
-        ax.legend(fontsize=7)
+    _figure_legend(fig, colours)
     fig.suptitle("Update angle to backprop at the end of training (best trial of each study)", fontsize=10)
-    _save(fig, path)
+    _save(fig, path, legend=True)
     return True
 
 
@@ -214,9 +292,9 @@ def write_curve_plots(studies: list, results: Path) -> None:
         if "curves" not in best.user_attrs or "series" not in best.user_attrs["curves"]:
             continue
         epochs, series = decode_curves(best.user_attrs["curves"])
-        directory = results / "studies" / study.study_name
+        directory = study_dir(results, study.study_name)
         title = f"{study.study_name} #{best.number}"
-        learning_curves_png(title, epochs, series, directory / "curves.png")
+        learning_curves_png(title, epochs, series, directory / "curves.png", study.user_attrs.get("metric"))
         alignment_png(title, epochs, series, directory / "alignment.png")
         weight_change_png(title, epochs, series, directory / "weight_change.png")
         attrs = study.user_attrs

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Hashable, NamedTuple
+from typing import Callable, Hashable, NamedTuple
 
 import jax.numpy as jnp
 import numpy as np
@@ -38,17 +38,25 @@ def check_evaluation_points(config: StudyConfig, dataset: Dataset, folds: Folds)
         )
 
 
+# (trial number, epochs done, epochs, mean validation score, seconds since the trial started): progress display
+EpochListener = Callable[[int, int, int, float, float], None]
+
+
 def trial_seed(study_seed: int, trial_number: int) -> int:
     """Seed of one trial's networks and batch order, derived from the study seed."""
     return int(np.random.SeedSequence([study_seed, trial_number]).generate_state(1)[0])
 
 
 class Objective:
-    """Callable objective of one study; holds the dataset's folds on the device across trials."""
+    """Callable objective of one study; holds the dataset's folds on the device across trials.
 
-    def __init__(self, config: StudyConfig, dataset: Dataset):
+    ``on_epoch`` (optional) hears about every epoch, e.g. ``hpo.progress.EpochProgress``.
+    """
+
+    def __init__(self, config: StudyConfig, dataset: Dataset, on_epoch: EpochListener | None = None):
         self.config = config
         self.dataset = dataset
+        self.on_epoch = on_epoch
         folds = make_folds(dataset, config.folds, config.seed)
         self.data = FoldData(
             x=jnp.asarray(dataset.x_train),
@@ -77,11 +85,15 @@ class Objective:
     def plan(self, trial: optuna.Trial, timing: Timing) -> PlannedTrial:
         """Sample the trial's configuration and prepare its place in a training group (``models.train.Member``):
         its runs' seeds and the per-epoch report to the trial, which prunes it when the pruner says so."""
+        started = time.perf_counter()
         mark_startup(trial, self.startup)  # before sampling: the spread's population (hpo.population)
         config = suggest(trial, self.config, self.dataset)
 
         def on_epoch(epoch: int, metrics: EpochMetrics) -> None:
-            trial.report(float(np.mean(metrics.val_score)), epoch)
+            score = float(np.mean(metrics.val_score))
+            trial.report(score, epoch)
+            if self.on_epoch is not None:
+                self.on_epoch(trial.number, epoch + 1, self.config.epochs, score, time.perf_counter() - started)
             if trial.should_prune():
                 trial.set_user_attr("pruned_reason", f"pruner stopped the trial after epoch {epoch + 1}")
                 raise optuna.TrialPruned(f"pruned after epoch {epoch + 1}")

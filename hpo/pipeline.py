@@ -5,23 +5,32 @@ from __future__ import annotations
 import optuna
 
 from hpo.config import StudyConfig
+from hpo.progress import long_trial_seconds
 from hpo.report import check_writable, print_summary, write_reports
+from hpo.results import results_dir_for
 from hpo.storage import open_storage
 from hpo.study import run_study
+from hpo.trackers import check_tracker
 
 
 def run_all(configs: list[StudyConfig], out=print) -> None:
-    """Run every study in sequence (each resumes where it stopped), then report each storage once."""
+    """Run every study in sequence (each resumes where it stopped), then report each storage once, into its
+    own results folder (``hpo.results``) unless a config names one."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    for tracker in dict.fromkeys(c.tracker for c in configs):  # a missing extra: one line, nothing created
+        check_tracker(tracker)
+    long_trial_seconds()  # so is a bad $HPO_EPOCH_PROGRESS_SECONDS
+    results = {c.name: results_dir_for(c.storage, c.results_dir) for c in configs}
     for storage in dict.fromkeys(c.storage for c in configs):  # fail on a bad storage before writing anything
         open_storage(storage)
     for config in configs:
-        check_writable(config.results_dir)
+        check_writable(results[config.name])
     for config in configs:
         run_study(config, out)
     reported: set[tuple[str, str]] = set()
     for config in configs:
-        if (config.storage, config.results_dir) not in reported:
-            reported.add((config.storage, config.results_dir))
-            frame = write_reports(config.storage, config.results_dir, out=out)
+        key = (config.storage, str(results[config.name]))
+        if key not in reported:
+            reported.add(key)
+            frame = write_reports(config.storage, results[config.name], out=out)
             print_summary(frame, out)

@@ -2,17 +2,20 @@
 
     python -m hpo.report [--storage URL] [--results-dir DIR] [--study PATTERN]
 
-Writes ``summary.csv``, ``summary.md``, ``comparison.png`` (matplotlib), ``comparison.html`` (plotly),
-``efficiency/<dataset>-<model>.png`` and, per study, its optimisation history and parameter importances under
-``studies/<name>/``. Every file is written to a temporary name and renamed, so an interrupted report never
-leaves a half-written file. What the columns mean: ``hpo.comparison``.
+Writes to the storage's own results folder (``results/<storage name>/``, see ``hpo.results``) ``summary.csv``,
+``summary.md``, ``comparison.png`` (matplotlib), ``comparison.html`` (plotly, loading the folder's own copy of
+plotly.js: no network), ``efficiency/<dataset>-<model>.png`` and, per study, its optimisation history and
+parameter importances under ``studies/<name>/``. Every file is written to a temporary name and renamed, so an
+interrupted report never leaves a half-written file. What the columns mean: ``hpo.comparison``.
 """
 
 from __future__ import annotations
 
 import argparse
 import fnmatch
+import functools
 import json
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -42,6 +45,7 @@ from hpo.curves import write_curve_plots
 from hpo.errors import UsageError
 from hpo.files import atomic_path, check_writable, pyplot, write_text
 from hpo.population import STARTUP_TRIALS
+from hpo.results import plotly_bundle, record_owner, results_dir_for, storage_identity, study_dir, write_html
 from hpo.storage import open_storage, redact, study_names
 
 SUMMARY_COLUMNS = [
@@ -268,6 +272,7 @@ def comparison_png(frame: pd.DataFrame, path: Path) -> None:
         ax.grid(axis="y", alpha=0.3)
     for ax in axes.flat[len(groups):]:
         ax.set_visible(False)
+    # one legend for every panel, below them, where it can cover no bar
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=8, frameon=False)
     fig.suptitle(COMPARISON_TITLE.replace(" and test", "\nand test")
@@ -278,8 +283,9 @@ def comparison_png(frame: pd.DataFrame, path: Path) -> None:
     plt.close(fig)
 
 
-def comparison_html(frame: pd.DataFrame, path: Path) -> None:
-    """The same grouped bars as an interactive plotly page; hovering a test bar shows the comparison with bp."""
+def comparison_html(frame: pd.DataFrame, path: Path, bundle: Path) -> None:
+    """The same grouped bars as an interactive plotly page that loads plotly.js from ``bundle``; hovering a bar
+    shows the comparison with bp."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
@@ -315,12 +321,21 @@ def comparison_html(frame: pd.DataFrame, path: Path) -> None:
             title_text=str(group["metric"].iloc[0]), range=None if None in limits else limits, row=row, col=col
         )
     fig.update_layout(barmode="group", title=COMPARISON_TITLE + f"; *: differs from bp (Welch p < {SIGNIFICANCE})")
-    with atomic_path(path) as tmp:
-        fig.write_html(tmp, include_plotlyjs="cdn")
+    write_html(fig, path, bundle)
 
 
-def study_plots(study: optuna.Study, directory: Path) -> None:
-    """Optuna's optimisation history and parameter importances (html, and png for the README)."""
+# Optuna's PED-ANOVA importance warns once per conditional parameter (lr_sgd, momentum, conv2_kernel[3], ...)
+# that is active in only a few trials, for each of the two charts of every study: 8-13 lines per report that
+# ask nothing of the user. They are caught here and summed up in one line (see ``importance_note``).
+REGIMES_WARNING = re.compile(r"Some regimes for parameter `(?P<param>[^`]+)` have less than (?P<n>\d+) trials")
+
+
+def study_plots(study: optuna.Study, directory: Path, bundle: Path, sparse_params: set[str] | None = None) -> None:
+    """Optuna's optimisation history and parameter importances (html, and png for the README).
+
+    Parameters whose importance Optuna could only estimate roughly (active in too few trials) are added to
+    ``sparse_params`` instead of being printed as warnings.
+    """
     plt = pyplot()
     from optuna.visualization import matplotlib as opt_mpl
 
@@ -329,39 +344,71 @@ def study_plots(study: optuna.Study, directory: Path) -> None:
         return
     plots = {"history": (optuna.visualization.plot_optimization_history, opt_mpl.plot_optimization_history)}
     if len(complete) >= 2 and len({json.dumps(t.params, sort_keys=True) for t in complete}) >= 2:
-        plots["importance"] = (optuna.visualization.plot_param_importances, opt_mpl.plot_param_importances)
+        # the parameters in a fixed order: Optuna lists them from a set, so equal importances would swap places
+        # from run to run and a regenerated report would differ from the last one
+        names = sorted({name for t in complete for name in t.distributions})
+        plots["importance"] = (
+            functools.partial(optuna.visualization.plot_param_importances, params=names),
+            functools.partial(opt_mpl.plot_param_importances, params=names),
+        )
     for name, (plotly_fn, mpl_fn) in plots.items():
-        with warnings.catch_warnings():
+        # optuna's matplotlib plots switch the global style to ggplot; the context keeps that to these charts
+        with warnings.catch_warnings(record=True) as caught, plt.rc_context():
+            warnings.simplefilter("always")
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # optuna's matplotlib backend
             figure = plotly_fn(study)
-            with atomic_path(directory / f"{name}.html") as tmp:
-                figure.write_html(tmp, include_plotlyjs="cdn")
+            write_html(figure, directory / f"{name}.html", bundle)
             ax = mpl_fn(study)
-        fig = ax.figure
-        fig.set_size_inches(7, 4.2)
-        fig.tight_layout()
-        with atomic_path(directory / f"{name}.png") as tmp:
-            fig.savefig(tmp, dpi=90, format="png")
-        plt.close(fig)
+            fig = ax.figure
+            fig.set_size_inches(7, 4.2)
+            fig.tight_layout()
+            with atomic_path(directory / f"{name}.png") as tmp:
+                fig.savefig(tmp, dpi=90, format="png")
+            plt.close(fig)
+        for warning in caught:
+            match = REGIMES_WARNING.search(str(warning.message))
+            if match and sparse_params is not None:
+                sparse_params.add(match["param"])
+            elif not match:  # anything else is news: pass it on as it came
+                warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
 
 
-def write_reports(storage_url: str, results_dir: str | Path, pattern: str = "*", out=print) -> pd.DataFrame:
-    """Regenerate every summary and chart under ``results_dir`` from the storage."""
-    results = check_writable(results_dir)
+def importance_note(sparse_params: set[str]) -> str | None:
+    """One line in place of Optuna's per-parameter warnings about rough importance estimates."""
+    if not sparse_params:
+        return None
+    names = sorted(sparse_params)
+    shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+    return (
+        f"note: parameter importances of conditional parameters active in few trials ({shown}) are rough "
+        "estimates (Optuna's PED-ANOVA)"
+    )
+
+
+def write_reports(storage_url: str, results_dir: str | Path | None = None, pattern: str = "*", out=print) -> pd.DataFrame:
+    """Regenerate every summary and chart of the storage's studies under ``results_dir`` (default: the
+    storage's own folder, ``hpo.results.results_dir_for``) from the storage alone."""
     studies = load_studies(storage_url, pattern)
     if not studies:
         raise UsageError(f"no study matching {pattern!r} in storage {redact(storage_url)!r}")
+    results = check_writable(results_dir_for(storage_url, results_dir))
+    record_owner(results, storage_url)
     frame = summarize(studies)
     with atomic_path(results / "summary.csv") as tmp:
         frame.to_csv(tmp, index=False, float_format="%.6g")
     write_text(results / "summary.md", to_markdown(frame))
     comparison_png(frame, results / "comparison.png")
-    comparison_html(frame, results / "comparison.html")
+    bundle = plotly_bundle(results)
+    comparison_html(frame, results / "comparison.html", bundle)
     efficiency_png(studies, results)
+    sparse_params: set[str] = set()
     for study in studies:
-        study_plots(study, results / "studies" / study.study_name)
+        study_plots(study, study_dir(results, study.study_name), bundle, sparse_params)
     write_curve_plots(studies, results)
-    write_index(results)
+    write_index(results, [s.study_name for s in studies], storage_url)
+    note = importance_note(sparse_params)
+    if note:
+        out(note)
     out(f"wrote summaries and charts of {len(studies)} studies to {results}/ (browse {results / 'index.html'})")
     return frame
 
@@ -371,24 +418,32 @@ PAGE_SUFFIXES = (".html",)
 DATA_SUFFIXES = (".csv", ".md", ".json", ".txt")
 
 
-def _result_files(results: Path) -> dict[str, list[Path]]:
+def _result_files(results: Path, studies: list[str] | None = None) -> dict[str, list[Path]]:
     """Files under ``results`` grouped by their directory (relative, POSIX), skipping hidden files and index.html.
 
     Discovered rather than listed, so charts written by other tools (diagnostics) appear without changes here.
+    With ``studies`` given, study folders of other studies (left by an earlier report) are not shown.
     """
+    shown = None if studies is None else {study_dir(results, name).resolve() for name in studies}
+    study_root = study_dir(results, "x").parent.resolve()
     sections: dict[str, list[Path]] = {}
     for path in sorted(results.rglob("*")):
         relative = path.relative_to(results)
         if not path.is_file() or any(part.startswith(".") for part in relative.parts) or relative == Path("index.html"):
             continue
+        folder = path.parent.resolve()
+        if shown is not None and folder.is_relative_to(study_root) and not any(folder.is_relative_to(s) for s in shown):
+            continue
         if path.suffix.lower() in IMAGE_SUFFIXES + PAGE_SUFFIXES + DATA_SUFFIXES:
             sections.setdefault(relative.parent.as_posix(), []).append(relative)
-    # top level (the comparison) first, then each study, then anything else
-    return dict(sorted(sections.items(), key=lambda item: (item[0] != ".", not item[0].startswith("studies/"), item[0])))
+    # top level (the comparison) first, then the efficiency plots, then each study, then anything else
+    order = lambda item: (item[0] != ".", item[0] != "efficiency", not item[0].startswith("studies/"), item[0])  # noqa: E731
+    return dict(sorted(sections.items(), key=order))
 
 
-def index_html(results: Path) -> str:
-    """A page that embeds every image and links every page and table found under ``results``."""
+def index_html(results: Path, studies: list[str] | None = None, storage: str | None = None) -> str:
+    """A page that embeds every image and links every page and table found under ``results``: of the
+    ``studies`` only, where given (the storage's; see ``_result_files``)."""
     from html import escape
     from urllib.parse import quote
 
@@ -401,8 +456,11 @@ def index_html(results: Path) -> str:
         "vertical-align:top}img{max-width:100%;border:1px solid #ddd}table{border-collapse:collapse;font-size:90%}"
         "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}</style></head><body>",
         "<h1>Study results</h1>",
-        "<p>Regenerate with <code>python -m hpo.report</code>. Every chart found in this directory is shown below; "
-        "click a chart for its interactive version where one exists.</p>",
+        "<p>Regenerate with <code>python -m hpo.report"
+        + (f" --storage {escape(storage_identity(storage))}" if storage else "")
+        + "</code>. Every chart of "
+        + (f"the {len(studies)} studies of this storage" if studies is not None else "this directory")
+        + " is shown below; click a chart for its interactive version where one exists.</p>",
     ]
     summary = results / "summary.csv"
     frame = read_summary(summary) if summary.is_file() else None
@@ -415,7 +473,7 @@ def index_html(results: Path) -> str:
         parts.append("<h2>Best hyperparameters</h2>")
         for title, table in best_params_tables(frame):
             parts += [f"<h3>{escape(title)}</h3>", table.to_html(index=False, border=0)]
-    for directory, files in _result_files(results).items():
+    for directory, files in _result_files(results, studies).items():
         title = {".": "All studies"}.get(directory, directory.removeprefix("studies/"))
         parts.append(f"<h2>{escape(title)}</h2>")
         by_stem: dict[str, dict[str, Path]] = {}
@@ -442,11 +500,12 @@ def index_html(results: Path) -> str:
     return "\n".join(parts) + "\n"
 
 
-def write_index(results_dir: str | Path) -> Path:
-    """Write ``index.html`` (atomically) linking every chart under ``results_dir``; return its path."""
+def write_index(results_dir: str | Path, studies: list[str] | None = None, storage: str | None = None) -> Path:
+    """Write ``index.html`` (atomically) linking every chart under ``results_dir`` (of ``studies`` only, where
+    given); return its path."""
     results = Path(results_dir)
     path = results / "index.html"
-    write_text(path, index_html(results))
+    write_text(path, index_html(results, studies, storage))
     return path
 
 
@@ -488,7 +547,10 @@ def missing_storage_hint(storage_url: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hpo.report", description=__doc__.split("\n")[0])
     parser.add_argument("--storage", default=DEFAULT_STORAGE, help="study storage URL or journal file")
-    parser.add_argument("--results-dir", default="results", help="where to write (default: results)")
+    parser.add_argument(
+        "--results-dir", help="where to write (default: results/<storage name>, e.g. results/bundled for "
+        "studies/bundled.journal)"
+    )
     parser.add_argument("--study", default="*", help="only studies whose name matches this glob pattern")
     args = parser.parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -11,7 +11,17 @@ from __future__ import annotations
 import argparse
 import sys
 
-from hpo.config import ALGORITHMS, DEFAULT_STORAGE, FOLD_STRATEGIES, MODELS, PRUNERS, SAMPLERS, StudyConfig, load_grid
+from hpo.config import (
+    ALGORITHMS,
+    DEFAULT_STORAGE,
+    FOLD_STRATEGIES,
+    MODELS,
+    PRUNERS,
+    SAMPLERS,
+    TRACKERS,
+    StudyConfig,
+    load_grid,
+)
 from hpo.data import DATASETS
 from hpo.errors import UsageError
 
@@ -31,7 +41,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--sampler", help=f"{', '.join(SAMPLERS)} (default tpe)")
     add("--pruner", help=f"{', '.join(PRUNERS)} (default median)")
     add("--seed", type=int, help="study seed: sampler, folds, networks (default 0)")
-    add("--results-dir", help="where summaries and charts are written (default results)")
+    add("--results-dir", help="where summaries and charts are written (default results/<storage name>: "
+        "results/studies for the default storage)")
     add("--fold-strategy", help=f"{', '.join(FOLD_STRATEGIES)} (default vmap)")
     add("--evals-per-epoch", type=int, help="evaluation points per epoch for learning curves and diagnostics (default 1)")
     add("--diagnostics", action=argparse.BooleanOptionalAction, default=None,
@@ -46,6 +57,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="directory of the mnist, fashion-mnist and cifar10 files, downloaded there when missing "
         "(default $HPO_DATA_DIR or ~/.cache/bioplausible-hpo/data)",
     )
+    add("--tracker", help=f"also log every trial to an experiment tracker: {', '.join(TRACKERS)} (default none; "
+        "mlflow and wandb need the extras .[mlflow] and .[wandb])")
     return parser.parse_args(argv)
 
 

@@ -28,8 +28,10 @@ from hpo.population import (
     SparingWilcoxonPruner,
     startup_length,
 )
+from hpo.progress import EpochProgress, StudyClock, outcome
 from hpo.stats import summarize_scores
 from hpo.storage import open_storage, redact
+from hpo.trackers import make_tracker
 from hpo.workers import run_trials, sampler_seed
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # states that count towards --trials
@@ -112,7 +114,19 @@ def open_study(config: StudyConfig, dataset: Dataset, storage: BaseStorage | Non
         study.set_user_attr("metric", dataset.metric)
         for params in get_algorithm(config.algo).starting_points:
             study.enqueue_trial(params, user_attrs={STARTING_POINT_ATTR: True})
+    if not study.metric_names:  # what optuna-dashboard calls the objective ("Objective 0" without it)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([metric_name(dataset.metric)])
     return study
+
+
+ACRONYMS = {"mse": "MSE"}  # metrics (hpo.data) written in capitals where they are shown
+
+
+def metric_name(metric: str) -> str:
+    """The objective's display name: ``CV accuracy``, ``CV MSE``."""
+    return f"CV {ACRONYMS.get(metric, metric)}"
 
 
 def count_finished(study: optuna.Study) -> int:
@@ -120,23 +134,26 @@ def count_finished(study: optuna.Study) -> int:
 
 
 class Progress:
-    """One line per finished trial: count, state, value, best so far, time."""
+    """One line per finished trial: count, state, value (a pruned trial's reason), best so far, time, elapsed
+    time of this run and ETA (``hpo.progress``); ``epochs`` shows the epochs of long trials."""
 
-    def __init__(self, config: StudyConfig, metric: str, out: Printer):
+    def __init__(self, config: StudyConfig, metric: str, out: Printer, done_at_start: int = 0):
         self.config, self.metric, self.out = config, metric, out
+        self.clock = StudyClock(config.trials, done_at_start)
+        self.epochs = EpochProgress(config.name, metric, out)
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        self.epochs.finish()
         done = count_finished(study)
         try:
             best = f"best {study.best_value:.4f} (#{study.best_trial.number})"
         except ValueError:
             best = "no complete trial yet"
         state = trial.state.name.lower()
-        value = f"{self.metric} {trial.value:.4f}" if trial.value is not None else trial.user_attrs.get("pruned_reason", "")
         seconds = trial.user_attrs.get("wall_seconds", 0.0)
         self.out(
-            f"[{self.config.name}] {done}/{self.config.trials} trial #{trial.number} {state}: {value} | {best} "
-            f"| {seconds:.1f}s"
+            f"[{self.config.name}] {done}/{self.config.trials} trial #{trial.number} {state}: "
+            f"{outcome(trial, self.metric)} | {best} | {seconds:.1f}s | {self.clock.text(done)}"
         )
 
 
@@ -169,10 +186,17 @@ def run_study(config: StudyConfig, out: Printer = print, worker: int = 0, test_s
             def company() -> None:  # another worker started alongside: never propose what it proposes
                 study.sampler = make_sampler(config, sampler_seed(config.seed, len(trials), True, worker))
 
-            objective = Objective(config, dataset)
-            progress = Progress(config, dataset.metric, out)
+            progress = Progress(config, dataset.metric, out, done)
+            objective = Objective(config, dataset, on_epoch=progress.epochs)
+            tracker = make_tracker(config.tracker, dataset.metric, lambda line: out(f"[{config.name}] {line}"))
+
+            def on_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+                progress(study, trial)
+                if tracker is not None:
+                    tracker(study, trial)
+
             run_trials(
-                study, storage, config.storage, objective, config.trials, out, progress, None if busy else company,
+                study, storage, config.storage, objective, config.trials, out, on_trial, None if busy else company,
                 len(trials),
             )
     if test_score:

@@ -2,9 +2,9 @@
 
 The notebook only calls these and ``hpo.report``; everything it shows can be produced from a script too::
 
-    from hpo.workspace import best_trial, open_study, trial_curve_plots
+    from hpo.workspace import best_trial, open_study, study_dir, trial_curve_plots
     study = open_study("studies/bundled.journal", "digits-mlp-fa")
-    trial_curve_plots(study, best_trial(study), "results/studies/digits-mlp-fa")
+    trial_curve_plots(study, best_trial(study), study_dir("results/bundled", "digits-mlp-fa"))
 """
 
 from __future__ import annotations
@@ -17,7 +17,10 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpo.config import DEFAULT_STORAGE
 from hpo.errors import UsageError
+from hpo.results import results_dir_for, study_dir
 from hpo.storage import open_storage, redact, study_names
+
+__all__ = ["best_trial", "notebook_settings", "open_study", "study_dir", "top_level_charts", "trial_curve_plots"]
 
 STORAGE_ENV = "HPO_STORAGE"  # the notebook's storage when set (tests and scripts inject one this way)
 RESULTS_ENV = "HPO_RESULTS_DIR"  # the notebook's results directory when set
@@ -29,8 +32,10 @@ def project_root() -> Path:
 
 
 def notebook_settings() -> tuple[str, str]:
-    """(storage URL, results directory) of the notebook: the environment's, else the defaults of ``hpo.run``."""
-    return os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE, os.environ.get(RESULTS_ENV) or "results"
+    """(storage URL, results directory) of the notebook: the environment's, else the defaults of ``hpo.run``
+    (the storage's own folder, ``results/<storage name>``)."""
+    storage = os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE
+    return storage, str(results_dir_for(storage, os.environ.get(RESULTS_ENV) or None))
 
 
 def open_study(storage_url: str, name: str) -> optuna.Study:
@@ -57,7 +62,7 @@ def top_level_charts(results_dir: str | Path) -> list[Path]:
 def trial_curve_plots(study: optuna.Study, trial: FrozenTrial, directory: str | Path) -> list[Path]:
     """Plot one trial's learning curves (and alignment and weight change, when it recorded diagnostics) into
     ``directory`` with the plotting functions of ``hpo.curves``; return the PNGs written. For the best trial and
-    ``results/studies/<study>`` these are the files the report writes."""
+    ``study_dir(results, study)`` these are the files the report writes."""
     from hpo.curves import alignment_png, decode_curves, learning_curves_png, weight_change_png
 
     attr = trial.user_attrs.get("curves")
@@ -67,7 +72,7 @@ def trial_curve_plots(study: optuna.Study, trial: FrozenTrial, directory: str | 
     directory = Path(directory)
     title = f"{study.study_name} #{trial.number}"
     written = [directory / "curves.png"]
-    learning_curves_png(title, epochs, series, written[0])
+    learning_curves_png(title, epochs, series, written[0], study.user_attrs.get("metric"))
     for name, plot in (("alignment.png", alignment_png), ("weight_change.png", weight_change_png)):
         if plot(title, epochs, series, directory / name):
             written.append(directory / name)

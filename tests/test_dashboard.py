@@ -117,3 +117,35 @@ def test_bad_port_and_artifact_dir(tmp_path, capsys):
         "error: --port must be between 0 and 65535, got 70000",
         f"error: --artifact-dir {str(tmp_path / 'nope')!r} is not a directory",
     ]
+
+
+def wsgi_get(app, path: str):
+    """GET ``path`` from a WSGI app in this process; the decoded JSON answer."""
+    from wsgiref.util import setup_testing_defaults
+
+    environ = {"PATH_INFO": path, "REQUEST_METHOD": "GET"}
+    setup_testing_defaults(environ)
+    status = []
+    body = b"".join(app(environ, lambda s, headers, exc_info=None: status.append(s)))
+    assert status[0].startswith("200"), (path, status, body[:200])
+    return json.loads(body)
+
+
+def test_dashboard_names_the_objective(tmp_path):
+    """Studies created by hpo.run name their metric, so optuna-dashboard says "CV accuracy", not "Objective 0"."""
+    from optuna_dashboard import wsgi
+
+    from hpo.config import StudyConfig
+    from hpo.data import load_dataset
+    from hpo.study import open_study
+
+    url = str(tmp_path / "studies.journal")
+    storage = open_storage(url)
+    for dataset in ("digits", "sinreg"):  # a classification and a regression dataset
+        open_study(StudyConfig(algo="bp", dataset=dataset, storage=url), load_dataset(dataset), storage)
+    app = wsgi(storage)
+    names = {
+        s["study_name"]: wsgi_get(app, f"/api/studies/{s['study_id']}")["objective_names"]
+        for s in wsgi_get(app, "/api/studies")["study_summaries"]
+    }
+    assert names == {"digits-mlp-bp": ["CV accuracy"], "sinreg-mlp-bp": ["CV MSE"]}

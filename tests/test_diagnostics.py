@@ -19,7 +19,7 @@ from models import diagnostics as D
 from models.initializers import host_init
 from models.networks import MLP
 from models.rule_training import TrainConfig
-from models.train import FoldData, Plan, RunState, cross_validate, run_epoch, segment_layout, stack, start_runs
+from models.train import FoldData, Plan, RunState, cross_validate, run_epoch, segment_layout, stack
 
 
 def loss_fn(logits, labels):
@@ -165,8 +165,8 @@ def _epoch_args():
     x = np.zeros((40, 6), np.float32)
     spec = family.program_spec(config, x[:1], 10)
     host = stack([family.init(config, spec, x[:1], np.random.default_rng(0))] * 2)
-    hyper = family.hyperparameters(config)
-    state = RunState(jax.eval_shape(partial(start_runs, family, spec, "sequential"), host, hyper), None)
+    hyper = stack([family.hyperparameters(config)] * 2)  # one value per run
+    state = RunState(host, None)
     batches = np.zeros((2, 5, 4), np.int32)
     return family, spec, (state, batches, x, np.zeros(40, np.int32), np.zeros((2, 8), np.int32), np.ones((2, 8), bool), hyper)
 

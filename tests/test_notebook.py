@@ -60,6 +60,8 @@ def test_notebook_runs_top_to_bottom(tmp_path):
         for output in cell.outputs
     )
     assert f"storage: {storage}" in text  # the injected storage was used, not the default database
+    warned = [o.get("text", "") for cell in code for o in cell.outputs if o.get("name") == "stderr"]
+    assert not any("Warning" in w for w in warned), warned  # e.g. tqdm's IProgress warning, at import of optuna
     assert "digits-mlp-fa" in text and "fold_scores" in text
     images = [o for cell in code for o in cell.outputs if "image/png" in o.get("data", {})]
     shown = {o["data"]["text/markdown"].strip("`") for cell in code for o in cell.outputs

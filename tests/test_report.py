@@ -159,8 +159,10 @@ def test_regenerating_gives_the_same_numbers(storage, tmp_path):
     first = report.write_reports(storage, tmp_path / "a", out=lambda _: None)
     second = report.write_reports(storage, tmp_path / "b", out=lambda _: None)
     pd.testing.assert_frame_equal(first, second)
-    assert (tmp_path / "a" / "summary.csv").read_bytes() == (tmp_path / "b" / "summary.csv").read_bytes()
-    assert (tmp_path / "a" / "summary.md").read_text() == (tmp_path / "b" / "summary.md").read_text()
+    files = {p.relative_to(tmp_path / "a"): p.read_bytes() for p in (tmp_path / "a").rglob("*") if p.is_file()}
+    assert {"summary.csv", "summary.md", "comparison.html", "index.html"} <= {p.as_posix() for p in files}
+    for relative, data in files.items():  # every file byte for byte, so a regenerated committed run is unchanged
+        assert (tmp_path / "b" / relative).read_bytes() == data, relative
 
 
 def test_bars_of_one_rule_in_two_studies_are_told_apart():
@@ -208,9 +210,38 @@ def test_fresh_clone_without_local_database_points_to_the_committed_run(tmp_path
         "studies/bundled.journal: add --storage studies/bundled.journal\n"
     )
     assert report.main(["--storage", report.BUNDLED_STORAGE]) == 0
-    assert pd.read_csv(tmp_path / "results" / "summary.csv")["best"].tolist() == [0.7]
+    assert pd.read_csv(tmp_path / "results" / "bundled" / "summary.csv")["best"].tolist() == [0.7]  # its own folder
 
 
+def test_error_bars_above_one_are_not_cut_off():
+    """Accuracy whose mean + spread passes 1 (a skewed spread): the axis goes above 1 rather than clipping the bar."""
+    group = pd.DataFrame({"best": [0.98], "startup_mean": [0.92], "startup_std": [0.16], "startup_worst": [0.13],
+                          "test_mean": [0.97], "test_ci95": [0.05], "direction": ["maximize"]})
+    low, high = report._score_limits(group)
+    assert low == 0.0 and high > 0.92 + 0.16 and high > 0.97 + 0.05
+
+
+def test_comparison_legend_covers_no_bar(storage, tmp_path):
+    """One legend for the figure, outside every panel's area."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    frame = report.summarize(report.load_studies(storage))
+    saved = []
+    original = plt.Figure.savefig
+    plt.Figure.savefig = lambda fig, *a, **k: (saved.append(fig), original(fig, *a, **k))[1]
+    try:
+        report.comparison_png(frame, tmp_path / "comparison.png")
+    finally:
+        plt.Figure.savefig = original
+    (fig,) = saved
+    assert not any(ax.get_legend() for ax in fig.axes)  # no legend inside a panel
+    (legend,) = fig.legends
+    fig.canvas.draw()
+    box = legend.get_window_extent()
+    assert all(not box.overlaps(ax.get_window_extent()) for ax in fig.axes if ax.get_visible())
 def test_rules_are_compared_with_backprop_by_welch(tmp_path):
     url = str(tmp_path / "s.journal")
     bp_scores, fa_scores, kp_scores = [0.94, 0.942, 0.938, 0.941, 0.939], [0.93, 0.925, 0.935, 0.928, 0.931], [0.9]

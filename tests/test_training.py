@@ -140,3 +140,57 @@ def test_fit_and_score_over_seeds_trains_each_seed_as_if_alone():
     alone = fit_and_score(config, *split, seeds=[6, 5])
     assert together.fold_scores.shape == (3,) and len(set(together.fold_scores.tolist())) > 1
     np.testing.assert_allclose(alone.fold_scores, together.fold_scores[[1, 0]], atol=1e-6)
+
+
+def test_optimiser_state_made_on_the_host_is_its_init():
+    from models.rule_training import initial_optimizer_state, optimizer
+
+    x = np.zeros((1, 6), np.float32)
+    for names in (("adam",), ("sgd",), ("sgd", "adam")):
+        config = TrainConfig(rule="kp", hidden=(5,), learning_rate=0.1, optimizer=names[0], optimizer_choices=names)
+        spec = config.family.program_spec(config, x, 3)
+        hyper = config.family.hyperparameters(config)
+        params = host_init(MLP((5,), 3, "kp"), x, np.random.default_rng(0))["params"]
+        host = initial_optimizer_state(spec, hyper, params)
+        real = optimizer(spec, hyper).init(params)
+        assert jax.tree_util.tree_structure(host) == jax.tree_util.tree_structure(real)
+        for a, b in zip(jax.tree_util.tree_leaves(host), jax.tree_util.tree_leaves(real)):
+            assert a.dtype == b.dtype
+            np.testing.assert_array_equal(a, np.asarray(b))
+
+
+def test_one_program_for_several_activations_and_optimisers_trains_exactly_as_a_dedicated_one():
+    data, folds = fold_data("digits")
+    for activation, optimizer in (("tanh", "sgd"), ("relu", "adam")):
+        config = TrainConfig(rule="fa", hidden=(16,), learning_rate=3e-2, epochs=2, activation=activation,
+                             optimizer=optimizer)
+        shared = TrainConfig(**{**config.__dict__, "activation_choices": ("relu", "tanh"),
+                                "optimizer_choices": ("adam", "sgd")})
+        np.testing.assert_array_equal(cross_validate(shared, folds, 10, seed=1).fold_scores,
+                                      cross_validate(config, folds, 10, seed=1).fold_scores)
+
+
+def test_a_group_trains_each_member_as_alone_and_stops_members_on_their_own():
+    from models.train import Member, train_group
+
+    data, folds = fold_data("digits")
+    configs = [TrainConfig(rule="dfa", hidden=(16,), learning_rate=lr, epochs=3, optimizer=opt,
+                           optimizer_choices=("adam", "sgd")) for lr, opt in ((3e-3, "adam"), (5e-2, "sgd"), (1e-3, "adam"))]
+
+    def member(config, seed, on_epoch=None):
+        *runs, order = np.random.SeedSequence(seed).spawn(3)  # as cross_validate derives them
+        rng = np.random.default_rng(order)
+        return Member(config, runs, [rng, rng], on_epoch)
+
+    seen = []
+
+    def stop_after_one(epoch, metrics):
+        seen.append(epoch)
+        raise RuntimeError("stopped by its callback")
+
+    outcomes = train_group([member(configs[0], 0), member(configs[1], 1, stop_after_one), member(configs[2], 2)], folds, 10)
+    assert isinstance(outcomes[1], RuntimeError) and seen == [0]  # stopped at once, the others went on
+    for i in (0, 2):
+        alone = cross_validate(configs[i], folds, 10, seed=i)
+        np.testing.assert_allclose(outcomes[i].fold_scores, alone.fold_scores, atol=1e-6)
+        assert outcomes[i].curves["val_score"].shape == (3, 2)

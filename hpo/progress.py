@@ -1,0 +1,122 @@
+"""What a running study tells its user: elapsed time and ETA on every trial line, progress inside long trials.
+
+* ``StudyClock``: elapsed time of this run and the remaining time, from the study's rate since this run began
+  (trials finished by every worker, so ``--workers`` and other machines speed the ETA up as they should).
+* ``EpochProgress``: once a trial has run for ``LONG_TRIAL_SECONDS``, its epochs: a tqdm bar on a terminal,
+  updated every epoch and gone when the trial ends; otherwise (a log file, a notebook, ``--workers``) a line
+  per epoch, at most one per ``LONG_TRIAL_SECONDS``.
+* ``outcome``: what a finished trial's line says about how it ended, including why a pruned trial was stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from typing import Callable
+
+from optuna.trial import FrozenTrial, TrialState
+
+from hpo.errors import UsageError
+
+Printer = Callable[[str], None]
+LONG_TRIAL_SECONDS = 10.0  # trials running longer than this show their epochs ($HPO_EPOCH_PROGRESS_SECONDS)
+
+
+def long_trial_seconds() -> float:
+    """Seconds after which a trial shows its epochs: ``$HPO_EPOCH_PROGRESS_SECONDS`` (0: always), else 10."""
+    text = os.environ.get("HPO_EPOCH_PROGRESS_SECONDS", "")
+    if not text:
+        return LONG_TRIAL_SECONDS
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0:
+        raise UsageError(f"HPO_EPOCH_PROGRESS_SECONDS must be a number of seconds >= 0, got {text!r}")
+    return seconds
+
+
+def clock(seconds: float) -> str:
+    """``m:ss`` or ``h:mm:ss``."""
+    seconds = max(0, round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, seconds = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"
+
+
+class StudyClock:
+    """Elapsed time since this run started and the ETA of the study's remaining trials."""
+
+    def __init__(self, total: int, done_at_start: int, now: Callable[[], float] = time.monotonic):
+        self.total, self.done_at_start, self.now = total, done_at_start, now
+        self.started = now()
+
+    def text(self, done: int) -> str:
+        """``elapsed 1:05, ETA 2:10`` (``ETA ?`` before this run has finished a trial; ``done`` at the end)."""
+        elapsed = self.now() - self.started
+        if done >= self.total:
+            return f"elapsed {clock(elapsed)}, done"
+        finished_here = done - self.done_at_start
+        eta = clock(elapsed / finished_here * (self.total - done)) if finished_here > 0 else "?"
+        return f"elapsed {clock(elapsed)}, ETA {eta}"
+
+
+def outcome(trial: FrozenTrial, metric: str) -> str:
+    """How ``trial`` ended, for its progress line: its score, and for a pruned trial why it was stopped."""
+    value = f"{metric} {trial.value:.4f}" if trial.value is not None else ""
+    reason = trial.user_attrs.get("pruned_reason") if trial.state == TrialState.PRUNED else None
+    if reason and value:
+        return f"{value} ({reason})"
+    return reason or value
+
+
+class EpochProgress:
+    """Per-epoch progress of trials that run longer than ``after`` seconds.
+
+    Called by the objective after every epoch (``hpo.objective.Objective``'s ``on_epoch``); ``finish()`` ends a
+    trial's bar before its result line is printed.
+    """
+
+    def __init__(self, name: str, metric: str, out: Printer, terminal: bool | None = None, after: float | None = None):
+        self.name, self.metric, self.out = name, metric, out
+        self.after = long_trial_seconds() if after is None else after
+        self.terminal = (out is print and sys.stdout.isatty()) if terminal is None else terminal
+        self.bar, self.bar_trial = None, None
+        self.printed: dict[int, float] = {}  # trial number -> its seconds at its last plain epoch line
+
+    def __call__(self, trial_number: int, epoch: int, epochs: int, score: float, seconds: float) -> None:
+        """``epoch`` of ``epochs`` done after ``seconds`` in the trial, with mean validation ``score``."""
+        if seconds < self.after and (self.bar is None or self.bar_trial != trial_number):
+            return
+        if not self.terminal:
+            # a line when the trial passes ``after`` seconds and then at most one per ``after`` seconds: epochs
+            # that follow a long compilation within a second would otherwise fill a log with lines
+            last = self.printed.get(trial_number)
+            if last is None or seconds - last >= self.after:
+                self.printed = {trial_number: seconds}
+                self.out(
+                    f"[{self.name}] trial #{trial_number} epoch {epoch}/{epochs}: {self.metric} {score:.4f} "
+                    f"| {seconds:.1f}s"
+                )
+            return
+        if self.bar is not None and self.bar_trial != trial_number:
+            self.finish()
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar_trial = trial_number
+            size = shutil.get_terminal_size()  # 80x24 where the terminal tells none (tqdm would then draw nothing)
+
+            self.bar = tqdm(
+                total=epochs, initial=epoch - 1, desc=f"[{self.name}] trial #{trial_number}", unit="epoch",
+                leave=False, file=sys.stdout, ncols=size.columns, nrows=size.lines, mininterval=0, miniters=1,
+            )
+        self.bar.set_postfix_str(f"{self.metric} {score:.4f}", refresh=False)
+        self.bar.update(1)
+
+    def finish(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
