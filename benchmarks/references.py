@@ -176,8 +176,8 @@ NOTES = (
     "x learning rate, on W and B: about 6 time constants of W - B^T over the 2500 steps, so B aligns further "
     "than in a run that spans fewer). Angles are at the end of training, on the last training batch.",
     "MNIST-1D differences from the repository: no residual connection in the MLP, inputs standardised with "
-    "training statistics, batches reshuffled every epoch, our initialisers (not PyTorch's); the score is the "
-    "test accuracy after the last step, not the best of the evaluations during training.",
+    "training statistics, batches reshuffled every epoch, our initialisers (not PyTorch's); ours is the test "
+    "accuracy after the last step.",
     "Segregated dendrites: rate-coded inputs (the paper's spiking inputs cost 5x, results/sd_speed.md); "
     "bp is setup A at the same number of epochs.",
 )
