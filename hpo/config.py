@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import itertools
 import tomllib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from hpo.algorithms import ALGORITHMS, MODELS, get_algorithm
+from hpo.algorithms import ALGORITHMS, MODELS, get_algorithm, study_effective_space
 from hpo.data import DATASETS
 from hpo.errors import UsageError
+from hpo.space_config import SpaceLayer, apply_spaces, parse_space
 from models.train import FOLD_STRATEGIES
 
 SAMPLERS = ("tpe", "random", "gp", "cmaes")
@@ -42,6 +43,8 @@ class StudyConfig:
     workers: int = 1  # local worker processes (spawn start method) that run this study together
     data_dir: str | None = None  # files of mnist/fashion-mnist/cifar10 (default: hpo.vision.default_data_dir)
     tracker: str = "none"  # also log every trial to an experiment tracker (hpo.trackers: mlflow, wandb)
+    # search-space overrides of this study, parameter -> value, [choices] or {low, high, log} (hpo.space_config)
+    space: dict[str, Any] = field(default_factory=dict)
     test_seeds: int = 5  # seeds the best configuration is retrained with and test-scored (hpo.heldout)
 
     def __post_init__(self) -> None:
@@ -65,6 +68,9 @@ class StudyConfig:
             raise UsageError("--study-name must not be empty")
         if self.data_dir is not None and not str(self.data_dir).strip():
             raise UsageError("--data-dir must not be empty")
+        if not isinstance(self.space, dict):
+            raise UsageError(f"space must be a table of parameter overrides, got {self.space!r}")
+        study_effective_space(self)  # every override names a parameter of this study and is well formed
 
     @property
     def name(self) -> str:
@@ -85,7 +91,9 @@ STUDY_KEYS = {f.name for f in fields(StudyConfig)}
 GRID_AXES = {"algos": "algo", "datasets": "dataset", "models": "model"}
 
 
-def load_grid(path: str | Path, overrides: dict[str, Any] | None = None) -> list[StudyConfig]:
+def load_grid(
+    path: str | Path, overrides: dict[str, Any] | None = None, space_layers: list[SpaceLayer] | None = None
+) -> list[StudyConfig]:
     """Read a study grid from TOML: top-level defaults plus ``[[grid]]`` tables of axes to cross.
 
     Example::
@@ -98,7 +106,8 @@ def load_grid(path: str | Path, overrides: dict[str, Any] | None = None) -> list
 
     Every key must be a ``StudyConfig`` field (or, inside ``[[grid]]``, one of the plural axes
     ``algos``/``datasets``/``models``); anything else is an error naming the key. ``overrides`` (from the
-    command line) win over the file.
+    command line) win over the file. ``[space]`` tables (top level and inside any ``[[grid]]``) and
+    ``space_layers`` (``--space`` files) set each study's search-space overrides (``hpo.space_config``).
     """
     path = Path(path)
     try:
@@ -109,16 +118,19 @@ def load_grid(path: str | Path, overrides: dict[str, Any] | None = None) -> list
         raise UsageError(f"config file {str(path)!r} is not valid TOML: {error}") from None
 
     grids = document.pop("grid", None)
+    top_space = parse_space(document.pop("space", {}), str(path))
     defaults = _check_keys(document, STUDY_KEYS, f"{path}")
     if not isinstance(grids, list) or not grids:
         raise UsageError(f"config file {str(path)!r} needs at least one [[grid]] table")
-    configs: list[StudyConfig] = []
+    placed: list[tuple[StudyConfig, list[SpaceLayer]]] = []
     for i, grid in enumerate(grids):
         grid = _check_keys(grid, STUDY_KEYS | set(GRID_AXES), f"{path} [[grid]] #{i + 1}")
+        layers = [top_space, parse_space(grid.pop("space", {}), f"{path} [[grid]] #{i + 1}"), *(space_layers or [])]
         axes = {GRID_AXES[k]: _as_list(grid.pop(k), k, path) for k in list(grid) if k in GRID_AXES}
         for combo in itertools.product(*axes.values()):
             values = {**defaults, **grid, **dict(zip(axes, combo)), **(overrides or {})}
-            configs.append(StudyConfig(**values))
+            placed.append((StudyConfig(**values), layers))
+    configs = apply_spaces(placed)
     names = [c.name for c in configs]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:

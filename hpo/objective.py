@@ -29,7 +29,7 @@ from models.train import (
 
 def check_evaluation_points(config: StudyConfig, dataset: Dataset, folds: Folds) -> None:
     """``--evals-per-epoch`` must not exceed the mini-batches of an epoch at the largest batch size the space proposes."""
-    largest = max(study_space(config).batch_sizes)
+    largest = study_space(config).largest_batch_size(config)
     fewest_batches = folds.train_idx.shape[1] // largest
     if config.evals_per_epoch > fewest_batches:
         raise UsageError(
@@ -66,7 +66,7 @@ class Objective:
             val_mask=jnp.asarray(folds.val_mask),
         )
         check_evaluation_points(config, dataset, folds)
-        self.startup = startup_length(config.algo)
+        self.startup = startup_length(config)
 
     def __call__(self, trial: optuna.Trial) -> float:
         """Run one trial: sample its configuration, cross-validate it, record what happened; its value."""

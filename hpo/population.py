@@ -31,17 +31,18 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo.algorithms import get_algorithm
+from hpo.algorithms import starting_points
+from hpo.space import StudySettings
 
 STARTUP_TRIALS = 10  # random start-up trials of every study (TPE's default), the spread's population
 STARTUP_ATTR = "startup"  # trial user attribute: True on a random start-up trial
 STARTING_POINT_ATTR = "starting_point"  # trial user attribute of an enqueued known-good configuration
 
 
-def startup_length(algo: str) -> int:
-    """Start-up trials the sampler of an ``algo`` study is given: the random ones plus the enqueued starting
-    points before them."""
-    return STARTUP_TRIALS + len(get_algorithm(algo).starting_points)
+def startup_length(study: StudySettings) -> int:
+    """Start-up trials the sampler of ``study`` is given: the random ones plus the starting points it enqueues
+    before them (``hpo.algorithms.starting_points``)."""
+    return STARTUP_TRIALS + len(starting_points(study))
 
 
 def is_startup(trials: list[FrozenTrial], number: int, n_startup: int, inherited: bool = False) -> bool:

@@ -4,9 +4,10 @@
 
 Writes to the storage's own results folder (``results/<storage name>/``, see ``hpo.results``) ``summary.csv``,
 ``summary.md``, ``comparison.png`` (matplotlib), ``comparison.html`` (plotly, loading the folder's own copy of
-plotly.js: no network), ``efficiency/<dataset>-<model>.png`` and, per study, its optimisation history and
-parameter importances under ``studies/<name>/``. Every file is written to a temporary name and renamed, so an
-interrupted report never leaves a half-written file. What the columns mean: ``hpo.comparison``.
+plotly.js: no network), ``efficiency/<dataset>-<model>.png`` and, per study, its optimisation history, parameter
+importances and search space (``space.md``) under ``studies/<name>/``. Every file is written to a temporary name
+and renamed, so an interrupted report never leaves a half-written file. What the columns mean:
+``hpo.comparison``.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from hpo.errors import UsageError
 from hpo.files import atomic_path, check_writable, pyplot, write_text
 from hpo.population import STARTUP_TRIALS
 from hpo.results import plotly_bundle, record_owner, results_dir_for, storage_identity, study_dir, write_html
+from hpo.space_config import space_table
 from hpo.storage import open_storage, redact, study_names
 
 SUMMARY_COLUMNS = [
@@ -404,6 +406,7 @@ def write_reports(storage_url: str, results_dir: str | Path | None = None, patte
     sparse_params: set[str] = set()
     for study in studies:
         study_plots(study, study_dir(results, study.study_name), bundle, sparse_params)
+        write_text(study_dir(results, study.study_name) / "space.md", space_table(study.user_attrs))
     write_curve_plots(studies, results)
     write_index(results, [s.study_name for s in studies], storage_url)
     note = importance_note(sparse_params)

@@ -2,6 +2,7 @@
 
     python -m hpo.run --algo fa --trials 50
     python -m hpo.run --config studies/bundled.toml
+    python -m hpo.run --show-space --algo kp [--model cnn] [--config FILE | --space FILE]
 
 Kept short on purpose: parsing only; the work is in ``hpo.study`` and ``hpo.report``.
 """
@@ -24,12 +25,18 @@ from hpo.config import (
 )
 from hpo.data import DATASETS
 from hpo.errors import UsageError
+from hpo.space_config import apply_spaces, read_space_file, show_spaces
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m hpo.run", description=__doc__.split("\n")[0])
     add = parser.add_argument
     add("--config", help="TOML study grid (e.g. studies/bundled.toml); other flags override its values")
+    add("--space", help="TOML file holding a [space] table of search-space overrides (README: Search spaces); "
+        "it overrides the grid's [space] tables")
+    add("--show-space", action="store_true",
+        help="print the effective search space of each study (with --config: its studies of --algo/--model) and "
+        "exit, touching no storage")
     add("--algo", help=f"learning rule: {', '.join(ALGORITHMS)} (sd: segregated dendrites, mlp only; default fa)")
     add("--dataset", help=f"dataset: {', '.join(DATASETS)} (default mnist-5k)")
     add("--model", help=f"network family: {', '.join(MODELS)} (default mlp)")
@@ -63,16 +70,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def configs_from_args(args: argparse.Namespace) -> list[StudyConfig]:
-    overrides = {k: v for k, v in vars(args).items() if k != "config" and v is not None}
-    if args.config:
-        return load_grid(args.config, overrides)
-    return [StudyConfig(**overrides)]
+    # --show-space with a grid picks the grid's studies of --algo/--model instead of setting them on every study
+    picked = ("algo", "model") if args.show_space and args.config else ()
+    skipped = {"config", "space", "show_space", *picked}
+    overrides = {k: v for k, v in vars(args).items() if k not in skipped and v is not None}
+    layers = [read_space_file(args.space)] if args.space else []
+    if not args.config:
+        return apply_spaces([(StudyConfig(**overrides), layers)])
+    configs = load_grid(args.config, overrides, layers)
+    chosen = [c for c in configs if all(getattr(args, k) in (None, getattr(c, k)) for k in picked)]
+    if not chosen:
+        wanted = " ".join(f"--{k} {getattr(args, k)}" for k in picked if getattr(args, k) is not None)
+        raise UsageError(f"config file {args.config!r} has no study of {wanted}")
+    return chosen
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         configs = configs_from_args(args)
+        if args.show_space:
+            print(show_spaces(configs), end="")
+            return 0
         from hpo.pipeline import run_all
 
         run_all(configs)

@@ -14,7 +14,7 @@ import optuna
 from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
-from hpo.algorithms import get_algorithm
+from hpo.algorithms import starting_points
 from hpo.config import StudyConfig
 from hpo.data import Dataset, load_dataset
 from hpo.errors import UsageError
@@ -29,6 +29,7 @@ from hpo.population import (
     startup_length,
 )
 from hpo.progress import EpochProgress, StudyClock, outcome
+from hpo.space_config import record_space
 from hpo.stats import summarize_scores
 from hpo.storage import open_storage, redact
 from hpo.trackers import make_tracker
@@ -41,15 +42,21 @@ Printer = Callable[[str], None]
 
 
 def configure_jax(cache_dir: str | None) -> None:
-    """Turn on JAX's persistent compilation cache, so a rerun compiles (almost) nothing."""
+    """Turn on the persistent program caches, so a rerun (or a study after ``python -m hpo.warmup``) compiles
+    nothing: our own store of compiled programs (``models.programs``: no tracing either) in ``<dir>/programs``,
+    and JAX's persistent compilation cache in the directory itself for everything else."""
     import jax
+
+    from models.train import PROGRAMS
 
     path = cache_dir or os.environ.get("HPO_JAX_CACHE") or str(Path.home() / ".cache" / "bioplausible-hpo" / "jax")
     if path.lower() == "none":
+        PROGRAMS.directory = None
         return
     jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    PROGRAMS.directory = Path(path) / "programs"
 
 
 def make_sampler(config: StudyConfig, seed: int | None = None) -> optuna.samplers.BaseSampler:
@@ -59,7 +66,7 @@ def make_sampler(config: StudyConfig, seed: int | None = None) -> optuna.sampler
     the population the summaries' spread is computed over.
     """
     seed = config.seed if seed is None else seed
-    startup = startup_length(config.algo)
+    startup = startup_length(config)
     if config.sampler == "tpe":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # multivariate/group/liar
@@ -110,9 +117,10 @@ def open_study(config: StudyConfig, dataset: Dataset, storage: BaseStorage | Non
             )
         if name not in attrs:
             study.set_user_attr(name, value)
+    record_space(study, config, redact(config.storage))  # the effective space, or a refusal if it changed
     if "metric" not in attrs:  # a new study: record its metric and warm-start it
         study.set_user_attr("metric", dataset.metric)
-        for params in get_algorithm(config.algo).starting_points:
+        for params in starting_points(config):
             study.enqueue_trial(params, user_attrs={STARTING_POINT_ATTR: True})
     if not study.metric_names:  # what optuna-dashboard calls the objective ("Objective 0" without it)
         with warnings.catch_warnings():

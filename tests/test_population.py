@@ -67,7 +67,7 @@ def test_every_sampler_starts_with_the_same_random_trials_for_every_rule():
     for algo in ("bp", "fa", "kp"):
         assert make_sampler(StudyConfig(algo=algo))._n_startup_trials == STARTUP_TRIALS
     # segregated dendrites enqueues the paper's network first: its start-up is one longer, so 10 are random
-    assert startup_length("sd") == STARTUP_TRIALS + 1
+    assert startup_length(StudyConfig(algo="sd")) == STARTUP_TRIALS + 1
     assert make_sampler(StudyConfig(algo="sd"))._n_startup_trials == STARTUP_TRIALS + 1
     assert make_sampler(StudyConfig(sampler="cmaes"))._n_startup_trials == STARTUP_TRIALS
 
