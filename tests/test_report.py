@@ -15,6 +15,7 @@ import optuna
 import pandas as pd
 import pytest
 from optuna.distributions import FloatDistribution
+from optuna.trial import TrialState
 from scipy import stats as scipy_stats
 
 from hpo import report
@@ -276,3 +277,33 @@ def test_rules_are_compared_with_backprop_by_welch(tmp_path):
     assert "## Best hyperparameters" in markdown and "| learning_rate |" in markdown.replace("trial | ", "")
     page = (results / "index.html").read_text()
     assert "Best hyperparameters" in page and "p vs bp" in page and report.p_value(fa.p_vs_bp) in page
+
+
+def test_best_so_far_counts_pruned_trials_as_spent_budget():
+    from hpo.comparison import best_so_far
+
+    study = optuna.create_study(direction="maximize")
+    distributions = {"x": FloatDistribution(0, 1)}
+    for state, value in [(TrialState.PRUNED, None), (TrialState.COMPLETE, 0.5), (TrialState.PRUNED, None),
+                         (TrialState.COMPLETE, 0.4), (TrialState.COMPLETE, 0.7), (TrialState.FAIL, None)]:
+        study.add_trial(optuna.trial.create_trial(state=state, value=value, params={"x": 0.1},
+                                                  distributions=distributions,
+                                                  intermediate_values={0: 0.3} if state == TrialState.PRUNED else {}))
+    np.testing.assert_array_equal(best_so_far(study), [np.nan, 0.5, 0.5, 0.5, 0.7])  # the failed trial is not one
+
+
+def test_best_hyperparameters_a_column_per_parameter_rounded_and_grouped_by_space():
+    frame = pd.DataFrame({
+        "study": ["a", "b", "c"], "dataset": ["d", "d", "d"], "model": ["mlp", "mlp", "mlp"],
+        "algo": ["bp", "fa", "sd"], "best_trial": [3, 4, 5],
+        "best_params": [
+            '{"lr_adam": 0.0012345678, "width": 512, "optimizer": "adam"}',
+            '{"lr_adam": 0.25, "width": 64, "optimizer": "adam", "feedback_scale": 1.23456}',
+            '{"sd_phase": 30.0, "sd_width1": 250, "sd_spiking_feedback": false}',
+        ],
+    })
+    (rules_title, rules), (sd_title, sd) = report.best_params_tables(frame)
+    assert rules_title == "mlp: bp/fa" and sd_title == "mlp: sd"
+    assert list(rules.columns) == ["dataset", "model", "rule", "trial", "feedback_scale", "lr_adam", "optimizer", "width"]
+    assert rules.iloc[0].tolist() == ["d", "mlp", "bp", "#3", "", 0.00123, "adam", 512]  # empty where not asked
+    assert rules.iloc[1]["feedback_scale"] == 1.23 and sd.iloc[0]["sd_spiking_feedback"] is False
