@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import tomllib
+import unicodedata
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,16 @@ class StudyConfig:
     test_seeds: int = 5  # seeds the best configuration is retrained with and test-scored (hpo.heldout)
 
     def __post_init__(self) -> None:
+        # Types first: a TOML grid can hold any value (study_name = 7, results_dir = ["a"]), and nothing below
+        # may fail on one with a traceback or create a file for it.
+        for flag, value in (("--algo", self.algo), ("--dataset", self.dataset), ("--model", self.model),
+                            ("--storage", self.storage), ("--sampler", self.sampler), ("--pruner", self.pruner),
+                            ("--fold-strategy", self.fold_strategy), ("--tracker", self.tracker)):
+            _text(flag, value)
+        for flag, value in (("--study-name", self.study_name), ("--cache-dir", self.cache_dir),
+                            ("--data-dir", self.data_dir), ("--results-dir", self.results_dir)):
+            if value is not None:
+                _text(flag, value)
         _choice("--algo", self.algo, tuple(ALGORITHMS))
         _choice("--dataset", self.dataset, list(DATASETS))
         _choice("--model", self.model, MODELS)
@@ -64,10 +75,13 @@ class StudyConfig:
             raise UsageError(f"diagnostics must be true or false, got {self.diagnostics!r}")
         _at_least("--workers", self.workers, 1)
         _at_least("--test-seeds", self.test_seeds, 1)
-        if self.study_name is not None and not self.study_name.strip():
-            raise UsageError("--study-name must not be empty")
-        if self.data_dir is not None and not str(self.data_dir).strip():
-            raise UsageError("--data-dir must not be empty")
+        _at_least("--seed", self.seed, 0)
+        if self.study_name is not None:
+            check_study_name(self.study_name)
+        for flag, value in (("--storage", self.storage), ("--results-dir", self.results_dir),
+                            ("--data-dir", self.data_dir), ("--cache-dir", self.cache_dir)):
+            if value is not None and not value.strip():
+                raise UsageError(f"{flag} must not be empty")
         if not isinstance(self.space, dict):
             raise UsageError(f"space must be a table of parameter overrides, got {self.space!r}")
         study_effective_space(self)  # every override names a parameter of this study and is well formed
@@ -75,6 +89,32 @@ class StudyConfig:
     @property
     def name(self) -> str:
         return self.study_name or f"{self.dataset}-{self.model}-{self.algo}"
+
+
+MAX_STUDY_NAME = 200  # characters; Optuna's database column holds 512, a results folder name 255 bytes
+
+
+def check_study_name(name: str) -> None:
+    """A study name must be one plain name: it is shown in every line and names a results folder.
+
+    No path separators, no ``..``, no control characters (a name is never used as a path anyway, see
+    ``hpo.files.study_folder``; these are refused so that what the user typed and what is stored agree).
+    """
+    if not name.strip():
+        raise UsageError("--study-name must not be empty")
+    bad = sorted({c for c in name if c in "/\\" or unicodedata.category(c).startswith("C")})
+    if bad:
+        shown = ", ".join(repr(c) for c in bad)
+        raise UsageError(f"--study-name must not contain path separators or control characters ({shown}), got {name!r}")
+    if ".." in name:
+        raise UsageError(f"--study-name must not contain '..', got {name!r}")
+    if len(name) > MAX_STUDY_NAME:
+        raise UsageError(f"--study-name must be at most {MAX_STUDY_NAME} characters, got {len(name)}")
+
+
+def _text(flag: str, value: Any) -> None:
+    if not isinstance(value, str):
+        raise UsageError(f"{flag} must be a string, got {value!r} ({type(value).__name__})")
 
 
 def _choice(flag: str, value: Any, allowed: list[str] | tuple[str, ...]) -> None:
@@ -111,9 +151,14 @@ def load_grid(
     """
     path = Path(path)
     try:
-        document = tomllib.loads(path.read_text())
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as error:
         raise UsageError(f"cannot read config file {str(path)!r}: {error.strerror or error}") from None
+    except UnicodeDecodeError as error:
+        raise UsageError(
+            f"config file {str(path)!r} is not UTF-8 text (byte {error.object[error.start]:#04x} at offset "
+            f"{error.start}); TOML files must be UTF-8"
+        ) from None
     except tomllib.TOMLDecodeError as error:
         raise UsageError(f"config file {str(path)!r} is not valid TOML: {error}") from None
 
@@ -124,6 +169,8 @@ def load_grid(
         raise UsageError(f"config file {str(path)!r} needs at least one [[grid]] table")
     placed: list[tuple[StudyConfig, list[SpaceLayer]]] = []
     for i, grid in enumerate(grids):
+        if not isinstance(grid, dict):
+            raise UsageError(f"grid #{i + 1} in {str(path)!r} must be a [[grid]] table, got {grid!r}")
         grid = _check_keys(grid, STUDY_KEYS | set(GRID_AXES), f"{path} [[grid]] #{i + 1}")
         layers = [top_space, parse_space(grid.pop("space", {}), f"{path} [[grid]] #{i + 1}"), *(space_layers or [])]
         axes = {GRID_AXES[k]: _as_list(grid.pop(k), k, path) for k in list(grid) if k in GRID_AXES}

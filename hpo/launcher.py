@@ -7,10 +7,16 @@ Never fork after JAX has started: a forked child inherits XLA's threads in an un
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
+import os
+import signal
 from typing import Any, Callable
 
-from hpo.errors import UsageError
+from hpo.errors import ReportedError, UsageError
+from hpo.interrupts import SIGNALS, Interrupted
+
+REPORTED_EXIT_CODES = (2, 3)  # a worker that exits with these has printed its one-line error itself
 
 Printer = Callable[[str], None]
 
@@ -19,7 +25,8 @@ def run_local_workers(target: Callable[[Any, int], Any], config: Any, workers: i
     """Run ``target(config, i)`` for ``i`` in ``range(workers)``, each in its own spawned process, and wait.
 
     ``target`` must be a module-level function (spawn pickles it by name). Each worker prints its own progress
-    lines. Raises UsageError naming the first worker that exited with a non-zero code.
+    lines. Raises ReportedError when the first worker that failed said why itself (bad input: exit code 2, a
+    failed storage: 3), else UsageError naming it and its exit code.
     """
     context = multiprocessing.get_context("spawn")
     processes = [
@@ -31,11 +38,23 @@ def run_local_workers(target: Callable[[Any, int], Any], config: Any, workers: i
     try:
         for process in processes:
             process.join()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
+        # Ctrl-C in a terminal reaches every worker; kill, scancel or docker stop may reach only this process.
+        # Pass the signal on (a worker acts on the first one it gets and ignores repeats): each worker fails and
+        # re-queues its running trial and exits; wait for all of them, so none is left training as an orphan.
+        signum = getattr(interrupt, "signum", signal.SIGINT)
         for process in processes:
-            process.join()  # they got the same SIGINT: each fails and re-queues its trial, then exits
+            if process.is_alive():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(process.pid, signum)
+        for process in processes:
+            process.join()
         raise
     failed = [(i, p.exitcode) for i, p in enumerate(processes) if p.exitcode != 0]
     if failed:
         i, code = failed[0]
-        raise UsageError(f"worker w{i} of study {config.name!r} exited with code {code} (its error is above)")
+        if code in REPORTED_EXIT_CODES:
+            raise ReportedError(code)  # the worker printed its own one-line error
+        if code - 128 in SIGNALS:  # that worker alone was interrupted (and re-queued its trial): so is the study
+            raise Interrupted(code - 128)
+        raise UsageError(f"worker w{i} of study {config.name!r} exited with code {code}")

@@ -70,17 +70,50 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         """Run one trial: sample its configuration, cross-validate it, record what happened; its value."""
-        start = time.perf_counter()
-        timing = Timing()
+        (outcome,) = self.run_batch([trial])
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    def run_batch(self, trials: list[optuna.Trial]) -> list[float | BaseException]:
+        """Run several trials at once: sample each one's configuration, train those that share programs as one
+        group (one compiled program vmapped over trials x folds), record each trial's results and timing.
+
+        Returns each trial's value, or the exception it ended with (``optuna.TrialPruned`` for a pruned or
+        diverged trial). Each trial reports after every epoch and is pruned on its own. A trial's seconds are
+        its sampling plus an equal share of its group's compiling and training (``Timing``), so a study's
+        seconds add up however its trials were batched. Interrupts (``KeyboardInterrupt``) propagate.
+        """
+        outcomes: list[float | BaseException | None] = [None] * len(trials)
+        walls = [0.0] * len(trials)
+        timings = [Timing() for _ in trials]
+        groups: dict[Hashable, list[tuple[int, PlannedTrial]]] = {}
+        for i, trial in enumerate(trials):
+            start = time.perf_counter()
+            try:
+                planned = self.plan(trial, timings[i])
+                groups.setdefault(planned.key, []).append((i, planned))
+            except Exception as error:  # noqa: BLE001 -- this trial's outcome (e.g. a CNN that cannot fit: pruned)
+                outcomes[i] = error
+            walls[i] += time.perf_counter() - start
         try:
-            planned = self.plan(trial, timing)
-            (outcome,) = train_group(
-                [planned.member], self.data, self.dataset.out_features, self.config.fold_strategy,
-                self.config.evals_per_epoch, self.config.diagnostics,
-            )
-            return self.finish(trial, outcome)
+            for group in groups.values():
+                start = time.perf_counter()
+                results = train_group(
+                    [planned.member for _, planned in group], self.data, self.dataset.out_features,
+                    self.config.fold_strategy, self.config.evals_per_epoch, self.config.diagnostics,
+                )
+                for (i, planned), result in zip(group, results):
+                    try:
+                        outcomes[i] = self.finish(planned.trial, result)
+                    except Exception as error:  # noqa: BLE001 -- pruned, diverged, or failed: the trial's outcome
+                        outcomes[i] = error
+                    walls[i] += (time.perf_counter() - start) / len(group)
         finally:
-            record_timing(trial, time.perf_counter() - start, timing)
+            for i, trial in enumerate(trials):
+                if outcomes[i] is not None:  # interrupted trials keep no timing: they are re-queued
+                    record_timing(trial, walls[i], timings[i])
+        return outcomes
 
     def plan(self, trial: optuna.Trial, timing: Timing) -> PlannedTrial:
         """Sample the trial's configuration and prepare its place in a training group (``models.train.Member``):

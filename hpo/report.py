@@ -44,9 +44,9 @@ from hpo.comparison import (
 from hpo.config import DEFAULT_STORAGE
 from hpo.curves import write_curve_plots
 from hpo.errors import UsageError
-from hpo.files import atomic_path, check_writable, pyplot, write_text
+from hpo.files import atomic_path, check_writable, pyplot, study_folder, write_text, written_together
 from hpo.population import STARTUP_TRIALS
-from hpo.results import plotly_bundle, record_owner, results_dir_for, storage_identity, study_dir, write_html
+from hpo.results import plotly_bundle, record_owner, results_dir_for, storage_identity, write_html
 from hpo.space_config import space_table
 from hpo.storage import open_storage, redact, study_names
 
@@ -396,19 +396,27 @@ def write_reports(storage_url: str, results_dir: str | Path | None = None, patte
     results = check_writable(results_dir_for(storage_url, results_dir))
     record_owner(results, storage_url)
     frame = summarize(studies)
-    with atomic_path(results / "summary.csv") as tmp:
-        frame.to_csv(tmp, index=False, float_format="%.6g")
-    write_text(results / "summary.md", to_markdown(frame))
-    comparison_png(frame, results / "comparison.png")
-    bundle = plotly_bundle(results)
-    comparison_html(frame, results / "comparison.html", bundle)
-    efficiency_png(studies, results)
     sparse_params: set[str] = set()
-    for study in studies:
-        study_plots(study, study_dir(results, study.study_name), bundle, sparse_params)
-        write_text(study_dir(results, study.study_name) / "space.md", space_table(study.user_attrs))
-    write_curve_plots(studies, results)
-    write_index(results, [s.study_name for s in studies], storage_url)
+    try:
+        with written_together() as publish:  # a full disk mid-report keeps the previous report set whole
+            with atomic_path(results / "summary.csv") as tmp:
+                frame.to_csv(tmp, index=False, float_format="%.6g")
+            write_text(results / "summary.md", to_markdown(frame))
+            comparison_png(frame, results / "comparison.png")
+            bundle = plotly_bundle(results)
+            comparison_html(frame, results / "comparison.html", bundle)
+            efficiency_png(studies, results)
+            for study in studies:
+                folder = study_folder(results, study.study_name)
+                study_plots(study, folder, bundle, sparse_params)
+                write_text(folder / "space.md", space_table(study.user_attrs))
+            write_curve_plots(studies, results)
+            publish()  # the index lists the files found in place
+            write_index(results, [s.study_name for s in studies], storage_url)
+    except OSError as error:
+        raise UsageError(
+            f"cannot write the reports to {str(results)!r}: {error.strerror or error}; the previous reports are kept"
+        ) from None
     note = importance_note(sparse_params)
     if note:
         out(note)
@@ -427,8 +435,8 @@ def _result_files(results: Path, studies: list[str] | None = None) -> dict[str, 
     Discovered rather than listed, so charts written by other tools (diagnostics) appear without changes here.
     With ``studies`` given, study folders of other studies (left by an earlier report) are not shown.
     """
-    shown = None if studies is None else {study_dir(results, name).resolve() for name in studies}
-    study_root = study_dir(results, "x").parent.resolve()
+    shown = None if studies is None else {study_folder(results, name).resolve() for name in studies}
+    study_root = study_folder(results, "x").parent.resolve()
     sections: dict[str, list[Path]] = {}
     for path in sorted(results.rglob("*")):
         relative = path.relative_to(results)

@@ -24,7 +24,8 @@ from hpo.config import (
     load_grid,
 )
 from hpo.data import DATASETS
-from hpo.errors import UsageError
+from hpo.errors import ReportedError, StorageError, UsageError
+from hpo.interrupts import exit_code_of, exit_now, handle_interrupts
 from hpo.space_config import apply_spaces, read_space_file, show_spaces
 
 
@@ -86,23 +87,33 @@ def configs_from_args(args: argparse.Namespace) -> list[StudyConfig]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command; the exit code: 0, 2 bad input, 3 the storage failed mid-study, 130 Ctrl-C, 143 SIGTERM."""
     args = parse_args(argv)
     try:
-        configs = configs_from_args(args)
-        if args.show_space:
-            print(show_spaces(configs), end="")
-            return 0
-        from hpo.pipeline import run_all
+        with handle_interrupts():
+            configs = configs_from_args(args)
+            if args.show_space:
+                print(show_spaces(configs), end="")
+                return 0
+            from hpo.pipeline import run_all
 
-        run_all(configs)
+            run_all(configs)
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except StorageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 3
+    except ReportedError as error:
+        return error.exit_code
+    except KeyboardInterrupt as error:
         print("interrupted: finished trials are stored; rerun the same command to resume", file=sys.stderr)
-        return 130
+        return exit_code_of(error)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if code >= 128:  # interrupted: XLA may still be running a dispatched program; see hpo.interrupts.exit_now
+        exit_now(code)
+    sys.exit(code)

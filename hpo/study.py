@@ -12,13 +12,15 @@ from typing import Callable
 
 import optuna
 from optuna.storages import BaseStorage
+from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
-from hpo.algorithms import starting_points
+from hpo.algorithms import check_dataset, starting_points, suggest
 from hpo.config import StudyConfig
-from hpo.data import Dataset, load_dataset
-from hpo.errors import UsageError
+from hpo.data import Dataset, check_folds, load_dataset
+from hpo.errors import StorageError, UsageError
 from hpo.heldout import TEST_ATTR, read_heldout, retrain_and_score
+from hpo.interrupts import exit_code_of, exit_now, handle_interrupts
 from hpo.launcher import run_local_workers
 from hpo.objective import Objective
 from hpo.population import (
@@ -31,7 +33,7 @@ from hpo.population import (
 from hpo.progress import EpochProgress, StudyClock, outcome
 from hpo.space_config import record_space
 from hpo.stats import summarize_scores
-from hpo.storage import open_storage, redact
+from hpo.storage import STORAGE_FAILURES, open_storage, redact, scrub
 from hpo.trackers import make_tracker
 from hpo.workers import run_trials, sampler_seed
 
@@ -42,21 +44,20 @@ Printer = Callable[[str], None]
 
 
 def configure_jax(cache_dir: str | None) -> None:
-    """Turn on the persistent program caches, so a rerun (or a study after ``python -m hpo.warmup``) compiles
-    nothing: our own store of compiled programs (``models.programs``: no tracing either) in ``<dir>/programs``,
-    and JAX's persistent compilation cache in the directory itself for everything else."""
+    """Turn on the persistent store of compiled programs (``models.programs``) in ``<dir>/programs``, so a rerun,
+    or a study after ``python -m hpo.warmup``, neither traces nor compiles its programs.
+
+    JAX's own persistent compilation cache is turned off: an executable it loaded serialises incompletely (stored
+    again, it fails at run time with "Function ... not found"), and every program a study runs goes through our
+    store anyway, which also skips the tracing that JAX's cache needs before it can look a program up.
+    """
     import jax
 
     from models.train import PROGRAMS
 
+    jax.config.update("jax_enable_compilation_cache", False)
     path = cache_dir or os.environ.get("HPO_JAX_CACHE") or str(Path.home() / ".cache" / "bioplausible-hpo" / "jax")
-    if path.lower() == "none":
-        PROGRAMS.directory = None
-        return
-    jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    PROGRAMS.directory = Path(path) / "programs"
+    PROGRAMS.directory = None if path.lower() == "none" else Path(path) / "programs"
 
 
 def make_sampler(config: StudyConfig, seed: int | None = None) -> optuna.samplers.BaseSampler:
@@ -96,9 +97,46 @@ def make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
     }[config.pruner]()
 
 
+def validate_study(config: StudyConfig, dataset: Dataset) -> Objective:
+    """Every check of ``config`` against ``dataset``, before any storage, study or file exists; the objective.
+
+    Bad input must leave nothing behind (no study with one failed trial, no empty study), so everything that
+    can refuse the study runs here, on the loaded dataset: the folds against the class counts, one proposal of
+    the search space (it refuses, e.g., ``--model cnn`` on a dataset without images and ``--algo sd`` on
+    regression) and the objective's own checks (``--evals-per-epoch`` against the mini-batches per epoch).
+    """
+    configure_jax(config.cache_dir)
+    check_folds(dataset, config.folds)
+    make_sampler(config)  # gp without PyTorch, cmaes without its package
+    make_pruner(config)
+    check_dataset(config, dataset)  # the space can use it: images for a CNN, classes for sd, user-fixed values
+    _propose_once(config, dataset)
+    return Objective(config, dataset)
+
+
+def _propose_once(config: StudyConfig, dataset: Dataset) -> None:
+    """Sample one configuration from the search space in a throwaway in-memory study (nothing is stored)."""
+    scratch = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=config.seed), direction=dataset.direction)
+    trial = scratch.ask()
+    try:
+        suggest(trial, config, dataset)
+    except optuna.TrialPruned:
+        pass  # a proposal that the space itself prunes (no CNN layer fits) is a trial outcome, not bad input
+
+
 def open_study(config: StudyConfig, dataset: Dataset, storage: BaseStorage | None = None) -> optuna.Study:
-    """Create the study, or load it and check it was created with the same settings."""
+    """Create the study, or load it and check it was created with the same settings.
+
+    Only the process that creates the study enqueues its warm-start points, so two processes that create the same
+    new study at once do not both enqueue them (if the creator dies in the moment between creating the study and
+    enqueueing, the study just starts without them).
+    """
     storage = storage if storage is not None else open_storage(config.storage)
+    try:
+        storage.create_new_study([StudyDirection[dataset.direction.upper()]], config.name)
+        created = True
+    except optuna.exceptions.DuplicatedStudyError:
+        created = False
     study = optuna.create_study(
         storage=storage,
         study_name=config.name,
@@ -118,8 +156,9 @@ def open_study(config: StudyConfig, dataset: Dataset, storage: BaseStorage | Non
         if name not in attrs:
             study.set_user_attr(name, value)
     record_space(study, config, redact(config.storage))  # the effective space, or a refusal if it changed
-    if "metric" not in attrs:  # a new study: record its metric and warm-start it
+    if "metric" not in attrs:
         study.set_user_attr("metric", dataset.metric)
+    if created:
         for params in starting_points(config):
             study.enqueue_trial(params, user_attrs={STARTING_POINT_ATTR: True})
     if not study.metric_names:  # what optuna-dashboard calls the objective ("Objective 0" without it)
@@ -174,7 +213,18 @@ def run_study(config: StudyConfig, out: Printer = print, worker: int = 0, test_s
     """
     configure_jax(config.cache_dir)
     dataset = load_dataset(config.dataset, config.data_dir)
+    objective = validate_study(config, dataset)  # before anything is created
     storage = open_storage(config.storage)
+    try:
+        return _run_study(config, dataset, storage, objective, out, worker, test_score)
+    except (*STORAGE_FAILURES, StorageError) as error:
+        raise storage_failure(config, error) from None
+
+
+def _run_study(
+    config: StudyConfig, dataset: Dataset, storage: BaseStorage, objective: Objective, out: Printer, worker: int,
+    test_score: bool,
+) -> optuna.Study:
     study = open_study(config, dataset, storage)
     done = count_finished(study)
     if done >= config.trials:
@@ -195,7 +245,7 @@ def run_study(config: StudyConfig, out: Printer = print, worker: int = 0, test_s
                 study.sampler = make_sampler(config, sampler_seed(config.seed, len(trials), True, worker))
 
             progress = Progress(config, dataset.metric, out, done)
-            objective = Objective(config, dataset, on_epoch=progress.epochs)
+            objective.on_epoch = progress.epochs
             tracker = make_tracker(config.tracker, dataset.metric, lambda line: out(f"[{config.name}] {line}"))
 
             def on_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -210,6 +260,18 @@ def run_study(config: StudyConfig, out: Printer = print, worker: int = 0, test_s
     if test_score:
         record_test_score(study, config, dataset, out)
     return study
+
+
+def storage_failure(config: StudyConfig, error: BaseException) -> StorageError:
+    """One line for a storage that failed mid-study: which storage (password hidden), the root cause, what now."""
+    root = error
+    while root.__cause__ is not None:
+        root = root.__cause__
+    text = str(root).strip().splitlines()[0] if str(root).strip() else type(root).__name__
+    return StorageError(
+        f"study {config.name!r} lost its storage {redact(config.storage)!r}: {scrub(text, config.storage)}; finished "
+        "trials are stored and a running trial is recovered when a worker runs the study again"
+    )
 
 
 def record_test_score(study: optuna.Study, config: StudyConfig, dataset: Dataset, out: Printer) -> None:
@@ -245,9 +307,13 @@ def worker_main(config: StudyConfig, index: int) -> None:
         print(f"[w{index}] {line}", flush=True)
 
     try:
-        run_study(replace(config, workers=1), out, worker=index, test_score=False)
+        with handle_interrupts():
+            run_study(replace(config, workers=1), out, worker=index, test_score=False)
     except UsageError as error:
         print(f"[w{index}] error: {error}", file=sys.stderr, flush=True)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        sys.exit(130)
+        exit_now(2)
+    except StorageError as error:
+        print(f"[w{index}] error: {error}", file=sys.stderr, flush=True)
+        exit_now(3)
+    except KeyboardInterrupt as error:  # its trial is re-queued; the parent prints the one "interrupted" line
+        exit_now(exit_code_of(error))

@@ -43,12 +43,15 @@ from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
 from optuna.storages import BaseStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo.storage import MAX_RETRY, is_server_url
+from hpo import interrupts
+from hpo.errors import StorageError
+from hpo.storage import MAX_RETRY, STORAGE_FAILURES, is_server_url
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # states that count towards the total
 SURPLUS_ATTR = "surplus"  # user attribute of a surplus trial: why it ended without training
 WORKER_ATTR = "worker"  # user attribute: {"trial", "host", "pid", "started"} of the process running the trial
 POLL_SECONDS = 1.0  # how often a waiting worker looks at the storage again
+HEARTBEAT_JOIN_SECONDS = 2.0  # how long a finished trial waits for its heartbeat thread's last write
 
 Printer = Callable[[str], None]
 TrialCallback = Callable[[optuna.Study, FrozenTrial], None]
@@ -130,7 +133,12 @@ def heartbeat(storage: BaseStorage, trial_id: int) -> Iterator[None]:
 
     def beat() -> None:
         while not stop.wait(storage.get_heartbeat_interval()):
-            storage.record_heartbeat(trial_id)
+            try:
+                storage.record_heartbeat(trial_id)
+            except STORAGE_FAILURES:
+                # The storage is gone: the trial's next report fails in the main thread, within the storage's
+                # bounded wait, and says so in one line. Stop beating here without a thread traceback.
+                return
 
     thread = threading.Thread(target=beat, name=f"heartbeat-{trial_id}", daemon=True)
     thread.start()
@@ -138,7 +146,9 @@ def heartbeat(storage: BaseStorage, trial_id: int) -> Iterator[None]:
         yield
     finally:
         stop.set()
-        thread.join()
+        # Do not wait out a heartbeat stuck on a storage that stopped answering (its wait is bounded by the
+        # storage, see hpo.storage.DB_TIMEOUT_SECONDS); a late heartbeat of a finished trial is harmless.
+        thread.join(timeout=HEARTBEAT_JOIN_SECONDS)
 
 
 def counted_below(trials: list[FrozenTrial], number: int) -> int:
@@ -169,7 +179,12 @@ def run_one(study: optuna.Study, trial: optuna.Trial, objective: Callable[[optun
         # Interrupted, not wrong: re-queue it with the same parameters like a crashed trial, so a rerun resumes it.
         retry_failed(study, study.tell(trial, state=TrialState.FAIL))
         raise
+    except STORAGE_FAILURES + (StorageError,):
+        raise  # the storage cannot take a "failed" now; the trial stays running, for recovery as a dead worker's
     except BaseException:
+        if interrupts.received() is not None:  # an interrupt that library code turned into an error of its own
+            retry_failed(study, study.tell(trial, state=TrialState.FAIL))
+            raise interrupts.Interrupted(interrupts.received()) from None
         study.tell(trial, state=TrialState.FAIL)
         raise
     return study.tell(trial, value)
@@ -197,6 +212,8 @@ def run_trials(
     waiting_said = False
     mine: set[int] = set()
     while True:
+        if interrupts.received() is not None:  # a signal whose exception library code swallowed is not lost
+            raise interrupts.Interrupted(interrupts.received())
         recover(study, storage, check_pids, out)
         trials = study.get_trials(deepcopy=False)
         finished = sum(t.state in FINISHED for t in trials)
