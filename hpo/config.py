@@ -48,6 +48,7 @@ class StudyConfig:
     tracker: str = "none"  # also log every trial to an experiment tracker (hpo.trackers: mlflow, wandb)
     # search-space overrides of this study, parameter -> value, [choices] or {low, high, log} (hpo.space_config)
     space: dict[str, Any] = field(default_factory=dict)
+    test_seeds: int = 5  # seeds the best configuration is retrained with and test-scored (hpo.heldout)
 
     def __post_init__(self) -> None:
         # Types first: a TOML grid can hold any value (study_name = 7, results_dir = ["a"]), and nothing below
@@ -78,6 +79,7 @@ class StudyConfig:
             raise UsageError(f"compile_ahead must be true or false, got {self.compile_ahead!r}")
         _at_least("--workers", self.workers, 1)
         _at_least("--trial-batch", self.trial_batch, 1)
+        _at_least("--test-seeds", self.test_seeds, 1)
         _at_least("--seed", self.seed, 0)
         if self.study_name is not None:
             check_study_name(self.study_name)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Hashable, NamedTuple
+from typing import Callable, Hashable, NamedTuple
 
 import jax.numpy as jnp
 import numpy as np
@@ -14,6 +14,7 @@ from hpo.config import StudyConfig
 from hpo.curves import encode_curves, final_diagnostics
 from hpo.data import Dataset, Folds, make_folds
 from hpo.errors import UsageError
+from hpo.population import mark_startup, startup_length
 from models.train import (
     CVResult,
     DivergedError,
@@ -21,7 +22,6 @@ from models.train import (
     FoldData,
     Member,
     Timing,
-    fit_and_score,
     group_key,
     train_group,
 )
@@ -66,6 +66,7 @@ class Objective:
             val_mask=jnp.asarray(folds.val_mask),
         )
         check_evaluation_points(config, dataset, folds)
+        self.startup = startup_length(config)
 
     def __call__(self, trial: optuna.Trial) -> float:
         """Run one trial: sample its configuration, cross-validate it, record what happened; its value."""
@@ -129,6 +130,7 @@ class Objective:
         """Sample the trial's configuration and prepare its place in a training group (``models.train.Member``):
         its runs' seeds and the per-epoch report to the trial, which prunes it when the pruner says so."""
         started = time.perf_counter()
+        mark_startup(trial, self.startup)  # before sampling: the spread's population (hpo.population)
         config = suggest(trial, self.config, self.dataset)
 
         def on_epoch(epoch: int, metrics: EpochMetrics) -> None:
@@ -179,14 +181,3 @@ def record_timing(trial: optuna.Trial, wall_seconds: float, timing: Timing) -> N
     trial.set_user_attr("compile_seconds", timing.compile_seconds)
     trial.set_user_attr("train_seconds", timing.train_seconds)
     trial.set_user_attr("overhead_seconds", max(0.0, wall_seconds - timing.compile_seconds - timing.train_seconds))
-
-
-def test_score(config: StudyConfig, dataset: Dataset, params: dict[str, Any], trial_number: int) -> float:
-    """Retrain the configuration ``params`` on the whole training split and score the test split.
-
-    Needs no folds: the trial's own seed and the fixed split are all it uses.
-    """
-    train_config = suggest(optuna.trial.FixedTrial(params), config, dataset)
-    seed = trial_seed(config.seed, trial_number)
-    d = dataset
-    return float(fit_and_score(train_config, d.x_train, d.y_train, d.x_test, d.y_test, d.out_features, seed).fold_scores[0])

@@ -57,6 +57,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="record alignment with backprop, W-B angles and weight change per trial (default on)")
     add("--workers", type=int, help="local worker processes running each study together (default 1); "
         "workers on other machines just run the same command with the same --storage")
+    add("--test-seeds", type=int, help="seeds the best configuration is retrained with on the whole training split "
+        "and scored on the test split: mean, std and 95%% CI over them (default 5)")
     add("--compile-ahead", action=argparse.BooleanOptionalAction, default=None,
         help="compile the search space's programs in a background thread while trials train (default: on a GPU, "
         "or a CPU with 4 or more cores)")

@@ -19,12 +19,21 @@ from hpo.algorithms import check_dataset, starting_points, suggest
 from hpo.config import StudyConfig
 from hpo.data import Dataset, check_folds, load_dataset
 from hpo.errors import StorageError, UsageError
+from hpo.heldout import TEST_ATTR, read_heldout, retrain_and_score
 from hpo.interrupts import exit_code_of, exit_now, handle_interrupts
 from hpo.launcher import run_local_workers
-from hpo.objective import Objective, test_score
+from hpo.objective import Objective
+from hpo.population import (
+    STARTING_POINT_ATTR,
+    SparingHyperbandPruner,
+    SparingMedianPruner,
+    SparingWilcoxonPruner,
+    startup_length,
+)
 from hpo.precompile import compile_ahead
 from hpo.progress import EpochProgress, StudyClock, outcome
 from hpo.space_config import record_space
+from hpo.stats import summarize_scores
 from hpo.storage import STORAGE_FAILURES, open_storage, redact, scrub
 from hpo.trackers import make_tracker
 from hpo.workers import run_trials, sampler_seed
@@ -66,12 +75,19 @@ def compiles_ahead(config: StudyConfig) -> bool:
 
 
 def make_sampler(config: StudyConfig, seed: int | None = None) -> optuna.samplers.BaseSampler:
-    """The sampler of ``config``, seeded with ``seed`` (default: the study seed; see ``hpo.workers.sampler_seed``)."""
+    """The sampler of ``config``, seeded with ``seed`` (default: the study seed; see ``hpo.workers.sampler_seed``).
+
+    Every model-based sampler starts with the same number of random trials for every rule (``hpo.population``):
+    the population the summaries' spread is computed over.
+    """
     seed = config.seed if seed is None else seed
+    startup = startup_length(config)
     if config.sampler == "tpe":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # multivariate/group/liar
-            return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
+            return optuna.samplers.TPESampler(
+                seed=seed, n_startup_trials=startup, multivariate=True, group=True, constant_liar=True
+            )
     if config.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if config.sampler == "gp":
@@ -79,17 +95,18 @@ def make_sampler(config: StudyConfig, seed: int | None = None) -> optuna.sampler
             raise UsageError(
                 "--sampler gp needs PyTorch, which is not installed; install it with: pip install -e '.[gp]'"
             )
-        return optuna.samplers.GPSampler(seed=seed)
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup)
     if importlib.util.find_spec("cmaes") is None:
         raise UsageError("--sampler cmaes needs the cmaes package; install it with: pip install cmaes")
-    return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+    return optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=startup, warn_independent_sampling=False)
 
 
 def make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
+    """The pruner of ``config``; none stops a random start-up trial (``hpo.population.SparesStartup``)."""
     return {
-        "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=max(1, config.epochs // 3)),
-        "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1, max_resource=config.epochs),
-        "wilcoxon": lambda: optuna.pruners.WilcoxonPruner(p_threshold=0.1),
+        "median": lambda: SparingMedianPruner(n_startup_trials=5, n_warmup_steps=max(1, config.epochs // 3)),
+        "hyperband": lambda: SparingHyperbandPruner(min_resource=1, max_resource=config.epochs),
+        "wilcoxon": lambda: SparingWilcoxonPruner(p_threshold=0.1),
         "none": optuna.pruners.NopPruner,
     }[config.pruner]()
 
@@ -157,7 +174,7 @@ def open_study(config: StudyConfig, dataset: Dataset, storage: BaseStorage | Non
         study.set_user_attr("metric", dataset.metric)
     if created:
         for params in starting_points(config):
-            study.enqueue_trial(params, user_attrs={"starting_point": True})
+            study.enqueue_trial(params, user_attrs={STARTING_POINT_ATTR: True})
     if not study.metric_names:  # what optuna-dashboard calls the objective ("Objective 0" without it)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -274,22 +291,28 @@ def storage_failure(config: StudyConfig, error: BaseException) -> StorageError:
 
 
 def record_test_score(study: optuna.Study, config: StudyConfig, dataset: Dataset, out: Printer) -> None:
-    """Retrain the best configuration on the whole training split, score the test split, store it on the study.
+    """Retrain the best configuration on the whole training split with ``config.test_seeds`` seeds, score the
+    test split, store every seed's score on the study (``hpo.heldout``).
 
-    Stored as the study attribute ``test`` with the trial number it belongs to, so it is recomputed only when
-    the best trial changes.
+    Recomputed only when the best trial or the number of seeds changed since it was stored.
     """
     try:
         best = study.best_trial
     except ValueError:
         out(f"[{config.name}] no complete trial: no test score")
         return
-    stored = study.user_attrs.get("test")
-    if stored and stored.get("trial") == best.number:
+    stored = read_heldout(study.user_attrs.get(TEST_ATTR))
+    if stored is not None and stored.trial == best.number and stored.n == config.test_seeds:
         return
-    score = test_score(config, dataset, best.params, best.number)
-    study.set_user_attr("test", {"trial": best.number, "score": score, "metric": dataset.metric})
-    out(f"[{config.name}] best trial #{best.number}: CV {dataset.metric} {best.value:.4f}, test {score:.4f}")
+    record = retrain_and_score(config, dataset, best.params, best.number)
+    study.set_user_attr(TEST_ATTR, record.to_attr())
+    cv = f"[{config.name}] best trial #{best.number}: CV {dataset.metric} {best.value:.4f}"
+    if record.error is not None:
+        out(f"{cv}, no test score: {record.error}")
+        return
+    summary = summarize_scores(record.scores)
+    spread = f" +- {summary.ci95:.4f} (95% CI over {summary.n} seeds)" if summary.n > 1 else " (1 seed)"
+    out(f"{cv}, test {summary.mean:.4f}{spread}")
 
 
 def worker_main(config: StudyConfig, index: int) -> None:
