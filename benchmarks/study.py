@@ -136,6 +136,49 @@ def sharing_cost(repeats: int) -> list[dict]:
     return rows
 
 
+def batch_gain(repeats: int, size: int = 8) -> list[dict]:
+    """``size`` trials of one program shape (FA MLP 784-W-W-10, batch 64, 3 folds x 5 epochs, different learning
+    rates): trained one after another as lone trials, and as one group (``--trial-batch``), for each way of
+    mapping the runs (vmap, sequential); compile excluded, fastest of the repeats, interleaved."""
+    import numpy as np
+
+    from models.train import Member, train_group
+
+    dataset = load_dataset("mnist-5k")
+    folds = make_folds(dataset, 3, 0)
+    data = FoldData(jnp.asarray(dataset.x_train), jnp.asarray(dataset.y_train), folds.train_idx,
+                    jnp.asarray(folds.val_idx), jnp.asarray(folds.val_mask))
+
+    def member(config, seed):
+        *runs, order = np.random.SeedSequence(seed).spawn(4)
+        rng = np.random.default_rng(order)
+        return Member(config, runs, [rng] * 3)
+
+    rows = []
+    for width in (64, 256):
+        configs = [TrainConfig(rule="fa", hidden=(width, width), learning_rate=1e-3 * (1 + i), epochs=5,
+                               activation_choices=("relu", "tanh"), optimizer_choices=("adam", "sgd"))
+                   for i in range(size)]
+        for strategy in ("vmap", "sequential"):
+            train_group([member(configs[0], 0)], data, 10, strategy)  # compile both programs
+            train_group([member(c, i) for i, c in enumerate(configs)], data, 10, strategy)
+            lone, grouped = [], []
+            for _ in range(max(2, repeats)):
+                start = time.perf_counter()
+                for i, c in enumerate(configs):
+                    train_group([member(c, i)], data, 10, strategy)
+                lone.append(time.perf_counter() - start)
+                start = time.perf_counter()
+                train_group([member(c, i) for i, c in enumerate(configs)], data, 10, strategy)
+                grouped.append(time.perf_counter() - start)
+            row = {"width": width, "strategy": strategy, "lone": min(lone), "grouped": min(grouped), "load": load()}
+            row["gain"] = row["lone"] / row["grouped"]
+            rows.append(row)
+            print(f"width {width} {strategy}: {size} lone {row['lone']:.2f}s, one group {row['grouped']:.2f}s "
+                  f"(x{row['gain']:.2f})", flush=True)
+    return rows
+
+
 def scaling(repeats: int) -> list[dict]:
     dataset = load_dataset("mnist-5k")
     rows = []
@@ -170,12 +213,14 @@ def main(argv: list[str] | None = None) -> int:
     small, trials, repeats = (5, 10, 1) if args.quick else (20, args.trials, args.repeats)
     rows, warmup = studies(small, trials, args.batch)
     sharing = sharing_cost(repeats)
+    batches = batch_gain(repeats, args.batch)
     scale = [] if args.quick else scaling(repeats)
-    write(rows, warmup, sharing, scale, Path(args.output))
+    write(rows, warmup, sharing, batches, args.batch, scale, Path(args.output))
     return 0
 
 
-def write(rows: list[dict], warmup: dict, sharing: list[dict], scale: list[dict], path: Path) -> None:
+def write(rows: list[dict], warmup: dict, sharing: list[dict], batches: list[dict], size: int, scale: list[dict],
+          path: Path) -> None:
     lines = [
         "# Study benchmark",
         "",
@@ -211,6 +256,20 @@ def write(rows: list[dict], warmup: dict, sharing: list[dict], scale: list[dict]
     ]
     for r in sharing:
         lines.append(f"| {r['case']} | {r['dedicated']:.3f} | {r['shared']:.3f} | {r['ratio']:.3f} | {r['load']} |")
+    lines += [
+        "",
+        "## Trial batches: one program for several trials",
+        "",
+        f"{size} trials of one program shape (FA MLP 784-W-W-10, batch 64, 3 folds x 5 epochs, learning rates "
+        f"1e-3..{size}e-3), trained one after another as lone trials and as one group (`--trial-batch {size}`), "
+        "each way of mapping the runs; compile excluded, fastest of the repeats, interleaved.",
+        "",
+        "| width | runs mapped by | lone trials s | one group s | trials/h gained | load |",
+        "|---:|---|---:|---:|---:|---|",
+    ]
+    for r in batches:
+        lines.append(f"| {r['width']} | {r['strategy']} | {r['lone']:.2f} | {r['grouped']:.2f} | x{r['gain']:.2f} | "
+                     f"{r['load']} |")
     if scale:
         lines += [
             "",
