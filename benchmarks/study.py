@@ -1,19 +1,17 @@
-"""Whole-study timings, compile share, peak memory, and how trial cost scales with data and width.
+"""Where a whole study's time goes: training, compiling, everything else; trial batches; the price of sharing
+programs; peak memory; and how trial cost scales with data and width.
 
-    python -m benchmarks.study            # full run (three 50-trial studies; about 15-25 minutes on 2 cores)
-    python -m benchmarks.study --trials 10   # smaller
+    python -m benchmarks.study              # full run (about 15-25 minutes on 2 cores)
+    python -m benchmarks.study --quick      # 10-trial studies and fewer repeats, to check it works
 
-Runs ``python -m hpo.run --algo fa --trials N`` on mnist-5k as a subprocess (a fresh process, as a user runs it):
-
-1. default (median) pruner with a cold (empty) persistent compilation cache;
-2. the same study again under a new name with the cache warm: the same seed makes TPE propose the same
-   trials, so this measures what the persistent cache saves;
-3. ``--pruner none`` with a cold cache.
-
-For each: wall time, trials per hour, total compile time (sum of the per-trial ``compile_seconds`` user
-attributes) as a share of the wall time, and the peak resident memory of the process. Then trial time (compile
-excluded, median of repeats) against the number of training examples (1k, 2k, 4k) and the width.
-Appends its tables to ``results/benchmarks.md`` below the objective benchmark's table.
+Each study row is a fresh ``python -m hpo.run --algo fa --trials N`` process on mnist-5k (as a user runs it) with
+its own empty program store (``--cache-dir``), except ``warm``, which first fills a store with
+``python -m hpo.warmup`` (its time is its own row) and then runs the study on it. Shares are of the process's
+wall time: ``train`` and ``compile`` are the sums of the trials' ``train_seconds`` and ``compile_seconds``
+user attributes (every finished trial records them, pruned ones too), ``overhead`` the sum of their
+``overhead_seconds`` (sampling, initialisation, transfers, storage writes), and ``outside`` the rest of the
+process (start-up, data, the test-score retraining, reports). ``programs`` counts the compiled programs the
+study stored. Writes its tables to ``results/study_benchmarks.md``.
 """
 
 from __future__ import annotations
@@ -31,38 +29,154 @@ from pathlib import Path
 import jax.numpy as jnp
 import optuna
 
-from benchmarks.objective import machine
 from hpo.data import load_dataset, make_folds
+from hpo.storage import open_storage
+from models.networks import ConvLayer
 from models.rule_training import TrainConfig
 from models.train import FoldData, cross_validate
 
-MARKER = "<!-- study benchmarks below -->"
+ROOT = Path(__file__).resolve().parent.parent
 
 
-def run_study(workdir: Path, name: str, trials: int, pruner: str, cache: Path) -> dict:
-    storage = workdir / "bench.journal"
-    command = [sys.executable, "-m", "hpo.run", "--algo", "fa", "--trials", str(trials), "--pruner", pruner,
-               "--storage", str(storage), "--study-name", name, "--results-dir", str(workdir / "results"),
-               "--cache-dir", str(cache)]
-    start = time.perf_counter()
+def machine() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), "unknown CPU")
+    avx512 = "avx512f" in Path("/proc/cpuinfo").read_text()
+    import jax
+
+    return (f"{cpu} ({'with' if avx512 else 'without'} AVX-512), {os.cpu_count()} cores visible, JAX {jax.__version__} "
+            f"on {jax.default_backend()}")
+
+
+def load() -> str:
+    return "/".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def run_process(args: list[str]) -> tuple[float, float]:
+    """Run ``python -m ...args`` from the repository root; (wall seconds, peak resident MB of the child)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    completed = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
     wall = time.perf_counter() - start
-    if completed.returncode != 0:
-        raise RuntimeError(completed.stderr)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} failed:\n{done.stderr[-3000:]}")
     peak_kb = max(before, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
-    study = optuna.load_study(study_name=name, storage=optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(storage))))
-    trials_ = study.get_trials(deepcopy=False)
-    compile_total = sum(t.user_attrs.get("compile_seconds", 0.0) for t in trials_)
-    states = [t.state.name for t in trials_]
-    return {
-        "name": name, "pruner": pruner, "wall": wall, "trials": len(trials_),
-        "complete": states.count("COMPLETE"), "pruned": states.count("PRUNED"),
-        "compile": compile_total, "compile_share": compile_total / wall,
-        "trials_per_hour": len(trials_) / wall * 3600, "peak_mb": peak_kb / 1024,
-        "best": study.best_value,
+    return wall, peak_kb / 1024
+
+
+def study_row(work: Path, label: str, trials: int, cache: Path, extra: list[str]) -> dict:
+    storage = work / f"{label}.journal"
+    name = f"bench-{label}"
+    wall, peak = run_process(["hpo.run", "--algo", "fa", "--trials", str(trials), "--storage", str(storage),
+                              "--study-name", name, "--results-dir", str(work / f"results-{label}"),
+                              "--cache-dir", str(cache), *extra])
+    study = optuna.load_study(study_name=name, storage=open_storage(str(storage)))
+    done = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished() and "wall_seconds" in t.user_attrs]
+    total = {key: sum(t.user_attrs.get(key, 0.0) for t in done)
+             for key in ("train_seconds", "compile_seconds", "overhead_seconds", "wall_seconds")}
+    states = [t.state.name for t in done]
+    row = {
+        "label": label, "options": " ".join(extra) or "defaults", "trials": len(done), "wall": wall,
+        "trials_per_hour": len(done) / wall * 3600, "train": total["train_seconds"] / wall,
+        "compile": total["compile_seconds"] / wall, "overhead": total["overhead_seconds"] / wall,
+        "outside": (wall - total["wall_seconds"]) / wall, "complete": states.count("COMPLETE"),
+        "pruned": states.count("PRUNED"), "programs": len(list((cache / "programs").glob("*.programs"))),
+        "peak_mb": peak, "best": study.best_value, "load": load(),
     }
+    print(f"{label}: {wall:.1f}s, train {row['train']:.0%}, compile {row['compile']:.0%}, overhead "
+          f"{row['overhead']:.0%}, outside {row['outside']:.0%}, {row['programs']} programs, peak {peak:.0f} MB",
+          flush=True)
+    return row
+
+
+def studies(trials_small: int, trials: int, batch: int) -> tuple[list[dict], dict]:
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        rows.append(study_row(work, f"cold-{trials_small}", trials_small, work / "store-a", []))
+        rows.append(study_row(work, f"cold-{trials}", trials, work / "store-b", []))
+        rows.append(study_row(work, f"cold-{trials}-batch{batch}", trials, work / "store-c",
+                              ["--trial-batch", str(batch)]))
+        warm_store = work / "store-d"
+        warmup_wall, _ = run_process(["hpo.warmup", "--algo", "fa", "--cache-dir", str(warm_store)])
+        warmup = {"wall": warmup_wall, "programs": len(list((warm_store / "programs").glob("*.programs")))}
+        print(f"warmup: {warmup_wall:.1f}s for {warmup['programs']} programs", flush=True)
+        rows.append(study_row(work, f"warm-{trials}", trials, warm_store, []))
+    return rows, warmup
+
+
+def sharing_cost(repeats: int) -> list[dict]:
+    """Seconds of a cross-validation (compile excluded) with one program per activation and optimiser, and with
+    one program serving relu/tanh x adam/sgd (the MLP space's choice), side by side, interleaved."""
+    dataset = load_dataset("mnist-5k")
+    folds = make_folds(dataset, 3, 0)
+    data = FoldData(jnp.asarray(dataset.x_train), jnp.asarray(dataset.y_train), folds.train_idx,
+                    jnp.asarray(folds.val_idx), jnp.asarray(folds.val_mask))
+    cases = {"MLP 784-64-64-10": dict(hidden=(64, 64), epochs=3), "MLP 784-256-256-10": dict(hidden=(256, 256), epochs=3),
+             "CNN conv16k5-pool, conv32k5-pool, 128": dict(
+                 hidden=(128,), epochs=1, conv=(ConvLayer(16, 5, 1, "SAME", "max"), ConvLayer(32, 5, 1, "SAME", "max")))}
+    shared = dict(activation_choices=("relu", "tanh"), optimizer_choices=("adam", "sgd"))
+    rows = []
+    for name, case in cases.items():
+        configs = {"dedicated": TrainConfig(rule="fa", learning_rate=1e-3, **case),
+                   "shared": TrainConfig(rule="fa", learning_rate=1e-3, **case, **shared)}
+        for config in configs.values():
+            cross_validate(config, data, 10, 0)  # compile
+        times = {k: [] for k in configs}
+        for _ in range(repeats):
+            for k, config in configs.items():
+                start = time.perf_counter()
+                cross_validate(config, data, 10, 0)
+                times[k].append(time.perf_counter() - start)
+        medians = {k: statistics.median(v) for k, v in times.items()}
+        rows.append({"case": name, **medians, "ratio": medians["shared"] / medians["dedicated"], "load": load()})
+        print(f"{name}: dedicated {medians['dedicated']:.3f}s, shared {medians['shared']:.3f}s "
+              f"(x{rows[-1]['ratio']:.3f})", flush=True)
+    return rows
+
+
+def batch_gain(repeats: int, size: int = 8) -> list[dict]:
+    """``size`` trials of one program shape (FA MLP 784-W-W-10, batch 64, 3 folds x 5 epochs, different learning
+    rates): trained one after another as lone trials, and as one group (``--trial-batch``), for each way of
+    mapping the runs (vmap, sequential); compile excluded, fastest of the repeats, interleaved."""
+    import numpy as np
+
+    from models.train import Member, train_group
+
+    dataset = load_dataset("mnist-5k")
+    folds = make_folds(dataset, 3, 0)
+    data = FoldData(jnp.asarray(dataset.x_train), jnp.asarray(dataset.y_train), folds.train_idx,
+                    jnp.asarray(folds.val_idx), jnp.asarray(folds.val_mask))
+
+    def member(config, seed):
+        *runs, order = np.random.SeedSequence(seed).spawn(4)
+        rng = np.random.default_rng(order)
+        return Member(config, runs, [rng] * 3)
+
+    rows = []
+    for width in (64, 256):
+        configs = [TrainConfig(rule="fa", hidden=(width, width), learning_rate=1e-3 * (1 + i), epochs=5,
+                               activation_choices=("relu", "tanh"), optimizer_choices=("adam", "sgd"))
+                   for i in range(size)]
+        for strategy in ("vmap", "sequential"):
+            train_group([member(configs[0], 0)], data, 10, strategy)  # compile both programs
+            train_group([member(c, i) for i, c in enumerate(configs)], data, 10, strategy)
+            lone, grouped = [], []
+            for _ in range(max(2, repeats)):
+                start = time.perf_counter()
+                for i, c in enumerate(configs):
+                    train_group([member(c, i)], data, 10, strategy)
+                lone.append(time.perf_counter() - start)
+                start = time.perf_counter()
+                train_group([member(c, i) for i, c in enumerate(configs)], data, 10, strategy)
+                grouped.append(time.perf_counter() - start)
+            row = {"width": width, "strategy": strategy, "lone": min(lone), "grouped": min(grouped), "load": load()}
+            row["gain"] = row["lone"] / row["grouped"]
+            rows.append(row)
+            print(f"width {width} {strategy}: {size} lone {row['lone']:.2f}s, one group {row['grouped']:.2f}s "
+                  f"(x{row['gain']:.2f})", flush=True)
+    return rows
 
 
 def scaling(repeats: int) -> list[dict]:
@@ -90,61 +204,88 @@ def scaling(repeats: int) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="10-trial studies, one repeat: check the script works")
     parser.add_argument("--trials", type=int, default=50)
+    parser.add_argument("--batch", type=int, default=8, help="--trial-batch of the batched row")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--output", default="results/benchmarks.md")
+    parser.add_argument("--output", default="results/study_benchmarks.md")
     args = parser.parse_args(argv)
-
-    studies = []
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        cold, cold_none = work / "cache-a", work / "cache-b"
-        for name, pruner, cache in [("median-cold", "median", cold), ("median-warm", "median", cold),
-                                    ("none-cold", "none", cold_none)]:
-            row = run_study(work, name, args.trials, pruner, cache)
-            studies.append(row)
-            print(f"{name}: {row['wall']:.1f}s wall, {row['trials_per_hour']:.0f} trials/h, compile "
-                  f"{row['compile']:.1f}s ({row['compile_share']:.1%}), peak {row['peak_mb']:.0f} MB")
-    scale = scaling(args.repeats)
-    write(studies, scale, args.trials, Path(args.output))
+    small, trials, repeats = (5, 10, 1) if args.quick else (20, args.trials, args.repeats)
+    rows, warmup = studies(small, trials, args.batch)
+    sharing = sharing_cost(repeats)
+    batches = batch_gain(repeats, args.batch)
+    scale = [] if args.quick else scaling(repeats)
+    write(rows, warmup, sharing, batches, args.batch, scale, Path(args.output))
     return 0
 
 
-def write(studies, scale, trials, path: Path) -> None:
+def write(rows: list[dict], warmup: dict, sharing: list[dict], batches: list[dict], size: int, scale: list[dict],
+          path: Path) -> None:
     lines = [
-        MARKER,
+        "# Study benchmark",
         "",
-        f"## Whole study: `python -m hpo.run --algo fa --trials {trials}` on mnist-5k",
+        f"Machine: {machine()}. Written by `python -m benchmarks.study`; load average (1/5/15 min) in each row.",
         "",
-        f"Machine: {machine()}. Each row is a fresh `python -m hpo.run` process; `warm` reruns the same seeded "
-        "study (TPE proposes the same trials) with the persistent compilation cache filled by the `cold` run. "
-        "Compile is the sum of the per-trial `compile_seconds` user attributes (tracing + XLA compilation, "
-        "or loading from the persistent cache). Peak memory is the process's maximum resident set size.",
+        "## Where a study's time goes: `python -m hpo.run --algo fa` on mnist-5k",
         "",
-        "| run | pruner | wall s | trials/h | complete | pruned | compile s | compile share | peak MB | best CV acc |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "Each row is a fresh process with an empty program store (`warm`: a store filled by `python -m hpo.warmup`, "
+        f"which took {warmup['wall']:.0f} s for {warmup['programs']} programs). Shares are of the process's wall "
+        "time; `outside` is what no trial accounts for (start-up, data, the test-score retraining, reports).",
+        "",
+        "| run | options | trials | wall s | trials/h | train | compile | overhead | outside | programs | "
+        "complete / pruned | peak MB | best CV | load |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---|",
     ]
-    for r in studies:
-        lines.append(f"| {r['name']} | {r['pruner']} | {r['wall']:.1f} | {r['trials_per_hour']:.0f} | {r['complete']} | "
-                     f"{r['pruned']} | {r['compile']:.1f} | {r['compile_share']:.1%} | {r['peak_mb']:.0f} | "
-                     f"{r['best']:.4f} |")
+    for r in rows:
+        lines.append(
+            f"| {r['label']} | `{r['options']}` | {r['trials']} | {r['wall']:.1f} | {r['trials_per_hour']:.0f} | "
+            f"{r['train']:.0%} | {r['compile']:.0%} | {r['overhead']:.0%} | {r['outside']:.0%} | {r['programs']} | "
+            f"{r['complete']} / {r['pruned']} | {r['peak_mb']:.0f} | {r['best']:.4f} | {r['load']} |"
+        )
     lines += [
         "",
-        "## Scaling with work",
+        "## The price of sharing programs",
         "",
-        "FA MLP, 2 hidden layers, batch 64, Adam, 3 folds, 10 epochs, first n examples of the mnist-5k training "
-        "split; median seconds of a whole cross-validation (compile excluded) and microseconds per training "
-        "example processed (n_train per fold x folds x epochs).",
+        "Seconds of one cross-validation (3 folds, FA, batch 64, Adam, compile excluded; medians, interleaved) "
+        "with a program dedicated to one activation and optimiser, and with one program serving relu/tanh x "
+        "adam/sgd, which computes the candidates the trial does not use. The MLP space shares programs, the CNN "
+        "space does not.",
         "",
-        "| n | width | seconds | us / example |",
-        "|---:|---:|---:|---:|",
+        "| network | dedicated s | shared s | shared / dedicated | load |",
+        "|---|---:|---:|---:|---|",
     ]
-    for r in scale:
-        lines.append(f"| {r['n']} | {r['width']} | {r['seconds']:.3f} | {r['us_per_example']:.2f} |")
-    existing = path.read_text() if path.exists() else ""
-    head = existing[: existing.index(MARKER)] if MARKER in existing else existing
+    for r in sharing:
+        lines.append(f"| {r['case']} | {r['dedicated']:.3f} | {r['shared']:.3f} | {r['ratio']:.3f} | {r['load']} |")
+    lines += [
+        "",
+        "## Trial batches: one program for several trials",
+        "",
+        f"{size} trials of one program shape (FA MLP 784-W-W-10, batch 64, 3 folds x 5 epochs, learning rates "
+        f"1e-3..{size}e-3), trained one after another as lone trials and as one group (`--trial-batch {size}`), "
+        "each way of mapping the runs; compile excluded, fastest of the repeats, interleaved.",
+        "",
+        "| width | runs mapped by | lone trials s | one group s | trials/h gained | load |",
+        "|---:|---|---:|---:|---:|---|",
+    ]
+    for r in batches:
+        lines.append(f"| {r['width']} | {r['strategy']} | {r['lone']:.2f} | {r['grouped']:.2f} | x{r['gain']:.2f} | "
+                     f"{r['load']} |")
+    if scale:
+        lines += [
+            "",
+            "## Scaling with work",
+            "",
+            "FA MLP, 2 hidden layers, batch 64, Adam, 3 folds, 10 epochs, first n examples of the mnist-5k training "
+            "split; median seconds of a whole cross-validation (compile excluded) and microseconds per training "
+            "example processed (n_train per fold x folds x epochs).",
+            "",
+            "| n | width | seconds | us / example |",
+            "|---:|---:|---:|---:|",
+        ]
+        for r in scale:
+            lines.append(f"| {r['n']} | {r['width']} | {r['seconds']:.3f} | {r['us_per_example']:.2f} |")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(head + "\n".join(lines) + "\n")
+    path.write_text("\n".join(lines) + "\n")
     print(f"wrote {path}")
 
 

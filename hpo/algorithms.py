@@ -10,6 +10,7 @@ from typing import Any
 
 from hpo.dataset import Dataset
 from hpo.errors import UsageError
+from hpo.parameters import EffectiveSpace, contains
 from hpo.space import CNN_SPACE, MLP_SPACE, SD_PAPER_START, SD_SPACE, Space, StudySettings
 from models.rules import RULES
 
@@ -47,6 +48,30 @@ def get_algorithm(name: str) -> Algorithm:
 def study_space(study: StudySettings) -> Space:
     """The search space of a study's algorithm and model."""
     return get_algorithm(study.algo).space(study.model)
+
+
+def study_effective_space(study: StudySettings) -> EffectiveSpace:
+    """The parameters the study asks, with its ``[space]`` overrides applied (UsageError for a bad override)."""
+    return study_space(study).effective(study)
+
+
+def starting_points(study: StudySettings) -> list[dict[str, Any]]:
+    """The algorithm's known-good configurations as this study's space can ask them.
+
+    A value the study fixes is left out (it is not a trial parameter), and so is one outside a range or choice
+    set the study narrowed (the sampler proposes that parameter instead); a point with nothing left is dropped.
+    """
+    space = study_effective_space(study)
+    points = []
+    for point in get_algorithm(study.algo).starting_points:
+        kept = {}
+        for name, value in point.items():
+            parameter = space.parameter_of(name)
+            if parameter is not None and contains(space.distributions[parameter.name], value):
+                kept[name] = value
+        if kept:
+            points.append(kept)
+    return points
 
 
 def check_dataset(study: StudySettings, dataset: Dataset) -> None:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import itertools
 import tomllib
-from dataclasses import dataclass, fields
+import unicodedata
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from hpo.algorithms import ALGORITHMS, MODELS, get_algorithm
+from hpo.algorithms import ALGORITHMS, MODELS, get_algorithm, study_effective_space
 from hpo.data import DATASETS
 from hpo.errors import UsageError
+from hpo.space_config import SpaceLayer, apply_spaces, parse_space
 from models.train import FOLD_STRATEGIES
 
 SAMPLERS = ("tpe", "random", "gp", "cmaes")
@@ -40,10 +42,25 @@ class StudyConfig:
     diagnostics: bool = True  # alignment with backprop, W-B angles, weight change at each evaluation point
     cache_dir: str | None = None  # JAX persistent compilation cache (default: ~/.cache/bioplausible-hpo/jax)
     workers: int = 1  # local worker processes (spawn start method) that run this study together
+    trial_batch: int = 1  # trials a worker asks at once; those sharing programs train as one compiled program
+    compile_ahead: bool | None = None  # compile the space's programs in the background (None: where a core is free)
     data_dir: str | None = None  # files of mnist/fashion-mnist/cifar10 (default: hpo.vision.default_data_dir)
     tracker: str = "none"  # also log every trial to an experiment tracker (hpo.trackers: mlflow, wandb)
+    # search-space overrides of this study, parameter -> value, [choices] or {low, high, log} (hpo.space_config)
+    space: dict[str, Any] = field(default_factory=dict)
+    test_seeds: int = 5  # seeds the best configuration is retrained with and test-scored (hpo.heldout)
 
     def __post_init__(self) -> None:
+        # Types first: a TOML grid can hold any value (study_name = 7, results_dir = ["a"]), and nothing below
+        # may fail on one with a traceback or create a file for it.
+        for flag, value in (("--algo", self.algo), ("--dataset", self.dataset), ("--model", self.model),
+                            ("--storage", self.storage), ("--sampler", self.sampler), ("--pruner", self.pruner),
+                            ("--fold-strategy", self.fold_strategy), ("--tracker", self.tracker)):
+            _text(flag, value)
+        for flag, value in (("--study-name", self.study_name), ("--cache-dir", self.cache_dir),
+                            ("--data-dir", self.data_dir), ("--results-dir", self.results_dir)):
+            if value is not None:
+                _text(flag, value)
         _choice("--algo", self.algo, tuple(ALGORITHMS))
         _choice("--dataset", self.dataset, list(DATASETS))
         _choice("--model", self.model, MODELS)
@@ -58,15 +75,51 @@ class StudyConfig:
         _at_least("--evals-per-epoch", self.evals_per_epoch, 1)
         if not isinstance(self.diagnostics, bool):
             raise UsageError(f"diagnostics must be true or false, got {self.diagnostics!r}")
+        if self.compile_ahead is not None and not isinstance(self.compile_ahead, bool):
+            raise UsageError(f"compile_ahead must be true or false, got {self.compile_ahead!r}")
         _at_least("--workers", self.workers, 1)
-        if self.study_name is not None and not self.study_name.strip():
-            raise UsageError("--study-name must not be empty")
-        if self.data_dir is not None and not str(self.data_dir).strip():
-            raise UsageError("--data-dir must not be empty")
+        _at_least("--trial-batch", self.trial_batch, 1)
+        _at_least("--test-seeds", self.test_seeds, 1)
+        _at_least("--seed", self.seed, 0)
+        if self.study_name is not None:
+            check_study_name(self.study_name)
+        for flag, value in (("--storage", self.storage), ("--results-dir", self.results_dir),
+                            ("--data-dir", self.data_dir), ("--cache-dir", self.cache_dir)):
+            if value is not None and not value.strip():
+                raise UsageError(f"{flag} must not be empty")
+        if not isinstance(self.space, dict):
+            raise UsageError(f"space must be a table of parameter overrides, got {self.space!r}")
+        study_effective_space(self)  # every override names a parameter of this study and is well formed
 
     @property
     def name(self) -> str:
         return self.study_name or f"{self.dataset}-{self.model}-{self.algo}"
+
+
+MAX_STUDY_NAME = 200  # characters; Optuna's database column holds 512, a results folder name 255 bytes
+
+
+def check_study_name(name: str) -> None:
+    """A study name must be one plain name: it is shown in every line and names a results folder.
+
+    No path separators, no ``..``, no control characters (a name is never used as a path anyway, see
+    ``hpo.files.study_folder``; these are refused so that what the user typed and what is stored agree).
+    """
+    if not name.strip():
+        raise UsageError("--study-name must not be empty")
+    bad = sorted({c for c in name if c in "/\\" or unicodedata.category(c).startswith("C")})
+    if bad:
+        shown = ", ".join(repr(c) for c in bad)
+        raise UsageError(f"--study-name must not contain path separators or control characters ({shown}), got {name!r}")
+    if ".." in name:
+        raise UsageError(f"--study-name must not contain '..', got {name!r}")
+    if len(name) > MAX_STUDY_NAME:
+        raise UsageError(f"--study-name must be at most {MAX_STUDY_NAME} characters, got {len(name)}")
+
+
+def _text(flag: str, value: Any) -> None:
+    if not isinstance(value, str):
+        raise UsageError(f"{flag} must be a string, got {value!r} ({type(value).__name__})")
 
 
 def _choice(flag: str, value: Any, allowed: list[str] | tuple[str, ...]) -> None:
@@ -83,7 +136,9 @@ STUDY_KEYS = {f.name for f in fields(StudyConfig)}
 GRID_AXES = {"algos": "algo", "datasets": "dataset", "models": "model"}
 
 
-def load_grid(path: str | Path, overrides: dict[str, Any] | None = None) -> list[StudyConfig]:
+def load_grid(
+    path: str | Path, overrides: dict[str, Any] | None = None, space_layers: list[SpaceLayer] | None = None
+) -> list[StudyConfig]:
     """Read a study grid from TOML: top-level defaults plus ``[[grid]]`` tables of axes to cross.
 
     Example::
@@ -96,27 +151,38 @@ def load_grid(path: str | Path, overrides: dict[str, Any] | None = None) -> list
 
     Every key must be a ``StudyConfig`` field (or, inside ``[[grid]]``, one of the plural axes
     ``algos``/``datasets``/``models``); anything else is an error naming the key. ``overrides`` (from the
-    command line) win over the file.
+    command line) win over the file. ``[space]`` tables (top level and inside any ``[[grid]]``) and
+    ``space_layers`` (``--space`` files) set each study's search-space overrides (``hpo.space_config``).
     """
     path = Path(path)
     try:
-        document = tomllib.loads(path.read_text())
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as error:
         raise UsageError(f"cannot read config file {str(path)!r}: {error.strerror or error}") from None
+    except UnicodeDecodeError as error:
+        raise UsageError(
+            f"config file {str(path)!r} is not UTF-8 text (byte {error.object[error.start]:#04x} at offset "
+            f"{error.start}); TOML files must be UTF-8"
+        ) from None
     except tomllib.TOMLDecodeError as error:
         raise UsageError(f"config file {str(path)!r} is not valid TOML: {error}") from None
 
     grids = document.pop("grid", None)
+    top_space = parse_space(document.pop("space", {}), str(path))
     defaults = _check_keys(document, STUDY_KEYS, f"{path}")
     if not isinstance(grids, list) or not grids:
         raise UsageError(f"config file {str(path)!r} needs at least one [[grid]] table")
-    configs: list[StudyConfig] = []
+    placed: list[tuple[StudyConfig, list[SpaceLayer]]] = []
     for i, grid in enumerate(grids):
+        if not isinstance(grid, dict):
+            raise UsageError(f"grid #{i + 1} in {str(path)!r} must be a [[grid]] table, got {grid!r}")
         grid = _check_keys(grid, STUDY_KEYS | set(GRID_AXES), f"{path} [[grid]] #{i + 1}")
+        layers = [top_space, parse_space(grid.pop("space", {}), f"{path} [[grid]] #{i + 1}"), *(space_layers or [])]
         axes = {GRID_AXES[k]: _as_list(grid.pop(k), k, path) for k in list(grid) if k in GRID_AXES}
         for combo in itertools.product(*axes.values()):
             values = {**defaults, **grid, **dict(zip(axes, combo)), **(overrides or {})}
-            configs.append(StudyConfig(**values))
+            placed.append((StudyConfig(**values), layers))
+    configs = apply_spaces(placed)
     names = [c.name for c in configs]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:

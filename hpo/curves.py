@@ -31,8 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from hpo.files import atomic_path, pyplot
-from hpo.results import study_dir
+from hpo.files import atomic_path, pyplot, study_folder
 
 LEARNING = ("train_loss", "train_score", "val_loss", "val_score")
 SIGNIFICANT = 4  # digits kept in storage: angles to 0.01 degree, losses to 0.1 %
@@ -292,7 +291,7 @@ def write_curve_plots(studies: list, results: Path) -> None:
         if "curves" not in best.user_attrs or "series" not in best.user_attrs["curves"]:
             continue
         epochs, series = decode_curves(best.user_attrs["curves"])
-        directory = study_dir(results, study.study_name)
+        directory = study_folder(results, study.study_name)
         title = f"{study.study_name} #{best.number}"
         learning_curves_png(title, epochs, series, directory / "curves.png", study.user_attrs.get("metric"))
         alignment_png(title, epochs, series, directory / "alignment.png")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import ipaddress
 import sys
 from pathlib import Path
 from socketserver import ThreadingMixIn
@@ -74,6 +75,27 @@ def make_dashboard(storage_url: str, host: str = DEFAULT_HOST, port: int = DEFAU
         raise UsageError(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
 
 
+def is_loopback(host: str) -> bool:
+    """True if only this machine can connect to ``host`` (127.0.0.0/8, ::1, localhost)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name or an interface address: reachable from elsewhere
+
+
+def exposure_warning(host: str, port: int) -> str | None:
+    """The one-line warning for a dashboard that listens beyond this machine, or None on loopback."""
+    if is_loopback(host):
+        return None
+    return (
+        f"warning: --host {host} publishes the study storage to the network without authentication: anyone who "
+        f"can reach port {port} can read, change and delete every study; prefer the default 127.0.0.1 and an SSH "
+        f"tunnel (ssh -L {port}:127.0.0.1:{port} THIS-HOST)"
+    )
+
+
 def url_of(host: str, port: int) -> str:
     shown = f"[{host}]" if ":" in host else host
     return f"http://{shown}:{port}/dashboard"
@@ -93,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as error:
         print(f"error: {error}{missing_storage_hint(args.storage)}", file=sys.stderr)
         return 2
+    warning = exposure_warning(args.host, server.server_port)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     print(f"optuna-dashboard of {redact(args.storage)} on {url_of(args.host, server.server_port)}", flush=True)
     print("press Ctrl-C to stop", flush=True)
     try:

@@ -142,6 +142,22 @@ class Folds:
     val_mask: np.ndarray  # (k, v) bool: False on padding
 
 
+def check_folds(dataset: Dataset, k: int) -> None:
+    """``k``-fold cross-validation must be possible on the training split: every class in every fold (stratified
+    folds need at least ``k`` examples of each class), and for regression at least ``k`` examples."""
+    if dataset.task == "classification":
+        classes, counts = np.unique(dataset.y_train, return_counts=True)
+        fewest = int(counts.min())
+        if k > fewest:
+            rarest = classes[int(counts.argmin())]
+            raise UsageError(
+                f"--folds must be at most {fewest} for dataset {dataset.name!r} (its rarest class, {rarest}, has "
+                f"{fewest} training examples and stratified folds need one per fold), got {k}"
+            )
+    elif k > len(dataset.y_train):
+        raise UsageError(f"--folds must be at most {len(dataset.y_train)} for dataset {dataset.name!r}, got {k}")
+
+
 def make_folds(dataset: Dataset, k: int, seed: int) -> Folds:
     """Stratified (classification) or plain (regression) shuffled k-fold split of the training split.
 

@@ -1,5 +1,21 @@
-"""The one exception type that the command line turns into a single clear line and a non-zero exit."""
+"""The exceptions that the command line turns into a single clear line and a non-zero exit code."""
 
 
 class UsageError(Exception):
     """Bad input from the user: the message names the bad value and what is allowed."""
+
+
+class StorageError(Exception):
+    """The study storage failed while a study ran (database lost or frozen, disk full): exit code 3.
+
+    The message names the storage (password hidden) and says what happened; finished trials are stored and
+    the running trial is left as it was, for the recovery of ``hpo.workers``.
+    """
+
+
+class ReportedError(Exception):
+    """A failure already reported in one line (by a worker process): exit with ``exit_code``, print nothing more."""
+
+    def __init__(self, exit_code: int):
+        super().__init__(f"exit code {exit_code}")
+        self.exit_code = exit_code

@@ -7,11 +7,14 @@ reader (a browser, another worker, the notebook) would find it.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from contextvars import ContextVar
 from pathlib import Path
 from typing import IO
 
@@ -28,16 +31,86 @@ def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it over ``path``, on failure remove it.
 
     The caller creates the file at the yielded path (``open``, ``savefig``, ``to_csv``), so it gets the usual
-    permissions of the umask: a shared results folder or a web server can read it.
+    permissions of the umask: a shared results folder or a web server can read it. Inside ``written_together``
+    the rename waits for the end of that block.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temporary_name(path)
     try:
         yield tmp
-        os.replace(tmp, path)
+        batch = _BATCH.get()
+        if batch is None:
+            os.replace(tmp, path)
+        else:
+            batch.pending.append((tmp, path))
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+class _Batch:
+    """Files of one ``written_together`` block: written (temporary names), then published, or all rolled back."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[Path, Path]] = []  # (temporary file, its final path), not yet renamed
+        self.published: list[tuple[Path, Path | None]] = []  # (final path, backup of its previous version)
+
+    def publish(self) -> None:
+        """Rename every pending file into place, keeping the previous version of each until the block ends."""
+        while self.pending:
+            tmp, path = self.pending.pop(0)
+            backup = None
+            if path.exists():
+                backup = _temporary_name(path)
+                try:
+                    os.link(path, backup)  # the old version stays in place until the rename replaces it
+                except OSError:
+                    os.replace(path, backup)  # no hard links on this filesystem: a moment without the file
+            self.published.append((path, backup))
+            os.replace(tmp, path)
+
+    def roll_back(self) -> None:
+        """Remove the pending files and put the previous version of every published one back."""
+        for tmp, _ in self.pending:
+            tmp.unlink(missing_ok=True)
+        for path, backup in reversed(self.published):
+            if backup is None:
+                path.unlink(missing_ok=True)
+            else:
+                os.replace(backup, path)
+        self.pending, self.published = [], []
+
+    def discard_backups(self) -> None:
+        for _, backup in self.published:
+            if backup is not None:
+                backup.unlink(missing_ok=True)
+
+
+_BATCH: ContextVar[_Batch | None] = ContextVar("hpo_files_batch", default=None)
+
+
+@contextmanager
+def written_together() -> Iterator[Callable[[], None]]:
+    """Files written with ``atomic_path`` in the block replace their previous versions all together, or not at all.
+
+    A failure anywhere in the block (a full disk while writing the tenth chart) leaves every file as it was
+    before the block: a report set is never half old and half new. The block gets a function that publishes
+    what was written so far (to write a file that reads the others, such as an index page); a later failure
+    still rolls those back.
+    """
+    batch = _Batch()
+    token = _BATCH.set(batch)
+    try:
+        yield batch.publish
+        batch.publish()
+    except BaseException:
+        try:
+            batch.roll_back()
+        finally:
+            _BATCH.reset(token)
+        raise
+    _BATCH.reset(token)
+    batch.discard_backups()
 
 
 def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
@@ -52,15 +125,49 @@ def write_text(path: Path, text: str) -> None:
 
 
 def check_writable(directory: str | Path) -> Path:
-    """Fail early, before any training, if files cannot be written to ``directory`` (created if missing)."""
+    """Fail early, before any training, if files cannot be written to ``directory``.
+
+    Leaves nothing behind: the folders it creates to find out are removed again (writing a file creates them).
+    """
     path = Path(directory)
+    created: list[Path] = []
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        for folder in reversed([p for p in (path, *path.parents) if not p.exists()]):
+            folder.mkdir()
+            created.append(folder)
         with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
             pass
     except OSError as error:
         raise UsageError(f"results directory {str(path)!r} is not writable: {error.strerror or error}") from None
+    finally:
+        for folder in reversed(created):
+            with suppress(OSError):
+                folder.rmdir()
     return path
+
+
+# A study name used as it is for its results folder: one path component, no hidden file, no separator, short.
+# '+' is not allowed here and always precedes the hash of a mapped name, so no kept name equals a mapped one.
+_KEPT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+SLUG_CHARACTERS = 60  # of a mapped name, before its hash: folder names stay far below the 255-byte limit
+HASH_CHARACTERS = 12  # hex digits of the name's SHA-256 that make a mapped folder name unique
+
+
+def study_folder(results: str | Path, name: str) -> Path:
+    """The folder of study ``name``'s files under ``results``: always ``results/studies/<one component>``.
+
+    A study name comes from a storage that other people can write to, so it is never used as a path: a name
+    made of letters, digits, ``.``, ``_`` and ``-`` (starting with a letter or digit, at most 100 characters) is
+    kept as it is (``digits-mlp-fa``), and any other name (``../../etc``, ``/tmp/x``, a name of 300 bytes,
+    control characters) becomes a slug of its safe characters, ``+`` and a hash of the whole name
+    (``etc+74ccf3c5b4c1``), so two different names never share a folder.
+    """
+    if _KEPT_NAME.fullmatch(name):
+        folder = name
+    else:
+        slug = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._-")[:SLUG_CHARACTERS].rstrip("._-") or "study"
+        folder = f"{slug}+{hashlib.sha256(name.encode('utf-8', 'surrogatepass')).hexdigest()[:HASH_CHARACTERS]}"
+    return Path(results) / "studies" / folder
 
 
 def pyplot():

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Hashable, NamedTuple
+from typing import Callable, Hashable, NamedTuple
 
 import jax.numpy as jnp
 import numpy as np
@@ -14,6 +14,7 @@ from hpo.config import StudyConfig
 from hpo.curves import encode_curves, final_diagnostics
 from hpo.data import Dataset, Folds, make_folds
 from hpo.errors import UsageError
+from hpo.population import mark_startup, startup_length
 from models.train import (
     CVResult,
     DivergedError,
@@ -21,7 +22,6 @@ from models.train import (
     FoldData,
     Member,
     Timing,
-    fit_and_score,
     group_key,
     train_group,
 )
@@ -29,7 +29,7 @@ from models.train import (
 
 def check_evaluation_points(config: StudyConfig, dataset: Dataset, folds: Folds) -> None:
     """``--evals-per-epoch`` must not exceed the mini-batches of an epoch at the largest batch size the space proposes."""
-    largest = max(study_space(config).batch_sizes)
+    largest = study_space(config).largest_batch_size(config)
     fewest_batches = folds.train_idx.shape[1] // largest
     if config.evals_per_epoch > fewest_batches:
         raise UsageError(
@@ -66,25 +66,71 @@ class Objective:
             val_mask=jnp.asarray(folds.val_mask),
         )
         check_evaluation_points(config, dataset, folds)
+        self.startup = startup_length(config)
 
     def __call__(self, trial: optuna.Trial) -> float:
         """Run one trial: sample its configuration, cross-validate it, record what happened; its value."""
-        start = time.perf_counter()
-        timing = Timing()
-        try:
-            planned = self.plan(trial, timing)
-            (outcome,) = train_group(
-                [planned.member], self.data, self.dataset.out_features, self.config.fold_strategy,
-                self.config.evals_per_epoch, self.config.diagnostics,
+        (outcome,) = self.run_batch([trial])
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    def run_batch(
+        self, trials: list[optuna.Trial], on_outcome: Callable[[int, float | BaseException], None] | None = None
+    ) -> list[float | BaseException]:
+        """Run several trials at once: sample each one's configuration, train those that share programs as one
+        group (one compiled program vmapped over trials x folds), record each trial's results and timing.
+
+        Returns each trial's value, or the exception it ended with (``optuna.TrialPruned`` for a pruned or
+        diverged trial); ``on_outcome(i, outcome)`` hears of trial i as soon as its outcome is known (so a worker
+        can tell the storage before the next group trains). Each trial reports after every epoch and is pruned
+        on its own. A trial's seconds are its sampling plus an equal share of its group's compiling and training
+        (``Timing``), so a study's seconds add up however its trials were batched. Interrupts propagate.
+        """
+        outcomes: list[float | BaseException | None] = [None] * len(trials)
+        walls = [0.0] * len(trials)
+        timings = [Timing() for _ in trials]
+
+        def settle(i: int, outcome: float | BaseException) -> None:
+            outcomes[i] = outcome
+            record_timing(trials[i], walls[i], timings[i])
+            if on_outcome is not None:
+                on_outcome(i, outcome)
+
+        groups: dict[Hashable, list[tuple[int, PlannedTrial]]] = {}
+        for i, trial in enumerate(trials):
+            start = time.perf_counter()
+            try:
+                planned = self.plan(trial, timings[i])
+            except Exception as error:  # noqa: BLE001 -- this trial's outcome (e.g. a CNN that cannot fit: pruned)
+                walls[i] += time.perf_counter() - start
+                settle(i, error)
+                continue
+            walls[i] += time.perf_counter() - start
+            groups.setdefault(planned.key, []).append((i, planned))
+        for group in groups.values():
+            start = time.perf_counter()
+            results = train_group(
+                [planned.member for _, planned in group], self.data, self.dataset.out_features,
+                self.config.fold_strategy, self.config.evals_per_epoch, self.config.diagnostics,
             )
-            return self.finish(trial, outcome)
-        finally:
-            record_timing(trial, time.perf_counter() - start, timing)
+            finished = []
+            for (i, planned), result in zip(group, results):
+                try:
+                    finished.append((i, self.finish(planned.trial, result)))
+                except Exception as error:  # noqa: BLE001 -- pruned, diverged, or failed: the trial's outcome
+                    finished.append((i, error))
+            share = (time.perf_counter() - start) / len(group)
+            for i, outcome in finished:
+                walls[i] += share
+                settle(i, outcome)
+        return outcomes
 
     def plan(self, trial: optuna.Trial, timing: Timing) -> PlannedTrial:
         """Sample the trial's configuration and prepare its place in a training group (``models.train.Member``):
         its runs' seeds and the per-epoch report to the trial, which prunes it when the pruner says so."""
         started = time.perf_counter()
+        mark_startup(trial, self.startup)  # before sampling: the spread's population (hpo.population)
         config = suggest(trial, self.config, self.dataset)
 
         def on_epoch(epoch: int, metrics: EpochMetrics) -> None:
@@ -99,7 +145,9 @@ class Objective:
         n_runs = self.data.train_idx.shape[0]
         *run_seeds, order_seed = np.random.SeedSequence(trial_seed(self.config.seed, trial.number)).spawn(n_runs + 1)
         order_rng = np.random.default_rng(order_seed)  # as models.train.cross_validate: one generator for the folds
-        member = Member(config, run_seeds, [order_rng] * n_runs, on_epoch, timing)
+        # recorded before training too, so that a running trial shows it has compiled (dashboard, tests)
+        member = Member(config, run_seeds, [order_rng] * n_runs, on_epoch, timing,
+                        lambda seconds: trial.set_user_attr("compile_seconds", seconds))
         return PlannedTrial(trial, member, group_key(config, self.data, self.dataset.out_features))
 
     def finish(self, trial: optuna.Trial, outcome: CVResult | Exception) -> float:
@@ -133,14 +181,3 @@ def record_timing(trial: optuna.Trial, wall_seconds: float, timing: Timing) -> N
     trial.set_user_attr("compile_seconds", timing.compile_seconds)
     trial.set_user_attr("train_seconds", timing.train_seconds)
     trial.set_user_attr("overhead_seconds", max(0.0, wall_seconds - timing.compile_seconds - timing.train_seconds))
-
-
-def test_score(config: StudyConfig, dataset: Dataset, params: dict[str, Any], trial_number: int) -> float:
-    """Retrain the configuration ``params`` on the whole training split and score the test split.
-
-    Needs no folds: the trial's own seed and the fixed split are all it uses.
-    """
-    train_config = suggest(optuna.trial.FixedTrial(params), config, dataset)
-    seed = trial_seed(config.seed, trial_number)
-    d = dataset
-    return float(fit_and_score(train_config, d.x_train, d.y_train, d.x_test, d.y_test, d.out_features, seed).fold_scores[0])

@@ -5,26 +5,39 @@ from __future__ import annotations
 import optuna
 
 from hpo.config import StudyConfig
+from hpo.data import load_dataset
 from hpo.progress import long_trial_seconds
 from hpo.report import check_writable, print_summary, write_reports
 from hpo.results import results_dir_for
-from hpo.storage import open_storage
-from hpo.study import run_study
+from hpo.storage import check_storage
+from hpo.study import run_study, validate_study
 from hpo.trackers import check_tracker
 
 
 def run_all(configs: list[StudyConfig], out=print) -> None:
     """Run every study in sequence (each resumes where it stopped), then report each storage once, into its
-    own results folder (``hpo.results``) unless a config names one."""
+    own results folder (``hpo.results``) unless a config names one.
+
+    Every study of the grid is checked first (trackers, storages, results folders, and each study against its
+    dataset), so bad input anywhere is refused before any storage, study or file is created.
+    """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     for tracker in dict.fromkeys(c.tracker for c in configs):  # a missing extra: one line, nothing created
         check_tracker(tracker)
     long_trial_seconds()  # so is a bad $HPO_EPOCH_PROGRESS_SECONDS
     results = {c.name: results_dir_for(c.storage, c.results_dir) for c in configs}
-    for storage in dict.fromkeys(c.storage for c in configs):  # fail on a bad storage before writing anything
-        open_storage(storage)
+    for storage in dict.fromkeys(c.storage for c in configs):
+        check_storage(storage)
+    for results_dir in dict.fromkeys(results.values()):
+        check_writable(results_dir)
+    by_dataset: dict[tuple[str, str | None], list[StudyConfig]] = {}
     for config in configs:
-        check_writable(results[config.name])
+        by_dataset.setdefault((config.dataset, config.data_dir), []).append(config)
+    for (name, data_dir), group in by_dataset.items():  # one dataset in memory at a time
+        dataset = load_dataset(name, data_dir)
+        for config in group:
+            validate_study(config, dataset)
+        del dataset
     for config in configs:
         run_study(config, out)
     reported: set[tuple[str, str]] = set()

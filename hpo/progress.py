@@ -64,9 +64,11 @@ class StudyClock:
 
 
 def outcome(trial: FrozenTrial, metric: str) -> str:
-    """How ``trial`` ended, for its progress line: its score, and for a pruned trial why it was stopped."""
+    """How ``trial`` ended, for its progress line: its score, and why a pruned trial was stopped (a diverged
+    trial's last reported value, e.g. "mse 3.5e32", says nothing about why) or a surplus trial ended at once."""
     value = f"{metric} {trial.value:.4f}" if trial.value is not None else ""
-    reason = trial.user_attrs.get("pruned_reason") if trial.state == TrialState.PRUNED else None
+    why = {TrialState.PRUNED: "pruned_reason", TrialState.FAIL: "surplus"}.get(trial.state)
+    reason = trial.user_attrs.get(why) if why else None
     if reason and value:
         return f"{value} ({reason})"
     return reason or value

@@ -4,9 +4,10 @@
 
 Writes to the storage's own results folder (``results/<storage name>/``, see ``hpo.results``) ``summary.csv``,
 ``summary.md``, ``comparison.png`` (matplotlib), ``comparison.html`` (plotly, loading the folder's own copy of
-plotly.js: no network) and, per study, its optimisation history and parameter importances under
-``studies/<name>/``. Every file is written to a temporary name and renamed, so an interrupted report never
-leaves a half-written file.
+plotly.js: no network), ``efficiency/<dataset>-<model>.png`` and, per study, its optimisation history, parameter
+importances and search space (``space.md``) under ``studies/<name>/``. Every file is written to a temporary name
+and renamed, so an interrupted report never leaves a half-written file. What the columns mean:
+``hpo.comparison``.
 """
 
 from __future__ import annotations
@@ -19,28 +20,46 @@ import re
 import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
+from hpo.comparison import (
+    PREDATES_STARTUP_MARK,
+    PREDATES_TEST_SEEDS,
+    SIGNIFICANCE,
+    STARTUP_COLUMNS,
+    TEST_COLUMNS,
+    VS_BP_COLUMNS,
+    add_vs_bp,
+    best_params_tables,
+    efficiency_png,
+    heldout_columns,
+    markdown_table,
+    startup_columns,
+)
 from hpo.config import DEFAULT_STORAGE
 from hpo.curves import write_curve_plots
 from hpo.errors import UsageError
-from hpo.files import atomic_path, check_writable, pyplot, write_text
-from hpo.results import plotly_bundle, record_owner, results_dir_for, storage_identity, study_dir, write_html
+from hpo.files import atomic_path, check_writable, pyplot, study_folder, write_text, written_together
+from hpo.population import STARTUP_TRIALS
+from hpo.results import plotly_bundle, record_owner, results_dir_for, storage_identity, write_html
+from hpo.space_config import space_table
 from hpo.storage import open_storage, redact, study_names
 
 SUMMARY_COLUMNS = [
-    "study", "dataset", "model", "algo", "metric", "direction", "complete", "pruned", "failed", "best", "worst",
-    "mean", "std", "best_trial", "best_fold_std", "test_score", "median_trial_seconds", "compile_seconds",
-    "wall_seconds", "best_params",
+    "study", "dataset", "model", "algo", "metric", "direction", "complete", "pruned", "failed", "best",
+    "best_trial", "best_fold_std", *STARTUP_COLUMNS, *TEST_COLUMNS[:5], *VS_BP_COLUMNS, "median_trial_seconds",
+    "compile_seconds", "wall_seconds", "test_scores", "best_params",
 ]
 
 
 def study_row(study: optuna.Study) -> dict:
-    """One summary row: counts, best/worst/mean/std over complete trials, the best trial and its test score."""
+    """One summary row: counts, the best CV score and trial, the spread over the random start-up trials and the
+    best configuration's test scores over seeds (``hpo.comparison``); the comparison with bp comes later."""
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     values = np.array([t.value for t in complete], dtype=float)
@@ -56,8 +75,8 @@ def study_row(study: optuna.Study) -> dict:
         "complete": len(complete),
         "pruned": sum(t.state == TrialState.PRUNED for t in trials),
         "failed": sum(t.state == TrialState.FAIL for t in trials),
-        "best": np.nan, "worst": np.nan, "mean": np.nan, "std": np.nan,
-        "best_trial": None, "best_fold_std": np.nan, "test_score": np.nan,
+        "best": np.nan, "best_trial": None, "best_fold_std": np.nan,
+        **startup_columns(trials, maximize),
         "median_trial_seconds": np.nan, "compile_seconds": 0.0, "wall_seconds": 0.0, "best_params": "",
     }
     timed = [t.user_attrs["wall_seconds"] for t in trials if "wall_seconds" in t.user_attrs]
@@ -65,20 +84,15 @@ def study_row(study: optuna.Study) -> dict:
         row["median_trial_seconds"] = float(np.median(timed))
         row["wall_seconds"] = float(np.sum(timed))
     row["compile_seconds"] = float(sum(t.user_attrs.get("compile_seconds", 0.0) for t in trials))
-    if len(values):
-        best = study.best_trial
+    best = study.best_trial if len(values) else None
+    if best is not None:
         row.update(
             best=float(values.max() if maximize else values.min()),
-            worst=float(values.min() if maximize else values.max()),
-            mean=float(values.mean()),
-            std=float(values.std()),
             best_trial=best.number,
             best_fold_std=best.user_attrs.get("fold_std", np.nan),
             best_params=json.dumps(best.params, sort_keys=True),
         )
-        test = attrs.get("test")
-        if test and test.get("trial") == best.number:
-            row["test_score"] = test["score"]
+    row.update(heldout_columns(attrs, None if best is None else best.number))
     return row
 
 
@@ -90,26 +104,94 @@ def load_studies(storage_url: str, pattern: str = "*") -> list[optuna.Study]:
 
 def summarize(studies: list[optuna.Study]) -> pd.DataFrame:
     rows = [study_row(s) for s in studies]
-    frame = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+    frame = add_vs_bp(pd.DataFrame(rows, columns=SUMMARY_COLUMNS))
     return frame.sort_values(["dataset", "model", "algo"], kind="stable").reset_index(drop=True)
 
 
+def _number(value: Any, digits: int = 4) -> str:
+    return "" if value is None or (isinstance(value, float) and not np.isfinite(value)) else f"{value:.{digits}f}"
+
+
+def _plus_minus(centre: Any, spread: Any, n: Any = None) -> str:
+    text = _number(centre)
+    if text and _number(spread):
+        text += f" ± {_number(spread)}"
+    return f"{text} (n={int(n)})" if text and n is not None else text
+
+
+def p_value(p: Any) -> str:
+    """A p-value for a table: 3 decimals, or scientific below 0.001 (never a misleading 0.000)."""
+    if p is None or not np.isfinite(p):
+        return ""
+    return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
+
+
+SPREAD_NOTE = (
+    f"Start-up: the study's first {STARTUP_TRIALS} trials, drawn at random from the rule's search space before "
+    "Bayesian optimisation starts and never pruned, so the same population for every rule (hpo.population); "
+    "mean ± sample std and worst of their CV scores, n of them with a score (diverged ones counted apart)."
+)
+TEST_NOTE = (
+    "Test: the best configuration retrained on the whole training split with n seeds and scored on the test "
+    "split: mean ± half-width of the Student-t 95% interval. vs bp: test mean minus bp's on the same dataset "
+    "and model ± Welch's 95% interval, and Welch's two-sided p."
+)
+
+
+def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """The readable summary: one row per study, statistics with their spread in one cell."""
+    return pd.DataFrame({
+        "study": frame["study"],
+        "trials (complete / pruned / failed)": [f"{r.complete} / {r.pruned} / {r.failed}" for r in frame.itertuples()],
+        "best CV": frame["best"].map(_number),
+        "start-up CV mean ± std": [_plus_minus(r.startup_mean, r.startup_std, r.startup_n) for r in frame.itertuples()],
+        "start-up worst": frame["startup_worst"].map(_number),
+        "test mean ± 95% CI": [_plus_minus(r.test_mean, r.test_ci95, r.test_n or None) for r in frame.itertuples()],
+        "test vs bp ± 95% CI": [_plus_minus(r.delta_vs_bp, r.delta_vs_bp_ci95) for r in frame.itertuples()],
+        "p vs bp": frame["p_vs_bp"].map(p_value),
+    })
+
+
+def _notes(frame: pd.DataFrame) -> list[str]:
+    """Markdown lines about rows that need them: notes shared by many studies (a run older than test seeds or
+    the start-up mark) once, with the studies listed; any other note per study."""
+    def listed(rows, detail=lambda r: "") -> str:
+        return ", ".join(f"`{r.study}`{detail(r)}" for r in rows)
+
+    rows = list(frame.itertuples())
+    old_startup = [r for r in rows if r.startup_note == PREDATES_STARTUP_MARK]
+    old_test = [r for r in rows if r.test_note == PREDATES_TEST_SEEDS]
+    lines = []
+    if old_startup:
+        lines.append(f"- Start-up {PREDATES_STARTUP_MARK}: {listed(old_startup, lambda r: f' ({r.startup_unscored} unscored)')}.")
+    if old_test:
+        lines.append(f"- Test: {PREDATES_TEST_SEEDS}: {listed(old_test)}.")
+    for r in rows:
+        if r.startup_note and r.startup_note != PREDATES_STARTUP_MARK:
+            lines.append(f"- `{r.study}`: start-up {r.startup_note}")
+        elif not r.startup_note and r.startup_unscored:
+            lines.append(f"- `{r.study}`: {r.startup_unscored} start-up trial(s) ended without a score (diverged)")
+        if r.test_note and r.test_note != PREDATES_TEST_SEEDS:
+            lines.append(f"- `{r.study}`: test {r.test_note}")
+    return ["", "Notes:", "", *lines] if lines else []
+
+
 def to_markdown(frame: pd.DataFrame) -> str:
-    shown = frame.drop(columns=["direction", "best_params", "wall_seconds"])
-    lines = ["| " + " | ".join(shown.columns) + " |", "|" + "---|" * len(shown.columns)]
-    for _, row in shown.iterrows():
-        cells = []
-        for value in row:
-            if isinstance(value, float):
-                cells.append("" if np.isnan(value) else f"{value:.4f}")
-            else:
-                cells.append("" if value is None else str(value))
-        lines.append("| " + " | ".join(cells) + " |")
-    params = [f"- `{r.study}` (trial #{r.best_trial}): `{r.best_params}`" for r in frame.itertuples() if r.best_params]
-    return "\n".join(lines) + "\n\nBest configurations:\n\n" + "\n".join(params) + "\n"
+    parts = [markdown_table(summary_table(frame)), "", SPREAD_NOTE, "", TEST_NOTE]
+    parts += [*_notes(frame)]
+    parts += ["", "## Best hyperparameters", ""]
+    for title, table in best_params_tables(frame):
+        parts += [f"### {title}", "", markdown_table(table), ""]
+    return "\n".join(parts).rstrip() + "\n"
 
 
-STAT_COLOURS = {"best": "#2a9d8f", "mean": "#e9c46a", "worst": "#e76f51"}  # bar colour of each statistic
+# The bars of each rule: (column, error-bar column, legend label, colour)
+BARS = (
+    ("best", None, "best CV (all trials)", "#2a9d8f"),
+    ("startup_mean", "startup_std", f"start-up CV mean ± std ({STARTUP_TRIALS} random trials)", "#e9c46a"),
+    ("startup_worst", None, "start-up CV worst", "#e76f51"),
+    ("test_mean", "test_ci95", "test mean ± 95% CI over seeds (best config)", "#264653"),
+)
 MAX_PANELS_PER_ROW = 4  # wider grids of (dataset, model) panels wrap onto further rows
 
 
@@ -136,56 +218,76 @@ def _grid(n_panels: int) -> tuple[int, int]:
 
 
 def _score_limits(group: pd.DataFrame) -> tuple[float | None, float | None]:
-    """Y range that shows the differences between rules and every bar and error bar whole: from below the
-    lowest of worst and mean - std to above the highest of best and mean + std. Scores in [0, 1] (accuracy)
-    start at 0 at the lowest; the top is never cut at 1, since mean + std of a skewed spread can pass it.
-    Losses start at 0."""
-    spread = group["std"].fillna(0)
-    low = float(min(np.nanmin(group["worst"]), np.nanmin(group["mean"] - spread)))
-    high = float(max(np.nanmax(group["best"]), np.nanmax(group["mean"] + spread)))
+    """Y range that shows the differences between rules and every bar and error bar whole: from below the lowest
+    bar or error bar to above the highest. Scores in [0, 1] (accuracy) start at 0 at the lowest; the top is never
+    cut at 1, since a mean plus its spread can pass it. Losses start at 0."""
+    lows, highs = [], []
+    for column, error, _, _ in BARS:
+        spread = group[error].fillna(0) if error else 0
+        lows.append(np.nanmin(group[column] - spread))
+        highs.append(np.nanmax(group[column] + spread))
+    low, high = float(np.nanmin(lows)), float(np.nanmax(highs))
     if group["direction"].iloc[0] != "maximize":
         return 0.0, None
     span = max(high - low, 0.05)
-    bounded = bool(((group["worst"] >= 0) & (group["best"] <= 1)).all())  # scores in [0, 1], e.g. accuracy
-    lower, upper = low - 0.3 * span, high + 0.08 * span
+    values = group[[column for column, *_ in BARS]]
+    bounded = bool(((values.min() >= 0) & (values.max() <= 1)).all())  # scores in [0, 1], e.g. accuracy
+    lower, upper = low - 0.3 * span, high + 0.12 * span
     return (max(0.0, lower), upper) if bounded else (lower, upper)
 
 
+def _differs_from_bp(group: pd.DataFrame) -> np.ndarray:
+    """Rules whose test mean differs from bp's (Welch p below ``SIGNIFICANCE``): marked on the charts."""
+    return (group["p_vs_bp"] < SIGNIFICANCE).to_numpy()
+
+
+COMPARISON_TITLE = (
+    "CV score over trials (best; start-up population: mean ± std, worst) and test score over seeds (mean ± 95% CI)"
+)
+
+
 def comparison_png(frame: pd.DataFrame, path: Path) -> None:
-    """Grouped bars per (dataset, model): best, mean (error bar: std over trials) and worst of each rule."""
+    """Grouped bars per (dataset, model) and rule (``BARS``); * above a test bar: it differs from bp's."""
     plt = pyplot()
     groups = _groups(frame)
     if not groups:
         return
     rows, cols = _grid(len(groups))
-    fig, axes = plt.subplots(rows, cols, figsize=(max(5.0, 4.2 * cols), 4.2 * rows), squeeze=False)
-    width = 0.26
+    fig, axes = plt.subplots(rows, cols, figsize=(max(5.0, 4.8 * cols), 4.4 * rows), squeeze=False)
+    width = 0.8 / len(BARS)
     for ax, (title, group) in zip(axes.flat, groups, strict=False):  # spare axes of the last row stay empty
         x = np.arange(len(group))
-        for i, stat in enumerate(("best", "mean", "worst")):
-            err = group["std"].to_numpy() if stat == "mean" else None
-            ax.bar(x + (i - 1) * width, group[stat], width, yerr=err, capsize=3, label=stat, color=STAT_COLOURS[stat])
+        for i, (column, error, label, colour) in enumerate(BARS):
+            err = group[error].to_numpy(dtype=float) if error else None
+            ax.bar(x + (i - (len(BARS) - 1) / 2) * width, group[column], width, yerr=err, capsize=2, label=label,
+                   color=colour)
+        test_x = x + (len(BARS) - 1) / 2 * width
+        tops = group["test_mean"] + group["test_ci95"].fillna(0)
+        for xi, top in zip(test_x[_differs_from_bp(group)], tops[_differs_from_bp(group)]):
+            ax.annotate("*", (xi, top), ha="center", va="bottom", fontsize=12, color=BARS[-1][3])
         long_labels = (group["label"] != group["algo"]).any()  # study names: rotate so they do not overlap
         ax.set_xticks(x, group["label"], rotation=20 if long_labels else 0, ha="right" if long_labels else "center")
         ax.set_title(title)
-        ax.set_ylabel(f"CV {group['metric'].iloc[0]}")
+        ax.set_ylabel(str(group["metric"].iloc[0]))
         ax.set_ylim(*_score_limits(group))
         ax.set_xlim(-0.75, len(group) - 0.25)  # a lone rule keeps bars of the usual width
         ax.grid(axis="y", alpha=0.3)
     for ax in axes.flat[len(groups):]:
         ax.set_visible(False)
-    # one legend for every panel, above them, where it can cover no bar
+    # one legend for every panel, below them, where it can cover no bar
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper right", ncol=3, fontsize=8, frameon=False)
-    fig.suptitle("Cross-validated score over trials:\nbest, mean +- std, worst", fontsize=11)
-    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=8, frameon=False)
+    fig.suptitle(COMPARISON_TITLE.replace(" and test", "\nand test")
+                 + f";  *: test mean differs from bp's (Welch p < {SIGNIFICANCE})", fontsize=10)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
 
 
 def comparison_html(frame: pd.DataFrame, path: Path, bundle: Path) -> None:
-    """The same grouped bars as an interactive plotly page that loads plotly.js from ``bundle``."""
+    """The same grouped bars as an interactive plotly page that loads plotly.js from ``bundle``; hovering a bar
+    shows the comparison with bp."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
@@ -197,23 +299,30 @@ def comparison_html(frame: pd.DataFrame, path: Path, bundle: Path) -> None:
     for i, (_, group) in enumerate(groups):
         row, col = divmod(i, cols)
         row, col = row + 1, col + 1
-        for stat in ("best", "mean", "worst"):
-            error = dict(type="data", array=group["std"].tolist()) if stat == "mean" else None
+        hover = group.assign(
+            vs_bp=[_plus_minus(r.delta_vs_bp, r.delta_vs_bp_ci95) or "-" for r in group.itertuples()],
+            p=[p_value(p) or "-" for p in group["p_vs_bp"]],
+        )
+        stars = np.where(_differs_from_bp(group), "*", "").tolist()
+        for column, error, label, colour in BARS:
+            error_y = dict(type="data", array=group[error].fillna(0).tolist()) if error else None
             fig.add_trace(
                 go.Bar(
-                    name=stat, x=group["label"].tolist(), y=group[stat].tolist(), error_y=error,
-                    marker_color=STAT_COLOURS[stat], legendgroup=stat, showlegend=i == 0,
-                    customdata=group[["study", "complete", "test_score"]].to_numpy(),
-                    hovertemplate="%{customdata[0]}<br>" + stat + " %{y:.4f}<br>complete trials %{customdata[1]}"
-                    "<br>test %{customdata[2]:.4f}<extra></extra>",
+                    name=label, x=group["label"].tolist(), y=group[column].tolist(), error_y=error_y,
+                    marker_color=colour, legendgroup=column, showlegend=i == 0,
+                    text=stars if column == "test_mean" else None, textposition="outside",
+                    customdata=hover[["study", "complete", "startup_n", "test_n", "vs_bp", "p"]].to_numpy(),
+                    hovertemplate="%{customdata[0]}<br>" + label + ": %{y:.4f}<br>complete trials %{customdata[1]}, "
+                    "start-up scored %{customdata[2]}, test seeds %{customdata[3]}<br>test vs bp %{customdata[4]} "
+                    "(p %{customdata[5]})<extra></extra>",
                 ),
                 row=row, col=col,
             )
         limits = _score_limits(group)
         fig.update_yaxes(
-            title_text=f"CV {group['metric'].iloc[0]}", range=None if None in limits else limits, row=row, col=col
+            title_text=str(group["metric"].iloc[0]), range=None if None in limits else limits, row=row, col=col
         )
-    fig.update_layout(barmode="group", title="Cross-validated score over trials: best, mean ± std, worst")
+    fig.update_layout(barmode="group", title=COMPARISON_TITLE + f"; *: differs from bp (Welch p < {SIGNIFICANCE})")
     write_html(fig, path, bundle)
 
 
@@ -287,17 +396,27 @@ def write_reports(storage_url: str, results_dir: str | Path | None = None, patte
     results = check_writable(results_dir_for(storage_url, results_dir))
     record_owner(results, storage_url)
     frame = summarize(studies)
-    with atomic_path(results / "summary.csv") as tmp:
-        frame.to_csv(tmp, index=False, float_format="%.6g")
-    write_text(results / "summary.md", to_markdown(frame))
-    comparison_png(frame, results / "comparison.png")
-    bundle = plotly_bundle(results)
-    comparison_html(frame, results / "comparison.html", bundle)
     sparse_params: set[str] = set()
-    for study in studies:
-        study_plots(study, study_dir(results, study.study_name), bundle, sparse_params)
-    write_curve_plots(studies, results)
-    write_index(results, [s.study_name for s in studies], storage_url)
+    try:
+        with written_together() as publish:  # a full disk mid-report keeps the previous report set whole
+            with atomic_path(results / "summary.csv") as tmp:
+                frame.to_csv(tmp, index=False, float_format="%.6g")
+            write_text(results / "summary.md", to_markdown(frame))
+            comparison_png(frame, results / "comparison.png")
+            bundle = plotly_bundle(results)
+            comparison_html(frame, results / "comparison.html", bundle)
+            efficiency_png(studies, results)
+            for study in studies:
+                folder = study_folder(results, study.study_name)
+                study_plots(study, folder, bundle, sparse_params)
+                write_text(folder / "space.md", space_table(study.user_attrs))
+            write_curve_plots(studies, results)
+            publish()  # the index lists the files found in place
+            write_index(results, [s.study_name for s in studies], storage_url)
+    except OSError as error:
+        raise UsageError(
+            f"cannot write the reports to {str(results)!r}: {error.strerror or error}; the previous reports are kept"
+        ) from None
     note = importance_note(sparse_params)
     if note:
         out(note)
@@ -316,8 +435,8 @@ def _result_files(results: Path, studies: list[str] | None = None) -> dict[str, 
     Discovered rather than listed, so charts written by other tools (diagnostics) appear without changes here.
     With ``studies`` given, study folders of other studies (left by an earlier report) are not shown.
     """
-    shown = None if studies is None else {study_dir(results, name).resolve() for name in studies}
-    study_root = study_dir(results, "x").parent.resolve()
+    shown = None if studies is None else {study_folder(results, name).resolve() for name in studies}
+    study_root = study_folder(results, "x").parent.resolve()
     sections: dict[str, list[Path]] = {}
     for path in sorted(results.rglob("*")):
         relative = path.relative_to(results)
@@ -328,8 +447,9 @@ def _result_files(results: Path, studies: list[str] | None = None) -> dict[str, 
             continue
         if path.suffix.lower() in IMAGE_SUFFIXES + PAGE_SUFFIXES + DATA_SUFFIXES:
             sections.setdefault(relative.parent.as_posix(), []).append(relative)
-    # top level (the comparison) first, then each study, then anything else
-    return dict(sorted(sections.items(), key=lambda item: (item[0] != ".", not item[0].startswith("studies/"), item[0])))
+    # top level (the comparison) first, then the efficiency plots, then each study, then anything else
+    order = lambda item: (item[0] != ".", item[0] != "efficiency", not item[0].startswith("studies/"), item[0])  # noqa: E731
+    return dict(sorted(sections.items(), key=order))
 
 
 def index_html(results: Path, studies: list[str] | None = None, storage: str | None = None) -> str:
@@ -354,9 +474,16 @@ def index_html(results: Path, studies: list[str] | None = None, storage: str | N
         + " is shown below; click a chart for its interactive version where one exists.</p>",
     ]
     summary = results / "summary.csv"
-    if summary.is_file():
-        table = pd.read_csv(summary).drop(columns=["best_params"], errors="ignore")
-        parts.append(table.to_html(index=False, na_rep="", float_format=lambda v: f"{v:.4f}", border=0))
+    frame = read_summary(summary) if summary.is_file() else None
+    if frame is not None:
+        parts.append(summary_table(frame).to_html(index=False, border=0))
+        parts += [f"<p>{escape(SPREAD_NOTE)}</p>", f"<p>{escape(TEST_NOTE)}</p>"]
+        notes = [line.removeprefix("- ").replace("`", "") for line in _notes(frame) if line.startswith("- ")]
+        if notes:
+            parts.append("<ul>" + "".join(f"<li>{escape(note)}</li>" for note in notes) + "</ul>")
+        parts.append("<h2>Best hyperparameters</h2>")
+        for title, table in best_params_tables(frame):
+            parts += [f"<h3>{escape(title)}</h3>", table.to_html(index=False, border=0)]
     for directory, files in _result_files(results, studies).items():
         title = {".": "All studies"}.get(directory, directory.removeprefix("studies/"))
         parts.append(f"<h2>{escape(title)}</h2>")
@@ -393,9 +520,28 @@ def write_index(results_dir: str | Path, studies: list[str] | None = None, stora
     return path
 
 
+SUMMARY_TEXT = ["study", "dataset", "model", "algo", "startup_note", "test_note", "test_scores", "best_params"]
+
+
+def read_summary(path: Path) -> pd.DataFrame | None:
+    """``summary.csv`` read back as ``summarize`` made it (empty text cells as empty strings, not NaN), or None
+    if it is not one of ours (another tool's table, or a summary of an earlier version)."""
+    try:
+        frame = pd.read_csv(path, dtype={column: str for column in SUMMARY_TEXT})
+    except (ValueError, pd.errors.ParserError):
+        return None
+    if not set(SUMMARY_COLUMNS) <= set(frame.columns):
+        return None
+    frame[SUMMARY_TEXT] = frame[SUMMARY_TEXT].fillna("")
+    return frame
+
+
 def print_summary(frame: pd.DataFrame, out=print) -> None:
-    shown = frame[["study", "complete", "pruned", "failed", "best", "worst", "mean", "std", "test_score"]]
-    out(shown.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    """The summary table and each table of best hyperparameters, as text."""
+    out(summary_table(frame).to_string(index=False))
+    for title, table in best_params_tables(frame):
+        out(f"\nbest hyperparameters, {title}:")
+        out(table.to_string(index=False))
 
 
 BUNDLED_STORAGE = "studies/bundled.journal"  # the committed run of studies/bundled.toml

@@ -92,11 +92,6 @@ def record_owner(results: Path, storage: str) -> None:
         write_text(results / OWNER_FILE, identity + "\n")
 
 
-def study_dir(results: str | Path, study_name: str) -> Path:
-    """The folder of one study's charts inside a results folder (the only place this layout is spelled out)."""
-    return Path(results) / "studies" / study_name
-
-
 def plotly_bundle(results: Path) -> Path:
     """Write plotly.js (the copy of the installed plotly package) as ``results/plotly.min.js`` unless it is
     already there, byte for byte; return its path."""

@@ -2,6 +2,7 @@
 
     python -m hpo.run --algo fa --trials 50
     python -m hpo.run --config studies/bundled.toml
+    python -m hpo.run --show-space --algo kp [--model cnn] [--config FILE | --space FILE]
 
 Kept short on purpose: parsing only; the work is in ``hpo.study`` and ``hpo.report``.
 """
@@ -23,13 +24,20 @@ from hpo.config import (
     load_grid,
 )
 from hpo.data import DATASETS
-from hpo.errors import UsageError
+from hpo.errors import ReportedError, StorageError, UsageError
+from hpo.interrupts import exit_code_of, exit_now, handle_interrupts
+from hpo.space_config import apply_spaces, read_space_file, show_spaces
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m hpo.run", description=__doc__.split("\n")[0])
     add = parser.add_argument
     add("--config", help="TOML study grid (e.g. studies/bundled.toml); other flags override its values")
+    add("--space", help="TOML file holding a [space] table of search-space overrides (README: Search spaces); "
+        "it overrides the grid's [space] tables")
+    add("--show-space", action="store_true",
+        help="print the effective search space of each study (with --config: its studies of --algo/--model) and "
+        "exit, touching no storage")
     add("--algo", help=f"learning rule: {', '.join(ALGORITHMS)} (sd: segregated dendrites, mlp only; default fa)")
     add("--dataset", help=f"dataset: {', '.join(DATASETS)} (default mnist-5k)")
     add("--model", help=f"network family: {', '.join(MODELS)} (default mlp)")
@@ -49,7 +57,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="record alignment with backprop, W-B angles and weight change per trial (default on)")
     add("--workers", type=int, help="local worker processes running each study together (default 1); "
         "workers on other machines just run the same command with the same --storage")
-    add("--cache-dir", help="JAX persistent compilation cache directory, or 'none' (default ~/.cache/bioplausible-hpo/jax)")
+    add("--test-seeds", type=int, help="seeds the best configuration is retrained with on the whole training split "
+        "and scored on the test split: mean, std and 95%% CI over them (default 5)")
+    add("--compile-ahead", action=argparse.BooleanOptionalAction, default=None,
+        help="compile the search space's programs in a background thread while trials train (default: on a GPU, "
+        "or a CPU with 4 or more cores)")
+    add("--trial-batch", type=int, help="trials each worker runs at once: those that share programs train as one "
+        "compiled program over trials x folds, each reported and pruned on its own (default 1)")
+    add("--cache-dir", help="directory of the store of compiled programs (in <dir>/programs), or 'none' "
+        "(default $HPO_JAX_CACHE or ~/.cache/bioplausible-hpo/jax)")
     add(
         "--data-dir",
         help="directory of the mnist, fashion-mnist and cifar10 files, downloaded there when missing "
@@ -61,27 +77,49 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def configs_from_args(args: argparse.Namespace) -> list[StudyConfig]:
-    overrides = {k: v for k, v in vars(args).items() if k != "config" and v is not None}
-    if args.config:
-        return load_grid(args.config, overrides)
-    return [StudyConfig(**overrides)]
+    # --show-space with a grid picks the grid's studies of --algo/--model instead of setting them on every study
+    picked = ("algo", "model") if args.show_space and args.config else ()
+    skipped = {"config", "space", "show_space", *picked}
+    overrides = {k: v for k, v in vars(args).items() if k not in skipped and v is not None}
+    layers = [read_space_file(args.space)] if args.space else []
+    if not args.config:
+        return apply_spaces([(StudyConfig(**overrides), layers)])
+    configs = load_grid(args.config, overrides, layers)
+    chosen = [c for c in configs if all(getattr(args, k) in (None, getattr(c, k)) for k in picked)]
+    if not chosen:
+        wanted = " ".join(f"--{k} {getattr(args, k)}" for k in picked if getattr(args, k) is not None)
+        raise UsageError(f"config file {args.config!r} has no study of {wanted}")
+    return chosen
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command; the exit code: 0, 2 bad input, 3 the storage failed mid-study, 130 Ctrl-C, 143 SIGTERM."""
     args = parse_args(argv)
     try:
-        configs = configs_from_args(args)
-        from hpo.pipeline import run_all
+        with handle_interrupts():
+            configs = configs_from_args(args)
+            if args.show_space:
+                print(show_spaces(configs), end="")
+                return 0
+            from hpo.pipeline import run_all
 
-        run_all(configs)
+            run_all(configs)
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except StorageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 3
+    except ReportedError as error:
+        return error.exit_code
+    except KeyboardInterrupt as error:
         print("interrupted: finished trials are stored; rerun the same command to resume", file=sys.stderr)
-        return 130
+        return exit_code_of(error)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if code >= 128:  # interrupted: XLA may still be running a dispatched program; see hpo.interrupts.exit_now
+        exit_now(code)
+    sys.exit(code)

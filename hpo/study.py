@@ -12,44 +12,82 @@ from typing import Callable
 
 import optuna
 from optuna.storages import BaseStorage
+from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
-from hpo.algorithms import get_algorithm
+from hpo.algorithms import check_dataset, starting_points, suggest
 from hpo.config import StudyConfig
-from hpo.data import Dataset, load_dataset
-from hpo.errors import UsageError
+from hpo.data import Dataset, check_folds, load_dataset
+from hpo.errors import StorageError, UsageError
+from hpo.heldout import TEST_ATTR, read_heldout, retrain_and_score
+from hpo.interrupts import exit_code_of, exit_now, handle_interrupts
 from hpo.launcher import run_local_workers
-from hpo.objective import Objective, test_score
+from hpo.objective import Objective
+from hpo.population import (
+    STARTING_POINT_ATTR,
+    SparingHyperbandPruner,
+    SparingMedianPruner,
+    SparingWilcoxonPruner,
+    startup_length,
+)
+from hpo.precompile import compile_ahead
 from hpo.progress import EpochProgress, StudyClock, outcome
-from hpo.storage import open_storage, redact
+from hpo.space_config import record_space
+from hpo.stats import summarize_scores
+from hpo.storage import STORAGE_FAILURES, open_storage, redact, scrub
 from hpo.trackers import make_tracker
 from hpo.workers import run_trials, sampler_seed
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # states that count towards --trials
+COMPILE_AHEAD_MIN_CORES = 4  # CPU cores from which compiling ahead leaves training a core of its own
 STUDY_ATTRS = ("dataset", "model", "algo", "folds", "epochs", "seed")  # fixed when a study is created
 
 Printer = Callable[[str], None]
 
 
 def configure_jax(cache_dir: str | None) -> None:
-    """Turn on JAX's persistent compilation cache, so a rerun compiles (almost) nothing."""
+    """Turn on the persistent store of compiled programs (``models.programs``) in ``<dir>/programs``, so a rerun,
+    or a study after ``python -m hpo.warmup``, neither traces nor compiles its programs.
+
+    JAX's own persistent compilation cache is turned off: an executable it loaded serialises incompletely (stored
+    again, it fails at run time with "Function ... not found"), and every program a study runs goes through our
+    store anyway, which also skips the tracing that JAX's cache needs before it can look a program up.
+    """
     import jax
 
+    from models.train import PROGRAMS
+
+    jax.config.update("jax_enable_compilation_cache", False)
     path = cache_dir or os.environ.get("HPO_JAX_CACHE") or str(Path.home() / ".cache" / "bioplausible-hpo" / "jax")
-    if path.lower() == "none":
-        return
-    jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    PROGRAMS.directory = None if path.lower() == "none" else Path(path) / "programs"
+
+
+def compiles_ahead(config: StudyConfig) -> bool:
+    """Whether to compile the space's programs in the background while trials train: where a core is free for it
+    (a GPU trains while the CPU compiles; a CPU with more than ``COMPILE_AHEAD_MIN_CORES`` cores), unless
+    ``--compile-ahead``/``--no-compile-ahead`` says otherwise. On 2 cores it competes with training itself
+    (``benchmarks/study.py`` measures both)."""
+    if config.compile_ahead is not None:
+        return config.compile_ahead
+    import jax
+
+    return jax.default_backend() != "cpu" or (os.cpu_count() or 1) >= COMPILE_AHEAD_MIN_CORES
 
 
 def make_sampler(config: StudyConfig, seed: int | None = None) -> optuna.samplers.BaseSampler:
-    """The sampler of ``config``, seeded with ``seed`` (default: the study seed; see ``hpo.workers.sampler_seed``)."""
+    """The sampler of ``config``, seeded with ``seed`` (default: the study seed; see ``hpo.workers.sampler_seed``).
+
+    Every model-based sampler starts with the same number of random trials for every rule (``hpo.population``):
+    the population the summaries' spread is computed over.
+    """
     seed = config.seed if seed is None else seed
+    startup = startup_length(config)
     if config.sampler == "tpe":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # multivariate/group/liar
-            return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
+            return optuna.samplers.TPESampler(
+                seed=seed, n_startup_trials=startup, multivariate=True, group=True, constant_liar=True
+            )
     if config.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if config.sampler == "gp":
@@ -57,24 +95,62 @@ def make_sampler(config: StudyConfig, seed: int | None = None) -> optuna.sampler
             raise UsageError(
                 "--sampler gp needs PyTorch, which is not installed; install it with: pip install -e '.[gp]'"
             )
-        return optuna.samplers.GPSampler(seed=seed)
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup)
     if importlib.util.find_spec("cmaes") is None:
         raise UsageError("--sampler cmaes needs the cmaes package; install it with: pip install cmaes")
-    return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+    return optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=startup, warn_independent_sampling=False)
 
 
 def make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
+    """The pruner of ``config``; none stops a random start-up trial (``hpo.population.SparesStartup``)."""
     return {
-        "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=max(1, config.epochs // 3)),
-        "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1, max_resource=config.epochs),
-        "wilcoxon": lambda: optuna.pruners.WilcoxonPruner(p_threshold=0.1),
+        "median": lambda: SparingMedianPruner(n_startup_trials=5, n_warmup_steps=max(1, config.epochs // 3)),
+        "hyperband": lambda: SparingHyperbandPruner(min_resource=1, max_resource=config.epochs),
+        "wilcoxon": lambda: SparingWilcoxonPruner(p_threshold=0.1),
         "none": optuna.pruners.NopPruner,
     }[config.pruner]()
 
 
+def validate_study(config: StudyConfig, dataset: Dataset) -> Objective:
+    """Every check of ``config`` against ``dataset``, before any storage, study or file exists; the objective.
+
+    Bad input must leave nothing behind (no study with one failed trial, no empty study), so everything that
+    can refuse the study runs here, on the loaded dataset: the folds against the class counts, one proposal of
+    the search space (it refuses, e.g., ``--model cnn`` on a dataset without images and ``--algo sd`` on
+    regression) and the objective's own checks (``--evals-per-epoch`` against the mini-batches per epoch).
+    """
+    configure_jax(config.cache_dir)
+    check_folds(dataset, config.folds)
+    make_sampler(config)  # gp without PyTorch, cmaes without its package
+    make_pruner(config)
+    check_dataset(config, dataset)  # the space can use it: images for a CNN, classes for sd, user-fixed values
+    _propose_once(config, dataset)
+    return Objective(config, dataset)
+
+
+def _propose_once(config: StudyConfig, dataset: Dataset) -> None:
+    """Sample one configuration from the search space in a throwaway in-memory study (nothing is stored)."""
+    scratch = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=config.seed), direction=dataset.direction)
+    trial = scratch.ask()
+    try:
+        suggest(trial, config, dataset)
+    except optuna.TrialPruned:
+        pass  # a proposal that the space itself prunes (no CNN layer fits) is a trial outcome, not bad input
+
+
 def open_study(config: StudyConfig, dataset: Dataset, storage: BaseStorage | None = None) -> optuna.Study:
-    """Create the study, or load it and check it was created with the same settings."""
+    """Create the study, or load it and check it was created with the same settings.
+
+    Only the process that creates the study enqueues its warm-start points, so two processes that create the same
+    new study at once do not both enqueue them (if the creator dies in the moment between creating the study and
+    enqueueing, the study just starts without them).
+    """
     storage = storage if storage is not None else open_storage(config.storage)
+    try:
+        storage.create_new_study([StudyDirection[dataset.direction.upper()]], config.name)
+        created = True
+    except optuna.exceptions.DuplicatedStudyError:
+        created = False
     study = optuna.create_study(
         storage=storage,
         study_name=config.name,
@@ -93,10 +169,12 @@ def open_study(config: StudyConfig, dataset: Dataset, storage: BaseStorage | Non
             )
         if name not in attrs:
             study.set_user_attr(name, value)
-    if "metric" not in attrs:  # a new study: record its metric and warm-start it
+    record_space(study, config, redact(config.storage))  # the effective space, or a refusal if it changed
+    if "metric" not in attrs:
         study.set_user_attr("metric", dataset.metric)
-        for params in get_algorithm(config.algo).starting_points:
-            study.enqueue_trial(params, user_attrs={"starting_point": True})
+    if created:
+        for params in starting_points(config):
+            study.enqueue_trial(params, user_attrs={STARTING_POINT_ATTR: True})
     if not study.metric_names:  # what optuna-dashboard calls the objective ("Objective 0" without it)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -149,7 +227,18 @@ def run_study(config: StudyConfig, out: Printer = print, worker: int = 0, test_s
     """
     configure_jax(config.cache_dir)
     dataset = load_dataset(config.dataset, config.data_dir)
+    objective = validate_study(config, dataset)  # before anything is created
     storage = open_storage(config.storage)
+    try:
+        return _run_study(config, dataset, storage, objective, out, worker, test_score)
+    except (*STORAGE_FAILURES, StorageError) as error:
+        raise storage_failure(config, error) from None
+
+
+def _run_study(
+    config: StudyConfig, dataset: Dataset, storage: BaseStorage, objective: Objective, out: Printer, worker: int,
+    test_score: bool,
+) -> optuna.Study:
     study = open_study(config, dataset, storage)
     done = count_finished(study)
     if done >= config.trials:
@@ -170,7 +259,9 @@ def run_study(config: StudyConfig, out: Printer = print, worker: int = 0, test_s
                 study.sampler = make_sampler(config, sampler_seed(config.seed, len(trials), True, worker))
 
             progress = Progress(config, dataset.metric, out, done)
-            objective = Objective(config, dataset, on_epoch=progress.epochs)
+            objective.on_epoch = progress.epochs
+            if worker == 0 and compiles_ahead(config):
+                compile_ahead(config, objective)
             tracker = make_tracker(config.tracker, dataset.metric, lambda line: out(f"[{config.name}] {line}"))
 
             def on_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -180,30 +271,48 @@ def run_study(config: StudyConfig, out: Printer = print, worker: int = 0, test_s
 
             run_trials(
                 study, storage, config.storage, objective, config.trials, out, on_trial, None if busy else company,
-                len(trials),
+                len(trials), batch=config.trial_batch,
             )
     if test_score:
         record_test_score(study, config, dataset, out)
     return study
 
 
-def record_test_score(study: optuna.Study, config: StudyConfig, dataset: Dataset, out: Printer) -> None:
-    """Retrain the best configuration on the whole training split, score the test split, store it on the study.
+def storage_failure(config: StudyConfig, error: BaseException) -> StorageError:
+    """One line for a storage that failed mid-study: which storage (password hidden), the root cause, what now."""
+    root = error
+    while root.__cause__ is not None:
+        root = root.__cause__
+    text = str(root).strip().splitlines()[0] if str(root).strip() else type(root).__name__
+    return StorageError(
+        f"study {config.name!r} lost its storage {redact(config.storage)!r}: {scrub(text, config.storage)}; finished "
+        "trials are stored and a running trial is recovered when a worker runs the study again"
+    )
 
-    Stored as the study attribute ``test`` with the trial number it belongs to, so it is recomputed only when
-    the best trial changes.
+
+def record_test_score(study: optuna.Study, config: StudyConfig, dataset: Dataset, out: Printer) -> None:
+    """Retrain the best configuration on the whole training split with ``config.test_seeds`` seeds, score the
+    test split, store every seed's score on the study (``hpo.heldout``).
+
+    Recomputed only when the best trial or the number of seeds changed since it was stored.
     """
     try:
         best = study.best_trial
     except ValueError:
         out(f"[{config.name}] no complete trial: no test score")
         return
-    stored = study.user_attrs.get("test")
-    if stored and stored.get("trial") == best.number:
+    stored = read_heldout(study.user_attrs.get(TEST_ATTR))
+    if stored is not None and stored.trial == best.number and stored.n == config.test_seeds:
         return
-    score = test_score(config, dataset, best.params, best.number)
-    study.set_user_attr("test", {"trial": best.number, "score": score, "metric": dataset.metric})
-    out(f"[{config.name}] best trial #{best.number}: CV {dataset.metric} {best.value:.4f}, test {score:.4f}")
+    record = retrain_and_score(config, dataset, best.params, best.number)
+    study.set_user_attr(TEST_ATTR, record.to_attr())
+    cv = f"[{config.name}] best trial #{best.number}: CV {dataset.metric} {best.value:.4f}"
+    if record.error is not None:
+        out(f"{cv}, no test score: {record.error}")
+        return
+    summary = summarize_scores(record.scores)
+    spread = f" +- {summary.ci95:.4f} (95% CI over {summary.n} seeds)" if summary.n > 1 else " (1 seed)"
+    out(f"{cv}, test {summary.mean:.4f}{spread}")
 
 
 def worker_main(config: StudyConfig, index: int) -> None:
@@ -214,9 +323,13 @@ def worker_main(config: StudyConfig, index: int) -> None:
         print(f"[w{index}] {line}", flush=True)
 
     try:
-        run_study(replace(config, workers=1), out, worker=index, test_score=False)
+        with handle_interrupts():
+            run_study(replace(config, workers=1), out, worker=index, test_score=False)
     except UsageError as error:
         print(f"[w{index}] error: {error}", file=sys.stderr, flush=True)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        sys.exit(130)
+        exit_now(2)
+    except StorageError as error:
+        print(f"[w{index}] error: {error}", file=sys.stderr, flush=True)
+        exit_now(3)
+    except KeyboardInterrupt as error:  # its trial is re-queued; the parent prints the one "interrupted" line
+        exit_now(exit_code_of(error))

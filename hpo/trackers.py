@@ -56,7 +56,8 @@ def check_tracker(name: str) -> None:
     missing = [module for module in EXTRAS.get(name, ()) if not installed(module)]
     if missing:
         raise UsageError(
-            f"--tracker {name} needs {' and '.join(m.replace('_', '-') for m in missing)}, which is not installed; "
+            f"--tracker {name} needs {' and '.join(m.replace('_', '-') for m in missing)}, "
+            f"which {'is' if len(missing) == 1 else 'are'} not installed; "
             f"install it with: pip install -e '.[{name}]'"
         )
 

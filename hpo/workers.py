@@ -35,7 +35,7 @@ import threading
 import time
 import warnings
 import zlib
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import optuna
@@ -43,12 +43,15 @@ from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
 from optuna.storages import BaseStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo.storage import MAX_RETRY, is_server_url
+from hpo import interrupts
+from hpo.errors import StorageError
+from hpo.storage import MAX_RETRY, STORAGE_FAILURES, is_server_url
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # states that count towards the total
 SURPLUS_ATTR = "surplus"  # user attribute of a surplus trial: why it ended without training
 WORKER_ATTR = "worker"  # user attribute: {"trial", "host", "pid", "started"} of the process running the trial
 POLL_SECONDS = 1.0  # how often a waiting worker looks at the storage again
+HEARTBEAT_JOIN_SECONDS = 2.0  # how long a finished trial waits for its heartbeat thread's last write
 
 Printer = Callable[[str], None]
 TrialCallback = Callable[[optuna.Study, FrozenTrial], None]
@@ -130,7 +133,12 @@ def heartbeat(storage: BaseStorage, trial_id: int) -> Iterator[None]:
 
     def beat() -> None:
         while not stop.wait(storage.get_heartbeat_interval()):
-            storage.record_heartbeat(trial_id)
+            try:
+                storage.record_heartbeat(trial_id)
+            except STORAGE_FAILURES:
+                # The storage is gone: the trial's next report fails in the main thread, within the storage's
+                # bounded wait, and says so in one line. Stop beating here without a thread traceback.
+                return
 
     thread = threading.Thread(target=beat, name=f"heartbeat-{trial_id}", daemon=True)
     thread.start()
@@ -138,7 +146,9 @@ def heartbeat(storage: BaseStorage, trial_id: int) -> Iterator[None]:
         yield
     finally:
         stop.set()
-        thread.join()
+        # Do not wait out a heartbeat stuck on a storage that stopped answering (its wait is bounded by the
+        # storage, see hpo.storage.DB_TIMEOUT_SECONDS); a late heartbeat of a finished trial is harmless.
+        thread.join(timeout=HEARTBEAT_JOIN_SECONDS)
 
 
 def counted_below(trials: list[FrozenTrial], number: int) -> int:
@@ -169,10 +179,61 @@ def run_one(study: optuna.Study, trial: optuna.Trial, objective: Callable[[optun
         # Interrupted, not wrong: re-queue it with the same parameters like a crashed trial, so a rerun resumes it.
         retry_failed(study, study.tell(trial, state=TrialState.FAIL))
         raise
+    except STORAGE_FAILURES + (StorageError,):
+        raise  # the storage cannot take a "failed" now; the trial stays running, for recovery as a dead worker's
     except BaseException:
+        if interrupts.received() is not None:  # an interrupt that library code turned into an error of its own
+            retry_failed(study, study.tell(trial, state=TrialState.FAIL))
+            raise interrupts.Interrupted(interrupts.received()) from None
         study.tell(trial, state=TrialState.FAIL)
         raise
     return study.tell(trial, value)
+
+
+def run_batch(
+    study: optuna.Study, trials: list[optuna.Trial], objective: Any, on_trial: Callable[[FrozenTrial], None]
+) -> list[FrozenTrial]:
+    """Run ``trials`` together (``objective.run_batch``) and tell the storage how each ended as soon as it has:
+    what ``run_one`` does for one trial. Interrupted, every trial not yet told is failed and re-queued with the
+    same parameters; an unexpected error fails its trial and, after the others are told, stops the worker."""
+    told: dict[int, FrozenTrial] = {}
+    error: BaseException | None = None
+
+    def tell(i: int, outcome: float | BaseException) -> None:
+        nonlocal error
+        trial = trials[i]
+        if isinstance(outcome, optuna.TrialPruned):
+            told[i] = study.tell(trial, state=TrialState.PRUNED)
+        elif isinstance(outcome, BaseException):
+            told[i] = study.tell(trial, state=TrialState.FAIL)
+            error = error or outcome
+        else:
+            told[i] = study.tell(trial, outcome)
+        on_trial(told[i])
+
+    def requeue_the_rest() -> None:
+        for i, trial in enumerate(trials):
+            if i not in told:
+                retry_failed(study, study.tell(trial, state=TrialState.FAIL))
+
+    try:
+        objective.run_batch(trials, tell)
+    except KeyboardInterrupt:
+        requeue_the_rest()
+        raise
+    except STORAGE_FAILURES + (StorageError,):
+        raise  # the storage cannot take a "failed" now; the trials stay running, for recovery as a dead worker's
+    except BaseException:
+        if interrupts.received() is not None:
+            requeue_the_rest()
+            raise interrupts.Interrupted(interrupts.received()) from None
+        for i, trial in enumerate(trials):
+            if i not in told:
+                study.tell(trial, state=TrialState.FAIL)
+        raise
+    if error is not None:
+        raise error
+    return [told[i] for i in range(len(trials))]
 
 
 def run_trials(
@@ -186,8 +247,13 @@ def run_trials(
     on_company: Callable[[], None] | None = None,
     seeded_at: int = 0,
     poll_seconds: float = POLL_SECONDS,
+    batch: int = 1,
 ) -> None:
     """Run trials of ``study`` until it holds ``total`` finished trials (see the module docstring).
+
+    ``batch > 1`` asks that many trials at a time (the sampler's constant liar keeps them apart) and runs them
+    with ``objective.run_batch`` (trials that share programs train as one compiled program); ``objective`` is
+    then an ``hpo.objective.Objective``, else any callable of a trial.
 
     ``on_company`` is called once, before sampling, when this worker first sees a trial numbered from
     ``seeded_at`` (the trial count when the caller chose its sampler seed) that another worker created: the
@@ -197,6 +263,8 @@ def run_trials(
     waiting_said = False
     mine: set[int] = set()
     while True:
+        if interrupts.received() is not None:  # a signal whose exception library code swallowed is not lost
+            raise interrupts.Interrupted(interrupts.received())
         recover(study, storage, check_pids, out)
         trials = study.get_trials(deepcopy=False)
         finished = sum(t.state in FINISHED for t in trials)
@@ -218,23 +286,34 @@ def run_trials(
             time.sleep(poll_seconds)
             continue
         waiting_said = False
-        with warnings.catch_warnings():
-            # Optuna warns that heartbeats expect study.optimize; this loop records them itself (``heartbeat``).
-            warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed", category=UserWarning)
-            trial = study.ask()
-        with heartbeat(storage, trial._trial_id):
-            claim(trial)
-            mine.add(trial.number)
-            if on_company is not None and any(n not in mine for n in range(seeded_at, trial.number)):
-                on_company()
-                on_company = None
-            reason = surplus_reason(study, trial, total)
-            if reason is not None:
-                trial.set_user_attr(SURPLUS_ATTR, reason)
-                study.tell(trial, state=TrialState.FAIL)
-                continue
-            frozen = run_one(study, trial, objective)
-        on_trial(study, frozen)
+        # A batch asks no more trials than the study still needs (the exact-total rule fails any surplus anyway).
+        wanted = max(1, min(batch, total - finished - len(running)))
+        with contextlib.ExitStack() as beats:
+            asked = []
+            for _ in range(wanted):
+                with warnings.catch_warnings():
+                    # Optuna warns that heartbeats expect study.optimize; this loop records them itself (``heartbeat``).
+                    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed", category=UserWarning)
+                    trial = study.ask()
+                beats.enter_context(heartbeat(storage, trial._trial_id))
+                claim(trial)
+                mine.add(trial.number)
+                if on_company is not None and any(n not in mine for n in range(seeded_at, trial.number)):
+                    on_company()
+                    on_company = None
+                reason = surplus_reason(study, trial, total)
+                if reason is not None:
+                    trial.set_user_attr(SURPLUS_ATTR, reason)
+                    study.tell(trial, state=TrialState.FAIL)
+                    continue
+                asked.append(trial)
+            if batch == 1:
+                told = [run_one(study, trial, objective) for trial in asked]
+            else:
+                told = run_batch(study, asked, objective, lambda frozen: on_trial(study, frozen))
+        if batch == 1:
+            for frozen in told:
+                on_trial(study, frozen)
 
 
 def _local(trial: FrozenTrial) -> bool:

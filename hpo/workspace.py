@@ -2,9 +2,9 @@
 
 The notebook only calls these and ``hpo.report``; everything it shows can be produced from a script too::
 
-    from hpo.workspace import best_trial, open_study, study_dir, trial_curve_plots
+    from hpo.workspace import best_trial, open_study, study_folder, trial_curve_plots
     study = open_study("studies/bundled.journal", "digits-mlp-fa")
-    trial_curve_plots(study, best_trial(study), study_dir("results/bundled", "digits-mlp-fa"))
+    trial_curve_plots(study, best_trial(study), study_folder("results/bundled", "digits-mlp-fa"))
 """
 
 from __future__ import annotations
@@ -17,13 +17,15 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpo.config import DEFAULT_STORAGE
 from hpo.errors import UsageError
-from hpo.results import results_dir_for, study_dir
+from hpo.files import study_folder
+from hpo.results import results_dir_for
 from hpo.storage import open_storage, redact, study_names
 
-__all__ = ["best_trial", "notebook_settings", "open_study", "study_dir", "top_level_charts", "trial_curve_plots"]
+__all__ = ["best_trial", "notebook_settings", "open_study", "study_folder", "top_level_charts", "trial_curve_plots"]
 
 STORAGE_ENV = "HPO_STORAGE"  # the notebook's storage when set (tests and scripts inject one this way)
 RESULTS_ENV = "HPO_RESULTS_DIR"  # the notebook's results directory when set
+__all__ = ["best_trial", "open_study", "study_folder", "top_level_charts", "trial_curve_plots"]
 
 
 def project_root() -> Path:
@@ -62,7 +64,7 @@ def top_level_charts(results_dir: str | Path) -> list[Path]:
 def trial_curve_plots(study: optuna.Study, trial: FrozenTrial, directory: str | Path) -> list[Path]:
     """Plot one trial's learning curves (and alignment and weight change, when it recorded diagnostics) into
     ``directory`` with the plotting functions of ``hpo.curves``; return the PNGs written. For the best trial and
-    ``study_dir(results, study)`` these are the files the report writes."""
+    ``study_folder(results, study.study_name)`` these are the files the report writes."""
     from hpo.curves import alignment_png, decode_curves, learning_curves_png, weight_change_png
 
     attr = trial.user_attrs.get("curves")

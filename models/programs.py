@@ -1,38 +1,173 @@
-"""A bounded, least-recently-used cache of compiled programs, shared by the trainers.
+"""Compiled programs, kept so that no process traces or compiles the same program twice.
 
-Trials with the same shapes reuse compiled programs for the life of the process. The cache must be bounded:
-every XLA:CPU executable keeps hundreds of memory mappings alive, and a worker that compiled a few hundred
-programs hits the kernel's ``vm.max_map_count`` (65530 by default) and dies with "LLVM compilation error:
-Cannot allocate memory". Evicted programs are freed; recompiling one is cheap with JAX's persistent cache.
+Two layers, one ``get``:
+
+* in memory, a bounded least-recently-used cache: trials with the same program key reuse compiled programs for
+  the life of the process. It must be bounded: every XLA:CPU executable keeps hundreds of memory mappings alive,
+  and a worker that compiled a few hundred programs hits the kernel's ``vm.max_map_count`` (65530 by default)
+  and dies with "LLVM compilation error: Cannot allocate memory". Evicted programs are freed.
+* on disk (when a directory is set, ``hpo`` does): the serialised executables, keyed by the program key and a
+  fingerprint of everything else that shapes the program (JAX, jaxlib, Flax and Optax versions, backend and
+  devices, the CPU model and its flags, ``XLA_FLAGS``, and the source of ``models/``). A later process, or
+  ``python -m hpo.warmup`` ahead of a study, then loads a program in milliseconds: no tracing, no lowering,
+  no compilation (JAX's own persistent cache still has to trace and lower before it can look a program up).
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+import pickle
+import threading
 import time
 from collections import OrderedDict
+from pathlib import Path
 from typing import Any, Callable
 
 MAX_PROGRAMS = 24  # compiled program sets kept per process (each set: one epoch program and its helpers)
 
 
-class ProgramCache:
-    """``get(key, build)`` returns ``(programs, seconds spent building)``; 0.0 seconds on a hit."""
+def _versions() -> list[str]:
+    import flax
+    import jax
+    import jaxlib
+    import optax
 
-    def __init__(self, max_entries: int = MAX_PROGRAMS):
+    return [jax.__version__, jaxlib.__version__, flax.__version__, optax.__version__]
+
+
+def _cpu() -> str:
+    """The CPU model and its feature flags (an executable built for AVX-512 must not run where there is none)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        import platform
+
+        return platform.processor()
+    wanted = [line for line in info if line.startswith(("model name", "flags", "Features"))]
+    return "\n".join(dict.fromkeys(wanted))
+
+
+def _sources() -> str:
+    """A digest of the ``models`` package's source: any change to the science invalidates every stored program."""
+    digest = hashlib.sha256()
+    root = Path(__file__).resolve().parent
+    for path in sorted(root.rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+_FINGERPRINT: str | None = None
+
+
+def fingerprint() -> str:
+    """Everything besides the program key that decides what a compiled program is."""
+    global _FINGERPRINT
+    if _FINGERPRINT is None:
+        import jax
+
+        devices = sorted({f"{d.platform}:{d.device_kind}" for d in jax.devices()})
+        parts = [*_versions(), jax.default_backend(), *devices, _cpu(), os.environ.get("XLA_FLAGS", ""), _sources()]
+        _FINGERPRINT = hashlib.sha256("\0".join(parts).encode()).hexdigest()
+    return _FINGERPRINT
+
+
+def _serialise(value: tuple) -> bytes:
+    """A NamedTuple of compiled JAX executables as bytes."""
+    from jax.experimental import serialize_executable
+
+    return pickle.dumps((type(value), [serialize_executable.serialize(program) for program in value]))
+
+
+def _deserialise(data: bytes) -> tuple:
+    from jax.experimental import serialize_executable
+
+    kind, programs = pickle.loads(data)
+    return kind(*(serialize_executable.deserialize_and_load(*program) for program in programs))
+
+
+class ProgramCache:
+    """``get(key, build)`` returns ``(programs, seconds spent building or loading them)``; 0.0 on a memory hit.
+
+    ``key`` must be hashable and its ``repr`` stable across processes (it names the file on disk). Values are
+    NamedTuples of compiled executables (``jax.stages.Compiled``). Safe to use from several threads: a key being
+    built by one thread is waited for, not built again.
+    """
+
+    def __init__(self, max_entries: int = MAX_PROGRAMS, directory: str | Path | None = None):
         self.max_entries = max_entries
+        self.directory = None if directory is None else Path(directory)
         self._entries: OrderedDict[Any, Any] = OrderedDict()
+        self._lock = threading.Lock()
+        self._building: dict[Any, threading.Event] = {}
+        self.loaded_from_disk = 0  # programs this process loaded instead of compiling
+        self.built = 0  # programs this process compiled
+
+    def _path(self, key: Any) -> Path | None:
+        if self.directory is None:
+            return None
+        name = hashlib.sha256(f"{fingerprint()}\0{key!r}".encode()).hexdigest()
+        return self.directory / f"{name}.programs"
+
+    def __contains__(self, key: Any) -> bool:
+        with self._lock:
+            if key in self._entries:
+                return True
+        path = self._path(key)
+        return path is not None and path.is_file()
 
     def get(self, key: Any, build: Callable[[], Any]) -> tuple[Any, float]:
-        if key in self._entries:
-            self._entries.move_to_end(key)
-            return self._entries[key], 0.0
+        while True:
+            with self._lock:
+                if key in self._entries:
+                    self._entries.move_to_end(key)
+                    return self._entries[key], 0.0
+                pending = self._building.get(key)
+                if pending is None:
+                    self._building[key] = threading.Event()
+                    break
+            pending.wait()  # another thread builds it; then it is in memory (or its build failed: try again)
         start = time.perf_counter()
-        value = build()
-        seconds = time.perf_counter() - start
-        self._entries[key] = value
-        while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
-        return value, seconds
+        try:
+            value = self._load(key)
+            if value is None:
+                value = build()
+                self.built += 1
+                self._store(key, value)
+            else:
+                self.loaded_from_disk += 1
+            seconds = time.perf_counter() - start
+            with self._lock:
+                self._entries[key] = value
+                while len(self._entries) > self.max_entries:
+                    self._entries.popitem(last=False)
+            return value, seconds
+        finally:
+            with self._lock:
+                self._building.pop(key).set()
+
+    def _load(self, key: Any) -> Any | None:
+        path = self._path(key)
+        if path is None or not path.is_file():
+            return None
+        try:
+            return _deserialise(path.read_bytes())
+        except Exception:  # noqa: BLE001 -- a stale or damaged entry is rebuilt and replaced, never fatal
+            return None
+
+    def _store(self, key: Any, value: Any) -> None:
+        path = self._path(key)
+        if path is None:
+            return
+        try:
+            data = _serialise(value)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+        except Exception:  # noqa: BLE001 -- an unwritable cache only costs a later recompile
+            return
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -417,6 +417,7 @@ class Member:
     order_rngs: list[np.random.Generator]  # one per run (the same generator may serve several): batch orders
     on_epoch: EpochCallback | None = None  # after every epoch with this member's metrics; raising stops it
     timing: Timing | None = None  # this member's share of the group's compile and training seconds
+    on_compiled: Callable[[float], None] | None = None  # told its share of the compile seconds, before training
 
 
 def group_key(config: Any, data: FoldData, out_features: int) -> Hashable:
@@ -424,6 +425,61 @@ def group_key(config: Any, data: FoldData, out_features: int) -> Hashable:
     family: ModelFamily = config.family
     spec = family.program_spec(config, data.x[:1], out_features)
     return family.name, spec, family.batch_size(config), family.epochs(config)
+
+
+class _Group(NamedTuple):
+    """What a group's programs are compiled for: its family, plan and spec, and its first epoch's arguments."""
+
+    family: ModelFamily
+    plan: Plan
+    spec: Hashable
+    data: FoldData  # prepared by the family, one run per member and fold
+    state: Any  # host state of every run
+    key: Any  # raw PRNG key of every run, or None
+    hyper: dict  # traced hyperparameters of every run
+    batches: np.ndarray  # the first epoch's mini-batches of every run
+
+
+def _setup_group(members: list[Member], data: FoldData, out_features: int, fold_strategy: str, evals_per_epoch: int,
+                 diagnostics: bool) -> _Group:
+    first = members[0].config
+    family: ModelFamily = first.family
+    key_of_group = group_key(first, data, out_features)
+    if any(group_key(m.config, data, out_features) != key_of_group for m in members[1:]):
+        raise ValueError("members of a group must share their programs (models.train.group_key)")
+    plan = Plan(fold_strategy, evals_per_epoch, diagnostics and family.has_diagnostics)
+    data = family.prepare(first, data)
+    n_members, k = len(members), data.train_idx.shape[0]
+    if n_members > 1:  # every member runs on the same folds, in its own slots
+        data = data._replace(
+            train_idx=np.tile(data.train_idx, (n_members, 1)), val_idx=jnp.tile(data.val_idx, (n_members, 1)),
+            val_mask=jnp.tile(data.val_mask, (n_members, 1)),
+        )
+    sample_x = data.x[:1]
+    spec = family.program_spec(first, sample_x, out_features)
+    run_seeds = [s for m in members for s in m.run_seeds]
+    state = stack([family.init(m.config, spec, sample_x, np.random.default_rng(s)) for m in members for s in m.run_seeds])
+    # per-run keys from a child of each run's seed (the initialisation, drawn from the seed itself, is unchanged)
+    key = np.stack([s.spawn(1)[0].generate_state(2) for s in run_seeds]) if family.needs_key(spec) else None
+    hyper = stack([family.hyperparameters(m.config) for m in members for _ in range(k)])  # one value per run
+    batches = batch_orders([rng for m in members for rng in m.order_rngs], np.asarray(data.train_idx),
+                           family.batch_size(first))
+    return _Group(family, plan, spec, data, state, key, hyper, batches)
+
+
+def precompile(
+    config: Any, data: FoldData, out_features: int, fold_strategy: str = "sequential", evals_per_epoch: int = 1,
+    diagnostics: bool = False, members: int = 1,
+) -> float:
+    """Compile (or load from disk) the programs a group of ``members`` configurations like ``config`` trains with,
+    without training; the seconds it took (0 when they were in memory already)."""
+    k = data.train_idx.shape[0]
+    member = Member(config, np.random.SeedSequence(0).spawn(k), [np.random.default_rng(0)] * k)
+    group = _setup_group([member] * members, data, out_features, fold_strategy, evals_per_epoch, diagnostics)
+    _, seconds = compiled_programs(
+        group.family, group.spec, group.plan, group.state, group.key, group.batches, group.data, group.hyper
+    )
+    return seconds
 
 
 def train_group(
@@ -443,36 +499,20 @@ def train_group(
     no member is left). The outcome of a member that trained every epoch is its ``CVResult``. The group's compile
     seconds are shared equally by its members, each epoch's seconds equally by the members still training.
     """
-    first = members[0].config
-    family: ModelFamily = first.family
-    key_of_group = group_key(first, data, out_features)
-    if any(group_key(m.config, data, out_features) != key_of_group for m in members[1:]):
-        raise ValueError("members of a group must share their programs (models.train.group_key)")
-    plan = Plan(fold_strategy, evals_per_epoch, diagnostics and family.has_diagnostics)
-    data = family.prepare(first, data)
-    n_members, k = len(members), data.train_idx.shape[0]
-    if n_members > 1:  # every member runs on the same folds, in its own slots
-        data = data._replace(
-            train_idx=np.tile(data.train_idx, (n_members, 1)), val_idx=jnp.tile(data.val_idx, (n_members, 1)),
-            val_mask=jnp.tile(data.val_mask, (n_members, 1)),
-        )
-    sample_x = data.x[:1]
-    spec = family.program_spec(first, sample_x, out_features)
-    run_seeds = [s for m in members for s in m.run_seeds]
+    group = _setup_group(members, data, out_features, fold_strategy, evals_per_epoch, diagnostics)
+    family, plan, spec, data, state, key, hyper, batches = group
+    n_members, k = len(members), len(members[0].run_seeds)
     order_rngs = [rng for m in members for rng in m.order_rngs]
-    state = stack([family.init(m.config, spec, sample_x, np.random.default_rng(s)) for m in members for s in m.run_seeds])
-    # per-run keys from a child of each run's seed (the initialisation, drawn from the seed itself, is unchanged)
-    key = np.stack([s.spawn(1)[0].generate_state(2) for s in run_seeds]) if family.needs_key(spec) else None
-    hyper = stack([family.hyperparameters(m.config) for m in members for _ in range(k)])  # one value per run
     train_idx = np.asarray(data.train_idx)
-    batch_size, epochs = family.batch_size(first), family.epochs(first)
-    batches = batch_orders(order_rngs, train_idx, batch_size)
+    batch_size, epochs = family.batch_size(members[0].config), family.epochs(members[0].config)
     _, valid, _ = segment_layout(batches.shape[1], evals_per_epoch)
     point_epochs = (np.arange(epochs)[:, None] + valid.sum(1).cumsum() / valid.sum()).ravel()
     timings = [Timing() if m.timing is None else m.timing for m in members]
     compiled, compile_seconds = compiled_programs(family, spec, plan, state, key, batches, data, hyper)
-    for timing in timings:
+    for member, timing in zip(members, timings):
         timing.compile_seconds += compile_seconds / n_members
+        if member.on_compiled is not None:
+            member.on_compiled(timing.compile_seconds)
     n_params = family.count_params(spec, jax.tree_util.tree_map(lambda a: a[0], state))
 
     outcomes: list[CVResult | Exception | None] = [None] * n_members
@@ -540,13 +580,16 @@ def fit_and_score(
     seeds: int | list[int],
     fold_strategy: str = "vmap",
     keep_state: bool = False,
+    evals_per_epoch: int = 1,
+    diagnostics: bool = False,
 ) -> CVResult:
     """Train on the whole training split and score the test split, once per seed, all seeds in one program.
 
     The cross-validation core with one run per seed whose validation part is the test split: ``fold_scores[i]``
     is seed i's test score. Each run's randomness comes from its own seed alone (initialisation from the first
     child of ``SeedSequence(seed)``, batch order from the second), so a seed's score does not depend on the
-    other seeds it is trained with.
+    other seeds it is trained with. ``evals_per_epoch`` and ``diagnostics`` are those of ``cross_validate``
+    (the validation curves are then test-split curves; the diagnostics use training batches as always).
     """
     seeds = [seeds] if isinstance(seeds, int) else list(seeds)
     n_train, n_test, k = len(x_train), len(x_test), len(seeds)
@@ -561,5 +604,6 @@ def fit_and_score(
     run_seeds = [init for init, _ in children]
     order_rngs = [np.random.default_rng(order) for _, order in children]
     return train_runs(
-        config, data, out_features, run_seeds, order_rngs, fold_strategy=fold_strategy, keep_state=keep_state
+        config, data, out_features, run_seeds, order_rngs, fold_strategy=fold_strategy, keep_state=keep_state,
+        evals_per_epoch=evals_per_epoch, diagnostics=diagnostics,
     )

@@ -16,6 +16,7 @@ import os
 import pwd
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -100,12 +101,41 @@ class PostgresServer:
         # Local (socket) connections trust the admin; TCP connections need a password (scram), as in production.
         self._run(self.bin_dir / "initdb", "-D", data, "-U", "admin", "--auth-local=trust",
                   "--auth-host=scram-sha-256", "-E", "UTF8", "--no-sync")
-        options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.root} -F -c max_connections=200"
-        self._run(self.bin_dir / "pg_ctl", "-D", data, "-o", options, "-l", self.root / "server.log",
-                  "-w", "-t", str(START_TIMEOUT_SECONDS), "start")
+        self.resume()
         sql = f"CREATE USER {DATABASE} PASSWORD '{self.password}';\nCREATE DATABASE {DATABASE} OWNER {DATABASE};\n"
         self._run(self.bin_dir / "psql", "-h", self.root, "-p", str(self.port), "-U", "admin", "-d", "postgres",
                   "-v", "ON_ERROR_STOP=1", "-q", "-f", "-", input=sql)
+
+    def server_pids(self) -> list[int]:
+        """The postmaster and every server process it started (one per connection, background workers)."""
+        postmaster = int((self.root / "data" / "postmaster.pid").read_text().split()[0])
+        children = Path(f"/proc/{postmaster}/task/{postmaster}/children").read_text().split()
+        return [postmaster, *map(int, children)]
+
+    def freeze(self) -> list[int]:
+        """SIGSTOP every server process: the server keeps its sockets open and answers nothing. Returns the pids."""
+        pids = self.server_pids()
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        return pids
+
+    @staticmethod
+    def thaw(pids: list[int]) -> None:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+
+    def halt(self) -> None:
+        """Stop the server at once (as a crash or a power loss would), keeping its data for ``resume``."""
+        self._run(self.bin_dir / "pg_ctl", "-D", self.root / "data", "-m", "immediate", "-w", "stop")
+
+    def resume(self) -> None:
+        """Start the server on its port with its data: at first, and again after ``halt``."""
+        options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.root} -F -c max_connections=200"
+        self._run(self.bin_dir / "pg_ctl", "-D", self.root / "data", "-o", options, "-l", self.root / "server.log",
+                  "-w", "-t", str(START_TIMEOUT_SECONDS), "start")
 
     def stop(self) -> None:
         """Stop the server (immediately: the data is thrown away) and delete the cluster."""

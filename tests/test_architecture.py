@@ -57,7 +57,19 @@ def test_static_view_hides_traced_and_host_fields():
     for name in ("learning_rate", "epochs", "feedback_scale"):
         with pytest.raises(AttributeError, match="not a static field"):
             getattr(Static(a), name)
-    assert traced_values(b) == {"learning_rate": np.float32(0.5), "momentum": np.float32(0.5), "weight_decay": 0}
+    assert traced_values(b) == {
+        "learning_rate": np.float32(0.5), "momentum": np.float32(0.5), "weight_decay": np.float32(0.0),
+        "activation": np.int32(0), "optimizer": np.int32(0),
+    }
+    # a choice field is its index among the choices one program serves, so the choices are static and the value is not
+    c = TrainConfig(rule="fa", hidden=(8,), learning_rate=0.1, activation="tanh", activation_choices=("relu", "tanh"),
+                    optimizer="sgd", optimizer_choices=("adam", "sgd"))
+    d = TrainConfig(rule="fa", hidden=(8,), learning_rate=0.2, activation="relu", activation_choices=("relu", "tanh"),
+                    optimizer="adam", optimizer_choices=("adam", "sgd"))
+    assert Static(c) == Static(d) and Static(c) != Static(a)
+    assert (traced_values(c)["activation"], traced_values(c)["optimizer"]) == (1, 1)
+    with pytest.raises(AttributeError, match="not a static field"):
+        getattr(Static(c), "activation")
 
 
 def _dfa_grads(model):

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pytest
 
@@ -39,8 +40,8 @@ def test_cli_runs_a_study_writes_results_and_resumes(tmp_path):
     rows = list(csv.DictReader((results / "summary.csv").open()))
     assert len(rows) == 1 and rows[0]["study"] == "digits-mlp-fa" and rows[0]["algo"] == "fa"
     assert int(rows[0]["complete"]) + int(rows[0]["pruned"]) == 3
-    assert 0.0 < float(rows[0]["test_score"]) <= 1.0
-    assert float(rows[0]["worst"]) <= float(rows[0]["mean"]) <= float(rows[0]["best"])
+    assert 0.0 < float(rows[0]["test_mean"]) <= 1.0 and int(rows[0]["test_n"]) == 5  # the default --test-seeds
+    assert float(rows[0]["startup_worst"]) <= float(rows[0]["startup_mean"]) <= float(rows[0]["best"])
     study, trials = finished(storage, "digits-mlp-fa")
     kept = {t.number: t.params for t in trials}
     for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):
@@ -138,3 +139,39 @@ def test_changed_settings_on_resume_are_refused(tmp_path, capsys):
     assert main(["--algo", "bp", "--dataset", "digits", "--epochs", "2", "--folds", "2", "--trials", "2",
                  "--storage", storage, "--results-dir", str(tmp_path / "r")]) == 2
     assert "was created with epochs=1, got epochs=2" in capsys.readouterr().err
+
+
+def test_test_seeds_are_stored_summarised_and_recomputed_only_when_needed(tmp_path, capsys):
+    from hpo.heldout import heldout_seeds
+    from hpo.objective import trial_seed
+
+    storage, results = tmp_path / "s.journal", tmp_path / "results"
+    argv = ["--algo", "bp", "--trials", "3", *TINY, "--storage", str(storage), "--results-dir", str(results)]
+    assert main([*argv, "--test-seeds", "3"]) == 0
+    out = capsys.readouterr().out
+    study, trials = finished(storage, "digits-mlp-bp")
+    test = study.user_attrs["test"]
+    assert test["trial"] == study.best_trial.number and len(test["scores"]) == 3
+    assert test["seeds"] == heldout_seeds(0, test["trial"], 3)
+    assert test["seeds"][0] == trial_seed(0, test["trial"])  # seed 0 is the trial's own: --test-seeds 1 = before
+    assert len(set(test["seeds"])) == 3 and all(0.0 < s <= 1.0 for s in test["scores"])
+    assert all(t.user_attrs.get("startup") for t in trials)  # the first trials are random start-up trials
+    row = next(csv.DictReader((results / "summary.csv").open()))
+    scores = np.array(test["scores"])
+    assert int(row["test_n"]) == 3 and float(row["test_mean"]) == pytest.approx(scores.mean(), rel=1e-5)
+    assert float(row["test_std"]) == pytest.approx(scores.std(ddof=1), rel=1e-4, abs=1e-7)
+    assert float(row["test_ci95"]) == pytest.approx(4.302653 * scores.std(ddof=1) / np.sqrt(3), rel=1e-4, abs=1e-7)
+    assert row["delta_vs_bp"] == "" and row["p_vs_bp"] == ""  # bp itself
+    assert "(95% CI over 3 seeds)" in out and "best hyperparameters" in out  # printed at the end of the run
+
+    assert main([*argv, "--test-seeds", "3"]) == 0  # same best trial, same seeds: nothing retrained
+    assert "best trial #" not in capsys.readouterr().out
+    assert main([*argv, "--test-seeds", "2"]) == 0  # another number of seeds: retrained
+    assert "(95% CI over 2 seeds)" in capsys.readouterr().out
+    study, _ = finished(storage, "digits-mlp-bp")
+    assert study.user_attrs["test"]["seeds"] == test["seeds"][:2]
+
+
+def test_bad_test_seeds_is_one_line(tmp_path, capsys):
+    assert main(["--test-seeds", "0", "--storage", str(tmp_path / "s.journal"), "--results-dir", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == "error: --test-seeds must be an integer >= 1, got 0\n"

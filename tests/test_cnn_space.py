@@ -1,19 +1,22 @@
 """The CNN search space proposes only architectures that fit the input: property tests over many samples."""
 
+import itertools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optuna
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from hpo.algorithms import check_dataset, suggest
 from hpo.config import StudyConfig
 from hpo.data import Dataset
 from hpo.errors import UsageError
-from hpo.space import CONV_CHOICES, MAX_CONV_MACS, suggest_cnn, suggest_conv_layer
+from hpo.space import CONV_CHOICES, MAX_CONV_MACS, layer_fits, suggest_cnn, suggest_conv_layer
 from hpo.study import make_sampler
+from models.networks import ConvLayer
 from models.rule_training import make_model
 from models.rules import RULES
 
@@ -35,7 +38,7 @@ class HypothesisTrial:
     def suggest_categorical(self, name, choices):
         return self._keep(name, self.data.draw(st.sampled_from(list(choices)), label=name))
 
-    def suggest_int(self, name, low, high):
+    def suggest_int(self, name, low, high, log=False):
         return self._keep(name, self.data.draw(st.integers(low, high), label=name))
 
     def suggest_float(self, name, low, high, log=False):
@@ -74,6 +77,66 @@ def test_every_architecture_hypothesis_can_choose_fits_and_runs(shape, algo, dat
     # the objective retrains the best trial from its parameters with a FixedTrial: the same network comes out
     assert suggest_cnn(optuna.trial.FixedTrial(trial.params), StudyConfig(algo=algo, model="cnn"),
                        fake_dataset(shape)) == config
+
+
+# What a [space] table may allow for each conv field: subsets of the defaults and values beyond them (big kernels,
+# stride 3, 64 channels), restrictive enough that some combinations cannot fit the smaller inputs at all.
+USER_CONV_OPTIONS = {
+    "features": [[8], [4, 64], [16, 32], [64]], "padding": [["VALID"], ["SAME"], ["SAME", "VALID"]],
+    "kernel": [[1], [3], [5, 7], [9], [3, 9]], "stride": [[1], [2, 3], [3]], "pool": [["max"], ["none", "avg"], ["avg"]],
+}
+CONV_KEYS = {"features": "conv_channels", "padding": "conv_padding", "kernel": "conv_kernel", "stride": "conv_stride",
+             "pool": "conv_pool"}
+
+
+def some_trunk_fits(shape, allowed, depth):
+    """Independent exhaustive search: does any trunk of ``depth`` layers from the allowed values fit ``shape``?"""
+    spatial, channels = shape[:-1], shape[-1]
+    if depth == 0:
+        return True
+    for values in itertools.product(*(allowed[f] for f in CONV_CHOICES)):
+        layer = ConvLayer(**dict(zip(CONV_CHOICES, values)))
+        if layer_fits(layer, spatial, channels):
+            after = (*(layer.output_size(n) for n in spatial), layer.features)
+            if some_trunk_fits(after, allowed, depth - 1):
+                return True
+    return False
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(shape=st.sampled_from(SHAPES), data=st.data())
+def test_user_restricted_conv_choices_are_refused_up_front_or_always_fit(shape, data):
+    """Random [space] restrictions (fixed values, subsets, values beyond the defaults, fixed depths): either the
+    study is refused before it starts because no trunk of the smallest allowed depth fits, or every architecture the
+    sampler can reach fits, runs, uses only allowed values and has an allowed depth."""
+    space, allowed = {}, {}
+    for field, options in USER_CONV_OPTIONS.items():
+        chosen = data.draw(st.sampled_from(options), label=field)
+        if data.draw(st.booleans(), label=f"override {field}"):
+            space[CONV_KEYS[field]] = chosen[0] if len(chosen) == 1 else chosen
+            allowed[field] = chosen
+        else:
+            allowed[field] = list(CONV_CHOICES[field])
+    low = data.draw(st.integers(1, 3), label="conv_layers low")
+    high = data.draw(st.integers(low, 3), label="conv_layers high")
+    space["conv_layers"] = low if low == high else {"low": low, "high": high}
+    config = StudyConfig(algo="fa", model="cnn", space=space)
+    dataset = fake_dataset(shape, n=400)  # folds large enough for every batch size
+    if not some_trunk_fits(shape, allowed, low):
+        event("refused: no trunk fits")
+        with pytest.raises(UsageError, match="cannot build"):
+            check_dataset(config, dataset)
+        return
+    check_dataset(config, dataset)
+    trial = HypothesisTrial(data)
+    network = suggest_cnn(trial, config, dataset)
+    event(f"built {len(network.conv)} of {low}..{high} layers")
+    assert low <= len(network.conv) <= high
+    for layer in network.conv:
+        assert all(getattr(layer, field) in allowed[field] for field in CONV_CHOICES), layer
+    check_architecture(network, shape)
+    assert not {key for key, value in space.items() if not isinstance(value, (list, dict))} & set(trial.params)
+    assert suggest_cnn(optuna.trial.FixedTrial(trial.params), config, dataset) == network
 
 
 @settings(max_examples=25, deadline=None)

@@ -63,6 +63,7 @@ def test_notebook_runs_top_to_bottom(tmp_path):
     warned = [o.get("text", "") for cell in code for o in cell.outputs if o.get("name") == "stderr"]
     assert not any("Warning" in w for w in warned), warned  # e.g. tqdm's IProgress warning, at import of optuna
     assert "digits-mlp-fa" in text and "fold_scores" in text
+    assert "| `depth` | int | 1 .. 3 |  |" in text  # the study's search space, as stored with it
     images = [o for cell in code for o in cell.outputs if "image/png" in o.get("data", {})]
     shown = {o["data"]["text/markdown"].strip("`") for cell in code for o in cell.outputs
              if "text/markdown" in o.get("data", {})}

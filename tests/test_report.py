@@ -15,13 +15,20 @@ import optuna
 import pandas as pd
 import pytest
 from optuna.distributions import FloatDistribution
+from optuna.trial import TrialState
+from scipy import stats as scipy_stats
 
 from hpo import report
 from hpo.storage import open_storage
 
 
-def add_study(storage_url: str, name: str, dataset: str, algo: str, values: list[float], model: str = "mlp"):
-    """A finished study as hpo.run leaves it: study attributes, and per trial a value, params and user attrs."""
+def add_study(storage_url: str, name: str, dataset: str, algo: str, values: list[float], model: str = "mlp",
+              test_scores: list[float] | None = None, startup: int = 0):
+    """A finished study as hpo.run leaves it: study attributes, and per trial a value, params and user attrs.
+
+    ``test_scores``: the best trial's per-seed test scores (default: one score in the format of the runs before
+    test seeds); ``startup``: the first trials carry the start-up mark (default: none, as before it existed).
+    """
     study = optuna.create_study(study_name=name, storage=open_storage(storage_url), direction="maximize")
     for key, value in {"dataset": dataset, "model": model, "algo": algo, "metric": "accuracy"}.items():
         study.set_user_attr(key, value)
@@ -39,11 +46,16 @@ def add_study(storage_url: str, name: str, dataset: str, algo: str, values: list
                 user_attrs={
                     "fold_scores": folds, "fold_std": 0.01, "wall_seconds": 1.0 + i, "compile_seconds": 0.5,
                     "curves": {"epoch": [1.0, 2.0], "series": {k: np.transpose(v).tolist() for k, v in curves.items()}},
+                    **({"startup": True} if i < startup else {}),
                 },
             )
         )
     best = int(np.argmax(values))
-    study.set_user_attr("test", {"trial": best, "score": values[best] - 0.02, "metric": "accuracy"})
+    if test_scores is None:
+        study.set_user_attr("test", {"trial": best, "score": values[best] - 0.02, "metric": "accuracy"})
+    else:
+        study.set_user_attr("test", {"trial": best, "seeds": list(range(len(test_scores))), "scores": test_scores,
+                                     "metric": "accuracy"})
     return study
 
 
@@ -106,12 +118,18 @@ def test_mixed_datasets_and_rules(storage, tmp_path, capsys):
     assert sorted(frame.index) == ["digits-mlp-bp", "digits-mlp-fa", "mnist-5k-mlp-kp"]
     kp = frame.loc["mnist-5k-mlp-kp"]
     values = np.array([0.4, 0.6, 0.5, 0.3])
-    assert (kp.complete, kp.best, kp.worst, kp.best_trial) == (4, 0.6, 0.3, 1)
-    assert kp["mean"] == pytest.approx(values.mean()) and kp["std"] == pytest.approx(values.std(), rel=1e-5)
-    assert kp.test_score == pytest.approx(0.58)
+    assert (kp.complete, kp.best, kp.startup_worst, kp.best_trial, kp.startup_n) == (4, 0.6, 0.3, 1, 4)
+    assert kp.startup_mean == pytest.approx(values.mean()) and kp.startup_std == pytest.approx(values.std(ddof=1), rel=1e-5)
+    # stored before test seeds: one score, no interval, and the table says so
+    assert (kp.test_n, kp.test_mean) == (1, pytest.approx(0.58)) and np.isnan(kp.test_ci95)
+    assert "predates test seeds" in kp.test_note and "predates the start-up mark" in kp.startup_note
+    assert np.isnan(kp.delta_vs_bp)  # no bp study on mnist-5k
+    fa = frame.loc["digits-mlp-fa"]
+    assert fa.delta_vs_bp == pytest.approx((0.8 - 0.02) - (0.9 - 0.02)) and np.isnan(fa.p_vs_bp)  # n = 1 each
     assert frame.loc["digits-mlp-bp", "wall_seconds"] == pytest.approx(3.0)
 
     assert_real_image(results / "comparison.png")
+    assert_real_image(results / "efficiency" / "digits-mlp.png")
     html = (results / "comparison.html").read_text()
     for text in ("digits", "mnist-5k", '"fa"', '"bp"', '"kp"'):  # panel titles and bar labels in the figure JSON
         assert text in html
@@ -132,8 +150,9 @@ def test_one_study_alone_still_draws(storage, tmp_path):
     (title, group), = report._groups(report.summarize(report.load_studies(storage, "mnist-*")))
     assert title == "mnist-5k / mlp" and group["label"].tolist() == ["kp"]
     low, high = report._score_limits(group)
-    mean, std = group["mean"].iloc[0], group["std"].iloc[0]
-    assert 0.0 <= low < min(0.3, mean - std) and max(0.6, mean + std) < high <= 1.0  # every bar and error bar in view
+    kp = group.iloc[0]
+    assert 0.0 <= low < min(kp.startup_worst, kp.startup_mean - kp.startup_std)  # every bar and error bar in view
+    assert max(kp.best, kp.startup_mean + kp.startup_std, kp.test_mean) < high <= 1.0
     assert charts(results) <= index_targets(results)
 
 
@@ -196,14 +215,15 @@ def test_fresh_clone_without_local_database_points_to_the_committed_run(tmp_path
 
 
 def test_error_bars_above_one_are_not_cut_off():
-    """Accuracy whose mean + std passes 1 (a skewed spread): the axis goes above 1 rather than clipping the bar."""
-    group = pd.DataFrame({"best": [0.98], "mean": [0.92], "std": [0.16], "worst": [0.13], "direction": ["maximize"]})
+    """Accuracy whose mean + spread passes 1 (a skewed spread): the axis goes above 1 rather than clipping the bar."""
+    group = pd.DataFrame({"best": [0.98], "startup_mean": [0.92], "startup_std": [0.16], "startup_worst": [0.13],
+                          "test_mean": [0.97], "test_ci95": [0.05], "direction": ["maximize"]})
     low, high = report._score_limits(group)
-    assert low == 0.0 and high > 0.92 + 0.16
+    assert low == 0.0 and high > 0.92 + 0.16 and high > 0.97 + 0.05
 
 
 def test_comparison_legend_covers_no_bar(storage, tmp_path):
-    """One legend for the figure, above the panels, outside every axes' area."""
+    """One legend for the figure, outside every panel's area."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -223,3 +243,67 @@ def test_comparison_legend_covers_no_bar(storage, tmp_path):
     fig.canvas.draw()
     box = legend.get_window_extent()
     assert all(not box.overlaps(ax.get_window_extent()) for ax in fig.axes if ax.get_visible())
+def test_rules_are_compared_with_backprop_by_welch(tmp_path):
+    url = str(tmp_path / "s.journal")
+    bp_scores, fa_scores, kp_scores = [0.94, 0.942, 0.938, 0.941, 0.939], [0.93, 0.925, 0.935, 0.928, 0.931], [0.9]
+    add_study(url, "mnist-5k-mlp-bp", "mnist-5k", "bp", [0.9, 0.93], test_scores=bp_scores, startup=2)
+    add_study(url, "mnist-5k-mlp-fa", "mnist-5k", "fa", [0.85, 0.92, 0.6], test_scores=fa_scores, startup=3)
+    add_study(url, "mnist-5k-mlp-kp", "mnist-5k", "kp", [0.91], test_scores=kp_scores, startup=1)
+    add_study(url, "digits-mlp-fa", "digits", "fa", [0.9], test_scores=[0.95, 0.96])
+    results = tmp_path / "results"
+    frame = report.write_reports(url, results, out=lambda _: None).set_index("study")
+    csv = pd.read_csv(results / "summary.csv").set_index("study")
+    for column in ("test_mean", "test_std", "test_ci95", "delta_vs_bp", "p_vs_bp"):
+        assert column in csv.columns
+    fa = csv.loc["mnist-5k-mlp-fa"]
+    welch = scipy_stats.ttest_ind(fa_scores, bp_scores, equal_var=False)
+    interval = welch.confidence_interval(0.95)
+    assert fa.delta_vs_bp == pytest.approx(np.mean(fa_scores) - np.mean(bp_scores), rel=1e-5)
+    assert fa.p_vs_bp == pytest.approx(welch.pvalue, rel=1e-5) and fa.p_vs_bp < 0.05
+    assert fa.delta_vs_bp_ci95 == pytest.approx((interval.high - interval.low) / 2, rel=1e-5)
+    assert fa.test_n == 5 and fa.test_mean == pytest.approx(np.mean(fa_scores), rel=1e-5)
+    assert fa.test_std == pytest.approx(np.std(fa_scores, ddof=1), rel=1e-5)
+    assert fa.test_ci95 == pytest.approx(scipy_stats.t.ppf(0.975, 4) * scipy_stats.sem(fa_scores), rel=1e-5)
+    assert (fa.startup_n, fa.startup_worst) == (3, 0.6)  # the marked start-up trials
+    kp = csv.loc["mnist-5k-mlp-kp"]  # one seed: a difference, but no interval and no p
+    assert kp.delta_vs_bp == pytest.approx(0.9 - np.mean(bp_scores), rel=1e-5)
+    assert np.isnan(kp.delta_vs_bp_ci95) and np.isnan(kp.p_vs_bp)
+    for study in ("mnist-5k-mlp-bp", "digits-mlp-fa"):  # bp itself, and a dataset without bp: empty
+        assert csv.loc[study, ["delta_vs_bp", "delta_vs_bp_ci95", "p_vs_bp"]].isna().all()
+    markdown = (results / "summary.md").read_text()
+    row = next(line for line in markdown.splitlines() if line.startswith("| mnist-5k-mlp-fa |"))
+    assert f"{np.mean(fa_scores):.4f} ± {frame.loc['mnist-5k-mlp-fa', 'test_ci95']:.4f} (n=5)" in row
+    assert f"{fa.delta_vs_bp:.4f} ± " in row and report.p_value(fa.p_vs_bp) in row
+    assert "## Best hyperparameters" in markdown and "| learning_rate |" in markdown.replace("trial | ", "")
+    page = (results / "index.html").read_text()
+    assert "Best hyperparameters" in page and "p vs bp" in page and report.p_value(fa.p_vs_bp) in page
+
+
+def test_best_so_far_counts_pruned_trials_as_spent_budget():
+    from hpo.comparison import best_so_far
+
+    study = optuna.create_study(direction="maximize")
+    distributions = {"x": FloatDistribution(0, 1)}
+    for state, value in [(TrialState.PRUNED, None), (TrialState.COMPLETE, 0.5), (TrialState.PRUNED, None),
+                         (TrialState.COMPLETE, 0.4), (TrialState.COMPLETE, 0.7), (TrialState.FAIL, None)]:
+        study.add_trial(optuna.trial.create_trial(state=state, value=value, params={"x": 0.1},
+                                                  distributions=distributions,
+                                                  intermediate_values={0: 0.3} if state == TrialState.PRUNED else {}))
+    np.testing.assert_array_equal(best_so_far(study), [np.nan, 0.5, 0.5, 0.5, 0.7])  # the failed trial is not one
+
+
+def test_best_hyperparameters_a_column_per_parameter_rounded_and_grouped_by_space():
+    frame = pd.DataFrame({
+        "study": ["a", "b", "c"], "dataset": ["d", "d", "d"], "model": ["mlp", "mlp", "mlp"],
+        "algo": ["bp", "fa", "sd"], "best_trial": [3, 4, 5],
+        "best_params": [
+            '{"lr_adam": 0.0012345678, "width": 512, "optimizer": "adam"}',
+            '{"lr_adam": 0.25, "width": 64, "optimizer": "adam", "feedback_scale": 1.23456}',
+            '{"sd_phase": 30.0, "sd_width1": 250, "sd_spiking_feedback": false}',
+        ],
+    })
+    (rules_title, rules), (sd_title, sd) = report.best_params_tables(frame)
+    assert rules_title == "mlp: bp/fa" and sd_title == "mlp: sd"
+    assert list(rules.columns) == ["dataset", "model", "rule", "trial", "feedback_scale", "lr_adam", "optimizer", "width"]
+    assert rules.iloc[0].tolist() == ["d", "mlp", "bp", "#3", "", 0.00123, "adam", 512]  # empty where not asked
+    assert rules.iloc[1]["feedback_scale"] == 1.23 and sd.iloc[0]["sd_spiking_feedback"] is False

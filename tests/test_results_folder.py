@@ -172,7 +172,7 @@ def test_comparison_chart_draws_offline_in_a_real_browser(results, tmp_path):
     screenshot(results / "comparison.html", png)
     pixels = (matplotlib.image.imread(png) * 255).round().astype(np.uint8)
     assert pixels.shape[:2] == (800, 1200)
-    for stat, colour in report.STAT_COLOURS.items():  # every statistic's bars are drawn, in its colour
+    for stat, _, _, colour in report.BARS:  # every statistic's bars are drawn, in its colour
         assert colour_share(pixels, colour) > 0.002, f"no {stat} bars ({colour}) on the screenshot"
 
     # the same page without its plotly.js draws nothing: the check above sees the chart, not the page's background
@@ -181,4 +181,4 @@ def test_comparison_chart_draws_offline_in_a_real_browser(results, tmp_path):
     (blank / PLOTLY_JS).unlink()
     screenshot(blank / "comparison.html", tmp_path / "blank.png")
     blank_pixels = (matplotlib.image.imread(tmp_path / "blank.png") * 255).round().astype(np.uint8)
-    assert all(colour_share(blank_pixels, c) == 0 for c in report.STAT_COLOURS.values())
+    assert all(colour_share(blank_pixels, colour) == 0 for *_, colour in report.BARS)

@@ -18,6 +18,7 @@ import optuna
 import pytest
 
 from hpo import run, trackers
+from hpo.errors import UsageError
 from hpo.storage import open_storage
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -144,8 +145,7 @@ def test_wandb_logs_every_trial_offline(tmp_path):
 
 @pytest.mark.parametrize("tracker,module", [("mlflow", "mlflow"), ("mlflow", "optuna_integration"), ("wandb", "wandb")])
 def test_missing_extra_is_one_line_before_anything_is_created(tmp_path, monkeypatch, capsys, tracker, module):
-    real = trackers.installed
-    monkeypatch.setattr(trackers, "installed", lambda name: name != module and real(name))
+    monkeypatch.setattr(trackers, "installed", lambda name: name != module)  # only ``module`` is missing
     storage, results = tmp_path / "s.journal", tmp_path / "results"
     assert run.main([*TINY, "--tracker", tracker, "--storage", str(storage), "--results-dir", str(results)]) == 2
     assert capsys.readouterr().err == (
@@ -159,3 +159,9 @@ def test_unknown_tracker_is_one_line(tmp_path, capsys):
     assert run.main([*TINY, "--tracker", "neptune", "--storage", str(tmp_path / "s.journal")]) == 2
     assert capsys.readouterr().err == "error: --tracker must be one of none, mlflow, wandb, got 'neptune'\n"
     assert not (tmp_path / "s.journal").exists()
+
+
+def test_every_missing_package_of_an_extra_is_named(monkeypatch):
+    monkeypatch.setattr(trackers, "installed", lambda name: False)
+    with pytest.raises(UsageError, match=r"^--tracker mlflow needs mlflow and optuna-integration, which are not installed; "):
+        trackers.check_tracker("mlflow")

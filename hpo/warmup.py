@@ -1,0 +1,68 @@
+"""Compile a study's programs ahead of it, once per machine: a study afterwards loads them instead of compiling.
+
+    python -m hpo.warmup --algo fa [--dataset mnist-5k] [--model mlp] [--config studies/bundled.toml] [...]
+
+Takes the flags of ``python -m hpo.run`` (only those that shape programs matter: dataset, model, algorithm, space,
+folds, evaluation points, diagnostics, fold strategy, cache directory). The programs a space can need are found by
+proposing configurations from it at random (an in-memory study, nothing is stored; ``hpo.precompile``) and keeping
+one per distinct program; each is compiled into the program store of ``models.programs`` (``--cache-dir``). An MLP
+space has a few dozen programs (36 by default); a CNN space has thousands of architectures, so for it only those
+the first few hundred proposals found are compiled, which is rarely worth it. Trial batches (``--trial-batch``)
+train groups of trials in programs of their own, which are compiled when a group first needs them.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import optuna
+
+from hpo.config import StudyConfig
+from hpo.data import load_dataset
+from hpo.errors import UsageError
+from hpo.objective import Objective
+from hpo.precompile import distinct_programs
+from hpo.study import configure_jax
+from models.train import precompile
+
+
+def warm_up(config: StudyConfig, out=print) -> int:
+    """Compile every program the study's space can need into the program store; the number of programs."""
+    configure_jax(config.cache_dir)
+    if config.cache_dir is not None and config.cache_dir.lower() == "none":
+        raise UsageError("--cache-dir none keeps no program store: warming up would compile for nothing")
+    dataset = load_dataset(config.dataset, config.data_dir)
+    objective = Objective(config, dataset)
+    proposals, complete = distinct_programs(config, objective)
+    if not complete:
+        out(f"[{config.name}] the space has more programs than {len(proposals)} proposals found; compiling those")
+    start = time.perf_counter()
+    for i, proposed in enumerate(proposals, 1):
+        seconds = precompile(
+            proposed, objective.data, dataset.out_features, config.fold_strategy, config.evals_per_epoch,
+            config.diagnostics,
+        )
+        out(f"[{config.name}] program {i}/{len(proposals)}: {seconds:.1f}s")
+    out(f"[{config.name}] {len(proposals)} programs ready in {time.perf_counter() - start:.0f}s")
+    return len(proposals)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from hpo.run import configs_from_args, parse_args
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        for config in configs_from_args(parse_args(argv)):
+            warm_up(config)
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: the programs compiled so far are stored", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""Which GPU each local worker uses, and how much of its memory: decided in the parent, before JAX starts in the
+worker (no GPU is needed to check what each worker receives)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from hpo.devices import visible_gpus, worker_environment
+from hpo.launcher import run_local_workers
+
+VARIABLES = ("CUDA_VISIBLE_DEVICES", "XLA_PYTHON_CLIENT_MEM_FRACTION", "XLA_PYTHON_CLIENT_PREALLOCATE")
+
+
+def test_gpus_are_counted_without_starting_jax(tmp_path):
+    driver = tmp_path / "gpus"
+    driver.mkdir()
+    for bus in ("0000:01:00.0", "0000:02:00.0"):
+        (driver / bus).mkdir()
+    assert visible_gpus({}, driver) == ["0", "1"]
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": "3, GPU-ab12"}, driver) == ["3", "GPU-ab12"]  # the user's choice wins
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": ""}, driver) == []
+    assert visible_gpus({}, tmp_path / "no-driver") == []
+
+
+def test_workers_spread_over_the_gpus_and_share_memory_only_when_they_share_a_gpu():
+    gpus = ["0", "1"]
+    assert [worker_environment(i, 2, gpus, {}) for i in range(2)] == [
+        {"CUDA_VISIBLE_DEVICES": "0"}, {"CUDA_VISIBLE_DEVICES": "1"}]
+    four = [worker_environment(i, 4, gpus, {}) for i in range(4)]
+    assert [e["CUDA_VISIBLE_DEVICES"] for e in four] == ["0", "1", "0", "1"]
+    assert {e["XLA_PYTHON_CLIENT_MEM_FRACTION"] for e in four} == {"0.450"}  # two workers per GPU: 0.9 / 2
+    many = worker_environment(0, 20, ["0"], {})
+    assert many == {"CUDA_VISIBLE_DEVICES": "0", "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}  # a share of 4.5% is too small
+    assert worker_environment(0, 4, gpus, {"XLA_PYTHON_CLIENT_MEM_FRACTION": "0.2"}) == {"CUDA_VISIBLE_DEVICES": "0"}
+    assert worker_environment(3, 4, [], {}) == {}  # no GPU: nothing to set
+
+
+@dataclass(frozen=True)
+class Probe:
+    name: str
+    folder: str
+
+
+def record_environment(config: Probe, index: int) -> None:
+    """A worker's body for the test: write down the variables it started with."""
+    seen = {name: os.environ.get(name) for name in VARIABLES}
+    Path(config.folder, f"w{index}.json").write_text(json.dumps(seen))
+
+
+def test_each_spawned_worker_starts_with_its_gpu_and_memory_share(tmp_path, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    for name in VARIABLES[1:]:
+        monkeypatch.delenv(name, raising=False)
+    lines = []
+    run_local_workers(record_environment, Probe("probe", str(tmp_path)), 3, lines.append)
+    seen = [json.loads((tmp_path / f"w{i}.json").read_text()) for i in range(3)]
+    assert [s["CUDA_VISIBLE_DEVICES"] for s in seen] == ["3", "5", "3"]
+    assert {s["XLA_PYTHON_CLIENT_MEM_FRACTION"] for s in seen} == {"0.450"}
+    assert lines == ["[probe] starting 3 worker processes on 2 GPUs"]
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "3,5" and "XLA_PYTHON_CLIENT_MEM_FRACTION" not in os.environ

@@ -1,0 +1,64 @@
+"""The store of compiled programs: a later process loads what an earlier one compiled, and trains the same."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+RUN = """
+import json, sys
+import jax.numpy as jnp
+from hpo.study import configure_jax
+configure_jax(sys.argv[1])
+from hpo.data import load_dataset, make_folds
+from models.rule_training import TrainConfig
+from models.train import PROGRAMS, FoldData, cross_validate
+d = load_dataset("digits")
+f = make_folds(d, 2, 0)
+data = FoldData(jnp.asarray(d.x_train), jnp.asarray(d.y_train), f.train_idx, jnp.asarray(f.val_idx), jnp.asarray(f.val_mask))
+config = TrainConfig(rule="kp", hidden=(24,), learning_rate=3e-3, weight_decay=0.1, epochs=2,
+                     activation_choices=("relu", "tanh"), optimizer_choices=("adam", "sgd"))
+result = cross_validate(config, data, 10, 0, fold_strategy="vmap", diagnostics=True)
+print(json.dumps({"scores": result.fold_scores.tolist(), "loaded": PROGRAMS.loaded_from_disk, "built": PROGRAMS.built}))
+"""
+
+
+def run(cache: Path) -> dict:
+    done = subprocess.run([sys.executable, "-c", RUN, str(cache)], cwd=ROOT, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_a_stored_program_is_loaded_by_the_next_process_and_trains_the_same(tmp_path):
+    first = run(tmp_path)
+    assert (first["built"], first["loaded"]) == (1, 0)
+    stored = list((tmp_path / "programs").glob("*.programs"))
+    assert len(stored) == 1
+    second = run(tmp_path)
+    assert (second["built"], second["loaded"]) == (0, 1)  # no tracing, no compiling
+    assert second["scores"] == first["scores"]
+    stored[0].write_bytes(b"damaged")  # a damaged entry is rebuilt and replaced, never fatal
+    third = run(tmp_path)
+    assert (third["built"], third["loaded"]) == (1, 0) and third["scores"] == first["scores"]
+    assert stored[0].read_bytes() != b"damaged"
+
+
+def test_warmup_compiles_every_program_of_a_space_and_the_study_compiles_none_of_its_trials(tmp_path):
+    space = tmp_path / "space.toml"
+    space.write_text("[space]\ndepth = 1\nwidth = [16, 32]\nbatch_size = [64]\n")
+    common = ["--algo", "fa", "--dataset", "digits", "--folds", "2", "--epochs", "1", "--space", str(space),
+              "--cache-dir", str(tmp_path / "cache")]
+    warm = subprocess.run([sys.executable, "-m", "hpo.warmup", *common], cwd=ROOT, capture_output=True, text=True)
+    assert warm.returncode == 0, warm.stderr
+    assert "2 programs ready" in warm.stdout  # one per width: activation and optimiser share programs
+    stored = set((tmp_path / "cache" / "programs").glob("*.programs"))
+    assert len(stored) == 2
+    study = subprocess.run(
+        [sys.executable, "-m", "hpo.run", *common, "--trials", "4", "--storage", str(tmp_path / "s.journal"),
+         "--results-dir", str(tmp_path / "results"), "--no-compile-ahead"],
+        cwd=ROOT, capture_output=True, text=True,
+    )
+    assert study.returncode == 0, study.stderr
+    added = set((tmp_path / "cache" / "programs").glob("*.programs")) - stored
+    assert len(added) == 1  # only the retraining of the best configuration (one run on the whole training split)

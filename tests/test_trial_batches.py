@@ -1,0 +1,204 @@
+"""Trial batches (--trial-batch K): trials that share programs train as one compiled program, each trial reports
+and is pruned on its own and keeps a lone trial's attributes; exact totals, resumption, crash recovery and
+--workers hold, on real storages (SQLite, a journal file, PostgreSQL started by the tests)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pg_server
+import pytest
+from optuna.trial import TrialState
+
+from hpo import objective as objective_module
+from hpo.config import StudyConfig
+from hpo.data import load_dataset
+from hpo.objective import Objective
+from hpo.storage import open_storage
+from hpo.workers import WORKER_ATTR, counted_below
+
+ROOT = Path(__file__).resolve().parents[1]
+STUDY = "digits-mlp-bp"
+# every trial has the same program shape (one hidden layer of 32, batch 64), so a batch trains as one group
+SHARED_SHAPE = {"depth": 1, "width": [32], "batch_size": [64]}
+SPACE_FILE = "[space]\ndepth = 1\nwidth = [32]\nbatch_size = [64]\n"
+TINY = ["--dataset", "digits", "--algo", "bp", "--epochs", "1", "--folds", "2", "--pruner", "none"]
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+TIMEOUT = 240
+LONE_ATTRS = {"fold_scores", "fold_std", "n_params", "curves", "diagnostics", "wall_seconds", "compile_seconds",
+              "train_seconds", "overhead_seconds", WORKER_ATTR}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# In one process: grouping and pruning
+
+
+@pytest.mark.filterwarnings("ignore:Fixed parameter lr_adam:UserWarning")  # 1e-5: below the range, on purpose
+def test_a_batch_trains_its_trials_as_one_group_and_prunes_each_on_its_own(monkeypatch):
+    """Three trials of one program shape: one compiled group of three; the pruner stops the one with a learning
+    rate too small to learn in an epoch, the others complete with every attribute a lone trial has."""
+    config = StudyConfig(algo="bp", dataset="digits", folds=2, epochs=2, space={**SHARED_SHAPE, "optimizer": "adam"})
+    objective = Objective(config, load_dataset("digits"))
+    groups = []
+    real = objective_module.train_group
+
+    def recording(members, *args, **kwargs):
+        groups.append(len(members))
+        return real(members, *args, **kwargs)
+
+    monkeypatch.setattr(objective_module, "train_group", recording)
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=0.3))
+    for lr in (1e-2, 1e-5, 3e-3):
+        study.enqueue_trial({"lr_adam": lr, "activation": "relu"})
+    trials = [study.ask() for _ in range(3)]
+    heard = []
+    outcomes = objective.run_batch(trials, lambda i, outcome: heard.append(i))
+    assert groups == [3]  # one program, vmapped over the three trials x two folds
+    assert sorted(heard) == [0, 1, 2]
+    assert isinstance(outcomes[1], optuna.TrialPruned)
+    assert isinstance(outcomes[0], float) and isinstance(outcomes[2], float) and outcomes[0] > 0.3
+    for trial, outcome in zip(trials, outcomes):
+        study.tell(trial, state=TrialState.PRUNED) if isinstance(outcome, Exception) else study.tell(trial, outcome)
+    done = study.get_trials()
+    assert "pruner stopped the trial after epoch 1" in done[1].user_attrs["pruned_reason"]
+    for t in (done[0], done[2]):
+        assert LONE_ATTRS - {WORKER_ATTR} <= set(t.user_attrs)
+        assert t.user_attrs["compile_seconds"] + t.user_attrs["train_seconds"] <= t.user_attrs["wall_seconds"] + 1e-6
+    # the batch's seconds add up: each trial's share is recorded, pruned ones too
+    assert all({"wall_seconds", "compile_seconds", "train_seconds", "overhead_seconds"} <= set(t.user_attrs) for t in done)
+
+
+def test_a_trial_in_a_batch_trains_as_it_would_alone():
+    config = StudyConfig(algo="bp", dataset="digits", folds=2, epochs=1, space={**SHARED_SHAPE, "optimizer": "adam"})
+    dataset = load_dataset("digits")
+    params = [{"lr_adam": lr, "activation": act} for lr, act in ((1e-2, "relu"), (3e-3, "tanh"))]
+    together = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    for p in params:
+        together.enqueue_trial(p)
+    batch = Objective(config, dataset).run_batch([together.ask() for _ in params])
+    alone = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    lone = []
+    for p in params:
+        alone.enqueue_trial(p)
+        lone.append(Objective(config, dataset)(alone.ask()))
+    assert batch == pytest.approx(lone, abs=1e-6)  # same trial numbers, same seeds: the same networks
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Through the command line, on real storages
+
+
+def space_file(tmp_path: Path) -> Path:
+    path = tmp_path / "space.toml"
+    path.write_text(SPACE_FILE)
+    return path
+
+
+def worker(storage: str, tmp_path: Path, trials: int, *extra: str, grace: int = 300) -> subprocess.Popen:
+    command = [sys.executable, "-m", "hpo.run", *TINY, "--trials", str(trials), "--storage", storage,
+               "--results-dir", str(tmp_path / "results"), "--space", str(space_file(tmp_path)), *extra]
+    env = {**os.environ, "HPO_HEARTBEAT_SECONDS": "1", "HPO_GRACE_SECONDS": str(grace), "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish(process: subprocess.Popen) -> str:
+    output, _ = process.communicate(timeout=TIMEOUT)
+    assert process.returncode == 0, output
+    return output
+
+
+def trials_of(storage: str) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name=STUDY, storage=open_storage(storage, create=False)).get_trials()
+
+
+def assert_exact(trials: list[optuna.trial.FrozenTrial], total: int) -> None:
+    finished = [t for t in trials if t.state in FINISHED]
+    assert len(finished) == total
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    for t in trials:
+        if "surplus" in t.user_attrs:
+            assert counted_below(trials, t.number) >= total
+    for t in finished:
+        assert LONE_ATTRS <= set(t.user_attrs), t.user_attrs.keys()
+        assert t.user_attrs[WORKER_ATTR]["trial"] == t.number
+
+
+def test_batches_reach_the_exact_total_and_resume(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'studies.db'}"
+    finish(worker(storage, tmp_path, 4, "--trial-batch", "3"))
+    assert_exact(trials_of(storage), 4)
+    output = finish(worker(storage, tmp_path, 7, "--trial-batch", "3"))  # resumed: only the missing 3 run
+    trials = trials_of(storage)
+    assert_exact(trials, 7)
+    assert len(trials) == 7 and "4 finished trials" in output
+
+
+def kill_mid_batch(process: subprocess.Popen, storage: str, size: int) -> list[optuna.trial.FrozenTrial]:
+    """SIGKILL ``process`` while a whole batch of ``size`` trials trains (every one has compiled): freeze it,
+    confirm, kill."""
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.stdout.read()
+        try:
+            running = [t for t in trials_of(storage) if t.state == TrialState.RUNNING and "compile_seconds" in t.user_attrs]
+        except (KeyError, Exception):  # noqa: BLE001 -- the storage or study does not exist yet
+            running = []
+        if len(running) >= size:
+            process.send_signal(signal.SIGSTOP)
+            still = [t for t in trials_of(storage) if t.state == TrialState.RUNNING and "compile_seconds" in t.user_attrs]
+            if len(still) >= size:
+                process.kill()
+                process.wait(timeout=30)
+                process.stdout.close()
+                return still
+            process.send_signal(signal.SIGCONT)
+        time.sleep(0.05)
+    raise AssertionError("the worker never trained a whole batch")
+
+
+def check_recovered(storage: str, killed: list[optuna.trial.FrozenTrial], total: int) -> None:
+    trials = trials_of(storage)
+    assert_exact(trials, total)
+    for dead in killed:
+        assert trials[dead.number].state == TrialState.FAIL
+        retries = [t for t in trials if t.system_attrs.get("failed_trial") == dead.number]
+        assert len(retries) == 1 and retries[0].params == dead.params and retries[0].state in FINISHED
+
+
+@pytest.mark.parametrize("kind", ["journal", "sqlite"])
+def test_a_killed_batch_is_failed_and_requeued_trial_by_trial(kind, tmp_path):
+    storage = str(tmp_path / "studies.journal") if kind == "journal" else f"sqlite:///{tmp_path / 'studies.db'}"
+    first = worker(storage, tmp_path, 3, "--trial-batch", "3", "--epochs", "6")
+    killed = kill_mid_batch(first, storage, 3)
+    output = finish(worker(storage, tmp_path, 3, "--trial-batch", "3", "--epochs", "6"))
+    for dead in killed:
+        assert f"trial #{dead.number} was left running by dead process {first.pid}" in output
+    check_recovered(storage, killed, 3)
+
+
+@pytest.mark.slow  # a PostgreSQL server of its own and a heartbeat grace period to wait out
+def test_a_killed_batch_on_postgres_is_failed_by_heartbeats_and_requeued(tmp_path):
+    reason = pg_server.missing_reason()
+    if reason:
+        pytest.skip(reason)
+    with pg_server.PostgresServer.start() as server:
+        first = worker(server.url, tmp_path, 3, "--trial-batch", "3", "--epochs", "6", grace=4)
+        killed = kill_mid_batch(first, server.url, 3)
+        finish(worker(server.url, tmp_path, 3, "--trial-batch", "3", "--epochs", "6", grace=4))
+        check_recovered(server.url, killed, 3)
+
+
+@pytest.mark.slow  # two spawned worker processes, each starting JAX
+def test_batches_of_several_workers_reach_the_exact_total(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'studies.db'}"
+    output = finish(worker(storage, tmp_path, 6, "--trial-batch", "2", "--workers", "2"))
+    assert "[w0] " in output and "[w1] " in output
+    trials = trials_of(storage)
+    assert_exact(trials, 6)
+    assert len({t.user_attrs[WORKER_ATTR]["pid"] for t in trials if t.state in FINISHED}) == 2
