@@ -51,7 +51,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--seed", type=int, help="study seed: sampler, folds, networks (default 0)")
     add("--results-dir", help="where summaries and charts are written (default results/<storage name>: "
         "results/studies for the default storage)")
-    add("--fold-strategy", help=f"{', '.join(FOLD_STRATEGIES)} (default vmap)")
+    add("--fold-strategy", help=f"{'|'.join(FOLD_STRATEGIES)}: folds vmapped in one program, one after another, "
+        "or auto (default): the faster, measured once per program shape on this machine and stored with the programs")
     add("--evals-per-epoch", type=int, help="evaluation points per epoch for learning curves and diagnostics (default 1)")
     add("--diagnostics", action=argparse.BooleanOptionalAction, default=None,
         help="record alignment with backprop, W-B angles and weight change per trial (default on)")

@@ -16,6 +16,7 @@ Two layers, one ``get``:
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import pickle
 import threading
@@ -103,6 +104,8 @@ class ProgramCache:
         self._building: dict[Any, threading.Event] = {}
         self.loaded_from_disk = 0  # programs this process loaded instead of compiling
         self.built = 0  # programs this process compiled
+        self._decisions: dict[str, dict] = {}  # name -> decision, this process's (see ``decide``)
+        self._deciding: dict[str, threading.Event] = {}
 
     def _path(self, key: Any) -> Path | None:
         if self.directory is None:
@@ -171,3 +174,64 @@ class ProgramCache:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    # Decisions made by measurement (``models.train.resolve_fold_strategy``): one JSON file beside the programs
+
+    DECISIONS_FILE = "decisions.json"
+
+    def _decision_name(self, key: Any) -> str:
+        return hashlib.sha256(f"{fingerprint()}\0{key!r}".encode()).hexdigest()
+
+    def _stored_decisions(self) -> dict[str, dict]:
+        if self.directory is None:
+            return {}
+        try:
+            stored = json.loads((self.directory / self.DECISIONS_FILE).read_text())
+        except (OSError, ValueError):  # none yet, or damaged: measured again
+            return {}
+        return stored if isinstance(stored, dict) else {}
+
+    def decide(self, key: Any, measure: Callable[[], dict]) -> tuple[dict, bool]:
+        """The decision stored for ``key`` on this machine (``fingerprint``), or ``measure()``'s, then stored.
+
+        A decision is a JSON-able dict. Returns it and whether it was measured now. With a directory, decisions
+        live in ``<directory>/decisions.json`` (rewritten by atomic replace, merged with what other processes
+        wrote; two processes measuring at once at worst both measure); without one, in this process only. A key
+        being measured by one thread is waited for, not measured twice.
+        """
+        name = self._decision_name(key)
+        while True:
+            with self._lock:
+                if name in self._decisions:
+                    return self._decisions[name], False
+                stored = self._stored_decisions().get(name)
+                if stored is not None:
+                    self._decisions[name] = stored
+                    return stored, False
+                pending = self._deciding.get(name)
+                if pending is None:
+                    self._deciding[name] = threading.Event()
+                    break
+            pending.wait()
+        try:
+            decision = measure()
+            with self._lock:
+                self._decisions[name] = decision
+                self._store_decision(name, decision)
+            return decision, True
+        finally:
+            with self._lock:
+                self._deciding.pop(name).set()
+
+    def _store_decision(self, name: str, decision: dict) -> None:
+        if self.directory is None:
+            return
+        try:
+            decisions = {**self._stored_decisions(), name: decision}
+            self.directory.mkdir(parents=True, exist_ok=True)
+            path = self.directory / self.DECISIONS_FILE
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+            tmp.write_text(json.dumps(decisions, indent=1, sort_keys=True))
+            os.replace(tmp, path)
+        except Exception:  # noqa: BLE001 -- an unwritable store only costs a later measurement
+            return

@@ -8,7 +8,8 @@ divergence check, learning curves and ``CVResult``.
 
 One epoch of every run is one compiled XLA program: ``jax.lax.scan`` over mini-batches gathered on the device
 from data that stays resident there; runs (the folds) are one ``jax.vmap``-ed program or run one after another
-with ``jax.lax.map`` inside the same program (``fold_strategy``). Scalars a family declares as traced (learning
+with ``jax.lax.map`` inside the same program (``fold_strategy``; ``auto``: whichever a short measurement on
+this machine found faster for the program, ``resolve_fold_strategy``). Scalars a family declares as traced (learning
 rate, momentum, decay, ...) are program inputs, so a new value never recompiles; everything that fixes shapes or
 control flow is the family's *program spec*, the key under which compiled programs are shared.
 """
@@ -16,7 +17,7 @@ control flow is the family's *program spec*, the key under which compiled progra
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from functools import partial
 from typing import Any, Callable, Hashable, NamedTuple, Protocol
 
@@ -27,7 +28,8 @@ import numpy as np
 from models.programs import ProgramCache
 
 Array = jax.Array
-FOLD_STRATEGIES = ("sequential", "vmap")
+FOLD_STRATEGIES = ("auto", "vmap", "sequential")
+MAPPINGS = ("vmap", "sequential")  # what "auto" chooses between
 EVALUATION_STREAM = 0x5EED  # folded into a run's key for the randomness of its evaluations
 
 
@@ -196,7 +198,7 @@ class RunState(NamedTuple):
 class Plan:
     """How the epoch program is laid out; with the family's spec and the arrays' shapes, it keys the programs."""
 
-    fold_strategy: str  # "vmap" (one batched program over runs) or "sequential" (lax.map over runs)
+    fold_strategy: str  # "vmap" (one batched program over runs), "sequential" (lax.map over runs) or "auto"
     evals_per_epoch: int = 1  # evaluation points per epoch (learning curves, diagnostics)
     diagnostics: bool = False  # the family's diagnostics at every evaluation point
 
@@ -215,7 +217,9 @@ def map_runs(fold_strategy: str, f: Callable) -> Callable:
     """``f`` over the leading (run) axis of its arguments: ``jax.vmap``, or ``jax.lax.map`` (one after another)."""
     if fold_strategy == "vmap":
         return jax.vmap(f)
-    return lambda *args: jax.lax.map(lambda a: f(*a), args)
+    if fold_strategy == "sequential":
+        return lambda *args: jax.lax.map(lambda a: f(*a), args)
+    raise ValueError(f"map_runs needs vmap or sequential (auto is resolved first), got {fold_strategy!r}")
 
 
 def segment_layout(n_batches: int, n_segments: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -313,13 +317,68 @@ def _shapes(tree: Any) -> tuple:
     return treedef, tuple((tuple(np.shape(a)), str(jnp.result_type(a))) for a in leaves)
 
 
+AUTO_STEPS = 4  # training steps of every run in the programs "auto" times (at least evals_per_epoch)
+AUTO_REPEATS = 3  # timed calls of each, interleaved; the fastest call counts
+
+
+def time_call(strategy: str, run: Callable[[], Any]) -> float:
+    """Seconds ``run()``, the program of fold strategy ``strategy``, takes until its results are ready
+    (``resolve_fold_strategy``'s timer; tests replace it)."""
+    start = time.perf_counter()
+    jax.block_until_ready(run())
+    return time.perf_counter() - start
+
+
+def resolve_fold_strategy(family: ModelFamily, spec: Hashable, plan: Plan, state, key, batches, data: FoldData,
+                          hyper) -> tuple[Plan, float]:
+    """``plan`` with a concrete fold strategy, and the seconds spent deciding it (0 unless measured now).
+
+    ``auto`` is decided by measurement, once per program shape and machine: the epoch program of these shapes,
+    cut to ``AUTO_STEPS`` steps of every run, is compiled with each mapping and timed ``AUTO_REPEATS`` times,
+    the two interleaved (so a load that comes and goes slows both), and the faster one's fastest call wins. The
+    decision is kept beside the program store (``ProgramCache.decide``: per backend, device, CPU and source of
+    ``models/``) and reused by every later process; without a store, by this process. It is made before the
+    programs' key is formed, so stored programs are keyed by the concrete strategy.
+    """
+    if plan.fold_strategy != "auto":
+        return plan, 0.0
+    device_data = (data.x, data.y, data.val_idx, data.val_mask)
+    decision_key = ("fold_strategy", family.name, spec, plan.evals_per_epoch, plan.diagnostics,
+                    _shapes((state, key, batches, device_data, hyper)))
+    steps = min(batches.shape[1], max(AUTO_STEPS, plan.evals_per_epoch))
+    short = np.ascontiguousarray(batches[:, :steps])
+
+    def measure() -> dict:
+        start = time.perf_counter()
+        calls = {}
+        for strategy in MAPPINGS:
+            epoch_fn = partial(run_epoch, family, spec, Plan(strategy, plan.evals_per_epoch, plan.diagnostics))
+            program = jax.jit(epoch_fn).lower(RunState(state, key), short, *device_data, hyper).compile()
+            calls[strategy] = partial(program, RunState(state, key), short, *device_data, hyper)
+            jax.block_until_ready(calls[strategy]())  # the first call pays for allocations
+        seconds = {strategy: [] for strategy in MAPPINGS}
+        for _ in range(AUTO_REPEATS):
+            for strategy in MAPPINGS:
+                seconds[strategy].append(time_call(strategy, calls[strategy]))
+        best = {strategy: min(times) for strategy, times in seconds.items()}
+        return {
+            "strategy": min(MAPPINGS, key=best.get), "seconds": best, "steps": steps, "family": family.name,
+            "runs": int(batches.shape[0]), "measure_seconds": time.perf_counter() - start,
+        }
+
+    decision, measured = PROGRAMS.decide(decision_key, measure)
+    return replace(plan, fold_strategy=decision["strategy"]), decision["measure_seconds"] if measured else 0.0
+
+
 def compiled_programs(family: ModelFamily, spec: Hashable, plan: Plan, state, key, batches, data: FoldData, hyper):
-    """Ahead-of-time compiled programs for these arguments' shapes, and the seconds spent compiling them.
+    """Ahead-of-time compiled programs for these arguments' shapes, and the seconds spent compiling them (with
+    those spent deciding an ``auto`` fold strategy, ``resolve_fold_strategy``).
 
     Programs are kept in the bounded per-process cache (``models.programs``), so later trials with the same spec
     and shapes compile nothing; JAX's persistent compilation cache (configured by ``hpo``) does the same across
     processes.
     """
+    plan, deciding = resolve_fold_strategy(family, spec, plan, state, key, batches, data, hyper)
     device_data = (data.x, data.y, data.val_idx, data.val_mask)
     cache_key = (family.name, spec, plan, _shapes((state, key, batches, device_data, hyper)))
 
@@ -328,7 +387,8 @@ def compiled_programs(family: ModelFamily, spec: Hashable, plan: Plan, state, ke
         epoch = jax.jit(epoch_fn, donate_argnums=0).lower(RunState(state, key), batches, *device_data, hyper).compile()
         return Compiled(epoch)
 
-    return PROGRAMS.get(cache_key, build)
+    programs, seconds = PROGRAMS.get(cache_key, build)
+    return programs, seconds + deciding
 
 
 # ----------------------------------------------------------------------------------------------------------
