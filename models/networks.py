@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-import itertools
 import math
 from dataclasses import dataclass
 from functools import partial
@@ -140,54 +138,7 @@ def pool(h: jax.Array, kind: str) -> jax.Array:
     h = h[(slice(None), *(slice(0, n // w * w) for n in spatial))]
     split = [h.shape[0]] + [d for n in spatial for d in (n // w, w)] + [h.shape[-1]]
     axes = tuple(range(2, 2 * len(spatial) + 1, 2))
-    if kind == "max" and POOL_VARIANT == "slices":
-        return _window_max(h.reshape(split), axes)
     return {"max": jnp.max, "avg": jnp.mean}[kind](h.reshape(split), axis=axes)
-
-
-POOL_VARIANT = "reduce"
-
-
-def _window_parts(windows: jax.Array, axes: tuple[int, ...]) -> list[jax.Array]:
-    """Each position of the window, as its own array: ``windows`` indexed at one offset along every window axis."""
-    parts = []
-    for offsets in itertools.product(range(POOL_WINDOW), repeat=len(axes)):
-        index = [slice(None)] * windows.ndim
-        for axis, offset in zip(axes, offsets):
-            index[axis] = offset
-        parts.append(windows[tuple(index)])
-    return parts
-
-
-@partial(jax.custom_vjp, nondiff_argnums=(1,))
-def _window_max(windows: jax.Array, axes: tuple[int, ...]) -> jax.Array:
-    """``jnp.max(windows, axes)`` and its gradient (ties share it equally, as ``jnp.max``'s), written as
-    elementwise operations on the window's positions: XLA fuses them into loops, where a reduction's gradient
-    became a slow library fusion together with the convolution that feeds it."""
-    return functools.reduce(jnp.maximum, _window_parts(windows, axes))
-
-
-def _window_max_fwd(windows, axes):
-    peak = _window_max(windows, axes)
-    return peak, (windows, peak)
-
-
-def _window_max_bwd(axes, residuals, g):
-    windows, peak = residuals
-    hits = [part == peak for part in _window_parts(windows, axes)]
-    share = g / sum(hit.astype(g.dtype) for hit in hits)
-    parts = [jnp.where(hit, share, 0) for hit in hits]
-    # back into the window layout: the positions stacked along new leading axes, then moved to the window axes
-    stacked = jnp.stack(parts).reshape([POOL_WINDOW] * len(axes) + list(peak.shape))
-    order = []  # position of every axis of `windows` in `stacked`
-    window_axis = iter(range(len(axes)))
-    other_axis = iter(range(len(axes), len(axes) + peak.ndim))
-    for axis in range(windows.ndim):
-        order.append(next(window_axis) if axis in axes else next(other_axis))
-    return (stacked.transpose(order),)
-
-
-_window_max.defvjp(_window_max_fwd, _window_max_bwd)
 
 
 def trunk_shape(layers: tuple[ConvLayer, ...], spatial: tuple[int, ...]) -> tuple[int, ...]:
