@@ -1,7 +1,8 @@
 """Objective speed against the seeds' ways of training, and against the machine's matmul peak.
 
-    python -m benchmarks.objective            # full run (about 15 minutes on 2 cores)
-    python -m benchmarks.objective --quick    # smaller, to check it works
+    python -m benchmarks.objective                 # full run: MLP and CNN rows (about 20 minutes on 2 cores)
+    python -m benchmarks.objective --part cnn      # the CNN rows only (about 8 minutes), MLP section kept
+    python -m benchmarks.objective --quick         # smaller, to check it works
 
 Measures, in one process and one run, with medians over repeats (compilation excluded, reported separately):
 
@@ -12,6 +13,10 @@ Measures, in one process and one run, with medians over repeats (compilation exc
                sliced on the host, one fold after another;
 * torch     -- the second seed's way: PyTorch, a Python loop over folds and mini-batches, FA as a
                ``torch.autograd.Function``, Adam;
+* CNN rows  -- the issue-17 CNN (conv 16 k5 SAME + relu + max-pool, conv 32 k5 SAME + relu + max-pool, dense
+               128, 10 outputs; batch 64, Adam 1e-3, 3 folds x 1 epoch) on mnist-5k (2-D) and on mnist1d (1-D),
+               for bp, fa, kp and dfa: ours with the study default (``auto``) and each strategy, the jit-step
+               loop and the seed-style PyTorch loop (``benchmarks.cnn_reference``), timed round-robin;
 * peak      -- float32 matrix-multiply GFLOP/s measured in JAX (2048 x 2048), and each implementation's achieved
                GFLOP/s (forward + backward multiply-adds, validation forward passes) as a fraction of it.
 
@@ -22,6 +27,7 @@ timings, compile share, memory and scaling.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import time
@@ -35,7 +41,7 @@ import optax
 from hpo.data import load_dataset, make_folds
 from models.rule_training import TrainConfig
 from models.rules import DenseForward, get_rule, rule_op
-from models.train import FoldData, cross_validate
+from models.train import PROGRAMS, FoldData, cross_validate
 
 BATCH = 64
 FOLDS = 3
@@ -44,9 +50,9 @@ FOLDS = 3
 def machine() -> str:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
-    import os
-
-    return (f"{cpu}, {os.cpu_count()} cores visible, JAX {jax.__version__} on {jax.default_backend()}, "
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    simd = "AVX-512" if "avx512f" in flags else ("AVX2, no AVX-512" if "avx2" in flags else "no AVX2")
+    return (f"{cpu} ({simd}), {os.cpu_count()} cores visible, JAX {jax.__version__} on {jax.default_backend()}, "
             f"Python {platform.python_version()}")
 
 
@@ -57,6 +63,18 @@ def median_seconds(fn, repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def round_robin(runs: dict, repeats: int) -> dict[str, float]:
+    """Median seconds of every run, timed in turn (one call of each, ``repeats`` times): a load that comes and
+    goes on a shared machine then slows all of them alike."""
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, fn in runs.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def matmul_peak(n: int = 2048, repeats: int = 20) -> float:
@@ -83,8 +101,26 @@ def fold_arrays(dataset, folds):
 
 def ours(data: FoldData, width: int, epochs: int, strategy: str):
     config = TrainConfig(rule="fa", hidden=(width, width), learning_rate=1e-3, batch_size=BATCH, epochs=epochs)
-    compile_seconds = cross_validate(config, data, 10, seed=0, fold_strategy=strategy).compile_seconds
-    return (lambda: cross_validate(config, data, 10, seed=0, fold_strategy=strategy)), compile_seconds
+    return ours_config(config, data, strategy)
+
+
+class OursRun:
+    """One cross-validation of ``config`` by ``models.train`` (callable); ``decision``: what auto decided."""
+
+    def __init__(self, config, data: FoldData, strategy: str):
+        self.config, self.data, self.strategy = config, data, strategy
+        known = set(PROGRAMS.decisions())
+        self.compile_seconds = self().compile_seconds
+        new = [d for name, d in PROGRAMS.decisions().items() if name not in known]
+        self.decision = new[0] if new else None
+
+    def __call__(self):
+        return cross_validate(self.config, self.data, 10, seed=0, fold_strategy=self.strategy)
+
+
+def ours_config(config, data: FoldData, strategy: str):
+    run = OursRun(config, data, strategy)
+    return run, run.compile_seconds
 
 
 def jit_step_reference(dataset, folds, width: int, epochs: int):
@@ -204,16 +240,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--widths", default="64,256,1024")
     parser.add_argument("--output", default="results/benchmarks.md")
+    parser.add_argument("--part", choices=("all", "mlp", "cnn"), default="all",
+                        help="which rows to measure; the other part's section of the output is kept")
+    parser.add_argument("--rules", default="bp,fa,kp,dfa", help="the CNN rows' rules")
     args = parser.parse_args(argv)
     epochs, repeats = (2, 1) if args.quick else (10, args.repeats)
     widths = [int(w) for w in args.widths.split(",")]
+    load_before = os.getloadavg()
+    peak = matmul_peak()
+    print(f"matmul peak: {peak:.1f} GFLOP/s")
+    existing = Path(args.output).read_text() if Path(args.output).exists() else ""
+    mlp_section = section(existing, MLP_MARK) if args.part == "cnn" else None
+    cnn_section = section(existing, CNN_MARK) if args.part == "mlp" else None
+    if args.part in ("all", "mlp"):
+        mlp_section = mlp_rows(widths, epochs, repeats, peak, load_before)
+    if args.part in ("all", "cnn"):
+        cnn_section = cnn_rows(args.rules.split(","), 1 if args.quick else repeats, peak, load_before)
+    write_sections(args.output, mlp_section or "", cnn_section or "")
+    return 0
 
+
+def load() -> str:
+    return "/".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def mlp_rows(widths, epochs, repeats, peak, load_before) -> str:
     dataset = load_dataset("mnist-5k")
     folds = make_folds(dataset, FOLDS, seed=0)
     data = fold_arrays(dataset, folds)
     n_train, n_val = folds.train_idx.shape[1], int(folds.val_mask.sum(1).mean())
-    peak = matmul_peak()
-    print(f"matmul peak: {peak:.1f} GFLOP/s")
 
     try:
         import torch  # noqa: F401
@@ -225,15 +280,14 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for width in widths:
         flops = flops_per_run((width, width), n_train, n_val, epochs, FOLDS)
-        timings: dict[str, float] = {}
+        runs: dict = {}
         compiles: dict[str, float] = {}
-        for strategy in ("sequential", "vmap"):
-            run, compiles[f"ours ({strategy})"] = ours(data, width, epochs, strategy)
-            timings[f"ours ({strategy})"] = median_seconds(run, repeats)
-        run, compiles["jit-step loop"] = jit_step_reference(dataset, folds, width, epochs)
-        timings["jit-step loop"] = median_seconds(run, repeats)
+        for strategy in ("auto", "sequential", "vmap"):
+            runs[f"ours ({strategy})"], compiles[f"ours ({strategy})"] = ours(data, width, epochs, strategy)
+        runs["jit-step loop"], compiles["jit-step loop"] = jit_step_reference(dataset, folds, width, epochs)
         if have_torch:
-            timings["torch loop"] = median_seconds(torch_reference(dataset, folds, width, epochs), repeats)
+            runs["torch loop"] = torch_reference(dataset, folds, width, epochs)
+        timings = round_robin(runs, repeats)
         best_ours = min(timings["ours (sequential)"], timings["ours (vmap)"])
         for name, seconds in timings.items():
             gflops = flops / seconds / 1e9
@@ -242,23 +296,26 @@ def main(argv: list[str] | None = None) -> int:
                 "compile": compiles.get(name, float("nan")), "gflops": gflops, "peak_fraction": gflops / peak,
                 "speedup_vs_torch": timings.get("torch loop", float("nan")) / seconds,
                 "ours_speedup": seconds / best_ours,
+                "decision": decision_text(getattr(runs["ours (auto)"], "decision", None)) if name == "ours (auto)" else "",
+                "chosen": (getattr(runs["ours (auto)"], "decision", None) or {}).get("strategy"),
             })
             print(f"width {width:5d} {name:18s} {seconds:8.3f}s  {gflops:7.1f} GFLOP/s  {gflops / peak:6.1%} of peak")
 
-    write_table(rows, peak, epochs, repeats, args.output)
-    return 0
+    return mlp_table(rows, peak, epochs, repeats, load_before)
 
 
-def write_table(rows, peak, epochs, repeats, output) -> None:
+def mlp_table(rows, peak, epochs, repeats, load_before) -> str:
     lines = [
         "# Objective benchmark",
         "",
-        f"Machine: {machine()}. Measured matmul peak (float32, 2048x2048, JAX): **{peak:.1f} GFLOP/s**.",
+        f"Machine: {machine()}. Measured matmul peak (float32, 2048x2048, JAX): **{peak:.1f} GFLOP/s**. "
+        f"Load average (1/5/15 min) before: {'/'.join(f'{x:.1f}' for x in load_before)}, after: {load()}.",
         "",
         f"FA MLP, 2 hidden layers, batch {BATCH}, Adam, {FOLDS} folds, {epochs} epochs on mnist-5k "
         f"(training parts of {FOLDS}-fold CV on the 4000-example training split). Seconds are medians of {repeats} "
-        "repeats of a whole cross-validation, compilation excluded (its one-off cost is in the `compile` column). "
-        "`x torch` is the PyTorch loop's time divided by this row's.",
+        "repeats of a whole cross-validation (the implementations timed in turn), compilation excluded (its one-off cost is in the `compile` column). "
+        "`x torch` is the PyTorch loop's time divided by this row's; `auto` is the study default "
+        "(`--fold-strategy auto`: its one measurement is in its compile column).",
         "",
         "| width | implementation | seconds | compile s | GFLOP/s | of peak | x torch |",
         "|---:|---|---:|---:|---:|---:|---:|",
@@ -268,12 +325,159 @@ def write_table(rows, peak, epochs, repeats, output) -> None:
         vs_torch = "" if np.isnan(r["speedup_vs_torch"]) else f"{r['speedup_vs_torch']:.2f}"
         lines.append(f"| {r['width']} | {r['implementation']} | {r['seconds']:.3f} | {compile_s} | {r['gflops']:.1f} | "
                      f"{r['peak_fraction']:.0%} | {vs_torch} |")
+    lines += ["", "Fold strategy decided by `auto` (fastest of its timed short programs, seconds):", ""]
+    lines += [f"- width {r['width']}: **{r['decision']}**" for r in rows if r.get("decision")]
+    lines += ["", *targets_table(rows, "width", mlp=True)]
+    return "\n".join(lines) + "\n"
+
+
+def decision_text(decision: dict | None) -> str:
+    if not decision:
+        return ""
+    seconds = ", ".join(f"{s} {t * 1e3:.1f} ms" for s, t in sorted(decision["seconds"].items()))
+    return (f"{decision['strategy']} ({seconds} for {decision['steps']} steps of {decision['runs']} runs; "
+            f"measuring took {decision['measure_seconds']:.1f} s)")
+
+
+def auto_gap(rows, group_key) -> list[tuple[str, float, float]]:
+    """Per group: the seconds of the strategy auto chose (the very program the default runs) over the better
+    strategy's, and the same with the auto row's own seconds (which differ from its strategy's by noise only)."""
+    gaps = []
+    for group in dict.fromkeys(r[group_key] for r in rows):
+        mine = {r["implementation"]: r for r in rows if r[group_key] == group}
+        best = min(mine["ours (sequential)"]["seconds"], mine["ours (vmap)"]["seconds"])
+        chosen = mine["ours (auto)"].get("chosen")
+        chosen_seconds = mine[f"ours ({chosen})"]["seconds"] if chosen else mine["ours (auto)"]["seconds"]
+        gaps.append((str(group), chosen_seconds / best, mine["ours (auto)"]["seconds"] / best))
+    return gaps
+
+
+def targets_table(rows, group_key, mlp: bool) -> list[str]:
+    lines = ["| target | measured | met |", "|---|---|---|"]
+    gaps = auto_gap(rows, group_key)
+    worst = max(gap for _, gap, _ in gaps)
+    detail = ", ".join(f"{g}: {gap:.2f} ({own:.2f})" for g, gap, own in gaps)
+    lines.append(f"| default (auto) <= 1.05 x the better strategy, {'MLP' if mlp else 'CNN'}: the chosen strategy's "
+                 f"seconds over the better's (the auto row's own in brackets) | {detail} | "
+                 f"{'yes' if worst <= 1.05 else 'no'} |")
+    return lines
+
+
+CNN_RULES = ("bp", "fa", "kp", "dfa")
+CNN_DATA = (("mnist-5k", "2-D"), ("mnist1d", "1-D"))
+CNN_TARGETS = {("2-D", "bp"): 2.0, ("2-D", "fa"): 2.0}  # x the PyTorch loop; every other row: 1.5
+
+
+def cnn_rows(rules, repeats, peak, load_before) -> str:
+    """The CNN rows: ours (auto, vmap, sequential), the jit-step loop and the PyTorch loop, timed in turn."""
+    from benchmarks.cnn_reference import cnn_flops, jit_step_cnn_reference, standard_cnn, torch_cnn_reference
+
+    rows = []
+    for name, dims in CNN_DATA:
+        dataset = load_dataset(name)
+        folds = make_folds(dataset, FOLDS, seed=0)
+        data = FoldData(jnp.asarray(dataset.x_train), jnp.asarray(dataset.y_train), folds.train_idx,
+                        jnp.asarray(folds.val_idx), jnp.asarray(folds.val_mask))
+        n_train = folds.train_idx.shape[1] // BATCH * BATCH
+        n_val = int(folds.val_mask.sum(1).mean())
+        for rule in rules:
+            config = standard_cnn(rule, epochs=1, batch_size=BATCH)
+            flops = FOLDS * cnn_flops(config, dataset.x_train.shape[1:], dataset.out_features, n_train, n_val)
+            runs: dict = {}
+            compiles: dict[str, float] = {}
+            for strategy in ("auto", "vmap", "sequential"):
+                runs[f"ours ({strategy})"], compiles[f"ours ({strategy})"] = ours_config(config, data, strategy)
+            runs["jit-step loop"], compiles["jit-step loop"] = jit_step_cnn_reference(dataset, folds, config)
+            runs["torch loop"] = torch_threads(torch_cnn_reference(dataset, folds, config, threads=2), 2)
+            runs["torch loop, 1 thread"] = torch_threads(torch_cnn_reference(dataset, folds, config, threads=1), 1)
+            timings = round_robin(runs, repeats)
+            for impl, seconds in timings.items():
+                gflops = flops / seconds / 1e9
+                rows.append({
+                    "data": f"{dims} {name}", "dims": dims, "rule": rule, "implementation": impl, "seconds": seconds,
+                    "compile": compiles.get(impl, float("nan")), "gflops": gflops, "peak_fraction": gflops / peak,
+                    "speedup_vs_torch": timings["torch loop"] / seconds,
+                    "speedup_vs_torch1": timings["torch loop, 1 thread"] / seconds,
+                    "decision": decision_text(runs["ours (auto)"].decision) if impl == "ours (auto)" else "",
+                    "chosen": (runs["ours (auto)"].decision or {}).get("strategy"),
+                })
+                print(f"{dims} {rule:4s} {impl:18s} {seconds:8.3f}s {gflops:7.1f} GFLOP/s {gflops / peak:6.1%} of peak "
+                      f"x torch {timings['torch loop'] / seconds:5.2f}", flush=True)
+    return cnn_table(rows, peak, repeats, load_before)
+
+
+def torch_threads(run, threads: int):
+    """``run`` with PyTorch on ``threads`` threads, set at every call (on a loaded 2-core machine a 2-thread pool
+    waits on the other jobs; one thread is the comparison that load favours)."""
+    import torch
+
+    def with_threads():
+        torch.set_num_threads(threads)
+        return run()
+
+    return with_threads
+
+
+def cnn_table(rows, peak, repeats, load_before) -> str:
+    lines = [
+        "## CNN objective (issue 17)",
+        "",
+        f"Machine: {machine()}. Measured matmul peak (float32, 2048x2048, JAX, this run): **{peak:.1f} GFLOP/s**. "
+        f"Load average (1/5/15 min) before: {'/'.join(f'{x:.1f}' for x in load_before)}, after: {load()} "
+        "(a shared machine: absolute seconds vary with the load, the ratios are side by side in one process).",
+        "",
+        f"conv(16, k5, SAME) + relu + max-pool 2, conv(32, k5, SAME) + relu + max-pool 2, dense 128, 10 outputs; batch "
+        f"{BATCH}, Adam lr 1e-3, {FOLDS} folds x 1 epoch; 2-D on mnist-5k (28 x 28), 1-D on mnist1d (40). Seconds: "
+        f"median of {repeats} whole cross-validations, the implementations timed in turn, compilation excluded "
+        "(`compile s`; auto's includes its measurement). GFLOP/s counts forward, weight-gradient and error "
+        "multiply-adds (`benchmarks.cnn_reference.cnn_flops`). `x torch`: the PyTorch loop's seconds over this "
+        "row's (the seed's way, `torch.set_num_threads(2)`, as the issue measured it); `x torch-1`: over the "
+        "same loop on one thread, which a loaded machine favours.",
+        "",
+        "| data | rule | implementation | seconds | compile s | GFLOP/s | of peak | x torch | x torch-1 |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        compile_s = "" if np.isnan(r["compile"]) else f"{r['compile']:.2f}"
+        lines.append(f"| {r['data']} | {r['rule']} | {r['implementation']} | {r['seconds']:.2f} | {compile_s} | "
+                     f"{r['gflops']:.1f} | {r['peak_fraction']:.0%} | {r['speedup_vs_torch']:.2f} | "
+                     f"{r['speedup_vs_torch1']:.2f} |")
+    lines += ["", "Fold strategy decided by `auto` (fastest of its timed short programs):", ""]
+    lines += [f"- {r['data']} {r['rule']}: {r['decision']}" for r in rows if r["decision"]]
+    lines += ["", "Targets (issue 17), from the table above:", "", "| target | measured | met |", "|---|---|---|"]
+    for r in rows:
+        if r["implementation"] != "ours (auto)":
+            continue
+        target = CNN_TARGETS.get((r["dims"], r["rule"]), 1.5)
+        lines.append(f"| {r['data']} {r['rule']}: default >= {target:g}x the PyTorch loop | "
+                     f"{r['speedup_vs_torch']:.2f}x (1 thread: {r['speedup_vs_torch1']:.2f}x) | "
+                     f"{'yes' if r['speedup_vs_torch'] >= target else 'no'}"
+                     f"{'' if (r['speedup_vs_torch1'] >= target) == (r['speedup_vs_torch'] >= target) else ' (1 thread: ' + ('yes' if r['speedup_vs_torch1'] >= target else 'no') + ')'} |")
+    for row in targets_table(
+        [{**r, "case": f"{r['data']} {r['rule']}"} for r in rows], "case", mlp=False
+    )[2:]:
+        lines.append(row)
+    return "\n".join(lines) + "\n"
+
+
+MLP_MARK, CNN_MARK, STUDY_MARK = "", "<!-- cnn benchmarks below -->", "<!-- study benchmarks below -->"
+
+
+def section(text: str, mark: str) -> str:
+    """The part of ``text`` from ``mark`` (the MLP part: from the start) to the next marker."""
+    if mark and mark not in text:
+        return ""
+    start = text.index(mark) + len(mark) if mark else 0
+    ends = [text.index(m, start) for m in (CNN_MARK, STUDY_MARK) if m != mark and m in text[start:]]
+    return text[start:min(ends)].strip("\n") + "\n" if ends else text[start:]
+
+
+def write_sections(output: str, mlp: str, cnn: str) -> None:
     path = Path(output)
     path.parent.mkdir(parents=True, exist_ok=True)
     existing = path.read_text() if path.exists() else ""
-    marker = "<!-- study benchmarks below -->"
-    tail = existing[existing.index(marker):] if marker in existing else marker + "\n"
-    path.write_text("\n".join(lines) + "\n\n" + tail)
+    tail = existing[existing.index(STUDY_MARK):] if STUDY_MARK in existing else STUDY_MARK + "\n"
+    path.write_text(mlp.rstrip("\n") + "\n\n" + CNN_MARK + "\n\n" + cnn.strip("\n") + "\n\n" + tail)
     print(f"wrote {path}")
 
 

@@ -223,6 +223,11 @@ class ProgramCache:
             with self._lock:
                 self._deciding.pop(name).set()
 
+    def decisions(self) -> dict[str, dict]:
+        """The decisions this process made or read, by name."""
+        with self._lock:
+            return dict(self._decisions)
+
     def _store_decision(self, name: str, decision: dict) -> None:
         if self.directory is None:
             return
