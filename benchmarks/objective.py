@@ -473,11 +473,17 @@ def section(text: str, mark: str) -> str:
 
 
 def write_sections(output: str, mlp: str, cnn: str) -> None:
+    """The MLP section, the CNN section and what follows the study marker (``benchmarks.study``'s), each kept
+    as it was when not measured now; an empty part of a new file is left out."""
     path = Path(output)
     path.parent.mkdir(parents=True, exist_ok=True)
     existing = path.read_text() if path.exists() else ""
-    tail = existing[existing.index(STUDY_MARK):] if STUDY_MARK in existing else STUDY_MARK + "\n"
-    path.write_text(mlp.rstrip("\n") + "\n\n" + CNN_MARK + "\n\n" + cnn.strip("\n") + "\n\n" + tail)
+    parts = [mlp.strip("\n")]
+    if cnn.strip() or CNN_MARK in existing:
+        parts += [CNN_MARK, cnn.strip("\n")]
+    if STUDY_MARK in existing:
+        parts.append(existing[existing.index(STUDY_MARK):].rstrip("\n"))
+    path.write_text("\n\n".join(part for part in parts if part) + "\n")
     print(f"wrote {path}")
 
 
