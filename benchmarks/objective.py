@@ -243,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--part", choices=("all", "mlp", "cnn"), default="all",
                         help="which rows to measure; the other part's section of the output is kept")
     parser.add_argument("--rules", default="bp,fa,kp,dfa", help="the CNN rows' rules")
+    parser.add_argument("--no-torch", action="store_true", help="MLP rows without the PyTorch loop")
     args = parser.parse_args(argv)
     epochs, repeats = (2, 1) if args.quick else (10, args.repeats)
     widths = [int(w) for w in args.widths.split(",")]
@@ -253,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     mlp_section = section(existing, MLP_MARK) if args.part == "cnn" else None
     cnn_section = section(existing, CNN_MARK) if args.part == "mlp" else None
     if args.part in ("all", "mlp"):
-        mlp_section = mlp_rows(widths, epochs, repeats, peak, load_before)
+        mlp_section = mlp_rows(widths, epochs, repeats, peak, load_before, torch=not args.no_torch)
     if args.part in ("all", "cnn"):
         cnn_section = cnn_rows(args.rules.split(","), 1 if args.quick else repeats, peak, load_before)
     write_sections(args.output, mlp_section or "", cnn_section or "")
@@ -264,7 +265,7 @@ def load() -> str:
     return "/".join(f"{x:.1f}" for x in os.getloadavg())
 
 
-def mlp_rows(widths, epochs, repeats, peak, load_before) -> str:
+def mlp_rows(widths, epochs, repeats, peak, load_before, torch: bool = True) -> str:
     dataset = load_dataset("mnist-5k")
     folds = make_folds(dataset, FOLDS, seed=0)
     data = fold_arrays(dataset, folds)
@@ -273,7 +274,7 @@ def mlp_rows(widths, epochs, repeats, peak, load_before) -> str:
     try:
         import torch  # noqa: F401
 
-        have_torch = True
+        have_torch = torch
     except ImportError:
         have_torch = False
 
