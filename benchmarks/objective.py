@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     mlp_section = section(existing, MLP_MARK) if args.part == "cnn" else None
     cnn_section = section(existing, CNN_MARK) if args.part == "mlp" else None
     if args.part in ("all", "mlp"):
-        mlp_section = mlp_rows(widths, epochs, repeats, peak, load_before, torch=not args.no_torch)
+        mlp_section = mlp_rows(widths, epochs, repeats, peak, load_before, with_torch=not args.no_torch)
     if args.part in ("all", "cnn"):
         cnn_section = cnn_rows(args.rules.split(","), 1 if args.quick else repeats, peak, load_before)
     write_sections(args.output, mlp_section or "", cnn_section or "")
@@ -265,7 +265,7 @@ def load() -> str:
     return "/".join(f"{x:.1f}" for x in os.getloadavg())
 
 
-def mlp_rows(widths, epochs, repeats, peak, load_before, torch: bool = True) -> str:
+def mlp_rows(widths, epochs, repeats, peak, load_before, with_torch: bool = True) -> str:
     dataset = load_dataset("mnist-5k")
     folds = make_folds(dataset, FOLDS, seed=0)
     data = fold_arrays(dataset, folds)
@@ -274,7 +274,7 @@ def mlp_rows(widths, epochs, repeats, peak, load_before, torch: bool = True) -> 
     try:
         import torch  # noqa: F401
 
-        have_torch = torch
+        have_torch = with_torch
     except ImportError:
         have_torch = False
 
