@@ -338,6 +338,7 @@ INTERRUPT_ARGS = ["--cache-dir", "none", "--epochs", "2"]
 COMPILING = 2.0  # seconds after a trial's last parameter: inside its compilation (several seconds on a CPU)
 
 
+@pytest.mark.slow  # a minute; SIGTERM is tested by default through the workers' parent, the finaliser case in-process
 def test_sigint_during_compilation_and_sigterm_during_training_exit_cleanly_and_resume(tmp_path):
     """Before the fix, SIGINT in a compilation ended in a segmentation fault after the "interrupted" line (here 3
     runs in 4 interrupted 2 s after the last parameter, 4 in 4 at 3 s) and SIGTERM killed the process without
