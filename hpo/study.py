@@ -19,6 +19,7 @@ from hpo.algorithms import check_dataset, starting_points, suggest
 from hpo.config import StudyConfig
 from hpo.data import Dataset, check_folds, load_dataset
 from hpo.errors import StorageError, UsageError
+from hpo.files import study_folder
 from hpo.heldout import TEST_ATTR, read_heldout, retrain_and_score
 from hpo.interrupts import exit_code_of, exit_now, handle_interrupts
 from hpo.launcher import run_local_workers
@@ -31,7 +32,6 @@ from hpo.population import (
     startup_length,
 )
 from hpo.precompile import compile_ahead
-from hpo.files import study_folder
 from hpo.progress import EpochProgress, StudyClock, outcome
 from hpo.results import results_dir_for
 from hpo.space_config import record_space
