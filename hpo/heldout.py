@@ -19,15 +19,19 @@ hold ``{"trial", "score", "metric"}``: read here as one score of unknown seed (`
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 import optuna
 
 from hpo.algorithms import suggest
 from hpo.config import StudyConfig
 from hpo.dataset import Dataset
+from hpo.files import atomic_write
 from hpo.objective import trial_seed
+from models.saved import save_model
 from models.train import DivergedError, fit_and_score
 
 TEST_ATTR = "test"  # study user attribute holding the test scores of the best trial
@@ -77,12 +81,15 @@ def read_heldout(attr: Any) -> HeldOutScores | None:
     return None
 
 
-def retrain_and_score(config: StudyConfig, dataset: Dataset, params: dict[str, Any], trial_number: int) -> HeldOutScores:
+def retrain_and_score(
+    config: StudyConfig, dataset: Dataset, params: dict[str, Any], trial_number: int, model_path: Path | None = None
+) -> HeldOutScores:
     """Retrain the configuration ``params`` of trial ``trial_number`` on the whole training split with
     ``config.test_seeds`` seeds in one program and score each on the test split.
 
     Needs no folds: the seeds and the fixed split are all it uses. Never tunes anything: the configuration is
-    the one cross-validation chose, and the test split is seen only here.
+    the one cross-validation chose, and the test split is seen only here. With ``model_path``, the network of
+    seed 0 (the trial's own seed) is saved there (``models.saved``: parameters and feedback matrices).
     """
     train_config = suggest(optuna.trial.FixedTrial(params), config, dataset)
     seeds = heldout_seeds(config.seed, trial_number, config.test_seeds)
@@ -90,8 +97,15 @@ def retrain_and_score(config: StudyConfig, dataset: Dataset, params: dict[str, A
     try:
         result = fit_and_score(
             train_config, d.x_train, d.y_train, d.x_test, d.y_test, d.out_features, seeds,
-            fold_strategy=config.fold_strategy,
+            fold_strategy=config.fold_strategy, keep_state=model_path is not None,
         )
     except DivergedError as error:  # "fold k" of the message is the k-th seed here
         return HeldOutScores(trial_number, (), tuple(seeds), dataset.metric, f"diverged: {error}".replace("fold", "seed"))
-    return HeldOutScores(trial_number, tuple(float(s) for s in result.fold_scores), tuple(seeds), dataset.metric)
+    scores = tuple(float(s) for s in result.fold_scores)
+    if model_path is not None:
+        state = jax.tree_util.tree_map(lambda a: a[0], result.state)  # seed 0's run
+        metadata = {"study": config.name, "trial": trial_number, "seed": seeds[0], "dataset": dataset.name,
+                    "metric": dataset.metric, "test_score": scores[0], "params": params}
+        data = save_model(train_config, state, d.out_features, d.x_train.shape[1:], metadata)
+        atomic_write(model_path, lambda handle: handle.write(data))
+    return HeldOutScores(trial_number, scores, tuple(seeds), dataset.metric)

@@ -51,6 +51,18 @@ def _handler(signum: int, frame) -> None:
         raise Interrupted(signum)
 
 
+def _quiet_unraisable(previous):
+    """An unraisable-exception hook that drops ``Interrupted``: a signal that arrives inside a garbage-collector
+    callback (JAX registers one) or a ``__del__`` cannot be raised there, and Python would print its traceback;
+    it is not lost, ``received()`` keeps it for the next check."""
+
+    def hook(unraisable) -> None:
+        if not isinstance(unraisable.exc_value, Interrupted):
+            previous(unraisable)
+
+    return hook
+
+
 @contextlib.contextmanager
 def handle_interrupts() -> Iterator[None]:
     """While the block runs, SIGINT and SIGTERM raise ``Interrupted`` once; the previous handlers come back after.
@@ -62,7 +74,9 @@ def handle_interrupts() -> Iterator[None]:
         yield
         return
     previous = {signum: signal.getsignal(signum) for signum in SIGNALS}
+    previous_hook = sys.unraisablehook
     _received.clear()
+    sys.unraisablehook = _quiet_unraisable(previous_hook)
     for signum, handler in previous.items():
         if handler is not signal.SIG_IGN:
             signal.signal(signum, _handler)
@@ -71,6 +85,7 @@ def handle_interrupts() -> Iterator[None]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        sys.unraisablehook = previous_hook
         _received.clear()
 
 

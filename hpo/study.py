@@ -19,6 +19,7 @@ from hpo.algorithms import check_dataset, starting_points, suggest
 from hpo.config import StudyConfig
 from hpo.data import Dataset, check_folds, load_dataset
 from hpo.errors import StorageError, UsageError
+from hpo.files import study_folder
 from hpo.heldout import TEST_ATTR, read_heldout, retrain_and_score
 from hpo.interrupts import exit_code_of, exit_now, handle_interrupts
 from hpo.launcher import run_local_workers
@@ -32,6 +33,7 @@ from hpo.population import (
 )
 from hpo.precompile import compile_ahead
 from hpo.progress import EpochProgress, StudyClock, outcome
+from hpo.results import results_dir_for
 from hpo.space_config import record_space
 from hpo.stats import summarize_scores
 from hpo.storage import STORAGE_FAILURES, open_storage, redact, scrub
@@ -40,6 +42,7 @@ from hpo.workers import run_trials, sampler_seed
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # states that count towards --trials
 COMPILE_AHEAD_MIN_CORES = 4  # CPU cores from which compiling ahead leaves training a core of its own
+MODEL_FILE = "best-model.msgpack"  # the retrained best network, in the study's results folder (models.saved)
 STUDY_ATTRS = ("dataset", "model", "algo", "folds", "epochs", "seed")  # fixed when a study is created
 
 Printer = Callable[[str], None]
@@ -292,9 +295,11 @@ def storage_failure(config: StudyConfig, error: BaseException) -> StorageError:
 
 def record_test_score(study: optuna.Study, config: StudyConfig, dataset: Dataset, out: Printer) -> None:
     """Retrain the best configuration on the whole training split with ``config.test_seeds`` seeds, score the
-    test split, store every seed's score on the study (``hpo.heldout``).
+    test split, store every seed's score on the study (``hpo.heldout``) and save seed 0's network in the study's
+    results folder (``MODEL_FILE``, ``models.saved.load_model`` reads it).
 
-    Recomputed only when the best trial or the number of seeds changed since it was stored.
+    Recomputed only when the best trial or the number of seeds changed since it was stored, or the saved network
+    is missing.
     """
     try:
         best = study.best_trial
@@ -302,9 +307,11 @@ def record_test_score(study: optuna.Study, config: StudyConfig, dataset: Dataset
         out(f"[{config.name}] no complete trial: no test score")
         return
     stored = read_heldout(study.user_attrs.get(TEST_ATTR))
-    if stored is not None and stored.trial == best.number and stored.n == config.test_seeds:
+    model_path = study_folder(results_dir_for(config.storage, config.results_dir), config.name) / MODEL_FILE
+    if stored is not None and stored.trial == best.number and stored.n == config.test_seeds and model_path.exists():
         return
-    record = retrain_and_score(config, dataset, best.params, best.number)
+    model_path.parent.mkdir(parents=True, exist_ok=True)
+    record = retrain_and_score(config, dataset, best.params, best.number, model_path)
     study.set_user_attr(TEST_ATTR, record.to_attr())
     cv = f"[{config.name}] best trial #{best.number}: CV {dataset.metric} {best.value:.4f}"
     if record.error is not None:

@@ -264,6 +264,9 @@ class RuleNetworks:
         weight = val_mask.astype(val_loss.dtype) / val_mask.sum()
         return (val_loss * weight).sum(), (val_score * weight).sum()
 
+    def saved_state(self, state: LayerState) -> LayerState:
+        return state._replace(opt_state=None)  # parameters and feedback matrices; the optimiser's moments are not kept
+
     def diagnose(self, spec: Spec, hyper: dict, state: LayerState, before: LayerState, key, x, y, idx) -> dict:
         model = make_model(spec.config, spec.out_features)
         per_example = per_example_loss(spec.config.loss)

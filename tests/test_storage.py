@@ -128,6 +128,7 @@ def check_resumed(storage: str, killed: optuna.trial.FrozenTrial, total: int, st
     assert retries[0].state in FINISHED
 
 
+@pytest.mark.slow  # a minute of study processes on PostgreSQL
 def test_two_concurrent_workers_reach_exact_total(postgres, tmp_path):
     total = 3
     # Started together (both create the schema and the study at once). A long grace period: the first worker
@@ -169,6 +170,7 @@ def running_owner(storage: str, pids: set[int]) -> int:
     raise AssertionError(f"none of {pids} started a trial")
 
 
+@pytest.mark.slow  # a minute of study processes on PostgreSQL
 def test_killed_worker_on_postgres_is_failed_by_heartbeat_and_retried(postgres, tmp_path):
     storage, study, total = postgres.url, "killed-on-postgres", 2
     name = ["--study-name", study]
@@ -179,7 +181,7 @@ def test_killed_worker_on_postgres_is_failed_by_heartbeat_and_retried(postgres, 
     assert postgres.password not in output
 
 
-@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+@pytest.mark.parametrize("kind", [pytest.param("sqlite", marks=pytest.mark.slow), "journal"])  # one of them by default
 def test_killed_worker_on_local_file_resumes(kind, tmp_path):
     journal = tmp_path / "studies.journal"
     storage = f"sqlite:///{tmp_path / 'studies.db'}" if kind == "sqlite" else str(journal)
@@ -282,6 +284,7 @@ def assert_lost_storage_line(err: str, storage: str, secret: str) -> None:
     assert secret not in err
 
 
+@pytest.mark.slow  # a minute of study processes on PostgreSQL
 def test_passwords_in_the_query_string_or_from_pgpassword_are_never_shown(postgres, tmp_path, monkeypatch):
     """Every line of a run and the dashboard banner, with the password in the query string; and the
     documented password-free form (PGPASSWORD), which also keeps the password out of ``ps``."""
@@ -329,6 +332,7 @@ def fragile_postgres():
         yield server
 
 
+@pytest.mark.slow  # a minute of study processes on PostgreSQL
 def test_database_stopped_mid_study_is_one_line_exit_3_and_the_trial_is_recovered(fragile_postgres, tmp_path):
     server, total = fragile_postgres, 2
     storage = server.url
@@ -353,6 +357,7 @@ FROZEN_TIMEOUT = 2  # HPO_DB_TIMEOUT_SECONDS of the frozen-server test
 FROZEN_BOUND = FROZEN_TIMEOUT + 20 + 15
 
 
+@pytest.mark.slow  # a minute of study processes on PostgreSQL
 def test_frozen_database_stops_the_worker_within_the_documented_bound(fragile_postgres, tmp_path):
     server = fragile_postgres
     storage = f"postgresql://hpo:{server.password}@127.0.0.1:{server.port}/hpo"

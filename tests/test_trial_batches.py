@@ -171,6 +171,7 @@ def check_recovered(storage: str, killed: list[optuna.trial.FrozenTrial], total:
         assert len(retries) == 1 and retries[0].params == dead.params and retries[0].state in FINISHED
 
 
+@pytest.mark.slow  # test_storage kills a lone trial's worker by default
 @pytest.mark.parametrize("kind", ["journal", "sqlite"])
 def test_a_killed_batch_is_failed_and_requeued_trial_by_trial(kind, tmp_path):
     storage = str(tmp_path / "studies.journal") if kind == "journal" else f"sqlite:///{tmp_path / 'studies.db'}"

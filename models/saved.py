@@ -1,0 +1,120 @@
+"""A trained network in one file: its configuration, trained parameters and feedback matrices, and how to score it.
+
+A study retrains its best configuration on the whole training split (``hpo.heldout``) and saves the run of the
+best trial's own seed with ``save_model`` next to its charts. ``load_model`` gives it back as a ``SavedModel``
+whose ``score`` evaluates it on data exactly as training scored it (the family's ``prepare`` and ``evaluate``):
+
+    model = load_model("results/studies/studies/mnist-5k-mlp-fa/best-model.msgpack")
+    loss, accuracy = model.score(x_train, x_test, y_test)
+
+The file is Flax's msgpack of ``{"format", "family", "config", "out_features", "input_shape", "metadata",
+"state"}``: ``config`` is the configuration dataclass as JSON (read back through its type hints, so nested
+``ConvLayer`` tuples come back as they were), ``state`` the family's ``saved_state`` (what evaluation needs:
+trained parameters and fixed feedback variables, no optimiser state). Loading rebuilds the family's state from
+the configuration and fills it with the stored arrays, so a file that does not fit its configuration is an error,
+never a silently different network.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import serialization
+
+from models.rule_training import RULE_NETWORKS, TrainConfig
+from models.sd import SDConfig, SegregatedDendrites
+from models.train import FoldData
+
+FORMAT = 1
+CONFIGS = {RULE_NETWORKS.name: TrainConfig, SegregatedDendrites.name: SDConfig}  # family name -> configuration class
+
+
+@dataclasses.dataclass(frozen=True)
+class SavedModel:
+    config: Any  # a TrainConfig or SDConfig
+    state: Any  # the family's saved state (``ModelFamily.saved_state``)
+    out_features: int
+    input_shape: tuple[int, ...]  # one example's shape
+    metadata: dict[str, Any]  # what saved it: study, trial, seed, its test score, ...
+
+    def score(self, x_train: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+        """(mean loss, mean score) of the network on ``x``, ``y`` (score: accuracy, or MSE for regression).
+
+        ``x_train`` is the training split the network was trained on: a family may map its inputs with training
+        statistics (segregated dendrites maps inputs to firing rates by their range), so scoring needs them as
+        training did. A stochastic family (segregated dendrites' spike trains) draws from a fixed key.
+        """
+        family = self.config.family
+        n_train, y = len(x_train), np.asarray(y)
+        unused_labels = np.zeros((n_train, *y.shape[1:]), y.dtype)  # evaluation reads only the rows of ``x``
+        data = family.prepare(self.config, FoldData(
+            x=jnp.asarray(np.concatenate([x_train, x])), y=jnp.asarray(np.concatenate([unused_labels, y])),
+            train_idx=np.arange(n_train, dtype=np.int32)[None], val_idx=jnp.arange(n_train, n_train + len(x))[None],
+            val_mask=jnp.ones((1, len(x)), bool),
+        ))
+        spec = family.program_spec(self.config, np.zeros((1, *self.input_shape), np.float32), self.out_features)
+        hyper = family.hyperparameters(self.config)
+        key = jnp.zeros((2,), jnp.uint32) if family.needs_key(spec) else None
+        loss, score = family.evaluate(spec, hyper, self.state, key, data.x, data.y, data.val_idx[0], data.val_mask[0])
+        return float(loss), float(score)
+
+
+def save_model(config: Any, state: Any, out_features: int, input_shape: tuple[int, ...],
+               metadata: dict[str, Any] | None = None) -> bytes:
+    """The bytes of a model file for one run's ``state`` (host arrays, no run axis); written by the caller
+    (``hpo.files.atomic_write``) so a crash never leaves half a file."""
+    family = config.family
+    record = {
+        "format": FORMAT,
+        "family": family.name,
+        "config": json.dumps(dataclasses.asdict(config)),
+        "out_features": int(out_features),
+        "input_shape": [int(n) for n in input_shape],
+        "metadata": json.dumps(metadata or {}),
+        "state": serialization.to_state_dict(family.saved_state(state)),
+    }
+    return serialization.msgpack_serialize(record)
+
+
+def load_model(path: str | Path) -> SavedModel:
+    """Read a file written by ``save_model``; a ValueError names what does not fit."""
+    record = serialization.msgpack_restore(Path(path).read_bytes())
+    if record.get("format") != FORMAT or record.get("family") not in CONFIGS:
+        raise ValueError(f"{path}: not a model file of this version (format {record.get('format')!r}, "
+                         f"family {record.get('family')!r})")
+    config = _decode(CONFIGS[record["family"]], json.loads(record["config"]))
+    family = config.family
+    input_shape = tuple(record["input_shape"])
+    sample = np.zeros((1, *input_shape), np.float32)
+    spec = family.program_spec(config, sample, record["out_features"])
+    target = family.saved_state(family.init(config, spec, sample, np.random.default_rng(0)))
+    state = serialization.from_state_dict(target, record["state"])
+    leaves = jax.tree_util.tree_leaves
+    if [np.shape(a) for a in leaves(target)] != [np.shape(a) for a in leaves(state)]:
+        raise ValueError(f"{path}: its arrays do not fit its configuration")
+    return SavedModel(config, state, int(record["out_features"]), input_shape, json.loads(record["metadata"]))
+
+
+def _decode(hint: Any, value: Any) -> Any:
+    """``value`` (from JSON) as the type ``hint`` describes: dataclasses and tuples rebuilt, the rest as it is."""
+    if dataclasses.is_dataclass(hint) and isinstance(value, dict):
+        hints = typing.get_type_hints(hint)
+        return hint(**{f.name: _decode(hints[f.name], value[f.name]) for f in dataclasses.fields(hint) if f.name in value})
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None:
+            return None
+        return _decode(next(a for a in args if a is not type(None)), value)
+    if origin is tuple and isinstance(value, list):
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_decode(args[0], v) for v in value)
+        return tuple(_decode(a, v) for a, v in zip(args, value))
+    return value
