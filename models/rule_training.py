@@ -264,6 +264,9 @@ class RuleNetworks:
         weight = val_mask.astype(val_loss.dtype) / val_mask.sum()
         return (val_loss * weight).sum(), (val_score * weight).sum()
 
+    def strategy_class(self, spec: Spec) -> str:
+        return "conv" if spec.config.conv else "dense"  # with the data's rank (1-D or 2-D convolutions): the class
+
     def saved_state(self, state: LayerState) -> LayerState:
         return state._replace(opt_state=None)  # parameters and feedback matrices; the optimiser's moments are not kept
 

@@ -650,6 +650,9 @@ class SegregatedDendrites:
         mask = mask / mask.sum()
         return (val_loss * mask).sum(), (val_correct * mask).sum()
 
+    def strategy_class(self, spec: Structure) -> str:
+        return "spiking" if spec.spiking_feedforward else "rates"
+
     def saved_state(self, state: SDState) -> SDState:
         return state._replace(neurons=None)  # the weights; the neurons' traces are reset for every example anyway
 

@@ -186,6 +186,7 @@ class ModelFamily(Protocol):
     def evaluate(self, spec: Hashable, hyper: dict, state: Any, key: Any, x: Array, y: Array, idx: Array, mask: Array): ...
     def diagnose(self, spec: Hashable, hyper: dict, state: Any, before: Any, key: Any, x: Array, y: Array, idx: Array) -> dict: ...
     def saved_state(self, state: Any) -> Any: ...  # ``state`` with only what ``evaluate`` reads (``models.saved``)
+    def strategy_class(self, spec: Hashable) -> Hashable: ...  # programs that share an ``auto`` fold decision
 
 
 class RunState(NamedTuple):
@@ -334,18 +335,22 @@ def resolve_fold_strategy(family: ModelFamily, spec: Hashable, plan: Plan, state
                           hyper) -> tuple[Plan, float]:
     """``plan`` with a concrete fold strategy, and the seconds spent deciding it (0 unless measured now).
 
-    ``auto`` is decided by measurement, once per program shape and machine: the epoch program of these shapes,
-    cut to ``AUTO_STEPS`` steps of every run, is compiled with each mapping and timed ``AUTO_REPEATS`` times,
-    the two interleaved (so a load that comes and goes slows both), and the faster one's fastest call wins. The
-    decision is kept beside the program store (``ProgramCache.decide``: per backend, device, CPU and source of
+    ``auto`` is decided by measurement, once per machine and *strategy class*: the first program of a class
+    met (its epoch program cut to ``AUTO_STEPS`` steps of every run) is compiled with each mapping and timed
+    ``AUTO_REPEATS`` times, the two interleaved (so a load that comes and goes slows both), and the faster one's
+    fastest call wins for every program of the class. A class is the family's ``strategy_class`` of the spec
+    (dense or convolutional networks, ...) with the data's rank (1-D or 2-D inputs), the number of runs and the
+    evaluation layout: the choice depends on the kind of operations and how many runs are mapped, far less on widths, and
+    deciding per program shape would add two compilations to every new shape of a search space. The decision
+    is kept beside the program store (``ProgramCache.decide``: per backend, device, CPU and source of
     ``models/``) and reused by every later process; without a store, by this process. It is made before the
     programs' key is formed, so stored programs are keyed by the concrete strategy.
     """
     if plan.fold_strategy != "auto":
         return plan, 0.0
     device_data = (data.x, data.y, data.val_idx, data.val_mask)
-    decision_key = ("fold_strategy", family.name, spec, plan.evals_per_epoch, plan.diagnostics,
-                    _shapes((state, key, batches, device_data, hyper)))
+    decision_key = ("fold_strategy", family.name, family.strategy_class(spec), int(np.ndim(data.x)),
+                    int(batches.shape[0]), plan.evals_per_epoch, plan.diagnostics)
     steps = min(batches.shape[1], max(AUTO_STEPS, plan.evals_per_epoch))
     short = np.ascontiguousarray(batches[:, :steps])
 

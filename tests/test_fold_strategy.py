@@ -1,5 +1,6 @@
 """``fold_strategy="auto"``: decided by measurement once per program shape and machine, stored, reused."""
 
+import dataclasses
 import json
 
 import jax.numpy as jnp
@@ -72,7 +73,11 @@ def test_a_stored_decision_is_reused_by_a_new_store_without_measuring(store, mon
     result = cross_validate(CONFIG, data, 10, seed=2, fold_strategy="auto")
     assert strategies_compiled(again) == {"sequential"}
     assert result.compile_seconds > 0  # it compiled (the new store's memory is empty) but measured nothing
-    # another shape (2 folds) is decided on its own
+    # other widths and depths of a dense network share the decision: a search space pays for it once
+    wider = dataclasses.replace(CONFIG, hidden=(32, 8))
+    cross_validate(wider, data, 10, seed=1, fold_strategy="auto")
+    assert strategies_compiled(again) == {"sequential"} and len(calls) == 2 * train.AUTO_REPEATS
+    # another number of runs (2 folds) is decided on its own
     monkeypatch.setattr(train, "time_call", fake_timer({"vmap": 1.0, "sequential": 2.0}, calls))
     cross_validate(CONFIG, folds(k=2), 10, seed=1, fold_strategy="auto")
     assert len(calls) == 4 * train.AUTO_REPEATS
