@@ -58,6 +58,7 @@ def test_cli_runs_a_study_writes_results_and_resumes(tmp_path):
     assert {t.number: t.params for t in trials if t.number in kept} == kept  # earlier trials untouched
 
 
+@pytest.mark.slow  # 30-50 s of study processes or eager training; run with -m slow
 def test_grid_config_runs_every_study(tmp_path):
     config = tmp_path / "grid.toml"
     config.write_text(
@@ -141,6 +142,7 @@ def test_changed_settings_on_resume_are_refused(tmp_path, capsys):
     assert "was created with epochs=1, got epochs=2" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # 30-50 s of study processes or eager training; run with -m slow
 def test_test_seeds_are_stored_summarised_and_recomputed_only_when_needed(tmp_path, capsys):
     from hpo.heldout import heldout_seeds
     from hpo.objective import trial_seed

@@ -139,6 +139,7 @@ def test_user_restricted_conv_choices_are_refused_up_front_or_always_fit(shape, 
     assert suggest_cnn(optuna.trial.FixedTrial(trial.params), config, dataset) == network
 
 
+@pytest.mark.slow  # 30-50 s of study processes or eager training; run with -m slow
 @settings(max_examples=25, deadline=None)
 @given(shape=st.sampled_from(SHAPES), seed=st.integers(0, 2**31 - 1))
 def test_optuna_random_sampler_proposals_fit_and_run(shape, seed):

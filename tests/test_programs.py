@@ -1,3 +1,5 @@
+import pytest
+
 """The store of compiled programs: a later process loads what an earlier one compiled, and trains the same."""
 
 import json
@@ -44,6 +46,7 @@ def test_a_stored_program_is_loaded_by_the_next_process_and_trains_the_same(tmp_
     assert stored[0].read_bytes() != b"damaged"
 
 
+@pytest.mark.slow  # 30-50 s of study processes or eager training; run with -m slow
 def test_warmup_compiles_every_program_of_a_space_and_the_study_compiles_none_of_its_trials(tmp_path):
     space = tmp_path / "space.toml"
     space.write_text("[space]\ndepth = 1\nwidth = [16, 32]\nbatch_size = [64]\n")

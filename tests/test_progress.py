@@ -16,6 +16,7 @@ import warnings
 from pathlib import Path
 
 import optuna
+import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
 
@@ -102,6 +103,7 @@ def run_cli(args, cwd, env, terminal=False):
     return b"".join(chunks).decode(errors="replace")
 
 
+@pytest.mark.slow  # 30-50 s of study processes or eager training; run with -m slow
 def test_cli_progress_lines_with_eta_and_epochs(tmp_path):
     """Every trial line has elapsed time and ETA; with the long-trial threshold at 0 s, epochs show as lines in
     a pipe and as a tqdm bar on a terminal."""

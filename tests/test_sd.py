@@ -154,6 +154,7 @@ def test_minibatch_of_one_stream_per_row_averages_updates():
 # End to end
 
 
+@pytest.mark.slow  # 30-50 s of study processes or eager training; run with -m slow
 def test_spiking_phases_emit_spikes_and_learn_finite_updates():
     """Spiking feedforward and feedback (the paper's default) through layer-above feedback, run eagerly."""
     config = sd.SDConfig(hidden=(8, 6), forward_learning_rates=(0.2, 0.2, 0.2), batch_size=3, forward_phase=12.0,
@@ -171,6 +172,7 @@ def test_spiking_phases_emit_spikes_and_learn_finite_updates():
     assert loss.shape == (3,) and bool(jnp.isfinite(loss).all())
 
 
+@pytest.mark.slow  # 30-50 s of study processes or eager training; run with -m slow
 def test_learns_mnist_well_above_chance():
     from hpo.data import load_dataset, make_folds
 

@@ -129,6 +129,7 @@ def assert_exact(trials: list[optuna.trial.FrozenTrial], total: int) -> None:
         assert t.user_attrs[WORKER_ATTR]["trial"] == t.number
 
 
+@pytest.mark.slow  # 30-50 s of study processes or eager training; run with -m slow
 def test_batches_reach_the_exact_total_and_resume(tmp_path):
     storage = f"sqlite:///{tmp_path / 'studies.db'}"
     finish(worker(storage, tmp_path, 4, "--trial-batch", "3"))
