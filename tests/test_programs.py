@@ -1,11 +1,11 @@
-import pytest
-
 """The store of compiled programs: a later process loads what an earlier one compiled, and trains the same."""
 
 import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
