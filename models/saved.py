@@ -31,7 +31,7 @@ from flax import serialization
 
 from models.rule_training import RULE_NETWORKS, TrainConfig
 from models.sd import SDConfig, SegregatedDendrites
-from models.train import FoldData
+from models.train import split_as_runs
 
 FORMAT = 1
 CONFIGS = {RULE_NETWORKS.name: TrainConfig, SegregatedDendrites.name: SDConfig}  # family name -> configuration class
@@ -53,13 +53,9 @@ class SavedModel:
         training did. A stochastic family (segregated dendrites' spike trains) draws from a fixed key.
         """
         family = self.config.family
-        n_train, y = len(x_train), np.asarray(y)
-        unused_labels = np.zeros((n_train, *y.shape[1:]), y.dtype)  # evaluation reads only the rows of ``x``
-        data = family.prepare(self.config, FoldData(
-            x=jnp.asarray(np.concatenate([x_train, x])), y=jnp.asarray(np.concatenate([unused_labels, y])),
-            train_idx=np.arange(n_train, dtype=np.int32)[None], val_idx=jnp.arange(n_train, n_train + len(x))[None],
-            val_mask=jnp.ones((1, len(x)), bool),
-        ))
+        y = np.asarray(y)
+        unused_labels = np.zeros((len(x_train), *y.shape[1:]), y.dtype)  # evaluation reads only the rows of ``x``
+        data = family.prepare(self.config, split_as_runs(x_train, unused_labels, x, y, 1))
         spec = family.program_spec(self.config, np.zeros((1, *self.input_shape), np.float32), self.out_features)
         hyper = family.hyperparameters(self.config)
         key = jnp.zeros((2,), jnp.uint32) if family.needs_key(spec) else None

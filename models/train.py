@@ -636,6 +636,19 @@ def _check_finite(metrics: EpochMetrics, epoch: int) -> None:
             raise DivergedError(f"non-finite {name} loss ({values[bad[0]]}) in epoch {epoch + 1}, fold {bad[0] + 1}")
 
 
+def split_as_runs(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, runs: int) -> FoldData:
+    """A fixed train/test split as ``runs`` runs that each train on all of ``x_train`` and are scored on all of
+    ``x_test`` (``fit_and_score``; ``models.saved`` scores a saved network through the same layout)."""
+    n_train, n_test = len(x_train), len(x_test)
+    return FoldData(
+        x=jnp.asarray(np.concatenate([x_train, x_test])),
+        y=jnp.asarray(np.concatenate([y_train, y_test])),
+        train_idx=np.tile(np.arange(n_train, dtype=np.int32), (runs, 1)),
+        val_idx=jnp.tile(jnp.arange(n_train, n_train + n_test, dtype=jnp.int32), (runs, 1)),
+        val_mask=jnp.ones((runs, n_test), bool),
+    )
+
+
 def fit_and_score(
     config: Any,
     x_train: np.ndarray,
@@ -658,14 +671,7 @@ def fit_and_score(
     (the validation curves are then test-split curves; the diagnostics use training batches as always).
     """
     seeds = [seeds] if isinstance(seeds, int) else list(seeds)
-    n_train, n_test, k = len(x_train), len(x_test), len(seeds)
-    data = FoldData(
-        x=jnp.asarray(np.concatenate([x_train, x_test])),
-        y=jnp.asarray(np.concatenate([y_train, y_test])),
-        train_idx=np.tile(np.arange(n_train, dtype=np.int32), (k, 1)),
-        val_idx=jnp.tile(jnp.arange(n_train, n_train + n_test, dtype=jnp.int32), (k, 1)),
-        val_mask=jnp.ones((k, n_test), bool),
-    )
+    data = split_as_runs(x_train, y_train, x_test, y_test, len(seeds))
     children = [np.random.SeedSequence(seed).spawn(2) for seed in seeds]
     run_seeds = [init for init, _ in children]
     order_rngs = [np.random.default_rng(order) for _, order in children]
