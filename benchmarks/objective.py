@@ -326,7 +326,7 @@ def mlp_table(rows, peak, epochs, repeats, load_before) -> str:
         vs_torch = "" if np.isnan(r["speedup_vs_torch"]) else f"{r['speedup_vs_torch']:.2f}"
         lines.append(f"| {r['width']} | {r['implementation']} | {r['seconds']:.3f} | {compile_s} | {r['gflops']:.1f} | "
                      f"{r['peak_fraction']:.0%} | {vs_torch} |")
-    lines += ["", "Fold strategy decided by `auto` (fastest of its timed short programs, seconds):", ""]
+    lines += ["", "Fold strategy decided by `auto` (the shorter epoch predicted from two timed program lengths):", ""]
     lines += [f"- width {r['width']}: **{r['decision']}**" for r in rows if r.get("decision")]
     lines += ["", *targets_table(rows, "width", mlp=True)]
     return "\n".join(lines) + "\n"
@@ -336,8 +336,9 @@ def decision_text(decision: dict | None) -> str:
     if not decision:
         return ""
     seconds = ", ".join(f"{s} {t * 1e3:.1f} ms" for s, t in sorted(decision["seconds"].items()))
-    return (f"{decision['strategy']} ({seconds} for {decision['steps']} steps of {decision['runs']} runs; "
-            f"measuring took {decision['measure_seconds']:.1f} s)")
+    lengths = " and ".join(str(steps) for steps in decision["steps"])
+    return (f"{decision['strategy']} (predicted epoch of {decision['epoch_steps']} steps of {decision['runs']} runs: "
+            f"{seconds}, from programs of {lengths} steps; measuring took {decision['measure_seconds']:.1f} s)")
 
 
 def auto_gap(rows, group_key) -> list[tuple[str, float, float]]:
@@ -443,7 +444,7 @@ def cnn_table(rows, peak, repeats, load_before) -> str:
         lines.append(f"| {r['data']} | {r['rule']} | {r['implementation']} | {r['seconds']:.2f} | {compile_s} | "
                      f"{r['gflops']:.1f} | {r['peak_fraction']:.0%} | {r['speedup_vs_torch']:.2f} | "
                      f"{r['speedup_vs_torch1']:.2f} |")
-    lines += ["", "Fold strategy decided by `auto` (fastest of its timed short programs):", ""]
+    lines += ["", "Fold strategy decided by `auto` (the shorter epoch predicted from two timed program lengths):", ""]
     lines += [f"- {r['data']} {r['rule']}: {r['decision']}" for r in rows if r["decision"]]
     lines += ["", "Targets (issue 17), from the table above:", "", "| target | measured | met |", "|---|---|---|"]
     for r in rows:

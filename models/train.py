@@ -319,16 +319,29 @@ def _shapes(tree: Any) -> tuple:
     return treedef, tuple((tuple(np.shape(a)), str(jnp.result_type(a))) for a in leaves)
 
 
-AUTO_STEPS = 4  # training steps of every run in the programs "auto" times (at least evals_per_epoch)
+AUTO_STEPS = 4  # training steps of every run in the shorter program "auto" times (at least evals_per_epoch)
+AUTO_LENGTHS = 3  # the longer timed program has this many times the shorter one's steps
 AUTO_REPEATS = 3  # timed calls of each, interleaved; the fastest call counts
 
 
-def time_call(strategy: str, run: Callable[[], Any]) -> float:
-    """Seconds ``run()``, the program of fold strategy ``strategy``, takes until its results are ready
-    (``resolve_fold_strategy``'s timer; tests replace it)."""
+def time_call(strategy: str, steps: int, run: Callable[[], Any]) -> float:
+    """Seconds ``run()``, the ``steps``-step program of fold strategy ``strategy``, takes until its results are
+    ready (``resolve_fold_strategy``'s timer; tests replace it)."""
     start = time.perf_counter()
     jax.block_until_ready(run())
     return time.perf_counter() - start
+
+
+def predicted_epoch_seconds(seconds: dict[int, float], steps: int) -> float:
+    """An epoch of ``steps`` steps, from the fastest calls of shorter programs (steps -> seconds): the same
+    evaluations plus a cost per step, the slope between the two lengths timed. A short program alone would
+    weigh the evaluations (and each call's fixed cost) as if an epoch had only its few steps."""
+    (short, t_short), *longer = sorted(seconds.items())
+    if not longer:
+        return t_short
+    long, t_long = longer[-1]
+    per_step = max(0.0, (t_long - t_short) / (long - short))
+    return t_short + per_step * (steps - short)
 
 
 def resolve_fold_strategy(family: ModelFamily, spec: Hashable, plan: Plan, state, key, batches, data: FoldData,
@@ -336,40 +349,49 @@ def resolve_fold_strategy(family: ModelFamily, spec: Hashable, plan: Plan, state
     """``plan`` with a concrete fold strategy, and the seconds spent deciding it (0 unless measured now).
 
     ``auto`` is decided by measurement, once per machine and *strategy class*: the first program of a class
-    met (its epoch program cut to ``AUTO_STEPS`` steps of every run) is compiled with each mapping and timed
-    ``AUTO_REPEATS`` times, the two interleaved (so a load that comes and goes slows both), and the faster one's
-    fastest call wins for every program of the class. A class is the family's ``strategy_class`` of the spec
-    (dense or convolutional networks, ...) with the data's rank (1-D or 2-D inputs), the number of runs and the
-    evaluation layout: the choice depends on the kind of operations and how many runs are mapped, far less on widths, and
-    deciding per program shape would add two compilations to every new shape of a search space. The decision
-    is kept beside the program store (``ProgramCache.decide``: per backend, device, CPU and source of
-    ``models/``) and reused by every later process; without a store, by this process. It is made before the
-    programs' key is formed, so stored programs are keyed by the concrete strategy.
+    met is cut to two lengths (``AUTO_STEPS`` steps of every run and ``AUTO_LENGTHS`` times that, at most the
+    epoch), each compiled with each mapping and timed ``AUTO_REPEATS`` times, all interleaved (so a load that
+    comes and goes slows both); the mapping whose fastest calls predict the shorter whole epoch
+    (``predicted_epoch_seconds``) wins for every program of the class. A class is the family's
+    ``strategy_class`` of the spec (dense or convolutional networks, ...) with the data's rank (1-D or 2-D
+    inputs), the number of runs and the evaluation layout: the choice depends on the kind of operations and how
+    many runs are mapped, far less on widths, and deciding per program shape would add compilations to every new
+    shape of a search space. The decision is kept beside the program store (``ProgramCache.decide``: per backend,
+    device, CPU and source of ``models/``) and reused by every later process; without a store, by this process.
+    It is made before the programs' key is formed, so stored programs are keyed by the concrete strategy.
     """
     if plan.fold_strategy != "auto":
         return plan, 0.0
     device_data = (data.x, data.y, data.val_idx, data.val_mask)
     decision_key = ("fold_strategy", family.name, family.strategy_class(spec), int(np.ndim(data.x)),
                     int(batches.shape[0]), plan.evals_per_epoch, plan.diagnostics)
-    steps = min(batches.shape[1], max(AUTO_STEPS, plan.evals_per_epoch))
-    short = np.ascontiguousarray(batches[:, :steps])
+    epoch_steps = int(batches.shape[1])
+    short = min(epoch_steps, max(AUTO_STEPS, plan.evals_per_epoch))
+    lengths = sorted({short, min(epoch_steps, AUTO_LENGTHS * short)})
 
     def measure() -> dict:
         start = time.perf_counter()
         calls = {}
         for strategy in MAPPINGS:
             epoch_fn = partial(run_epoch, family, spec, Plan(strategy, plan.evals_per_epoch, plan.diagnostics))
-            program = jax.jit(epoch_fn).lower(RunState(state, key), short, *device_data, hyper).compile()
-            calls[strategy] = partial(program, RunState(state, key), short, *device_data, hyper)
-            jax.block_until_ready(calls[strategy]())  # the first call pays for allocations
-        seconds = {strategy: [] for strategy in MAPPINGS}
+            for steps in lengths:
+                cut = np.ascontiguousarray(batches[:, :steps])
+                program = jax.jit(epoch_fn).lower(RunState(state, key), cut, *device_data, hyper).compile()
+                calls[strategy, steps] = partial(program, RunState(state, key), cut, *device_data, hyper)
+                jax.block_until_ready(calls[strategy, steps]())  # the first call pays for allocations
+        timed = {call: [] for call in calls}
         for _ in range(AUTO_REPEATS):
-            for strategy in MAPPINGS:
-                seconds[strategy].append(time_call(strategy, calls[strategy]))
-        best = {strategy: min(times) for strategy, times in seconds.items()}
+            for steps in lengths:
+                for strategy in MAPPINGS:  # the two mappings back to back: what they compete on is timed alike
+                    timed[strategy, steps].append(time_call(strategy, steps, calls[strategy, steps]))
+        predicted = {strategy: predicted_epoch_seconds({steps: min(timed[strategy, steps]) for steps in lengths},
+                                                       epoch_steps)
+                     for strategy in MAPPINGS}
         return {
-            "strategy": min(MAPPINGS, key=best.get), "seconds": best, "steps": steps, "family": family.name,
-            "runs": int(batches.shape[0]), "measure_seconds": time.perf_counter() - start,
+            "strategy": min(MAPPINGS, key=predicted.get), "seconds": predicted, "epoch_steps": epoch_steps,
+            "timed": {f"{strategy} {steps}": min(times) for (strategy, steps), times in timed.items()},
+            "steps": lengths, "family": family.name, "runs": int(batches.shape[0]),
+            "measure_seconds": time.perf_counter() - start,
         }
 
     decision, measured = PROGRAMS.decide(decision_key, measure)
