@@ -3,6 +3,7 @@ programs; peak memory; and how trial cost scales with data and width.
 
     python -m benchmarks.study              # full run (about 15-25 minutes on 2 cores)
     python -m benchmarks.study --quick      # 10-trial studies and fewer repeats, to check it works
+    python -m benchmarks.study --cnn-study --before /tmp/before   # a whole CNN study here and in an earlier checkout
 
 Each study row is a fresh ``python -m hpo.run --algo fa --trials N`` process on mnist-5k (as a user runs it) with
 its own empty program store (``--cache-dir``), except ``warm``, which first fills a store with
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -52,28 +52,41 @@ def load() -> str:
     return "/".join(f"{x:.1f}" for x in os.getloadavg())
 
 
-def run_process(args: list[str]) -> tuple[float, float]:
-    """Run ``python -m ...args`` from the repository root; (wall seconds, peak resident MB of the child)."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    wall = time.perf_counter() - start
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(args)} failed:\n{done.stderr[-3000:]}")
-    peak_kb = max(before, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
-    return wall, peak_kb / 1024
+def run_process(args: list[str], cwd: Path = ROOT) -> tuple[float, float]:
+    """Run ``python -m ...args`` in ``cwd`` (a checkout: its packages are the ones imported); (wall seconds, peak
+    resident MB of that child: ``os.wait4``'s own usage, not the maximum over every child so far; an upper
+    bound, since Linux starts a child's peak at the parent's resident size when it forks, ~190 MB here)."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        start = time.perf_counter()
+        child = subprocess.Popen([sys.executable, "-m", *args], cwd=cwd, stdout=out, stderr=err, text=True,
+                                 env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(cwd)})
+        _, status, usage = os.wait4(child.pid, 0)
+        child.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait for it again
+        wall = time.perf_counter() - start
+        if child.returncode != 0:
+            err.seek(0)
+            raise RuntimeError(f"{' '.join(args)} failed:\n{err.read()[-3000:]}")
+    return wall, usage.ru_maxrss / 1024
 
 
-def study_row(work: Path, label: str, trials: int, cache: Path, extra: list[str]) -> dict:
+def study_row(work: Path, label: str, trials: int, cache: Path, extra: list[str], cwd: Path = ROOT) -> dict:
+    """One fresh ``hpo.run --algo fa`` process (``extra`` adds options) run in checkout ``cwd``, and where its
+    time went. A trial without ``wall_seconds`` (a checkout from before it was recorded) counts its start-to-end
+    time."""
     storage = work / f"{label}.journal"
     name = f"bench-{label}"
     wall, peak = run_process(["hpo.run", "--algo", "fa", "--trials", str(trials), "--storage", str(storage),
                               "--study-name", name, "--results-dir", str(work / f"results-{label}"),
-                              "--cache-dir", str(cache), *extra])
+                              "--cache-dir", str(cache), *extra], cwd)
     study = optuna.load_study(study_name=name, storage=open_storage(str(storage)))
-    done = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished() and "wall_seconds" in t.user_attrs]
-    total = {key: sum(t.user_attrs.get(key, 0.0) for t in done)
+    done = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
+
+    def seconds(t, key: str) -> float:
+        if key == "wall_seconds" and key not in t.user_attrs:
+            return (t.datetime_complete - t.datetime_start).total_seconds()
+        return t.user_attrs.get(key, 0.0)
+
+    total = {key: sum(seconds(t, key) for t in done)
              for key in ("train_seconds", "compile_seconds", "overhead_seconds", "wall_seconds")}
     states = [t.state.name for t in done]
     row = {
@@ -210,7 +223,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--output", default="results/study_benchmarks.md")
     parser.add_argument("--targets", default="results/benchmarks.md", help="file whose study section gets the targets")
+    parser.add_argument("--cnn-study", action="store_true",
+                        help="only the whole CNN study (issue 17): 20 trials, 5 epochs, here and in --before")
+    parser.add_argument("--before", type=Path, help="a checkout of an earlier commit to run the CNN study in too")
     args = parser.parse_args(argv)
+    if args.cnn_study:
+        write_cnn_study(cnn_study(5 if args.quick else 20, args.before), Path("results/cnn_study.md"))
+        return 0
     small, trials, repeats = (5, 10, 1) if args.quick else (20, args.trials, args.repeats)
     rows, warmup = studies(small, trials, args.batch)
     sharing = sharing_cost(repeats)
@@ -219,6 +238,51 @@ def main(argv: list[str] | None = None) -> int:
     write(rows, warmup, sharing, batches, args.batch, scale, Path(args.output))
     write_targets(rows, batches, args.batch, Path(args.targets))
     return 0
+
+
+def commit(checkout: Path) -> str:
+    done = subprocess.run(["git", "log", "-1", "--format=%h %s"], cwd=checkout, capture_output=True, text=True)
+    return done.stdout.strip()[:70] or "unknown commit"
+
+
+def cnn_study(trials: int, before: Path | None) -> list[dict]:
+    """A CNN study as a user runs it (``hpo.run --algo fa --model cnn --epochs 5``, mnist-5k, empty program
+    store), in ``before`` first (an earlier checkout, e.g. ``git worktree add /tmp/before 79368d3``), then here."""
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        for label, checkout in (("before", before), ("after", ROOT)):
+            if checkout is None:
+                continue
+            row = study_row(work, f"cnn-{label}", trials, work / f"store-{label}",
+                            ["--model", "cnn", "--epochs", "5"], checkout.resolve())
+            rows.append({**row, "checkout": label, "commit": commit(checkout)})
+    return rows
+
+
+def write_cnn_study(rows: list[dict], path: Path) -> None:
+    lines = [
+        "# A whole CNN study, before and after",
+        "",
+        f"Machine: {machine()}. Written by `python -m benchmarks.study --cnn-study --before DIR`: "
+        "`python -m hpo.run --algo fa --model cnn --epochs 5` on mnist-5k (3 folds, TPE, median pruner, the "
+        "default test retraining and report), each a fresh process with an empty program store, one after the "
+        "other. Shares are of the process's wall time (train and compile: sums of the trials' "
+        "`train_seconds` and `compile_seconds`; a checkout that did not record a pruned trial's seconds "
+        "undercounts them).",
+        "",
+        "| checkout | commit | trials | wall s | trials/h | train | compile | complete / pruned | best CV | peak MB | load |",
+        "|---|---|---:|---:|---:|---:|---:|---|---:|---:|---|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['checkout']} | {r['commit']} | {r['trials']} | {r['wall']:.1f} | "
+                     f"{r['trials_per_hour']:.0f} | {r['train']:.0%} | {r['compile']:.0%} | {r['complete']} / "
+                     f"{r['pruned']} | {r['best']:.4f} | {r['peak_mb']:.0f} | {r['load']} |")
+    if len(rows) == 2:
+        lines += ["", f"After / before wall time: x{rows[1]['wall'] / rows[0]['wall']:.2f} (trials per hour "
+                      f"x{rows[1]['trials_per_hour'] / rows[0]['trials_per_hour']:.2f})."]
+    path.write_text("\n".join(lines) + "\n")
+    print(f"wrote {path}")
 
 
 STUDY_MARK = "<!-- study benchmarks below -->"  # benchmarks.objective keeps what follows it in results/benchmarks.md
