@@ -8,8 +8,8 @@ divergence check, learning curves and ``CVResult``.
 
 One epoch of every run is one compiled XLA program: ``jax.lax.scan`` over mini-batches gathered on the device
 from data that stays resident there; runs (the folds) are one ``jax.vmap``-ed program or run one after another
-with ``jax.lax.map`` inside the same program (``fold_strategy``; ``auto``: whichever a short measurement on
-this machine found faster for the program, ``resolve_fold_strategy``). Scalars a family declares as traced (learning
+with ``jax.lax.map`` inside the same program (``fold_strategy``; ``auto``: whichever short measurements on
+this machine predict faster for the program's whole epoch, ``resolve_fold_strategy``). Scalars a family declares as traced (learning
 rate, momentum, decay, ...) are program inputs, so a new value never recompiles; everything that fixes shapes or
 control flow is the family's *program spec*, the key under which compiled programs are shared.
 """
