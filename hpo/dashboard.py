@@ -54,6 +54,7 @@ class _ThreadedServer(ThreadingMixIn, WSGIServer):
     """One thread per request, as optuna-dashboard's own command does, so a slow plot does not block the UI."""
 
     daemon_threads = True  # Ctrl-C stops the server without waiting for open browser connections
+    block_on_close = False  # ... which socketserver would otherwise still join in server_close
 
 
 def make_dashboard(storage_url: str, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, artifact_dir=None):

@@ -531,6 +531,7 @@ def test_dashboard_on_a_network_address_warns_in_one_line(tmp_path):
     try:
         banner = process.stdout.readline()
         assert banner.startswith("optuna-dashboard of ")
+        assert process.stdout.readline() == "press Ctrl-C to stop\n"  # serving (or about to): Ctrl-C stops it
     finally:
         process.send_signal(signal.SIGINT)
         _, err = process.communicate(timeout=60)
