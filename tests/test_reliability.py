@@ -526,8 +526,11 @@ def test_dashboard_on_a_network_address_warns_in_one_line(tmp_path):
                               "authentication") and "\n" not in warning
     storage = str(tmp_path / "s.journal")
     add_complete_study(storage, "digits-mlp-fa")
+    # a child inherits an ignored SIGINT (as background jobs do), and pytest-xdist's workers can have it ignored:
+    # the dashboard, like any program, then keeps ignoring Ctrl-C, so the child starts with the default
     process = subprocess.Popen([sys.executable, "-m", "hpo.dashboard", "--storage", storage, "--host", "0.0.0.0",
-                                "--port", "0"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                "--port", "0"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         banner = process.stdout.readline()
         assert banner.startswith("optuna-dashboard of ")

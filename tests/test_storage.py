@@ -299,7 +299,8 @@ def test_passwords_in_the_query_string_or_from_pgpassword_are_never_shown(postgr
     assert len(study.get_trials(states=FINISHED)) == 1
 
     dashboard = subprocess.Popen([sys.executable, "-m", "hpo.dashboard", "--storage", in_query, "--port", "0"],
-                                 cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                 cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # not inherited ignored
     try:
         banner = dashboard.stdout.readline()
     finally:
