@@ -537,7 +537,11 @@ def test_dashboard_on_a_network_address_warns_in_one_line(tmp_path):
         assert process.stdout.readline() == "press Ctrl-C to stop\n"  # serving (or about to): Ctrl-C stops it
     finally:
         process.send_signal(signal.SIGINT)
-        _, err = process.communicate(timeout=60)
+        try:
+            _, err = process.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()  # a dashboard that ignores Ctrl-C fails the test and is not left serving
+            raise
     assert err.splitlines()[0].startswith("warning: --host 0.0.0.0 publishes the study storage")
 
 
