@@ -336,12 +336,11 @@ def predicted_epoch_seconds(seconds: dict[int, float], steps: int) -> float:
     """An epoch of ``steps`` steps, from the fastest calls of shorter programs (steps -> seconds): the same
     evaluations plus a cost per step, the slope between the two lengths timed. A short program alone would
     weigh the evaluations (and each call's fixed cost) as if an epoch had only its few steps."""
-    (short, t_short), *longer = sorted(seconds.items())
-    if not longer:
-        return t_short
-    long, t_long = longer[-1]
-    per_step = max(0.0, (t_long - t_short) / (long - short))
-    return t_short + per_step * (steps - short)
+    short, long = min(seconds), max(seconds)
+    if short == long:
+        return seconds[short]
+    per_step = max(0.0, (seconds[long] - seconds[short]) / (long - short))
+    return seconds[short] + per_step * (steps - short)
 
 
 def resolve_fold_strategy(family: ModelFamily, spec: Hashable, plan: Plan, state, key, batches, data: FoldData,
@@ -372,10 +371,10 @@ def resolve_fold_strategy(family: ModelFamily, spec: Hashable, plan: Plan, state
     def measure() -> dict:
         start = time.perf_counter()
         calls = {}
+        cuts = {steps: np.ascontiguousarray(batches[:, :steps]) for steps in lengths}
         for strategy in MAPPINGS:
             epoch_fn = partial(run_epoch, family, spec, Plan(strategy, plan.evals_per_epoch, plan.diagnostics))
-            for steps in lengths:
-                cut = np.ascontiguousarray(batches[:, :steps])
+            for steps, cut in cuts.items():
                 program = jax.jit(epoch_fn).lower(RunState(state, key), cut, *device_data, hyper).compile()
                 calls[strategy, steps] = partial(program, RunState(state, key), cut, *device_data, hyper)
                 jax.block_until_ready(calls[strategy, steps]())  # the first call pays for allocations
@@ -384,12 +383,13 @@ def resolve_fold_strategy(family: ModelFamily, spec: Hashable, plan: Plan, state
             for steps in lengths:
                 for strategy in MAPPINGS:  # the two mappings back to back: what they compete on is timed alike
                     timed[strategy, steps].append(time_call(strategy, steps, calls[strategy, steps]))
-        predicted = {strategy: predicted_epoch_seconds({steps: min(timed[strategy, steps]) for steps in lengths},
+        fastest = {call: min(times) for call, times in timed.items()}
+        predicted = {strategy: predicted_epoch_seconds({steps: fastest[strategy, steps] for steps in lengths},
                                                        epoch_steps)
                      for strategy in MAPPINGS}
         return {
             "strategy": min(MAPPINGS, key=predicted.get), "seconds": predicted, "epoch_steps": epoch_steps,
-            "timed": {f"{strategy} {steps}": min(times) for (strategy, steps), times in timed.items()},
+            "timed": {f"{strategy} {steps}": seconds for (strategy, steps), seconds in fastest.items()},
             "steps": lengths, "family": family.name, "runs": int(batches.shape[0]),
             "measure_seconds": time.perf_counter() - start,
         }
