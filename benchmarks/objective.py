@@ -110,9 +110,10 @@ class OursRun:
     def __init__(self, config, data: FoldData, strategy: str):
         self.config, self.data, self.strategy = config, data, strategy
         known = set(PROGRAMS.decisions())
-        self.compile_seconds = self().compile_seconds
+        first = self()
+        self.compile_seconds, self.chosen = first.compile_seconds, first.fold_strategy
         new = [d for name, d in PROGRAMS.decisions().items() if name not in known]
-        self.decision = new[0] if new else None
+        self.decision = new[0] if new else None  # None: a decision made for an earlier row of the same kind
 
     def __call__(self):
         return cross_validate(self.config, self.data, 10, seed=0, fold_strategy=self.strategy)
@@ -298,7 +299,7 @@ def mlp_rows(widths, epochs, repeats, peak, load_before, with_torch: bool = True
                 "speedup_vs_torch": timings.get("torch loop", float("nan")) / seconds,
                 "ours_speedup": seconds / best_ours,
                 "decision": decision_text(getattr(runs["ours (auto)"], "decision", None)) if name == "ours (auto)" else "",
-                "chosen": (getattr(runs["ours (auto)"], "decision", None) or {}).get("strategy"),
+                "chosen": getattr(runs["ours (auto)"], "chosen", None),
             })
             print(f"width {width:5d} {name:18s} {seconds:8.3f}s  {gflops:7.1f} GFLOP/s  {gflops / peak:6.1%} of peak")
 
@@ -326,19 +327,23 @@ def mlp_table(rows, peak, epochs, repeats, load_before) -> str:
         vs_torch = "" if np.isnan(r["speedup_vs_torch"]) else f"{r['speedup_vs_torch']:.2f}"
         lines.append(f"| {r['width']} | {r['implementation']} | {r['seconds']:.3f} | {compile_s} | {r['gflops']:.1f} | "
                      f"{r['peak_fraction']:.0%} | {vs_torch} |")
-    lines += ["", "Fold strategy decided by `auto` (the shorter epoch predicted from two timed program lengths):", ""]
-    lines += [f"- width {r['width']}: **{r['decision']}**" for r in rows if r.get("decision")]
+    lines += ["", "Fold strategy decided by `auto` (whole epochs timed with each mapping, the faster kept; once per kind of program, which the rows after it of the same kind reuse):", ""]
+    lines += [f"- width {r['width']}: **{r['decision'] or REUSED.format(r['chosen'])}**" for r in rows
+              if r["implementation"] == "ours (auto)"]
     lines += ["", *targets_table(rows, "width", mlp=True)]
     return "\n".join(lines) + "\n"
+
+
+REUSED = "{} (the decision of an earlier row of the same kind of program)"
 
 
 def decision_text(decision: dict | None) -> str:
     if not decision:
         return ""
     seconds = ", ".join(f"{s} {t * 1e3:.1f} ms" for s, t in sorted(decision["seconds"].items()))
-    lengths = " and ".join(str(steps) for steps in decision["steps"])
-    return (f"{decision['strategy']} (predicted epoch of {decision['epoch_steps']} steps of {decision['runs']} runs: "
-            f"{seconds}, from programs of {lengths} steps; measuring took {decision['measure_seconds']:.1f} s)")
+    return (f"{decision['strategy']} (fastest of {decision['rounds']} timed epochs of {decision['epoch_steps']} steps "
+            f"of {decision['runs']} runs: {seconds}; work class {decision['work_bucket']}; measuring, with both "
+            f"compilations, took {decision['measure_seconds']:.1f} s)")
 
 
 def auto_gap(rows, group_key) -> list[tuple[str, float, float]]:
@@ -401,7 +406,7 @@ def cnn_rows(rules, repeats, peak, load_before) -> str:
                     "speedup_vs_torch": timings["torch loop"] / seconds,
                     "speedup_vs_torch1": timings["torch loop, 1 thread"] / seconds,
                     "decision": decision_text(runs["ours (auto)"].decision) if impl == "ours (auto)" else "",
-                    "chosen": (runs["ours (auto)"].decision or {}).get("strategy"),
+                    "chosen": runs["ours (auto)"].chosen,
                 })
                 print(f"{dims} {rule:4s} {impl:18s} {seconds:8.3f}s {gflops:7.1f} GFLOP/s {gflops / peak:6.1%} of peak "
                       f"x torch {timings['torch loop'] / seconds:5.2f}", flush=True)
@@ -444,8 +449,9 @@ def cnn_table(rows, peak, repeats, load_before) -> str:
         lines.append(f"| {r['data']} | {r['rule']} | {r['implementation']} | {r['seconds']:.2f} | {compile_s} | "
                      f"{r['gflops']:.1f} | {r['peak_fraction']:.0%} | {r['speedup_vs_torch']:.2f} | "
                      f"{r['speedup_vs_torch1']:.2f} |")
-    lines += ["", "Fold strategy decided by `auto` (the shorter epoch predicted from two timed program lengths):", ""]
-    lines += [f"- {r['data']} {r['rule']}: {r['decision']}" for r in rows if r["decision"]]
+    lines += ["", "Fold strategy decided by `auto` (whole epochs timed with each mapping, the faster kept; once per kind of program, which the rows after it of the same kind reuse):", ""]
+    lines += [f"- {r['data']} {r['rule']}: {r['decision'] or REUSED.format(r['chosen'])}" for r in rows
+              if r["implementation"] == "ours (auto)"]
     lines += ["", "Targets (issue 17), from the table above:", "", "| target | measured | met |", "|---|---|---|"]
     for r in rows:
         if r["implementation"] != "ours (auto)":

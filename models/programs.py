@@ -175,7 +175,7 @@ class ProgramCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    # Decisions made by measurement (``models.train.resolve_fold_strategy``): one JSON file beside the programs
+    # Decisions made by measurement (``models.train.decide_fold_strategy``): one JSON file beside the programs
 
     DECISIONS_FILE = "decisions.json"
 

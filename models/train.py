@@ -8,10 +8,11 @@ divergence check, learning curves and ``CVResult``.
 
 One epoch of every run is one compiled XLA program: ``jax.lax.scan`` over mini-batches gathered on the device
 from data that stays resident there; runs (the folds) are one ``jax.vmap``-ed program or run one after another
-with ``jax.lax.map`` inside the same program (``fold_strategy``; ``auto``: whichever short measurements on
-this machine predict faster for the program's whole epoch, ``resolve_fold_strategy``). Scalars a family declares as traced (learning
-rate, momentum, decay, ...) are program inputs, so a new value never recompiles; everything that fixes shapes or
-control flow is the family's *program spec*, the key under which compiled programs are shared.
+with ``jax.lax.map`` inside the same program (``fold_strategy``; ``auto``: whichever trains a whole epoch
+faster on this machine, measured once per kind of program, ``decide_fold_strategy``). Scalars a family
+declares as traced (learning rate, momentum, decay, ...) are program inputs, so a new value never recompiles;
+everything that fixes shapes or control flow is the family's *program spec*, the key under which compiled
+programs are shared.
 """
 
 from __future__ import annotations
@@ -152,6 +153,7 @@ class CVResult:
     points: dict[str, np.ndarray] = field(default_factory=dict)
     point_epochs: np.ndarray = field(default_factory=lambda: np.zeros(0))  # position of each point, in epochs
     state: Any = None  # the runs' final states on the host (leading axis k), when asked for (``keep_state``)
+    fold_strategy: str = ""  # how the runs were mapped (vmap or sequential; what ``auto`` decided)
 
     @property
     def score(self) -> float:
@@ -319,104 +321,104 @@ def _shapes(tree: Any) -> tuple:
     return treedef, tuple((tuple(np.shape(a)), str(jnp.result_type(a))) for a in leaves)
 
 
-AUTO_STEPS = 4  # training steps of every run in the shorter program "auto" times (at least evals_per_epoch)
-AUTO_LENGTHS = 3  # the longer timed program has this many times the shorter one's steps
-AUTO_REPEATS = 3  # timed calls of each, interleaved; the fastest call counts
+AUTO_REPEATS = 3  # timed epochs of each mapping, interleaved; the fastest counts
+AUTO_BUDGET_SECONDS = 20.0  # no further round of timed epochs once measuring has taken this long (one at least)
+AUTO_WORK_RATIO = 4  # programs whose work per step (parameters x batch size) is within this factor share a decision
 
 
-def time_call(strategy: str, steps: int, run: Callable[[], Any]) -> float:
-    """Seconds ``run()``, the ``steps``-step program of fold strategy ``strategy``, takes until its results are
-    ready (``resolve_fold_strategy``'s timer; tests replace it)."""
+def time_call(strategy: str, run: Callable[[], Any]) -> float:
+    """Seconds ``run()``, one whole epoch of fold strategy ``strategy``, takes until its results are ready
+    (``decide_fold_strategy``'s timer; tests replace it)."""
     start = time.perf_counter()
     jax.block_until_ready(run())
     return time.perf_counter() - start
 
 
-def predicted_epoch_seconds(seconds: dict[int, float], steps: int) -> float:
-    """An epoch of ``steps`` steps, from the fastest calls of shorter programs (steps -> seconds): the same
-    evaluations plus a cost per step, the slope between the two lengths timed. A short program alone would
-    weigh the evaluations (and each call's fixed cost) as if an epoch had only its few steps."""
-    short, long = min(seconds), max(seconds)
-    if short == long:
-        return seconds[short]
-    per_step = max(0.0, (seconds[long] - seconds[short]) / (long - short))
-    return seconds[short] + per_step * (steps - short)
+def work_bucket(family: ModelFamily, spec: Hashable, state, batches) -> int:
+    """Which size class a program's work per training step falls in: ``floor(log_AUTO_WORK_RATIO(parameters x
+    batch size))`` of one run. Mapping runs with vmap or one after another wins by different margins at
+    different sizes (on a 2-core AVX2 CPU vmap and sequential folds tie for a 784-64-64-10 MLP, sequential is
+    17% faster at width 256), so one decision per network kind would be wrong somewhere; one per program shape
+    would cost a compilation for every new shape of a search space."""
+    n_params = family.count_params(spec, jax.tree_util.tree_map(lambda a: a[0], state))
+    work = max(1, n_params) * max(1, int(batches.shape[2]))
+    return int(np.floor(np.log(work) / np.log(AUTO_WORK_RATIO)))
 
 
-def resolve_fold_strategy(family: ModelFamily, spec: Hashable, plan: Plan, state, key, batches, data: FoldData,
-                          hyper) -> tuple[Plan, float]:
-    """``plan`` with a concrete fold strategy, and the seconds spent deciding it (0 unless measured now).
+def decide_fold_strategy(family: ModelFamily, spec: Hashable, plan: Plan, state, key, batches, data: FoldData,
+                         hyper) -> tuple[Plan, float, Any]:
+    """``plan`` with a concrete fold strategy, the seconds spent deciding it (0 unless measured now), and the
+    chosen mapping's compiled epoch program when it was compiled to decide (else None).
 
-    ``auto`` is decided by measurement, once per machine and *strategy class*: the first program of a class
-    met is cut to two lengths (``AUTO_STEPS`` steps of every run and ``AUTO_LENGTHS`` times that, at most the
-    epoch), each compiled with each mapping and timed ``AUTO_REPEATS`` times, all interleaved (so a load that
-    comes and goes slows both); the mapping whose fastest calls predict the shorter whole epoch
-    (``predicted_epoch_seconds``) wins for every program of the class. A class is the family's
-    ``strategy_class`` of the spec (dense or convolutional networks, ...) with the data's rank (1-D or 2-D
-    inputs), the number of runs and the evaluation layout: the choice depends on the kind of operations and how
-    many runs are mapped, far less on widths, and deciding per program shape would add compilations to every new
-    shape of a search space. The decision is kept beside the program store (``ProgramCache.decide``: per backend,
+    ``auto`` is decided by measurement, once per machine and *kind of program*: the first program of a kind met
+    is compiled with each mapping, exactly as it will train, and whole epochs of both are timed in turn from the
+    same initial state (up to ``AUTO_REPEATS`` rounds, fewer once ``AUTO_BUDGET_SECONDS`` have passed); the
+    mapping with the faster epoch wins, and its program is the one the trial then trains with, so deciding
+    costs one extra compilation and a few epochs. Timing the real epoch, not shorter programs, matters: short
+    programs mispredicted the epoch by 10-20% and chose the slower mapping for 2-D CNNs (``results/
+    benchmarks.md``). A kind is the family's ``strategy_class`` of the spec (dense or convolutional networks,
+    ...) with the data's rank (1-D or 2-D inputs), the number of runs, the evaluation layout and the work per
+    step (``work_bucket``). The decision is kept beside the program store (``ProgramCache.decide``: per backend,
     device, CPU and source of ``models/``) and reused by every later process; without a store, by this process.
     It is made before the programs' key is formed, so stored programs are keyed by the concrete strategy.
     """
     if plan.fold_strategy != "auto":
-        return plan, 0.0
+        return plan, 0.0, None
     device_data = (data.x, data.y, data.val_idx, data.val_mask)
     decision_key = ("fold_strategy", family.name, family.strategy_class(spec), int(np.ndim(data.x)),
-                    int(batches.shape[0]), plan.evals_per_epoch, plan.diagnostics)
-    epoch_steps = int(batches.shape[1])
-    short = min(epoch_steps, max(AUTO_STEPS, plan.evals_per_epoch))
-    lengths = sorted({short, min(epoch_steps, AUTO_LENGTHS * short)})
+                    int(batches.shape[0]), plan.evals_per_epoch, plan.diagnostics,
+                    ("work", work_bucket(family, spec, state, batches)))
+    programs = {}
 
     def measure() -> dict:
         start = time.perf_counter()
-        calls = {}
-        cuts = {steps: np.ascontiguousarray(batches[:, :steps]) for steps in lengths}
         for strategy in MAPPINGS:
-            epoch_fn = partial(run_epoch, family, spec, Plan(strategy, plan.evals_per_epoch, plan.diagnostics))
-            for steps, cut in cuts.items():
-                program = jax.jit(epoch_fn).lower(RunState(state, key), cut, *device_data, hyper).compile()
-                calls[strategy, steps] = partial(program, RunState(state, key), cut, *device_data, hyper)
-                jax.block_until_ready(calls[strategy, steps]())  # the first call pays for allocations
-        timed = {call: [] for call in calls}
-        for _ in range(AUTO_REPEATS):
-            for steps in lengths:
-                for strategy in MAPPINGS:  # the two mappings back to back: what they compete on is timed alike
-                    timed[strategy, steps].append(time_call(strategy, steps, calls[strategy, steps]))
-        fastest = {call: min(times) for call, times in timed.items()}
-        predicted = {strategy: predicted_epoch_seconds({steps: fastest[strategy, steps] for steps in lengths},
-                                                       epoch_steps)
-                     for strategy in MAPPINGS}
+            programs[strategy] = _compile_epoch(family, spec, replace(plan, fold_strategy=strategy), state, key,
+                                                batches, device_data, hyper)
+        timed = {strategy: [] for strategy in MAPPINGS}
+        while not timed[MAPPINGS[0]] or (len(timed[MAPPINGS[0]]) < AUTO_REPEATS
+                                         and time.perf_counter() - start < AUTO_BUDGET_SECONDS):
+            for strategy in MAPPINGS:  # the two back to back: a load that comes and goes slows both alike
+                fresh = RunState(jax.device_put(state), key)  # the program donates its state: a copy per call
+                run = partial(programs[strategy], fresh, batches, *device_data, hyper)
+                timed[strategy].append(time_call(strategy, run))
+        fastest = {strategy: min(times) for strategy, times in timed.items()}
         return {
-            "strategy": min(MAPPINGS, key=predicted.get), "seconds": predicted, "epoch_steps": epoch_steps,
-            "timed": {f"{strategy} {steps}": seconds for (strategy, steps), seconds in fastest.items()},
-            "steps": lengths, "family": family.name, "runs": int(batches.shape[0]),
-            "measure_seconds": time.perf_counter() - start,
+            "strategy": min(MAPPINGS, key=fastest.get), "seconds": fastest, "rounds": len(timed[MAPPINGS[0]]),
+            "epoch_steps": int(batches.shape[1]), "family": family.name, "runs": int(batches.shape[0]),
+            "work_bucket": decision_key[-1][1], "measure_seconds": time.perf_counter() - start,
         }
 
     decision, measured = PROGRAMS.decide(decision_key, measure)
-    return replace(plan, fold_strategy=decision["strategy"]), decision["measure_seconds"] if measured else 0.0
+    chosen = decision["strategy"]
+    return replace(plan, fold_strategy=chosen), decision["measure_seconds"] if measured else 0.0, programs.get(chosen)
+
+
+def _compile_epoch(family, spec, plan: Plan, state, key, batches, device_data, hyper):
+    epoch_fn = partial(run_epoch, family, spec, plan)
+    return jax.jit(epoch_fn, donate_argnums=0).lower(RunState(state, key), batches, *device_data, hyper).compile()
 
 
 def compiled_programs(family: ModelFamily, spec: Hashable, plan: Plan, state, key, batches, data: FoldData, hyper):
-    """Ahead-of-time compiled programs for these arguments' shapes, and the seconds spent compiling them (with
-    those spent deciding an ``auto`` fold strategy, ``resolve_fold_strategy``).
+    """Ahead-of-time compiled programs for these arguments' shapes, the seconds spent compiling them (with
+    those spent deciding an ``auto`` fold strategy, ``decide_fold_strategy``) and the plan they follow (its fold
+    strategy concrete).
 
     Programs are kept in the bounded per-process cache (``models.programs``), so later trials with the same spec
     and shapes compile nothing; JAX's persistent compilation cache (configured by ``hpo``) does the same across
     processes.
     """
-    plan, deciding = resolve_fold_strategy(family, spec, plan, state, key, batches, data, hyper)
+    plan, deciding, decided = decide_fold_strategy(family, spec, plan, state, key, batches, data, hyper)
     device_data = (data.x, data.y, data.val_idx, data.val_mask)
     cache_key = (family.name, spec, plan, _shapes((state, key, batches, device_data, hyper)))
 
     def build() -> Compiled:
-        epoch_fn = partial(run_epoch, family, spec, plan)
-        epoch = jax.jit(epoch_fn, donate_argnums=0).lower(RunState(state, key), batches, *device_data, hyper).compile()
-        return Compiled(epoch)
+        if decided is not None:  # compiled (and timed) to decide the fold strategy: not compiled again
+            return Compiled(decided)
+        return Compiled(_compile_epoch(family, spec, plan, state, key, batches, device_data, hyper))
 
     programs, seconds = PROGRAMS.get(cache_key, build)
-    return programs, seconds + deciding
+    return programs, seconds + deciding, plan
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -564,7 +566,7 @@ def precompile(
     k = data.train_idx.shape[0]
     member = Member(config, np.random.SeedSequence(0).spawn(k), [np.random.default_rng(0)] * k)
     group = _setup_group([member] * members, data, out_features, fold_strategy, evals_per_epoch, diagnostics)
-    _, seconds = compiled_programs(
+    _, seconds, _ = compiled_programs(
         group.family, group.spec, group.plan, group.state, group.key, group.batches, group.data, group.hyper
     )
     return seconds
@@ -596,7 +598,7 @@ def train_group(
     _, valid, _ = segment_layout(batches.shape[1], evals_per_epoch)
     point_epochs = (np.arange(epochs)[:, None] + valid.sum(1).cumsum() / valid.sum()).ravel()
     timings = [Timing() if m.timing is None else m.timing for m in members]
-    compiled, compile_seconds = compiled_programs(family, spec, plan, state, key, batches, data, hyper)
+    compiled, compile_seconds, plan = compiled_programs(family, spec, plan, state, key, batches, data, hyper)
     for member, timing in zip(members, timings):
         timing.compile_seconds += compile_seconds / n_members
         if member.on_compiled is not None:
@@ -646,7 +648,7 @@ def train_group(
         timing = timings[i]
         outcomes[i] = CVResult(
             curves["val_score"][-1], curves, timing.compile_seconds, timing.train_seconds, n_params, points,
-            point_epochs, mine,
+            point_epochs, mine, plan.fold_strategy,
         )
     return outcomes
 

@@ -24,18 +24,20 @@ def folds(k=3):
                     jnp.asarray(split.val_idx), jnp.asarray(split.val_mask))
 
 
-def fake_timer(seconds, calls):
-    """A timer that says each strategy's program takes ``seconds[strategy]``, whatever its length (or
-    ``seconds[strategy](steps)``)."""
-    def timer(strategy, steps, run):
+def fake_timer(seconds, calls, results=None):
+    """A timer that says each strategy's epoch takes ``seconds[strategy]``; it runs the epoch, and keeps what
+    the epoch returned in ``results`` (strategy -> list)."""
+    def timer(strategy, run):
         calls.append(strategy)
-        value = seconds[strategy]
-        return value(steps) if callable(value) else value
+        out = run()
+        if results is not None:
+            results.setdefault(strategy, []).append(out)
+        return seconds[strategy]
 
     return timer
 
 
-MEASURED = len(train.MAPPINGS) * 2 * train.AUTO_REPEATS  # timed calls of one decision: two lengths each
+MEASURED = len(train.MAPPINGS) * train.AUTO_REPEATS  # timed epochs of one decision
 
 
 def strategies_compiled(cache):
@@ -52,20 +54,41 @@ def store(tmp_path, monkeypatch):
 @pytest.mark.parametrize("faster", ["vmap", "sequential"])
 def test_auto_picks_the_faster_and_counts_the_measurement_as_compile_time(store, monkeypatch, faster):
     slower = {"vmap": "sequential", "sequential": "vmap"}[faster]
-    calls = []
-    monkeypatch.setattr(train, "time_call", fake_timer({faster: 1.0, slower: 2.0}, calls))
+    calls, results, compiled = [], {}, []
+    monkeypatch.setattr(train, "time_call", fake_timer({faster: 1.0, slower: 2.0}, calls, results))
+    compile_epoch = train._compile_epoch
+    monkeypatch.setattr(train, "_compile_epoch", lambda *a: compiled.append(a[2].fold_strategy) or compile_epoch(*a))
     data = folds()
     result = cross_validate(CONFIG, data, 10, seed=1, fold_strategy="auto")
-    assert sorted(calls) == sorted(train.MAPPINGS * 2 * train.AUTO_REPEATS)  # both, two lengths, AUTO_REPEATS each
-    assert calls[:2] in (["vmap", "sequential"], ["sequential", "vmap"])
+    assert sorted(calls) == sorted(train.MAPPINGS * train.AUTO_REPEATS)  # both, AUTO_REPEATS each
+    assert calls[:2] in (["vmap", "sequential"], ["sequential", "vmap"])  # interleaved
     assert strategies_compiled(store) == {faster}  # the programs are keyed by the concrete strategy
+    assert sorted(compiled) == sorted(train.MAPPINGS)  # one program per mapping; the chosen one trains the trial
     (decision,) = json.loads((store.directory / store.DECISIONS_FILE).read_text()).values()
     assert decision["strategy"] == faster and decision["seconds"] == {faster: 1.0, slower: 2.0}
-    assert decision["steps"] == [train.AUTO_STEPS, train.AUTO_LENGTHS * train.AUTO_STEPS]
+    assert decision["rounds"] == train.AUTO_REPEATS and decision["epoch_steps"] == data.train_idx.shape[1] // 64
     assert result.compile_seconds >= decision["measure_seconds"] > 0
     forced = cross_validate(CONFIG, data, 10, seed=1, fold_strategy=faster)  # the very program auto chose
     np.testing.assert_array_equal(result.fold_scores, forced.fold_scores)
     assert forced.compile_seconds == 0.0
+
+
+def test_the_timed_programs_are_whole_epochs_of_the_trial_from_its_initial_state(store, monkeypatch):
+    """Each timed call is the epoch the trial trains (its real steps and evaluation, not a shorter program),
+    from the same initial state every time: every call of a mapping returns the same metrics, the first
+    epoch's."""
+    calls, results = [], {}
+    monkeypatch.setattr(train, "time_call", fake_timer({"vmap": 1.0, "sequential": 2.0}, calls, results))
+    config = dataclasses.replace(CONFIG, epochs=2)
+    result = cross_validate(config, folds(), 10, seed=1, fold_strategy="auto")
+    assert sorted(results) == sorted(train.MAPPINGS)
+    for strategy, outs in results.items():
+        assert len(outs) == train.AUTO_REPEATS
+        for _, metrics, _ in outs:  # every call from the same state: the same epoch
+            np.testing.assert_array_equal(np.asarray(metrics.val_loss), np.asarray(outs[0][1].val_loss))
+    for _, metrics, _ in results["vmap"]:  # the chosen program's timed epoch is the trial's first, bit for bit
+        np.testing.assert_array_equal(np.asarray(metrics.val_loss), result.curves["val_loss"][0])
+        np.testing.assert_array_equal(np.asarray(metrics.train_loss), result.curves["train_loss"][0])
 
 
 def test_a_stored_decision_is_reused_by_a_new_store_without_measuring(store, monkeypatch):
@@ -76,19 +99,47 @@ def test_a_stored_decision_is_reused_by_a_new_store_without_measuring(store, mon
     assert len(calls) == MEASURED
     again = ProgramCache(directory=store.directory)  # as a new process finds it
     monkeypatch.setattr(train, "PROGRAMS", again)
-    monkeypatch.setattr(train, "time_call", lambda strategy, steps, run: pytest.fail("measured twice"))
+    monkeypatch.setattr(train, "time_call", lambda strategy, run: pytest.fail("measured twice"))
     result = cross_validate(CONFIG, data, 10, seed=2, fold_strategy="auto")
     assert strategies_compiled(again) == {"sequential"}
-    assert result.compile_seconds > 0  # it compiled (the new store's memory is empty) but measured nothing
-    # other widths and depths of a dense network share the decision: a search space pays for it once
-    wider = dataclasses.replace(CONFIG, hidden=(32, 8))
-    cross_validate(wider, data, 10, seed=1, fold_strategy="auto")
+    assert again.loaded_from_disk == 1 and again.built == 0  # the program the decision compiled was stored
+    assert result.compile_seconds > 0  # it loaded (the new store's memory is empty) but measured nothing
+    # another depth of about the same work per step shares the decision
+    near = dataclasses.replace(CONFIG, hidden=(16, 16))
+    assert train.work_bucket(*work_of(near, data)) == train.work_bucket(*work_of(CONFIG, data))
+    cross_validate(near, data, 10, seed=1, fold_strategy="auto")
     assert strategies_compiled(again) == {"sequential"} and len(calls) == MEASURED
-    # another number of runs (2 folds) is decided on its own
+    # 16 times the work per step is decided on its own, and so is another number of runs (2 folds)
     monkeypatch.setattr(train, "time_call", fake_timer({"vmap": 1.0, "sequential": 2.0}, calls))
+    far = dataclasses.replace(CONFIG, hidden=(256,))
+    assert train.work_bucket(*work_of(far, data)) > train.work_bucket(*work_of(CONFIG, data))
+    cross_validate(far, data, 10, seed=1, fold_strategy="auto")
+    assert len(calls) == 2 * MEASURED and "vmap" in strategies_compiled(again)
     cross_validate(CONFIG, folds(k=2), 10, seed=1, fold_strategy="auto")
-    assert len(calls) == 2 * MEASURED
-    assert len(json.loads((store.directory / store.DECISIONS_FILE).read_text())) == 2
+    assert len(calls) == 3 * MEASURED
+    assert len(json.loads((store.directory / store.DECISIONS_FILE).read_text())) == 3
+
+
+def work_of(config, data):
+    """``work_bucket``'s arguments for ``config``'s programs on ``data``."""
+    captured = {}
+
+    class Captured(Exception):
+        pass
+
+    def spy(family, spec, plan, state, key, batches, data_, hyper):
+        captured.update(family=family, spec=spec, state=state, batches=batches)
+        raise Captured  # before anything is compiled
+
+    original = train.decide_fold_strategy
+    train.decide_fold_strategy = spy
+    try:
+        train.precompile(config, data, 10, "auto")
+    except Captured:
+        pass
+    finally:
+        train.decide_fold_strategy = original
+    return captured["family"], captured["spec"], captured["state"], captured["batches"]
 
 
 def test_without_a_store_auto_decides_in_memory(monkeypatch):
@@ -102,31 +153,20 @@ def test_without_a_store_auto_decides_in_memory(monkeypatch):
     assert len(calls) == MEASURED  # once per process
 
 
-def test_auto_predicts_the_whole_epoch_not_the_short_program(store, monkeypatch):
-    """vmap: more fixed cost per call (evaluation), less per step; sequential the reverse. The short program
-    alone says sequential; over an epoch's steps vmap is faster, and auto must choose it."""
+def test_a_long_epoch_is_timed_fewer_times(store, monkeypatch):
+    """Past ``AUTO_BUDGET_SECONDS`` no further round starts: one round at least, so both mappings are timed."""
+    monkeypatch.setattr(train, "AUTO_BUDGET_SECONDS", 0.0)
     calls = []
-    costs = {"vmap": lambda steps: 1.0 + 0.1 * steps, "sequential": lambda steps: 0.2 * steps}
-    monkeypatch.setattr(train, "time_call", fake_timer(costs, calls))
-    data = folds()
-    steps = data.train_idx.shape[1] // CONFIG.batch_size
-    assert costs["sequential"](train.AUTO_STEPS) < costs["vmap"](train.AUTO_STEPS)
-    assert costs["vmap"](steps) < costs["sequential"](steps)
-    cross_validate(CONFIG, data, 10, seed=1, fold_strategy="auto")
+    monkeypatch.setattr(train, "time_call", fake_timer({"vmap": 1.0, "sequential": 2.0}, calls))
+    cross_validate(CONFIG, folds(), 10, seed=1, fold_strategy="auto")
+    assert sorted(calls) == sorted(train.MAPPINGS)
     (decision,) = store.decisions().values()
-    assert decision["strategy"] == "vmap" and decision["epoch_steps"] == steps
-    assert decision["seconds"] == pytest.approx({s: cost(steps) for s, cost in costs.items()})
-
-
-def test_prediction_from_two_lengths_is_the_line_through_them():
-    assert train.predicted_epoch_seconds({4: 1.0, 12: 2.0}, 20) == pytest.approx(3.0)
-    assert train.predicted_epoch_seconds({4: 1.0}, 4) == 1.0  # an epoch no longer than the short program
-    assert train.predicted_epoch_seconds({4: 1.0, 12: 0.9}, 100) == 1.0  # a longer program timed faster (noise): steps count as free, never as negative
+    assert decision["rounds"] == 1 and decision["strategy"] == "vmap"
 
 
 @pytest.mark.parametrize("strategy", ["vmap", "sequential"])
 def test_a_forced_strategy_never_measures(store, monkeypatch, strategy):
-    monkeypatch.setattr(train, "time_call", lambda strategy, steps, run: pytest.fail("a forced strategy measured"))
+    monkeypatch.setattr(train, "time_call", lambda strategy, run: pytest.fail("a forced strategy measured"))
     cross_validate(CONFIG, folds(), 10, seed=1, fold_strategy=strategy)
     assert strategies_compiled(store) == {strategy}
     assert not (store.directory / store.DECISIONS_FILE).exists()
