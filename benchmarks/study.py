@@ -233,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.cnn_study:
         write_cnn_study(cnn_study(5 if args.quick else 20, args.before), Path("results/cnn_study.md"))
+        write_cnn_study_section(Path("results/cnn_study.md"), Path(args.targets))
         return 0
     small, trials, repeats = (5, 10, 1) if args.quick else (20, args.trials, args.repeats)
     rows, warmup = studies(small, trials, args.batch)
@@ -290,6 +291,18 @@ def write_cnn_study(rows: list[dict], path: Path) -> None:
 
 
 STUDY_MARK = "<!-- study benchmarks below -->"  # benchmarks.objective keeps what follows it in results/benchmarks.md
+CNN_STUDY_MARK = "<!-- cnn study below -->"  # after the study targets: the whole CNN study (issue 17), kept by both
+
+
+def write_cnn_study_section(study: Path, path: Path) -> None:
+    """The whole CNN study's table (``study``, as ``write_cnn_study`` wrote it) as the last section of ``path``
+    (the targets file), after ``CNN_STUDY_MARK``; everything before it kept."""
+    body = study.read_text().split("\n", 1)[1].strip("\n")  # without its title
+    existing = path.read_text() if path.exists() else ""
+    kept = existing[: existing.index(CNN_STUDY_MARK)] if CNN_STUDY_MARK in existing else existing
+    section = [CNN_STUDY_MARK, "", "## A whole CNN study, before and after (issue 17)", "", body]
+    path.write_text(kept.rstrip("\n") + "\n\n" + "\n".join(section) + "\n")
+    print(f"wrote the CNN study to {path}")
 
 
 def write_targets(rows: list[dict], batches: list[dict], size: int, path: Path) -> None:
@@ -336,7 +349,8 @@ def write_targets(rows: list[dict], batches: list[dict], size: int, path: Path) 
                  f"{'yes' if peak < 2048 else 'no'} | |")
     existing = path.read_text() if path.exists() else ""
     kept = existing[: existing.index(STUDY_MARK)].rstrip("\n") if STUDY_MARK in existing else existing.rstrip("\n")
-    path.write_text((kept + "\n\n" if kept else "") + "\n".join(lines) + "\n")
+    cnn_study = existing[existing.index(CNN_STUDY_MARK):].rstrip("\n") if CNN_STUDY_MARK in existing else ""
+    path.write_text((kept + "\n\n" if kept else "") + "\n".join(lines) + "\n" + (f"\n{cnn_study}\n" if cnn_study else ""))
     print(f"wrote the targets to {path}")
 
 
