@@ -327,13 +327,15 @@ def mlp_table(rows, peak, epochs, repeats, load_before) -> str:
         vs_torch = "" if np.isnan(r["speedup_vs_torch"]) else f"{r['speedup_vs_torch']:.2f}"
         lines.append(f"| {r['width']} | {r['implementation']} | {r['seconds']:.3f} | {compile_s} | {r['gflops']:.1f} | "
                      f"{r['peak_fraction']:.0%} | {vs_torch} |")
-    lines += ["", "Fold strategy decided by `auto` (whole epochs timed with each mapping, the faster kept; once per kind of program, which the rows after it of the same kind reuse):", ""]
+    lines += ["", DECISIONS_INTRO, ""]
     lines += [f"- width {r['width']}: **{r['decision'] or REUSED.format(r['chosen'])}**" for r in rows
               if r["implementation"] == "ours (auto)"]
     lines += ["", *targets_table(rows, "width", mlp=True)]
     return "\n".join(lines) + "\n"
 
 
+DECISIONS_INTRO = ("Fold strategy decided by `auto` (whole epochs timed with each mapping, the faster kept; once per "
+                   "kind of program, which the rows after it of the same kind reuse):")
 REUSED = "{} (the decision of an earlier row of the same kind of program)"
 
 
@@ -449,7 +451,7 @@ def cnn_table(rows, peak, repeats, load_before) -> str:
         lines.append(f"| {r['data']} | {r['rule']} | {r['implementation']} | {r['seconds']:.2f} | {compile_s} | "
                      f"{r['gflops']:.1f} | {r['peak_fraction']:.0%} | {r['speedup_vs_torch']:.2f} | "
                      f"{r['speedup_vs_torch1']:.2f} |")
-    lines += ["", "Fold strategy decided by `auto` (whole epochs timed with each mapping, the faster kept; once per kind of program, which the rows after it of the same kind reuse):", ""]
+    lines += ["", DECISIONS_INTRO, ""]
     lines += [f"- {r['data']} {r['rule']}: {r['decision'] or REUSED.format(r['chosen'])}" for r in rows
               if r["implementation"] == "ours (auto)"]
     lines += ["", "Targets (issue 17), from the table above:", "", "| target | measured | met |", "|---|---|---|"]

@@ -337,8 +337,8 @@ def time_call(strategy: str, run: Callable[[], Any]) -> float:
 def work_bucket(family: ModelFamily, spec: Hashable, state, batches) -> int:
     """Which size class a program's work per training step falls in: ``floor(log_AUTO_WORK_RATIO(parameters x
     batch size))`` of one run. Mapping runs with vmap or one after another wins by different margins at
-    different sizes (on a 2-core AVX2 CPU vmap and sequential folds tie for a 784-64-64-10 MLP, sequential is
-    17% faster at width 256), so one decision per network kind would be wrong somewhere; one per program shape
+    different sizes (on a 2-core AVX2 CPU vmap folds are 9% faster for a 784-64-64-10 MLP, sequential ones 10%
+    faster at width 256: ``results/benchmarks.md``), so one decision per network kind would be wrong somewhere; one per program shape
     would cost a compilation for every new shape of a search space."""
     n_params = family.count_params(spec, jax.tree_util.tree_map(lambda a: a[0], state))
     work = max(1, n_params) * max(1, int(batches.shape[2]))
@@ -365,9 +365,9 @@ def decide_fold_strategy(family: ModelFamily, spec: Hashable, plan: Plan, state,
     if plan.fold_strategy != "auto":
         return plan, 0.0, None
     device_data = (data.x, data.y, data.val_idx, data.val_mask)
+    bucket = work_bucket(family, spec, state, batches)
     decision_key = ("fold_strategy", family.name, family.strategy_class(spec), int(np.ndim(data.x)),
-                    int(batches.shape[0]), plan.evals_per_epoch, plan.diagnostics,
-                    ("work", work_bucket(family, spec, state, batches)))
+                    int(batches.shape[0]), plan.evals_per_epoch, plan.diagnostics, ("work", bucket))
     programs = {}
 
     def measure() -> dict:
@@ -376,8 +376,9 @@ def decide_fold_strategy(family: ModelFamily, spec: Hashable, plan: Plan, state,
             programs[strategy] = _compile_epoch(family, spec, replace(plan, fold_strategy=strategy), state, key,
                                                 batches, device_data, hyper)
         timed = {strategy: [] for strategy in MAPPINGS}
-        while not timed[MAPPINGS[0]] or (len(timed[MAPPINGS[0]]) < AUTO_REPEATS
-                                         and time.perf_counter() - start < AUTO_BUDGET_SECONDS):
+        for rounds in range(1, AUTO_REPEATS + 1):
+            if rounds > 1 and time.perf_counter() - start >= AUTO_BUDGET_SECONDS:
+                break
             for strategy in MAPPINGS:  # the two back to back: a load that comes and goes slows both alike
                 fresh = RunState(jax.device_put(state), key)  # the program donates its state: a copy per call
                 run = partial(programs[strategy], fresh, batches, *device_data, hyper)
@@ -386,7 +387,7 @@ def decide_fold_strategy(family: ModelFamily, spec: Hashable, plan: Plan, state,
         return {
             "strategy": min(MAPPINGS, key=fastest.get), "seconds": fastest, "rounds": len(timed[MAPPINGS[0]]),
             "epoch_steps": int(batches.shape[1]), "family": family.name, "runs": int(batches.shape[0]),
-            "work_bucket": decision_key[-1][1], "measure_seconds": time.perf_counter() - start,
+            "work_bucket": bucket, "measure_seconds": time.perf_counter() - start,
         }
 
     decision, measured = PROGRAMS.decide(decision_key, measure)
