@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+import models.train
 from hpo.data import load_dataset, make_folds
 from models.rule_training import TrainConfig
 from models.rules import DenseForward, get_rule, rule_op
@@ -246,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rules", default="bp,fa,kp,dfa", help="the CNN rows' rules")
     parser.add_argument("--no-torch", action="store_true", help="MLP rows without the PyTorch loop")
     args = parser.parse_args(argv)
+    # what auto decides, measured for each program kind at once (a study decides once a kind's training pays)
+    models.train.AUTO_PAYBACK = 0.0
     epochs, repeats = (2, 1) if args.quick else (10, args.repeats)
     widths = [int(w) for w in args.widths.split(",")]
     load_before = os.getloadavg()

@@ -1,7 +1,8 @@
 """Where a whole study's time goes: training, compiling, everything else; trial batches; the price of sharing
 programs; peak memory; and how trial cost scales with data and width.
 
-    python -m benchmarks.study              # full run (about 15-25 minutes on 2 cores)
+    python -m benchmarks.study              # full run (about 35 minutes on 2 cores)
+    python -m benchmarks.study --before /tmp/before   # and the cold studies in an earlier checkout, side by side
     python -m benchmarks.study --quick      # 10-trial studies and fewer repeats, to check it works
     python -m benchmarks.study --cnn-study --before /tmp/before   # a whole CNN study here and in an earlier checkout
 
@@ -88,26 +89,32 @@ def study_row(work: Path, label: str, trials: int, cache: Path, extra: list[str]
         return t.user_attrs.get(key, 0.0)
 
     total = {key: sum(seconds(t, key) for t in done)
-             for key in ("train_seconds", "compile_seconds", "overhead_seconds", "wall_seconds")}
+             for key in ("train_seconds", "compile_seconds", "overhead_seconds", "wall_seconds", "padding_seconds")}
     states = [t.state.name for t in done]
     row = {
         "label": label, "options": " ".join(extra) or "defaults", "trials": len(done), "wall": wall,
         "trials_per_hour": len(done) / wall * 3600, "train": total["train_seconds"] / wall,
         "compile": total["compile_seconds"] / wall, "overhead": total["overhead_seconds"] / wall,
         "outside": (wall - total["wall_seconds"]) / wall, "complete": states.count("COMPLETE"),
+        "padding": total["padding_seconds"] / wall, "shared": sum("shared_program" in t.user_attrs for t in done),
         "pruned": states.count("PRUNED"), "programs": len(list((cache / "programs").glob("*.programs"))),
         "peak_mb": peak, "best": study.best_value, "load": load(),
     }
-    print(f"{label}: {wall:.1f}s, train {row['train']:.0%}, compile {row['compile']:.0%}, overhead "
+    print(f"{label}: {wall:.1f}s, train {row['train']:.0%} (padding {row['padding']:.0%}, {row['shared']} trials in "
+          f"wider programs), compile {row['compile']:.0%}, overhead "
           f"{row['overhead']:.0%}, outside {row['outside']:.0%}, {row['programs']} programs, peak {peak:.0f} MB",
           flush=True)
     return row
 
 
-def studies(trials_small: int, trials: int, batch: int) -> tuple[list[dict], dict]:
+def studies(trials_small: int, trials: int, batch: int, before: Path | None = None) -> tuple[list[dict], dict]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
+        if before is not None:  # the cold rows in an earlier checkout too, first, side by side in this run
+            for n in (trials_small, trials):
+                row = study_row(work, f"before-cold-{n}", n, work / f"store-before-{n}", [], before.resolve())
+                rows.append({**row, "commit": commit(before)})
         rows.append(study_row(work, f"cold-{trials_small}", trials_small, work / "store-a", []))
         rows.append(study_row(work, f"cold-{trials}", trials, work / "store-b", []))
         rows.append(study_row(work, f"cold-{trials}-batch{batch}", trials, work / "store-c",
@@ -229,14 +236,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--targets", default="results/benchmarks.md", help="file whose study section gets the targets")
     parser.add_argument("--cnn-study", action="store_true",
                         help="only the whole CNN study (issue 17): 20 trials, 5 epochs, here and in --before")
-    parser.add_argument("--before", type=Path, help="a checkout of an earlier commit to run the CNN study in too")
+    parser.add_argument("--before", type=Path,
+                        help="a checkout of an earlier commit to run the cold studies (or the CNN study) in too")
     args = parser.parse_args(argv)
     if args.cnn_study:
         write_cnn_study(cnn_study(5 if args.quick else 20, args.before), Path("results/cnn_study.md"))
         write_cnn_study_section(Path("results/cnn_study.md"), Path(args.targets))
         return 0
     small, trials, repeats = (5, 10, 1) if args.quick else (20, args.trials, args.repeats)
-    rows, warmup = studies(small, trials, args.batch)
+    rows, warmup = studies(small, trials, args.batch, args.before)
     sharing = sharing_cost(repeats)
     batches = batch_gain(repeats, args.batch)
     scale = [] if args.quick else scaling(repeats)
@@ -319,6 +327,10 @@ def write_targets(rows: list[dict], batches: list[dict], size: int, path: Path) 
         "|---|---|---:|---|---|",
     ]
     for r in rows:
+        if r["label"].startswith("before-"):
+            lines.append(f"| (before: {r['commit'][:7]}) | {r['label']} | train {r['train']:.0%}, compile "
+                         f"{r['compile']:.0%}, {r['wall']:.0f} s, {r['programs']} programs | | {r['load']} |")
+    for r in rows:
         if r["label"].startswith("cold-") and r["options"] == "defaults":
             lines.append(f"| >= 60% of wall time training | {r['label']} | {r['train']:.0%} | "
                          f"{'yes' if r['train'] >= 0.6 else 'no'} | {r['load']} |")
@@ -369,16 +381,31 @@ def write(rows: list[dict], warmup: dict, sharing: list[dict], batches: list[dic
         "compiled waiting for it, which its `overhead` counts). Shares are of the process's wall time; `outside` "
         "is what no trial accounts for (start-up, data, the test-score retraining, reports).",
         "",
-        "| run | options | trials | wall s | trials/h | train | compile | overhead | outside | programs | "
-        "complete / pruned | peak MB | best CV | load |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---|",
+        "`before-*` rows ran in an earlier checkout (its commit below the table), in the same run. `padding`: the "
+        "part of the training share that trials trained in a wider network's program spent on its padded units "
+        "(`models.sharing`; `in wider`: how many trials did).",
+        "",
+        "| run | options | trials | wall s | trials/h | train | (padding) | compile | overhead | outside | programs | "
+        "in wider | complete / pruned | peak MB | best CV | load |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['label']} | `{r['options']}` | {r['trials']} | {r['wall']:.1f} | {r['trials_per_hour']:.0f} | "
-            f"{r['train']:.0%} | {r['compile']:.0%} | {r['overhead']:.0%} | {r['outside']:.0%} | {r['programs']} | "
-            f"{r['complete']} / {r['pruned']} | {r['peak_mb']:.0f} | {r['best']:.4f} | {r['load']} |"
+            f"{r['train']:.0%} | {r['padding']:.0%} | {r['compile']:.0%} | {r['overhead']:.0%} | {r['outside']:.0%} | "
+            f"{r['programs']} | {r['shared']} | {r['complete']} / {r['pruned']} | {r['peak_mb']:.0f} | "
+            f"{r['best']:.4f} | {r['load']} |"
         )
+    befores = [r for r in rows if r["label"].startswith("before-")]
+    if befores:
+        lines += ["", f"`before-*`: commit {befores[0]['commit']}."]
+        for r in befores:
+            after = next((a for a in rows if a["label"] == r["label"].removeprefix("before-")), None)
+            if after is not None:
+                lines.append(f"- {after['label']}: wall x{after['wall'] / r['wall']:.2f} of before, trials per hour "
+                             f"x{after['trials_per_hour'] / r['trials_per_hour']:.2f}, compile "
+                             f"{r['compile']:.0%} -> {after['compile']:.0%}, programs {r['programs']} -> "
+                             f"{after['programs']}.")
     lines += [
         "",
         "## The price of sharing programs",

@@ -176,8 +176,12 @@ class PlannedTrial(NamedTuple):
 
 def record_timing(trial: optuna.Trial, wall_seconds: float, timing: Timing) -> None:
     """Every second of a finished trial, pruned or not: compiling, training, and everything else (sampling,
-    initialisation, transfers, storage writes), so a study's benchmark can account for its whole time."""
+    initialisation, transfers, storage writes), so a study's benchmark can account for its whole time; and, for a
+    trial trained in a wider network's program, which one and about how many training seconds its padding took."""
     trial.set_user_attr("wall_seconds", wall_seconds)
     trial.set_user_attr("compile_seconds", timing.compile_seconds)
     trial.set_user_attr("train_seconds", timing.train_seconds)
     trial.set_user_attr("overhead_seconds", max(0.0, wall_seconds - timing.compile_seconds - timing.train_seconds))
+    trial.set_user_attr("padding_seconds", timing.padding_seconds)  # of train_seconds (models.sharing)
+    if timing.shared_program:
+        trial.set_user_attr("shared_program", timing.shared_program)

@@ -105,6 +105,7 @@ class ProgramCache:
         self.loaded_from_disk = 0  # programs this process loaded instead of compiling
         self.built = 0  # programs this process compiled
         self._decisions: dict[str, dict] = {}  # name -> decision, this process's (see ``decide``)
+        self._training: dict[str, float] = {}  # name -> seconds this process trained programs of the decision's kind
         self._deciding: dict[str, threading.Event] = {}
 
     def _path(self, key: Any) -> Path | None:
@@ -222,6 +223,23 @@ class ProgramCache:
         finally:
             with self._lock:
                 self._deciding.pop(name).set()
+
+    def add_training(self, key: Any, seconds: float) -> None:
+        """Programs of decision ``key``'s kind trained ``seconds`` more in this process."""
+        name = self._decision_name(key)
+        with self._lock:
+            self._training[name] = self._training.get(name, 0.0) + seconds
+
+    def training_seconds(self, key: Any) -> float:
+        """Seconds this process trained programs of decision ``key``'s kind."""
+        with self._lock:
+            return self._training.get(self._decision_name(key), 0.0)
+
+    def known_decision(self, key: Any) -> dict | None:
+        """The decision for ``key`` made or stored already, or None; never measures."""
+        name = self._decision_name(key)
+        with self._lock:
+            return self._decisions.get(name) or self._stored_decisions().get(name)
 
     def decisions(self) -> dict[str, dict]:
         """The decisions this process made or read, by name."""

@@ -9,6 +9,7 @@ built from the traced hyperparameters, one training step, the masked validation 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Callable, NamedTuple
 
@@ -181,6 +182,12 @@ def per_example_loss(loss: str) -> Callable[[Array, Array], tuple[Array, Array]]
     return {"cross_entropy": cross_entropy, "mse": mse}[loss]
 
 
+@functools.cache
+def _zero_at_zero(activation: str) -> bool:
+    """The activation maps 0 to exactly 0 (a zero-padded unit then stays silent: ``RuleNetworks.hosting``)."""
+    return float(get_activation(activation)(jnp.zeros((), jnp.float32))) == 0.0
+
+
 def count_params(params: Any) -> int:
     """Number of trained forward parameters, feedback matrices excluded."""
     leaves = jax.tree_util.tree_leaves_with_path(params)
@@ -266,6 +273,23 @@ class RuleNetworks:
 
     def strategy_class(self, spec: Spec) -> str:
         return "conv" if spec.config.conv else "dense"  # with the data's rank (1-D or 2-D convolutions): the class
+
+    def hosting(self, host: Spec, spec: Spec) -> str | None:
+        """``spec``'s networks train exactly in ``host``'s program (``models.sharing``) when only the hidden widths
+        differ, none wider than the host's. Zero-padded units then stay out of everything: their incoming kernel
+        columns and bias are zero, so they compute f(0) = 0 (every activation candidate must have it); their
+        outgoing kernel rows are zero, and so are the feedback matrices' rows and columns (zero-padded stored
+        matrices, sign(0) = 0), so they receive a zero error; every update of a padded entry is zero, and zero
+        moments, traces and decay keep it zero under both optimisers. Rules whose backward matrix depends on
+        its shape (``Rule.pads_exactly``) are excluded. Equal up to the order of floating-point sums."""
+        if host.out_features != spec.out_features or host.config.differences(spec.config) - {"hidden"}:
+            return None
+        widths, host_widths = spec.config.hidden, host.config.hidden
+        if len(widths) != len(host_widths) or any(w > h for w, h in zip(widths, host_widths)):
+            return None
+        if not get_rule(spec.config.rule).pads_exactly or not all(map(_zero_at_zero, spec.config.activation_choices)):
+            return None
+        return f"hidden {widths} in the program of {host_widths}"
 
     def saved_state(self, state: LayerState) -> LayerState:
         return state._replace(opt_state=None)  # parameters and feedback matrices; the optimiser's moments are not kept

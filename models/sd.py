@@ -653,6 +653,9 @@ class SegregatedDendrites:
     def strategy_class(self, spec: Structure) -> str:
         return "spiking" if spec.spiking_feedforward else "rates"
 
+    def hosting(self, host: Structure, spec: Structure) -> str | None:
+        return None  # spike trains and noise are drawn at each layer's shape: a padded layer's draws differ
+
     def saved_state(self, state: SDState) -> SDState:
         return state._replace(neurons=None)  # the weights; the neurons' traces are reset for every example anyway
 

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from models.programs import ProgramCache
+from models.sharing import ProgramSharing, pad_state, unpad_state
 
 Array = jax.Array
 FOLD_STRATEGIES = ("auto", "vmap", "sequential")
@@ -102,6 +103,12 @@ class Static:
     def __hash__(self) -> int:
         return hash((self._type, self._values))
 
+    def differences(self, other: Static) -> set[str]:
+        """Names of the static fields whose values differ between two static parts of one configuration type."""
+        if self._type is not other._type:
+            raise TypeError(f"cannot compare the static parts of {self._type.__name__} and {other._type.__name__}")
+        return {key for (key, mine), (_, theirs) in zip(self._values, other._values, strict=True) if mine != theirs}
+
     def __repr__(self) -> str:
         inner = ", ".join(f"{k}={v!r}" for k, v in self._values)
         return f"Static[{self._type.__name__}]({inner})"
@@ -154,6 +161,8 @@ class CVResult:
     point_epochs: np.ndarray = field(default_factory=lambda: np.zeros(0))  # position of each point, in epochs
     state: Any = None  # the runs' final states on the host (leading axis k), when asked for (``keep_state``)
     fold_strategy: str = ""  # how the runs were mapped (vmap or sequential; what ``auto`` decided)
+    shared_program: str = ""  # trained in a wider network's program (``models.sharing``): which; "" in its own
+    padding_seconds: float = 0.0  # of ``train_seconds``, about how many the padded units' arithmetic took
 
     @property
     def score(self) -> float:
@@ -166,6 +175,8 @@ class Timing:
 
     compile_seconds: float = 0.0  # tracing and compiling programs (0 when they were reused)
     train_seconds: float = 0.0  # running the compiled epochs, including the per-epoch transfer of metrics
+    padding_seconds: float = 0.0  # of train_seconds, about how many a wider program's padding took (models.sharing)
+    shared_program: str = ""  # the wider network's program it trained in (models.sharing); "" in its own
 
 
 class ModelFamily(Protocol):
@@ -189,6 +200,9 @@ class ModelFamily(Protocol):
     def diagnose(self, spec: Hashable, hyper: dict, state: Any, before: Any, key: Any, x: Array, y: Array, idx: Array) -> dict: ...
     def saved_state(self, state: Any) -> Any: ...  # ``state`` with only what ``evaluate`` reads (``models.saved``)
     def strategy_class(self, spec: Hashable) -> Hashable: ...  # programs that share an ``auto`` fold decision
+    # how ``spec``'s networks train exactly in ``host``'s program, their state zero-padded (``models.sharing``), in
+    # a few words; None where they cannot
+    def hosting(self, host: Hashable, spec: Hashable) -> str | None: ...
 
 
 class RunState(NamedTuple):
@@ -313,6 +327,7 @@ class Compiled(NamedTuple):
 
 
 PROGRAMS = ProgramCache()  # the one per-process cache of compiled programs, shared by every family
+SHARING = ProgramSharing()  # which programs narrower networks may train in, and what that costs (models.sharing)
 
 
 def _shapes(tree: Any) -> tuple:
@@ -324,6 +339,18 @@ def _shapes(tree: Any) -> tuple:
 AUTO_REPEATS = 3  # timed epochs of each mapping, interleaved; the fastest counts
 AUTO_BUDGET_SECONDS = 20.0  # no further round of timed epochs once measuring has taken this long (one at least)
 AUTO_WORK_RATIO = 4  # programs whose work per step (parameters x batch size) is within this factor share a decision
+# A decision is measured once its kind has trained this many compilations' worth of seconds in this process (it
+# costs about one compilation and gains 0-25% of the kind's later training): a kind met for one program, such
+# as the held-out retraining, or for a few seconds, trains with the provisional mapping and is never measured.
+AUTO_PAYBACK = 10.0
+
+
+def provisional_mapping() -> str:
+    """The mapping of runs before (or without) a decision: the one that is never far from the faster on this
+    backend. On CPUs sequential runs were at most 9% slower than vmapped ones and up to 33% faster (2-D CNNs,
+    ``results/benchmarks.md``): one core's worth of work per run already fills a small machine; on accelerators
+    a batch of runs is what fills the device."""
+    return "sequential" if jax.default_backend() == "cpu" else "vmap"
 
 
 def time_call(strategy: str, run: Callable[[], Any]) -> float:
@@ -351,7 +378,7 @@ def decide_fold_strategy(family: ModelFamily, spec: Hashable, plan: Plan, state,
     chosen mapping's compiled epoch program when it was compiled to decide (else None).
 
     ``auto`` is decided by measurement, once per machine and *kind of program*: the first program of a kind met
-    is compiled with each mapping, exactly as it will train, and whole epochs of both are timed in turn from the
+    once deciding pays (below) is compiled with each mapping, exactly as it will train, and whole epochs of both are timed in turn from the
     same initial state (up to ``AUTO_REPEATS`` rounds, fewer once ``AUTO_BUDGET_SECONDS`` have passed); the
     mapping with the faster epoch wins, and its program is the one the trial then trains with, so deciding
     costs one extra compilation and a few epochs. Timing the real epoch, not shorter programs, matters: short
@@ -361,20 +388,28 @@ def decide_fold_strategy(family: ModelFamily, spec: Hashable, plan: Plan, state,
     step (``work_bucket``). The decision is kept beside the program store (``ProgramCache.decide``: per backend,
     device, CPU and source of ``models/``) and reused by every later process; without a store, by this process.
     It is made before the programs' key is formed, so stored programs are keyed by the concrete strategy.
+
+    A decision is measured only once it pays: when this process has trained programs of the kind for
+    ``AUTO_PAYBACK`` compilations' worth of seconds. Until then (and for a kind met once, such as the held-out
+    retraining of a study) the runs are mapped the ``provisional_mapping`` way, and nothing is stored: a cold
+    study of small networks would otherwise spend more on deciding than the decision gains.
     """
     if plan.fold_strategy != "auto":
         return plan, 0.0, None
     device_data = (data.x, data.y, data.val_idx, data.val_mask)
     bucket = work_bucket(family, spec, state, batches)
-    decision_key = ("fold_strategy", family.name, family.strategy_class(spec), int(np.ndim(data.x)),
-                    int(batches.shape[0]), plan.evals_per_epoch, plan.diagnostics, ("work", bucket))
+    decision_key = fold_kind(family, spec, plan, bucket, batches, data)
+    if PROGRAMS.known_decision(decision_key) is None and not _decision_pays(family, decision_key):
+        return replace(plan, fold_strategy=provisional_mapping()), 0.0, None
     programs = {}
 
     def measure() -> dict:
         start = time.perf_counter()
         for strategy in MAPPINGS:
+            compiling = time.perf_counter()
             programs[strategy] = _compile_epoch(family, spec, replace(plan, fold_strategy=strategy), state, key,
                                                 batches, device_data, hyper)
+            SHARING.record_compile(family.name, time.perf_counter() - compiling)
         timed = {strategy: [] for strategy in MAPPINGS}
         for rounds in range(1, AUTO_REPEATS + 1):
             if rounds > 1 and time.perf_counter() - start >= AUTO_BUDGET_SECONDS:
@@ -395,6 +430,39 @@ def decide_fold_strategy(family: ModelFamily, spec: Hashable, plan: Plan, state,
     return replace(plan, fold_strategy=chosen), decision["measure_seconds"] if measured else 0.0, programs.get(chosen)
 
 
+def fold_kind(family: ModelFamily, spec: Hashable, plan: Plan, bucket: int, batches, data: FoldData) -> tuple:
+    """The kind of program an ``auto`` fold decision holds for (``decide_fold_strategy``; ``bucket``: the
+    program's ``work_bucket``): the decision's key."""
+    return ("fold_strategy", family.name, family.strategy_class(spec), int(np.ndim(data.x)), int(batches.shape[0]),
+            plan.evals_per_epoch, plan.diagnostics, ("work", bucket))
+
+
+def _decision_pays(family: ModelFamily, decision_key: tuple) -> bool:
+    """Whether this kind has trained long enough here that measuring its mapping is worth a compilation."""
+    if AUTO_PAYBACK == 0:
+        return True  # measured at once (what the objective benchmark and tests of the measurement ask for)
+    compile_cost = SHARING.compile_cost(family.name)
+    return compile_cost is not None and PROGRAMS.training_seconds(decision_key) >= AUTO_PAYBACK * compile_cost
+
+
+def _program_key(family: ModelFamily, spec: Hashable, plan: Plan, state, key, batches, data: FoldData, hyper) -> tuple:
+    """The program store's key of these arguments' epoch program (``plan``'s fold strategy concrete)."""
+    device_data = (data.x, data.y, data.val_idx, data.val_mask)
+    return family.name, spec, plan, _shapes((state, key, batches, device_data, hyper))
+
+
+def program_exists(family: ModelFamily, spec: Hashable, plan: Plan, state, key, batches, data: FoldData, hyper) -> bool:
+    """Whether these arguments' program is compiled already (in this process or in the store on disk), found
+    without compiling or measuring anything: under an ``auto`` plan not yet decided for its kind, it is not."""
+    if plan.fold_strategy == "auto":
+        kind = fold_kind(family, spec, plan, work_bucket(family, spec, state, batches), batches, data)
+        decision = PROGRAMS.known_decision(kind)
+        if decision is None and _decision_pays(family, kind):
+            return False  # measuring it compiles both mappings anyway
+        plan = replace(plan, fold_strategy=provisional_mapping() if decision is None else decision["strategy"])
+    return _program_key(family, spec, plan, state, key, batches, data, hyper) in PROGRAMS
+
+
 def _compile_epoch(family, spec, plan: Plan, state, key, batches, device_data, hyper):
     epoch_fn = partial(run_epoch, family, spec, plan)
     return jax.jit(epoch_fn, donate_argnums=0).lower(RunState(state, key), batches, *device_data, hyper).compile()
@@ -411,12 +479,15 @@ def compiled_programs(family: ModelFamily, spec: Hashable, plan: Plan, state, ke
     """
     plan, deciding, decided = decide_fold_strategy(family, spec, plan, state, key, batches, data, hyper)
     device_data = (data.x, data.y, data.val_idx, data.val_mask)
-    cache_key = (family.name, spec, plan, _shapes((state, key, batches, device_data, hyper)))
+    cache_key = _program_key(family, spec, plan, state, key, batches, data, hyper)
 
     def build() -> Compiled:
         if decided is not None:  # compiled (and timed) to decide the fold strategy: not compiled again
             return Compiled(decided)
-        return Compiled(_compile_epoch(family, spec, plan, state, key, batches, device_data, hyper))
+        start = time.perf_counter()
+        compiled = Compiled(_compile_epoch(family, spec, plan, state, key, batches, device_data, hyper))
+        SHARING.record_compile(family.name, time.perf_counter() - start)  # what not compiling would save
+        return compiled
 
     programs, seconds = PROGRAMS.get(cache_key, build)
     return programs, seconds + deciding, plan
@@ -599,18 +670,30 @@ def train_group(
     _, valid, _ = segment_layout(batches.shape[1], evals_per_epoch)
     point_epochs = (np.arange(epochs)[:, None] + valid.sum(1).cumsum() / valid.sum()).ravel()
     timings = [Timing() if m.timing is None else m.timing for m in members]
-    compiled, compile_seconds, plan = compiled_programs(family, spec, plan, state, key, batches, data, hyper)
+    n_params = family.count_params(spec, jax.tree_util.tree_map(lambda a: a[0], state))
+
+    # in a wider network's program when that is cheaper than compiling this one's (models.sharing)
+    native_state, program_spec, placement = state, spec, None
+    context = (family.name, plan, _shapes((key, batches, (data.x, data.y, data.val_idx, data.val_mask), hyper)))
+    if not program_exists(family, spec, plan, state, key, batches, data, hyper):
+        placement = SHARING.choose(family, context, spec, n_params, epochs)
+    if placement is not None:
+        program_spec, state = placement.host, pad_state(state, placement.template)
+        for timing in timings:
+            timing.shared_program = placement.description
+    compiled, compile_seconds, plan = compiled_programs(family, program_spec, plan, state, key, batches, data, hyper)
     for member, timing in zip(members, timings):
         timing.compile_seconds += compile_seconds / n_members
         if member.on_compiled is not None:
             member.on_compiled(timing.compile_seconds)
-    n_params = family.count_params(spec, jax.tree_util.tree_map(lambda a: a[0], state))
+    padding_share = 0.0 if placement is None else placement.padding_share
 
     outcomes: list[CVResult | Exception | None] = [None] * n_members
     slots = [slice(i * k, (i + 1) * k) for i in range(n_members)]
     run_state = RunState(jax.device_put(state), key)
     history: list[EpochMetrics] = []
     point_history: list[dict[str, np.ndarray]] = []
+    epoch_seconds: list[float] = []
     for epoch in range(epochs):
         start = time.perf_counter()
         if epoch:
@@ -621,8 +704,10 @@ def train_group(
         history.append(metrics)
         point_history.append(points)
         training = [i for i in range(n_members) if outcomes[i] is None]
+        epoch_seconds.append(time.perf_counter() - start)
         for i in training:
-            timings[i].train_seconds += (time.perf_counter() - start) / len(training)
+            timings[i].train_seconds += epoch_seconds[-1] / len(training)
+            timings[i].padding_seconds += epoch_seconds[-1] * padding_share / len(training)
         for i in training:
             mine = EpochMetrics(*(m[slots[i]] for m in metrics))
             try:
@@ -634,7 +719,17 @@ def train_group(
         if all(outcome is not None for outcome in outcomes):
             break
 
+    if fold_strategy == "auto":  # what a measured decision for this kind would be worth (AUTO_PAYBACK)
+        kind = fold_kind(family, program_spec, replace(plan, fold_strategy="auto"),
+                         work_bucket(family, program_spec, state, batches), batches, data)
+        PROGRAMS.add_training(kind, sum(epoch_seconds))
+    SHARING.record_training(context, program_spec, state, family.count_params(
+        program_spec, jax.tree_util.tree_map(lambda a: a[0], state)), epoch_seconds)
+    if placement is not None:
+        SHARING.charge(context, spec, sum(epoch_seconds) * padding_share)
     final = jax.device_get(run_state.model) if keep_state else None
+    if final is not None and placement is not None:
+        final = unpad_state(final, native_state)
     for i in range(n_members):
         if outcomes[i] is not None:
             continue
@@ -649,7 +744,7 @@ def train_group(
         timing = timings[i]
         outcomes[i] = CVResult(
             curves["val_score"][-1], curves, timing.compile_seconds, timing.train_seconds, n_params, points,
-            point_epochs, mine, plan.fold_strategy,
+            point_epochs, mine, plan.fold_strategy, timing.shared_program, timing.padding_seconds,
         )
     return outcomes
 

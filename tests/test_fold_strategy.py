@@ -12,6 +12,7 @@ from hpo.data import load_dataset, make_folds
 from models import train
 from models.programs import ProgramCache
 from models.rule_training import TrainConfig
+from models.sharing import ProgramSharing
 from models.train import FoldData, Plan, cross_validate
 
 CONFIG = TrainConfig(rule="fa", hidden=(16,), learning_rate=3e-3, epochs=1)
@@ -46,8 +47,12 @@ def strategies_compiled(cache):
 
 @pytest.fixture
 def store(tmp_path, monkeypatch):
+    """An empty program store, and decisions measured at the first program of a kind (``AUTO_PAYBACK`` 0) unless
+    a test says otherwise."""
     cache = ProgramCache(directory=tmp_path)
     monkeypatch.setattr(train, "PROGRAMS", cache)
+    monkeypatch.setattr(train, "SHARING", ProgramSharing())
+    monkeypatch.setattr(train, "AUTO_PAYBACK", 0.0)
     return cache
 
 
@@ -82,7 +87,7 @@ def test_the_timed_programs_are_whole_epochs_of_the_trial_from_its_initial_state
     config = dataclasses.replace(CONFIG, epochs=2)
     result = cross_validate(config, folds(), 10, seed=1, fold_strategy="auto")
     assert sorted(results) == sorted(train.MAPPINGS)
-    for strategy, outs in results.items():
+    for outs in results.values():
         assert len(outs) == train.AUTO_REPEATS
         for _, metrics, _ in outs:  # every call from the same state: the same epoch
             np.testing.assert_array_equal(np.asarray(metrics.val_loss), np.asarray(outs[0][1].val_loss))
@@ -145,6 +150,7 @@ def work_of(config, data):
 def test_without_a_store_auto_decides_in_memory(monkeypatch):
     cache = ProgramCache()
     monkeypatch.setattr(train, "PROGRAMS", cache)
+    monkeypatch.setattr(train, "AUTO_PAYBACK", 0.0)
     calls = []
     monkeypatch.setattr(train, "time_call", fake_timer({"vmap": 1.0, "sequential": 2.0}, calls))
     data = folds()
@@ -180,3 +186,24 @@ def test_a_bad_strategy_is_one_line_naming_the_choices():
     assert StudyConfig().fold_strategy == "auto"
     with pytest.raises(ValueError, match="auto is resolved first"):
         train.map_runs("auto", lambda x: x)
+
+
+def test_a_decision_waits_until_the_kind_has_trained_enough_to_pay_for_it(store, monkeypatch):
+    """By default a kind is measured only once this process has trained its programs for ``AUTO_PAYBACK``
+    compilations' worth of seconds: before, its runs are mapped the provisional way and nothing is stored."""
+    monkeypatch.setattr(train, "AUTO_PAYBACK", 1e6)  # not in this test's lifetime
+    calls = []
+    monkeypatch.setattr(train, "time_call", fake_timer({"vmap": 1.0, "sequential": 2.0}, calls))
+    data = folds()
+    first = cross_validate(CONFIG, data, 10, seed=1, fold_strategy="auto")
+    assert calls == [] and first.fold_strategy == train.provisional_mapping() == "sequential"  # on a CPU
+    assert not (store.directory / store.DECISIONS_FILE).exists()
+    kind = next(iter(store._training))
+    assert store._training[kind] == pytest.approx(first.train_seconds)  # what deciding would be worth so far
+
+    # once the kind's training passes AUTO_PAYBACK compilations, the next program of that kind is measured
+    monkeypatch.setattr(train, "AUTO_PAYBACK", first.train_seconds / train.SHARING.compile_cost("rule-networks") / 2)
+    wider = cross_validate(dataclasses.replace(CONFIG, hidden=(24,)), data, 10, seed=1, fold_strategy="auto")
+    assert len(calls) == MEASURED and wider.fold_strategy == "vmap"
+    (decision,) = json.loads((store.directory / store.DECISIONS_FILE).read_text()).values()
+    assert decision["strategy"] == "vmap"

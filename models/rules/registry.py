@@ -108,6 +108,10 @@ class Rule:
     trains_feedback: bool = False  # B receives the kernel's update (a trained parameter); else B is fixed
     direct: str | None = None  # hidden layers get the output "error" or the "target" through their own fixed matrix
     needs_rng: bool = False  # backward draws random numbers: a step passes a fresh key (rng stream FEEDBACK_RNG)
+    # a layer zero-padded to more units trains as the unpadded one (models.sharing): its backward matrix is zero
+    # where the kernel and stored matrix are; False where it depends on the matrix's shape (a 1/sqrt(fan_in) scale,
+    # random draws of that shape)
+    pads_exactly: bool = True
 
     def __post_init__(self) -> None:
         if self.direct is not None and self.direct not in DIRECT_KINDS:
@@ -155,8 +159,9 @@ RULES: dict[str, Rule] = {
         Rule("fa", "Feedback alignment", _stored, stores_feedback=True),
         Rule("kp", "Kolen-Pollack", _stored, stores_feedback=True, trains_feedback=True),
         Rule("dfa", "Direct feedback alignment", None, direct="error"),
-        Rule("usf", "Uniform sign-concordant feedback", _uniform_signs),
-        Rule("brsf", "Batchwise random-magnitude sign-concordant feedback", _random_magnitude_signs, needs_rng=True),
+        Rule("usf", "Uniform sign-concordant feedback", _uniform_signs, pads_exactly=False),
+        Rule("brsf", "Batchwise random-magnitude sign-concordant feedback", _random_magnitude_signs, needs_rng=True,
+             pads_exactly=False),
         # frsf's stored magnitudes are initialised (and searched) as fa's matrices
         Rule("frsf", "Fixed random-magnitude sign-concordant feedback", _fixed_magnitude_signs, stores_feedback=True),
         Rule("drtp", "Direct random target projection", None, direct="target"),

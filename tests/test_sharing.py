@@ -1,0 +1,194 @@
+"""Narrower networks trained in a wider network's program (``models.sharing``): exactly as in their own, and only
+when the measured costs say padding is cheaper than compiling."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from hpo.data import load_dataset, make_folds
+from models import train
+from models.programs import ProgramCache
+from models.rule_training import RULE_NETWORKS, Spec, TrainConfig
+from models.rules.registry import RULES
+from models.sharing import HostRecord, ProgramSharing, pad_state, unpad_state
+from models.train import FoldData, Static, cross_validate
+
+EXACT_RULES = [name for name, rule in RULES.items() if rule.pads_exactly]
+BASE = TrainConfig(rule="fa", hidden=(12, 12), learning_rate=3e-3, epochs=2, batch_size=32,
+                   activation_choices=("relu", "tanh"), optimizer_choices=("adam", "sgd"))
+
+
+def folds(k=2):
+    data = load_dataset("digits")
+    split = make_folds(data, k, 0)
+    return FoldData(jnp.asarray(data.x_train), jnp.asarray(data.y_train), split.train_idx,
+                    jnp.asarray(split.val_idx), jnp.asarray(split.val_mask))
+
+
+@pytest.fixture
+def fresh(monkeypatch):
+    """An empty program cache and sharing record, so that what one test compiled does not host another's."""
+    def reset(enabled=True):
+        sharing = ProgramSharing(enabled)
+        monkeypatch.setattr(train, "PROGRAMS", ProgramCache())
+        monkeypatch.setattr(train, "SHARING", sharing)
+        return sharing
+
+    return reset
+
+
+def spec(**changes):
+    return Spec(Static(dataclasses.replace(BASE, **changes)), 10)
+
+
+# every rule that pads exactly, each optimiser and activation more than once, diagnostics with layer-to-layer
+# and with direct feedback; the default run keeps a stored matrix with diagnostics, and a trained one with decay
+SLOW = pytest.mark.slow
+CASES = [pytest.param("bp", "adam", "relu", False, marks=SLOW), ("fa", "sgd", "tanh", True),
+         ("kp", "adam", "tanh", False), pytest.param("dfa", "sgd", "relu", True, marks=SLOW),
+         pytest.param("frsf", "adam", "relu", False, marks=SLOW), pytest.param("drtp", "sgd", "tanh", False, marks=SLOW)]
+
+
+def test_the_cases_cover_every_rule_that_pads_exactly():
+    assert sorted(case.values[0] if hasattr(case, "values") else case[0] for case in CASES) == sorted(EXACT_RULES)
+
+
+@pytest.mark.parametrize("rule,optimizer,activation,diagnostics", CASES)
+def test_a_network_trained_in_a_wider_program_trains_as_in_its_own(fresh, rule, optimizer, activation, diagnostics):
+    """Same losses, scores (and diagnostics) at every epoch and the same final weights, up to float rounding:
+    the padded units stay silent however the rule sends its errors and whichever optimiser runs."""
+    data = folds()
+    config = dataclasses.replace(BASE, rule=rule, optimizer=optimizer, activation=activation,
+                                 weight_decay=1e-2 if rule == "kp" else 0.0)
+    fresh(enabled=False)
+    own = cross_validate(config, data, 10, seed=3, diagnostics=diagnostics, keep_state=True)
+    assert own.shared_program == ""
+
+    sharing = fresh()
+    wider = dataclasses.replace(config, hidden=(20, 16))
+    cross_validate(wider, data, 10, seed=9, diagnostics=diagnostics)  # the wider program trains once
+    sharing.record_compile(RULE_NETWORKS.name, 1e9)  # compiling "costs" more than any padding
+    hosted = cross_validate(config, data, 10, seed=3, diagnostics=diagnostics, keep_state=True)
+    assert hosted.shared_program == "hidden (12, 12) in the program of (20, 16)"
+    assert 0 < hosted.padding_seconds < hosted.train_seconds
+    assert len(train.PROGRAMS) == 1  # no program of its own was compiled
+    assert hosted.n_params == own.n_params
+    assert set(hosted.points) == set(own.points)
+    assert any(k.startswith("update_angle/") for k in own.points) == diagnostics
+    for name in own.points:
+        np.testing.assert_allclose(hosted.points[name], own.points[name], rtol=2e-4, atol=2e-4, err_msg=name)
+    np.testing.assert_allclose(hosted.fold_scores, own.fold_scores, atol=1 / 300)  # an example or two at most
+    got, want = jax.tree_util.tree_leaves(hosted.state), jax.tree_util.tree_leaves(own.state)
+    assert [a.shape for a in got] == [a.shape for a in want]  # the padding is cut off again
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_padding_a_state_and_cutting_it_back():
+    state = {"w": np.arange(6.0).reshape(1, 2, 3), "count": np.array([4])}
+    template = {"w": jax.ShapeDtypeStruct((3, 5), np.float64), "count": jax.ShapeDtypeStruct((), np.int64)}
+    padded = pad_state(state, template)
+    assert padded["w"].shape == (1, 3, 5) and padded["w"][0, :2, :3].tolist() == state["w"][0].tolist()
+    assert padded["w"].sum() == state["w"].sum() and padded["count"].tolist() == [4]
+    back = unpad_state(padded, state)
+    np.testing.assert_array_equal(back["w"], state["w"])
+    with pytest.raises(ValueError, match="smaller"):
+        pad_state(padded, {"w": jax.ShapeDtypeStruct((2, 3), np.float64), "count": template["count"]})
+
+
+@pytest.mark.parametrize("change,why", [
+    ({"hidden": (12, 40)}, None),  # narrower everywhere: yes
+    ({"hidden": (8, 8)}, "narrower host"),
+    ({"hidden": (20,)}, "other depth"),
+    ({"batch_size": 64, "hidden": (20, 20)}, "other batch size"),
+    ({"rule": "kp", "hidden": (20, 20)}, "other rule"),
+])
+def test_which_programs_can_host_a_network(change, why):
+    host = spec(**change)
+    described = RULE_NETWORKS.hosting(host, spec())
+    assert (described is None) == (why is not None), why
+
+
+@pytest.mark.parametrize("rule", [name for name, r in RULES.items() if not r.pads_exactly])
+def test_rules_whose_feedback_depends_on_the_shape_never_share(rule):
+    assert RULE_NETWORKS.hosting(spec(rule=rule, hidden=(20, 20)), spec(rule=rule)) is None
+
+
+def test_activations_that_are_not_zero_at_zero_never_share():
+    narrow = spec(activation_choices=("relu", "sigmoid"))
+    assert RULE_NETWORKS.hosting(spec(activation_choices=("relu", "sigmoid"), hidden=(20, 20)), narrow) is None
+    gelu = spec(activation_choices=("gelu",), activation="gelu")
+    assert RULE_NETWORKS.hosting(spec(activation_choices=("gelu",), activation="gelu", hidden=(20, 20)), gelu)
+
+
+class Family:
+    """A family for the policy alone: every wider spec (an int: its width) hosts a narrower one."""
+
+    name = "toy"
+
+    def hosting(self, host, spec):
+        return f"{spec} in {host}" if host >= spec else None
+
+
+def sharing_with(hosts: dict[int, tuple[int, float]], compile_seconds=(5.0,)):
+    """A ProgramSharing that has compiled ``compile_seconds`` and trained ``hosts``: width -> (n_params, s/epoch)."""
+    sharing = ProgramSharing()
+    for seconds in compile_seconds:
+        sharing.record_compile("toy", seconds)
+    for width, (n_params, epoch) in hosts.items():
+        sharing._hosts.setdefault("ctx", {})[width] = HostRecord(width, None, n_params, [epoch, epoch * 3, epoch])
+    return sharing
+
+
+def test_ski_rental_pads_until_the_padding_paid_reaches_one_compilation():
+    """Host: 1 s per epoch, half of it padding for the narrow shape; 4 epochs predict 2 s of padding; a
+    compilation costs 5 s: the first two trainings pad (2 s, then 4 s paid), the third would pass 5 s."""
+    sharing = sharing_with({128: (100, 1.0)})
+    placements = []
+    for _ in range(3):
+        placement = sharing.choose(Family(), "ctx", 64, n_params=50, epochs=4)
+        placements.append(placement)
+        if placement is not None:
+            assert placement.host == 128 and placement.padding_share == 0.5
+            sharing.charge("ctx", 64, 4 * 1.0 * placement.padding_share)
+    assert [p is not None for p in placements] == [True, True, False]
+    assert sharing.padding_paid("ctx", 64) == 4.0
+    # a pruned training pays for the epochs it trained only, so more trainings fit in one compilation
+    assert sharing.choose(Family(), "ctx", 32, n_params=50, epochs=4) is not None
+
+
+def test_the_cheapest_host_is_chosen_and_nothing_without_a_measured_compilation():
+    sharing = sharing_with({128: (100, 1.0), 512: (1000, 1.0)})
+    assert sharing.choose(Family(), "ctx", 64, n_params=50, epochs=4).host == 128  # 2 s of padding, not 3.8
+    assert sharing.choose(Family(), "other context", 64, n_params=50, epochs=4) is None  # no host there
+    assert sharing.choose(Family(), "ctx", 1024, n_params=2000, epochs=4) is None  # none wide enough
+    assert sharing_with({128: (100, 1.0)}, compile_seconds=()).choose(Family(), "ctx", 64, 50, 4) is None
+    assert sharing_with({128: (100, 1.0)}, compile_seconds=(1.0,)).choose(Family(), "ctx", 64, 50, 4) is None
+    disabled = sharing_with({128: (100, 1.0)})
+    disabled.enabled = False
+    assert disabled.choose(Family(), "ctx", 64, 50, 4) is None
+
+
+def test_costs_are_measured_as_trials_go_and_an_own_program_is_always_used(fresh):
+    """What the decision reads comes from real runs: the compile seconds of each program built and the epoch
+    seconds of each program trained, under the context of its runs and data shapes. And a shape whose own
+    program is compiled already (here, or in the store on disk) trains in it however cheap padding would be."""
+    data = folds()
+    sharing = fresh()
+    assert sharing.compile_cost(RULE_NETWORKS.name) is None
+    narrow = dataclasses.replace(BASE, epochs=1)
+    first = cross_validate(narrow, data, 10, seed=0)  # its own program, compiled first
+    assert 0 < sharing.compile_cost(RULE_NETWORKS.name) <= first.compile_seconds
+    ((context, hosts),) = sharing._hosts.items()
+    (record,) = hosts.values()
+    assert record.n_params == first.n_params and len(record.epoch_seconds) == narrow.epochs
+    assert sum(record.epoch_seconds) == pytest.approx(first.train_seconds)
+
+    cross_validate(dataclasses.replace(narrow, hidden=(20, 20)), data, 10, seed=0)
+    assert len(sharing._hosts[context]) == 2
+    sharing.record_compile(RULE_NETWORKS.name, 1e9)
+    again = cross_validate(narrow, data, 10, seed=1)
+    assert again.shared_program == "" and again.compile_seconds == 0.0 and again.padding_seconds == 0.0
