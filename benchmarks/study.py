@@ -320,7 +320,7 @@ def write_targets(rows: list[dict], batches: list[dict], size: int, path: Path) 
         "",
         "## Whole-study targets (`python -m benchmarks.study`)",
         "",
-        f"Machine: {machine()}; load average in the last column (the machine was shared). Details and the other "
+        f"Machine: {machine()}; load average in the last column. Details and the other "
         "tables: `results/study_benchmarks.md`.",
         "",
         "| target | run | measured | met | load |",

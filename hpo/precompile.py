@@ -4,6 +4,7 @@ proposing configurations at random, and a background thread that compiles them w
 from __future__ import annotations
 
 import threading
+from typing import Callable
 
 import optuna
 
@@ -43,24 +44,42 @@ def distinct_programs(
     return list(found.values()), False
 
 
-def compile_ahead(config: StudyConfig, objective: Objective) -> threading.Thread | None:
+class CompileAhead:
+    """The background compilation of a study's programs (``compile_ahead``); ``stop()`` ends it."""
+
+    def __init__(self, work: Callable[[threading.Event], None]):
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=work, args=(self._stopping,), name="compile-ahead", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Compile nothing more and wait for the program being compiled: a thread killed inside XLA when the
+        process exits aborts the process (``terminate called ...``) after the study has finished."""
+        self._stopping.set()
+        self._thread.join()
+
+
+def compile_ahead(config: StudyConfig, objective: Objective) -> CompileAhead | None:
     """Compile the space's programs in a background thread while trials train, so that a trial that needs a new
     program finds it compiled (or being compiled: it waits rather than compiling it twice).
 
     Only for a space with few programs (an MLP's few dozen: a CNN space's architectures are too many to compile
     ahead) and with a program store on disk (``--cache-dir``): the bounded in-memory cache alone would drop
     programs compiled ahead. XLA compiles on one thread beside training: free where a core is idle (a GPU
-    trains, the CPU compiles), a competitor for the cores on a small CPU (``hpo.study.compiles_ahead``).
+    trains, the CPU compiles), a competitor for the cores on a small CPU (``hpo.study.compiles_ahead``). The
+    caller stops it (``CompileAhead.stop``) when its trials are done.
     """
     if PROGRAMS.directory is None:
         return None
 
-    def work() -> None:
+    def work(stopping: threading.Event) -> None:
         try:
             proposals, complete = distinct_programs(config, objective)
             if not complete:
                 return
             for proposed in proposals:
+                if stopping.is_set():
+                    return
                 precompile(
                     proposed, objective.data, objective.dataset.out_features, config.fold_strategy,
                     config.evals_per_epoch, config.diagnostics,
@@ -68,6 +87,4 @@ def compile_ahead(config: StudyConfig, objective: Objective) -> threading.Thread
         except Exception:  # noqa: BLE001 -- compiling ahead is an optimisation: a trial compiles what it needs
             return
 
-    thread = threading.Thread(target=work, name="compile-ahead", daemon=True)
-    thread.start()
-    return thread
+    return CompileAhead(work)

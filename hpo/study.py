@@ -263,8 +263,7 @@ def _run_study(
 
             progress = Progress(config, dataset.metric, out, done)
             objective.on_epoch = progress.epochs
-            if worker == 0 and compiles_ahead(config):
-                compile_ahead(config, objective)
+            ahead = compile_ahead(config, objective) if worker == 0 and compiles_ahead(config) else None
             tracker = make_tracker(config.tracker, dataset.metric, lambda line: out(f"[{config.name}] {line}"))
 
             def on_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -272,10 +271,14 @@ def _run_study(
                 if tracker is not None:
                     tracker(study, trial)
 
-            run_trials(
-                study, storage, config.storage, objective, config.trials, out, on_trial, None if busy else company,
-                len(trials), batch=config.trial_batch,
-            )
+            try:
+                run_trials(
+                    study, storage, config.storage, objective, config.trials, out, on_trial,
+                    None if busy else company, len(trials), batch=config.trial_batch,
+                )
+            finally:
+                if ahead is not None:
+                    ahead.stop()
     if test_score:
         record_test_score(study, config, dataset, out)
     return study

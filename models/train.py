@@ -347,9 +347,9 @@ AUTO_PAYBACK = 10.0
 
 def provisional_mapping() -> str:
     """The mapping of runs before (or without) a decision: the one that is never far from the faster on this
-    backend. On CPUs sequential runs were at most 9% slower than vmapped ones and up to 33% faster (2-D CNNs,
-    ``results/benchmarks.md``): one core's worth of work per run already fills a small machine; on accelerators
-    a batch of runs is what fills the device."""
+    backend. On the 2-core CPU sequential epochs were at most 15% slower than vmapped ones (MLP width 64: 50
+    against 44 ms) and up to 33% faster (the 1-D CNN: 143 against 213 ms; ``results/benchmarks.md``): one run
+    already keeps a small machine busy. On accelerators a batch of runs is what fills the device."""
     return "sequential" if jax.default_backend() == "cpu" else "vmap"
 
 
@@ -634,10 +634,19 @@ def precompile(
     diagnostics: bool = False, members: int = 1,
 ) -> float:
     """Compile (or load from disk) the programs a group of ``members`` configurations like ``config`` trains with,
-    without training; the seconds it took (0 when they were in memory already)."""
+    without training; the seconds it took (0 when they were in memory already).
+
+    An ``auto`` fold strategy whose decision is due (``decide_fold_strategy``) is left to the trial that meets
+    it: measured here, beside a training trial (the compile-ahead thread), its timings would be unfair; so
+    nothing is compiled then (0 seconds)."""
     k = data.train_idx.shape[0]
     member = Member(config, np.random.SeedSequence(0).spawn(k), [np.random.default_rng(0)] * k)
     group = _setup_group([member] * members, data, out_features, fold_strategy, evals_per_epoch, diagnostics)
+    if group.plan.fold_strategy == "auto":
+        kind = fold_kind(group.family, group.spec, group.plan, work_bucket(group.family, group.spec, group.state,
+                                                                           group.batches), group.batches, group.data)
+        if PROGRAMS.known_decision(kind) is None and _decision_pays(group.family, kind):
+            return 0.0
     _, seconds, _ = compiled_programs(
         group.family, group.spec, group.plan, group.state, group.key, group.batches, group.data, group.hyper
     )

@@ -177,3 +177,15 @@ def test_test_seeds_are_stored_summarised_and_recomputed_only_when_needed(tmp_pa
 def test_bad_test_seeds_is_one_line(tmp_path, capsys):
     assert main(["--test-seeds", "0", "--storage", str(tmp_path / "s.journal"), "--results-dir", str(tmp_path)]) == 2
     assert capsys.readouterr().err == "error: --test-seeds must be an integer >= 1, got 0\n"
+
+
+def test_a_study_that_ends_while_programs_compile_ahead_exits_cleanly(tmp_path):
+    """``--compile-ahead`` compiles the space's programs in a background thread; a one-trial study ends while it
+    still compiles, and the process must stop it and wait (a thread killed inside XLA at exit aborts the
+    process, after the results, with ``terminate called ...``)."""
+    cache = tmp_path / "cache"
+    run = run_cli("--algo", "fa", "--trials", "1", *TINY, "--storage", str(tmp_path / "s.journal"), "--results-dir",
+                  str(tmp_path / "results"), "--cache-dir", str(cache), "--test-seeds", "1", "--compile-ahead")
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "terminate" not in run.stderr
+    assert len(list((cache / "programs").glob("*.programs"))) >= 2  # the trial's, the test retraining's, ahead ones

@@ -207,3 +207,17 @@ def test_a_decision_waits_until_the_kind_has_trained_enough_to_pay_for_it(store,
     assert len(calls) == MEASURED and wider.fold_strategy == "vmap"
     (decision,) = json.loads((store.directory / store.DECISIONS_FILE).read_text()).values()
     assert decision["strategy"] == "vmap"
+
+
+def test_compiling_ahead_leaves_a_due_decision_to_the_trial(store, monkeypatch):
+    """The compile-ahead thread would time its epochs beside a training trial: a decision that is due (here at
+    once, AUTO_PAYBACK 0) is left undecided and its programs uncompiled; once decided, they are compiled ahead."""
+    calls = []
+    monkeypatch.setattr(train, "time_call", fake_timer({"vmap": 1.0, "sequential": 2.0}, calls))
+    data = folds()
+    assert train.precompile(CONFIG, data, 10, "auto") == 0.0
+    assert calls == [] and len(store) == 0 and store.decisions() == {}
+    cross_validate(CONFIG, data, 10, seed=1, fold_strategy="auto")  # the trial decides
+    assert len(calls) == MEASURED
+    assert train.precompile(dataclasses.replace(CONFIG, hidden=(20,)), data, 10, "auto") > 0
+    assert len(calls) == MEASURED and strategies_compiled(store) == {"vmap"}
