@@ -378,8 +378,9 @@ def decide_fold_strategy(family: ModelFamily, spec: Hashable, plan: Plan, state,
     chosen mapping's compiled epoch program when it was compiled to decide (else None).
 
     ``auto`` is decided by measurement, once per machine and *kind of program*: the first program of a kind met
-    once deciding pays (below) is compiled with each mapping, exactly as it will train, and whole epochs of both are timed in turn from the
-    same initial state (up to ``AUTO_REPEATS`` rounds, fewer once ``AUTO_BUDGET_SECONDS`` have passed); the
+    once deciding pays (below) is compiled with each mapping, exactly as it will train, and whole epochs of both
+    are timed in turn from the same initial state (up to ``AUTO_REPEATS`` rounds, fewer once
+    ``AUTO_BUDGET_SECONDS`` have passed); the
     mapping with the faster epoch wins, and its program is the one the trial then trains with, so deciding
     costs one extra compilation and a few epochs. Timing the real epoch, not shorter programs, matters: short
     programs mispredicted the epoch by 10-20% and chose the slower mapping for 2-D CNNs (``results/
@@ -399,7 +400,8 @@ def decide_fold_strategy(family: ModelFamily, spec: Hashable, plan: Plan, state,
     device_data = (data.x, data.y, data.val_idx, data.val_mask)
     bucket = work_bucket(family, spec, state, batches)
     decision_key = fold_kind(family, spec, plan, bucket, batches, data)
-    if PROGRAMS.known_decision(decision_key) is None and not _decision_pays(family, decision_key):
+    known, due = _decision_status(family, decision_key)
+    if known is None and not due:
         return replace(plan, fold_strategy=provisional_mapping()), 0.0, None
     programs = {}
 
@@ -437,12 +439,22 @@ def fold_kind(family: ModelFamily, spec: Hashable, plan: Plan, bucket: int, batc
             plan.evals_per_epoch, plan.diagnostics, ("work", bucket))
 
 
-def _decision_pays(family: ModelFamily, decision_key: tuple) -> bool:
-    """Whether this kind has trained long enough here that measuring its mapping is worth a compilation."""
+def _decision_status(family: ModelFamily, decision_key: tuple) -> tuple[dict | None, bool]:
+    """The kind's decision if made already (here or stored), and whether, not made, it is due now: whether this
+    process has trained the kind long enough that measuring its mapping is worth a compilation."""
+    known = PROGRAMS.known_decision(decision_key)
+    if known is not None:
+        return known, False
     if AUTO_PAYBACK == 0:
-        return True  # measured at once (what the objective benchmark and tests of the measurement ask for)
+        return None, True  # measured at once (what the objective benchmark and tests of the measurement ask for)
     compile_cost = SHARING.compile_cost(family.name)
-    return compile_cost is not None and PROGRAMS.training_seconds(decision_key) >= AUTO_PAYBACK * compile_cost
+    return None, compile_cost is not None and PROGRAMS.training_seconds(decision_key) >= AUTO_PAYBACK * compile_cost
+
+
+def _auto_kind(family: ModelFamily, spec: Hashable, plan: Plan, state, batches, data: FoldData) -> tuple:
+    """``fold_kind`` of these arguments' program under an ``auto`` plan."""
+    plan = replace(plan, fold_strategy="auto")
+    return fold_kind(family, spec, plan, work_bucket(family, spec, state, batches), batches, data)
 
 
 def _program_key(family: ModelFamily, spec: Hashable, plan: Plan, state, key, batches, data: FoldData, hyper) -> tuple:
@@ -455,9 +467,8 @@ def program_exists(family: ModelFamily, spec: Hashable, plan: Plan, state, key, 
     """Whether these arguments' program is compiled already (in this process or in the store on disk), found
     without compiling or measuring anything: under an ``auto`` plan not yet decided for its kind, it is not."""
     if plan.fold_strategy == "auto":
-        kind = fold_kind(family, spec, plan, work_bucket(family, spec, state, batches), batches, data)
-        decision = PROGRAMS.known_decision(kind)
-        if decision is None and _decision_pays(family, kind):
+        decision, due = _decision_status(family, _auto_kind(family, spec, plan, state, batches, data))
+        if due:
             return False  # measuring it compiles both mappings anyway
         plan = replace(plan, fold_strategy=provisional_mapping() if decision is None else decision["strategy"])
     return _program_key(family, spec, plan, state, key, batches, data, hyper) in PROGRAMS
@@ -643,9 +654,9 @@ def precompile(
     member = Member(config, np.random.SeedSequence(0).spawn(k), [np.random.default_rng(0)] * k)
     group = _setup_group([member] * members, data, out_features, fold_strategy, evals_per_epoch, diagnostics)
     if group.plan.fold_strategy == "auto":
-        kind = fold_kind(group.family, group.spec, group.plan, work_bucket(group.family, group.spec, group.state,
-                                                                           group.batches), group.batches, group.data)
-        if PROGRAMS.known_decision(kind) is None and _decision_pays(group.family, kind):
+        _, due = _decision_status(group.family, _auto_kind(group.family, group.spec, group.plan, group.state,
+                                                            group.batches, group.data))
+        if due:
             return 0.0
     _, seconds, _ = compiled_programs(
         group.family, group.spec, group.plan, group.state, group.key, group.batches, group.data, group.hyper
@@ -729,9 +740,7 @@ def train_group(
             break
 
     if fold_strategy == "auto":  # what a measured decision for this kind would be worth (AUTO_PAYBACK)
-        kind = fold_kind(family, program_spec, replace(plan, fold_strategy="auto"),
-                         work_bucket(family, program_spec, state, batches), batches, data)
-        PROGRAMS.add_training(kind, sum(epoch_seconds))
+        PROGRAMS.add_training(_auto_kind(family, program_spec, plan, state, batches, data), sum(epoch_seconds))
     SHARING.record_training(context, program_spec, state, family.count_params(
         program_spec, jax.tree_util.tree_map(lambda a: a[0], state)), epoch_seconds)
     if placement is not None:
