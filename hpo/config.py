@@ -37,7 +37,7 @@ class StudyConfig:
     pruner: str = "median"  # early stopping of unpromising trials
     seed: int = 0  # seeds the sampler, the folds and every network
     results_dir: str | None = None  # where summaries and charts go (default: results/<storage name>, hpo.results)
-    fold_strategy: str = "auto"  # folds vmapped in one program, sequential, or auto: the faster, measured per program
+    fold_strategy: str = "auto"  # folds vmapped in one program, sequential, or auto: the faster, measured once it pays
     evals_per_epoch: int = 1  # evaluation points per epoch: learning curves and diagnostics
     diagnostics: bool = True  # alignment with backprop, W-B angles, weight change at each evaluation point
     cache_dir: str | None = None  # JAX persistent compilation cache (default: ~/.cache/bioplausible-hpo/jax)
