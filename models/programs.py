@@ -203,12 +203,9 @@ class ProgramCache:
         name = self._decision_name(key)
         while True:
             with self._lock:
-                if name in self._decisions:
-                    return self._decisions[name], False
-                stored = self._stored_decisions().get(name)
-                if stored is not None:
-                    self._decisions[name] = stored
-                    return stored, False
+                known = self._known(name)
+                if known is not None:
+                    return known, False
                 pending = self._deciding.get(name)
                 if pending is None:
                     self._deciding[name] = threading.Event()
@@ -237,9 +234,17 @@ class ProgramCache:
 
     def known_decision(self, key: Any) -> dict | None:
         """The decision for ``key`` made or stored already, or None; never measures."""
-        name = self._decision_name(key)
         with self._lock:
-            return self._decisions.get(name) or self._stored_decisions().get(name)
+            return self._known(self._decision_name(key))
+
+    def _known(self, name: str) -> dict | None:
+        """This process's decision ``name``, or the stored one, then kept in memory (the caller holds the lock)."""
+        if name not in self._decisions:
+            stored = self._stored_decisions().get(name)
+            if stored is None:
+                return None
+            self._decisions[name] = stored
+        return self._decisions[name]
 
     def decisions(self) -> dict[str, dict]:
         """The decisions this process made or read, by name."""

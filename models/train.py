@@ -741,8 +741,9 @@ def train_group(
 
     if fold_strategy == "auto":  # what a measured decision for this kind would be worth (AUTO_PAYBACK)
         PROGRAMS.add_training(_auto_kind(family, program_spec, plan, state, batches, data), sum(epoch_seconds))
-    SHARING.record_training(context, program_spec, state, family.count_params(
-        program_spec, jax.tree_util.tree_map(lambda a: a[0], state)), epoch_seconds)
+    program_params = n_params if placement is None else family.count_params(
+        program_spec, jax.tree_util.tree_map(lambda a: a[0], state))
+    SHARING.record_training(context, program_spec, state, program_params, epoch_seconds)
     if placement is not None:
         SHARING.charge(context, spec, sum(epoch_seconds) * padding_share)
     final = jax.device_get(run_state.model) if keep_state else None
