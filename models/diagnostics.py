@@ -212,7 +212,9 @@ def diagnose(
     """
     rule_grads, rule_errors = gradients_and_errors(model, params, fixed, x, y, loss, key, call_kwargs)
     bp_model = backprop_model(model)
-    bp_grads, bp_errors = gradients_and_errors(bp_model, forward_params(params), {}, x, y, loss, None, call_kwargs)
+    architecture = {k: v for k, v in fixed.items() if k != FEEDBACK}  # the same network: its layer switches too
+    bp_grads, bp_errors = gradients_and_errors(bp_model, forward_params(params), architecture, x, y, loss, None,
+                                               call_kwargs)
     rule_grads = forward_params(rule_grads)
     out = {f"update_angle/{k}": v for k, v in per_layer(angle, rule_grads, bp_grads).items()}
     out["update_angle/total"] = angle(rule_grads, bp_grads)

@@ -74,6 +74,19 @@ class Zeros:
         return np.zeros(shape)
 
 
+@dataclass(frozen=True)
+class Ones:
+    """All ones of ``dtype`` (a network's layer switches: every layer on)."""
+
+    dtype: Any = jnp.bool_
+
+    def __call__(self, key: Array, shape: tuple[int, ...], dtype: Any = None) -> Array:
+        return jnp.ones(shape, self.dtype)
+
+    def host(self, rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+        return np.ones(shape, self.dtype)
+
+
 # (collection, *module path, variable name) -> (initialiser, shape), filled while ``host_init`` traces a network
 _DECLARED: contextvars.ContextVar[dict | None] = contextvars.ContextVar("declared_variables", default=None)
 

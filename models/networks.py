@@ -11,7 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from models.initializers import FanIn
+from models.initializers import FanIn, Ones, declare
 from models.rules.layers import Conv, Dense, Initializer, direct_tap_layer
 from models.rules.ops import PADDINGS
 
@@ -56,12 +56,44 @@ def activation_function(names: str | tuple[str, ...], index: jax.Array | None) -
     return selected
 
 
+SWITCHES = "architecture"  # the collection of the hidden layers' on/off switches (``layer_switches``)
+
+
+def layer_switches(module: nn.Module, n: int) -> jax.Array | None:
+    """The ``n`` on/off switches of a network's hidden layers: created on (``Ones``) when it is initialised, read
+    from its variables when applied; None (every layer on) when applied without them (a saved network's file
+    holds none). A network trained in the program of a deeper one (``models.sharing``) has its extra layers off."""
+    if module.is_initializing():
+        return declare(module, SWITCHES, "on", Ones(), (n,))
+    return module.get_variable(SWITCHES, "on") if module.has_variable(SWITCHES, "on") else None
+
+
+def switchable(widths: tuple[int, ...], i: int) -> bool:
+    """Hidden layer ``i`` of ``widths`` can be switched off, its input passed on as its output: it is not the
+    first, and it maps a width to the same width."""
+    return i > 0 and widths[i] == widths[i - 1]
+
+
+def hidden_layer(layer: nn.Module, act: Callable, h: jax.Array, on: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+    """``(next hidden state, what the layer's direct tap reads)``: ``act(layer(h))`` twice, or, where the traced
+    switch ``on`` is off, ``h`` passed on unchanged while the layer neither learns nor sends an error back under
+    any rule: its input and its tap see stopped gradients and its output is not used, so its updates are zero.
+    Forward values and every error that reaches the other layers are then exactly those of the network without
+    it. ``on`` None: the layer has no switch."""
+    if on is None:
+        out = act(layer(h))
+        return out, out
+    out = act(layer(jnp.where(on, h, jax.lax.stop_gradient(h))))
+    return jnp.where(on, out, h), jnp.where(on, out, jax.lax.stop_gradient(out))
+
+
 class MLP(nn.Module):
     """A multilayer perceptron whose every layer learns by ``rule``.
 
     Inputs of any shape ``(batch, ...)`` are flattened. For rules with direct feedback (dfa), each hidden
     layer's output gets a zero-valued tap added to the network output, through which the output error arrives
     (drtp: through which a projection of the target arrives, so ``__call__`` takes the batch's ``target``).
+    Hidden layers after the first that keep their width have a switch (``layer_switches``, ``hidden_layer``).
     """
 
     hidden: tuple[int, ...]  # widths of the hidden layers (empty: a linear model)
@@ -78,11 +110,13 @@ class MLP(nn.Module):
         dense = partial(Dense, rule=self.rule, feedback_init=self.feedback_init, check_error=False)
         h = x.reshape(x.shape[0], -1)
         taps = []
+        switches = layer_switches(self, len(self.hidden))
         for i, width in enumerate(self.hidden):
-            h = act(dense(width, name=f"dense_{i}")(h))
+            on = switches[i] if switches is not None and switchable(self.hidden, i) else None
+            h, tapped = hidden_layer(dense(width, name=f"dense_{i}"), act, h, on)
             tap = direct_tap_layer(self.rule, self.out_features, self.feedback_init)
             if tap is not None:
-                taps.append(tap(h, target))
+                taps.append(tap(tapped, target))
         y = dense(self.out_features, name="output")(h)
         return sum(taps, y)
 
@@ -190,8 +224,10 @@ class CNN(nn.Module):
             if spec.pool != "none":
                 h = pool(h, spec.pool)
         h = h.reshape(h.shape[0], -1)
+        switches = layer_switches(self, len(self.hidden))
         for i, width in enumerate(self.hidden):
-            h = act(Dense(width, name=f"dense_{i}", **shared)(h))
-            tap(h)
+            on = switches[i] if switches is not None and switchable(self.hidden, i) else None
+            h, tapped = hidden_layer(Dense(width, name=f"dense_{i}", **shared), act, h, on)
+            tap(tapped)
         y = Dense(self.out_features, name="output", **shared)(h)
         return sum(taps, y)

@@ -21,7 +21,7 @@ import optax
 
 from models import diagnostics
 from models.initializers import FanIn, host_init
-from models.networks import CNN, MLP, ConvLayer, get_activation
+from models.networks import CNN, MLP, ConvLayer, get_activation, switchable
 from models.rules.registry import FEEDBACK, get_rule
 from models.train import HOST, TRACED, FoldData, Static, chosen_among, traced_values
 
@@ -275,21 +275,33 @@ class RuleNetworks:
         return "conv" if spec.config.conv else "dense"  # with the data's rank (1-D or 2-D convolutions): the class
 
     def hosting(self, host: Spec, spec: Spec) -> str | None:
-        """``spec``'s networks train exactly in ``host``'s program (``models.sharing``) when only the hidden widths
-        differ, none wider than the host's. Zero-padded units then stay out of everything: their incoming kernel
-        columns and bias are zero, so they compute f(0) = 0 (every activation candidate must have it); their
-        outgoing kernel rows are zero, and so are the feedback matrices' rows and columns (zero-padded stored
-        matrices, sign(0) = 0), so they receive a zero error; every update of a padded entry is zero, and zero
-        moments, traces and decay keep it zero under both optimisers. Rules whose backward matrix depends on
-        its shape (``Rule.pads_exactly``) are excluded. Equal up to the order of floating-point sums."""
+        """``spec``'s networks train exactly in ``host``'s program (``models.sharing``) when only the hidden layers
+        differ: none wider than the host's at the same depth, and as many or fewer, the host's further layers
+        keeping their width so that they can be switched off (``models.networks.hidden_layer``).
+
+        Zero-padded units stay out of everything: their incoming kernel columns and bias are zero, so they
+        compute f(0) = 0 (every activation candidate must have it); their outgoing kernel rows are zero, and so
+        are the feedback matrices' rows and columns (zero-padded stored matrices, sign(0) = 0), so they receive
+        a zero error; every update of a padded entry is zero, and zero moments, traces and decay keep it zero
+        under both optimisers. A switched-off layer passes its input on, learns nothing and sends no error back
+        (its zero weights stay zero). Rules whose backward matrix depends on its shape (``Rule.pads_exactly``)
+        are excluded. Equal up to the order of floating-point sums."""
         if host.out_features != spec.out_features or host.config.differences(spec.config) - {"hidden"}:
             return None
         widths, host_widths = spec.config.hidden, host.config.hidden
-        if len(widths) != len(host_widths) or any(w > h for w, h in zip(widths, host_widths)):
+        if not 1 <= len(widths) <= len(host_widths) or any(w > h for w, h in zip(widths, host_widths)):
+            return None
+        if not all(switchable(host_widths, i) for i in range(len(widths), len(host_widths))):
             return None
         if not get_rule(spec.config.rule).pads_exactly or not all(map(_zero_at_zero, spec.config.activation_choices)):
             return None
         return f"hidden {widths} in the program of {host_widths}"
+
+    def hosted_points(self, host: Spec, spec: Spec, points: dict) -> dict:
+        """The diagnostics of ``spec``'s networks among those of a run in ``host``'s program: without the host's
+        switched-off layers (``<metric>/dense_<i>``, i >= spec's depth), whose updates and errors are zero."""
+        extra = {f"dense_{i}" for i in range(len(spec.config.hidden), len(host.config.hidden))}
+        return {name: values for name, values in points.items() if name.rpartition("/")[2] not in extra}
 
     def saved_state(self, state: LayerState) -> LayerState:
         return state._replace(opt_state=None)  # parameters and feedback matrices; the optimiser's moments are not kept

@@ -656,6 +656,9 @@ class SegregatedDendrites:
     def hosting(self, host: Structure, spec: Structure) -> str | None:
         return None  # spike trains and noise are drawn at each layer's shape: a padded layer's draws differ
 
+    def hosted_points(self, host: Structure, spec: Structure, points: dict) -> dict:
+        return points  # never hosted (``hosting``)
+
     def saved_state(self, state: SDState) -> SDState:
         return state._replace(neurons=None)  # the weights; the neurons' traces are reset for every example anyway
 

@@ -1,13 +1,16 @@
-"""Narrower networks trained inside a wider network's compiled program, when that costs less than compiling.
+"""Narrower and shallower networks trained inside a larger network's compiled program, when that costs less than
+compiling.
 
-A search space of widths compiles one program per width (and depth and batch size): on a 2-core CPU one
-program of the MLP space takes ~5 s to trace and compile, about what a trial takes to train, so a cold study
+A search space of widths and depths compiles one program per width, depth and batch size: on a 2-core CPU one
+program of the MLP space takes 3-5 s to trace and compile, about what a trial takes to train, so a cold study
 spends more time compiling than training. A network whose hidden layers are narrower than an already
-compiled program's can train *in* that program exactly: its state is zero-padded to the wider shapes
-(``pad_state``), and the padding stays zero, contributing nothing (``ModelFamily.hosting`` says when a family
-guarantees that: for rule networks, activations with f(0) = 0 and rules whose feedback is zero where the
-kernel is). What it costs is the padded units' arithmetic, every epoch, which is nearly nothing on a GPU and
-not on a CPU. So whether to pad is decided by measurement, as a study goes (``ProgramSharing``):
+compiled program's, or fewer, can train *in* that program exactly: its state is zero-padded to the wider shapes
+and placed in the larger tree (``pad_state``; the host's extra layers all zeros, their switches off), and the
+padding stays zero, contributing nothing (``ModelFamily.hosting`` says when a family guarantees that: for rule
+networks, activations with f(0) = 0, rules whose feedback is zero where the kernel is, and extra layers that keep
+their width so they can pass their input on). What it costs is the padded units' and switched-off layers'
+arithmetic, every epoch, which is nearly nothing on a GPU and not on a CPU. So whether to pad is decided by
+measurement, as a study goes (``ProgramSharing``):
 
 * the cost of compiling is the mean seconds this process took to compile a program of the family;
 * the cost of padding is the host program's measured epoch seconds times the share of its parameters that
@@ -126,19 +129,33 @@ class ProgramSharing:
 
 
 def pad_state(state: Any, template: Any) -> Any:
-    """Stacked run states (leading run axis) zero-padded at the end of every axis to ``template``'s shapes (one
-    run's ``jax.ShapeDtypeStruct`` leaves, of the same tree structure)."""
-
-    def pad(leaf, target):
-        leaf = np.asarray(leaf)
+    """Stacked run states (leading run axis) placed in a host program's state: ``template``'s tree of one run's
+    ``jax.ShapeDtypeStruct`` leaves. A leaf of ``state`` goes where the same path is in ``template``, zero-padded
+    at the end of every axis; a path of ``template`` that ``state`` lacks (a deeper host's extra layers, their
+    optimiser moments) is all zeros."""
+    native, _ = jax.tree_util.tree_flatten_with_path(state)
+    runs = np.shape(native[0][1])[0] if native else 1
+    native = {path: np.asarray(leaf) for path, leaf in native}
+    targets, treedef = jax.tree_util.tree_flatten_with_path(template)
+    placed = []
+    for path, target in targets:
+        leaf = native.pop(path, None)
+        if leaf is None:
+            placed.append(np.zeros((runs, *target.shape), target.dtype))
+            continue
         widths = [(0, 0)] + [(0, t - s) for s, t in zip(leaf.shape[1:], target.shape, strict=True)]
         if any(after < 0 for _, after in widths):
             raise ValueError(f"cannot pad a state leaf of shape {leaf.shape[1:]} to the smaller {target.shape}")
-        return np.pad(leaf, widths)
-
-    return jax.tree_util.tree_map(pad, state, template)
+        placed.append(np.pad(leaf, widths))
+    if native:
+        raise ValueError(f"state leaves {[jax.tree_util.keystr(p) for p in native]} have no place in the host's state")
+    return jax.tree_util.tree_unflatten(treedef, placed)
 
 
 def unpad_state(state: Any, native: Any) -> Any:
-    """``pad_state`` undone: every leaf of ``state`` cut to the shape of the same leaf of ``native``."""
-    return jax.tree_util.tree_map(lambda a, n: a[tuple(slice(0, s) for s in np.shape(n))], state, native)
+    """``pad_state`` undone: the tree of ``native``, each leaf taken from the same path of ``state`` and cut to
+    ``native``'s shape."""
+    hosted = dict(jax.tree_util.tree_flatten_with_path(state)[0])
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(native)
+    return jax.tree_util.tree_unflatten(
+        treedef, [hosted[path][tuple(slice(0, n) for n in np.shape(leaf))] for path, leaf in leaves])

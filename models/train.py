@@ -203,6 +203,8 @@ class ModelFamily(Protocol):
     # how ``spec``'s networks train exactly in ``host``'s program, their state zero-padded (``models.sharing``), in
     # a few words; None where they cannot
     def hosting(self, host: Hashable, spec: Hashable) -> str | None: ...
+    # the diagnostic points of ``spec``'s networks among those of a run in ``host``'s program (where ``hosting``)
+    def hosted_points(self, host: Hashable, spec: Hashable, points: dict) -> dict: ...
 
 
 class RunState(NamedTuple):
@@ -754,9 +756,8 @@ def train_group(
             continue
         curves = {name: np.stack([getattr(m, name)[slots[i]] for m in history]) for name in EpochMetrics._fields}
         if point_history[0]:  # (runs, evals) per epoch -> (epochs * evals, k)
-            points = {
-                name: np.concatenate([p[name][slots[i]] for p in point_history], axis=1).T for name in point_history[0]
-            }
+            names = point_history[0] if placement is None else family.hosted_points(program_spec, spec, point_history[0])
+            points = {name: np.concatenate([p[name][slots[i]] for p in point_history], axis=1).T for name in names}
         else:  # one plain evaluation per epoch: the points are the epoch metrics
             points = dict(curves)
         mine = None if final is None else jax.tree_util.tree_map(lambda a, s=slots[i]: a[s], final)

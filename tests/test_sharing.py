@@ -56,10 +56,13 @@ def test_the_cases_cover_every_rule_that_pads_exactly():
     assert sorted(case.values[0] if hasattr(case, "values") else case[0] for case in CASES) == sorted(EXACT_RULES)
 
 
+@pytest.mark.parametrize("host", [(20, 16), (20, 20, 20)], ids=["wider", "deeper"])
 @pytest.mark.parametrize("rule,optimizer,activation,diagnostics", CASES)
-def test_a_network_trained_in_a_wider_program_trains_as_in_its_own(fresh, rule, optimizer, activation, diagnostics):
+def test_a_network_trained_in_a_wider_program_trains_as_in_its_own(fresh, rule, optimizer, activation, diagnostics,
+                                                                   host):
     """Same losses, scores (and diagnostics) at every epoch and the same final weights, up to float rounding:
-    the padded units stay silent however the rule sends its errors and whichever optimiser runs."""
+    the padded units and a switched-off extra layer stay silent however the rule sends its errors and whichever
+    optimiser runs."""
     data = folds()
     config = dataclasses.replace(BASE, rule=rule, optimizer=optimizer, activation=activation,
                                  weight_decay=1e-2 if rule == "kp" else 0.0)
@@ -68,11 +71,11 @@ def test_a_network_trained_in_a_wider_program_trains_as_in_its_own(fresh, rule, 
     assert own.shared_program == ""
 
     sharing = fresh()
-    wider = dataclasses.replace(config, hidden=(20, 16))
+    wider = dataclasses.replace(config, hidden=host)
     cross_validate(wider, data, 10, seed=9, diagnostics=diagnostics)  # the wider program trains once
     sharing.record_compile(RULE_NETWORKS.name, 1e9)  # compiling "costs" more than any padding
     hosted = cross_validate(config, data, 10, seed=3, diagnostics=diagnostics, keep_state=True)
-    assert hosted.shared_program == "hidden (12, 12) in the program of (20, 16)"
+    assert hosted.shared_program == f"hidden (12, 12) in the program of {host}"
     assert 0 < hosted.padding_seconds < hosted.train_seconds
     assert len(train.PROGRAMS) == 1  # no program of its own was compiled
     assert hosted.n_params == own.n_params
@@ -99,10 +102,27 @@ def test_padding_a_state_and_cutting_it_back():
         pad_state(padded, {"w": jax.ShapeDtypeStruct((2, 3), np.float64), "count": template["count"]})
 
 
+def test_a_state_placed_in_a_deeper_hosts_tree_gets_zeros_where_it_has_no_leaf():
+    state = {"dense_0": np.ones((2, 3)), "on": np.ones((2, 1), bool)}
+    template = {"dense_0": jax.ShapeDtypeStruct((4,), np.float32), "dense_1": jax.ShapeDtypeStruct((4, 4), np.float32),
+                "on": jax.ShapeDtypeStruct((2,), bool)}
+    placed = pad_state(state, template)
+    assert placed["dense_1"].shape == (2, 4, 4) and not placed["dense_1"].any()
+    assert placed["on"].tolist() == [[True, False], [True, False]]  # the extra layer is off
+    back = unpad_state(placed, state)
+    assert set(back) == set(state) and back["dense_0"].tolist() == state["dense_0"].tolist()
+    with pytest.raises(ValueError, match="no place"):
+        pad_state({**state, "dense_9": np.ones((2, 1))}, template)
+
+
 @pytest.mark.parametrize("change,why", [
     ({"hidden": (12, 40)}, None),  # narrower everywhere: yes
     ({"hidden": (8, 8)}, "narrower host"),
-    ({"hidden": (20,)}, "other depth"),
+    ({"hidden": (20,)}, "shallower host"),
+    ({"hidden": (20, 20, 20)}, None),  # deeper: its third layer switched off
+    ({"hidden": (20, 16, 16, 16)}, None),
+    ({"hidden": (20, 16, 30)}, "the layer to switch off changes the width"),
+    ({"hidden": (8, 20, 20)}, "deeper but narrower at the first layer"),
     ({"batch_size": 64, "hidden": (20, 20)}, "other batch size"),
     ({"rule": "kp", "hidden": (20, 20)}, "other rule"),
 ])
