@@ -105,7 +105,7 @@ class ProgramCache:
         self.loaded_from_disk = 0  # programs this process loaded instead of compiling
         self.built = 0  # programs this process compiled
         self._decisions: dict[str, dict] = {}  # name -> decision, this process's (see ``decide``)
-        self._training: dict[str, float] = {}  # name -> seconds this process trained programs of the decision's kind
+        self._training: dict[str, tuple] = {}  # name -> (seconds trained, compile seconds): see ``add_training``
         self._deciding: dict[str, threading.Event] = {}
 
     def _path(self, key: Any) -> Path | None:
@@ -221,16 +221,43 @@ class ProgramCache:
             with self._lock:
                 self._deciding.pop(name).set()
 
-    def add_training(self, key: Any, seconds: float) -> None:
-        """Programs of decision ``key``'s kind trained ``seconds`` more in this process."""
+    # What a decision not made yet would be worth: the seconds programs of its kind trained, and what compiling
+    # one cost, counted by every process with this store (``<directory>/training.json``, merged as decisions are)
+    # so that many short studies on a machine decide too; without a directory, by this process.
+
+    TRAINING_FILE = "training.json"
+
+    def add_training(self, key: Any, seconds: float, compile_seconds: float | None = None) -> None:
+        """Programs of decision ``key``'s kind trained ``seconds`` more; ``compile_seconds``: the mean seconds of
+        this process's compilations of the family, if it compiled any."""
         name = self._decision_name(key)
         with self._lock:
-            self._training[name] = self._training.get(name, 0.0) + seconds
+            trained, cost = self._training.get(name, (0.0, None))
+            self._training[name] = (trained + seconds, cost if compile_seconds is None else compile_seconds)
+            if self.directory is None:
+                return
+            stored = self._stored_training()
+            trained, cost = stored.get(name, (0.0, None))
+            stored[name] = (trained + seconds, cost if compile_seconds is None else compile_seconds)
+            self._write_json(self.TRAINING_FILE, stored)
 
-    def training_seconds(self, key: Any) -> float:
-        """Seconds this process trained programs of decision ``key``'s kind."""
+    def training(self, key: Any) -> tuple[float, float | None]:
+        """``(seconds programs of decision key's kind trained, the compile seconds last recorded with them)``:
+        this machine's (every process with the store) where the store has a count, else this process's."""
+        name = self._decision_name(key)
         with self._lock:
-            return self._training.get(self._decision_name(key), 0.0)
+            mine = self._training.get(name, (0.0, None))
+            stored = self._stored_training().get(name)
+            return mine if stored is None or stored[0] < mine[0] else stored
+
+    def _stored_training(self) -> dict[str, tuple[float, float | None]]:
+        if self.directory is None:
+            return {}
+        try:
+            stored = json.loads((self.directory / self.TRAINING_FILE).read_text())
+            return {name: (float(seconds), None if cost is None else float(cost)) for name, (seconds, cost) in stored.items()}
+        except (OSError, ValueError, TypeError, AttributeError):  # none yet, or damaged: counted again
+            return {}
 
     def known_decision(self, key: Any) -> dict | None:
         """The decision for ``key`` made or stored already, or None; never measures."""
@@ -252,14 +279,16 @@ class ProgramCache:
             return dict(self._decisions)
 
     def _store_decision(self, name: str, decision: dict) -> None:
-        if self.directory is None:
-            return
+        if self.directory is not None:
+            self._write_json(self.DECISIONS_FILE, {**self._stored_decisions(), name: decision})
+
+    def _write_json(self, file_name: str, value: dict) -> None:
+        """``value`` as ``<directory>/<file_name>``, by atomic replace (read, merged and written by the caller)."""
         try:
-            decisions = {**self._stored_decisions(), name: decision}
             self.directory.mkdir(parents=True, exist_ok=True)
-            path = self.directory / self.DECISIONS_FILE
+            path = self.directory / file_name
             tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-            tmp.write_text(json.dumps(decisions, indent=1, sort_keys=True))
+            tmp.write_text(json.dumps(value, indent=1, sort_keys=True))
             os.replace(tmp, path)
         except Exception:  # noqa: BLE001 -- an unwritable store only costs a later measurement
             return

@@ -21,7 +21,7 @@ import optax
 
 from models import diagnostics
 from models.initializers import FanIn, host_init
-from models.networks import CNN, MLP, ConvLayer, get_activation, switchable
+from models.networks import CNN, MLP, SWITCHES, ConvLayer, get_activation, switchable
 from models.rules.registry import FEEDBACK, get_rule
 from models.train import HOST, TRACED, FoldData, Static, chosen_among, traced_values
 
@@ -304,7 +304,9 @@ class RuleNetworks:
         return {name: values for name, values in points.items() if name.rpartition("/")[2] not in extra}
 
     def saved_state(self, state: LayerState) -> LayerState:
-        return state._replace(opt_state=None)  # parameters and feedback matrices; the optimiser's moments are not kept
+        """Parameters and feedback matrices: not the optimiser's moments, nor the layer switches (a network's own
+        are all on, which is how a network applied without them runs), so files keep their format."""
+        return state._replace(opt_state=None, fixed={k: v for k, v in state.fixed.items() if k != SWITCHES})
 
     def diagnose(self, spec: Spec, hyper: dict, state: LayerState, before: LayerState, key, x, y, idx) -> dict:
         model = make_model(spec.config, spec.out_features)

@@ -341,9 +341,10 @@ def _shapes(tree: Any) -> tuple:
 AUTO_REPEATS = 3  # timed epochs of each mapping, interleaved; the fastest counts
 AUTO_BUDGET_SECONDS = 20.0  # no further round of timed epochs once measuring has taken this long (one at least)
 AUTO_WORK_RATIO = 4  # programs whose work per step (parameters x batch size) is within this factor share a decision
-# A decision is measured once its kind has trained this many compilations' worth of seconds in this process (it
-# costs about one compilation and gains 0-25% of the kind's later training): a kind met for one program, such
-# as the held-out retraining, or for a few seconds, trains with the provisional mapping and is never measured.
+# A decision is measured once its kind has trained this many compilations' worth of seconds on this machine (the
+# store's count, ``ProgramCache.training``; per process without a store). It costs about one compilation and
+# gains 0-25% of the kind's later training: a kind met for one program, such as the held-out retraining, or for
+# a few seconds, trains with the provisional mapping and is never measured.
 AUTO_PAYBACK = 10.0
 
 
@@ -392,10 +393,11 @@ def decide_fold_strategy(family: ModelFamily, spec: Hashable, plan: Plan, state,
     device, CPU and source of ``models/``) and reused by every later process; without a store, by this process.
     It is made before the programs' key is formed, so stored programs are keyed by the concrete strategy.
 
-    A decision is measured only once it pays: when this process has trained programs of the kind for
-    ``AUTO_PAYBACK`` compilations' worth of seconds. Until then (and for a kind met once, such as the held-out
-    retraining of a study) the runs are mapped the ``provisional_mapping`` way, and nothing is stored: a cold
-    study of small networks would otherwise spend more on deciding than the decision gains.
+    A decision is measured only once it pays: when programs of the kind have trained for ``AUTO_PAYBACK``
+    compilations' worth of seconds on this machine (counted beside the stored decisions). Until then (and for a
+    kind met once, such as the held-out retraining of a study) the runs are mapped the ``provisional_mapping``
+    way, and no decision is stored: a cold study of small networks would otherwise spend more on deciding than
+    the decision gains.
     """
     if plan.fold_strategy != "auto":
         return plan, 0.0, None
@@ -442,15 +444,17 @@ def fold_kind(family: ModelFamily, spec: Hashable, plan: Plan, bucket: int, batc
 
 
 def _decision_status(family: ModelFamily, decision_key: tuple) -> tuple[dict | None, bool]:
-    """The kind's decision if made already (here or stored), and whether, not made, it is due now: whether this
-    process has trained the kind long enough that measuring its mapping is worth a compilation."""
+    """The kind's decision if made already (here or stored), and whether, not made, it is due now: whether the
+    kind has trained long enough on this machine that measuring its mapping is worth a compilation (this
+    process's compile cost, or the one recorded with the count when this process compiled nothing)."""
     known = PROGRAMS.known_decision(decision_key)
     if known is not None:
         return known, False
     if AUTO_PAYBACK == 0:
         return None, True  # measured at once (what the objective benchmark and tests of the measurement ask for)
-    compile_cost = SHARING.compile_cost(family.name)
-    return None, compile_cost is not None and PROGRAMS.training_seconds(decision_key) >= AUTO_PAYBACK * compile_cost
+    trained, compile_cost = PROGRAMS.training(decision_key)  # on this machine, where the store keeps the count
+    compile_cost = SHARING.compile_cost(family.name) or compile_cost
+    return None, compile_cost is not None and trained >= AUTO_PAYBACK * compile_cost
 
 
 def _auto_kind(family: ModelFamily, spec: Hashable, plan: Plan, state, batches, data: FoldData) -> tuple:
@@ -742,7 +746,9 @@ def train_group(
             break
 
     if fold_strategy == "auto":  # what a measured decision for this kind would be worth (AUTO_PAYBACK)
-        PROGRAMS.add_training(_auto_kind(family, program_spec, plan, state, batches, data), sum(epoch_seconds))
+        kind = _auto_kind(family, program_spec, plan, state, batches, data)
+        if PROGRAMS.known_decision(kind) is None:
+            PROGRAMS.add_training(kind, sum(epoch_seconds), SHARING.compile_cost(family.name))
     program_params = n_params if placement is None else family.count_params(
         program_spec, jax.tree_util.tree_map(lambda a: a[0], state))
     SHARING.record_training(context, program_spec, state, program_params, epoch_seconds)

@@ -198,8 +198,9 @@ def test_a_decision_waits_until_the_kind_has_trained_enough_to_pay_for_it(store,
     first = cross_validate(CONFIG, data, 10, seed=1, fold_strategy="auto")
     assert calls == [] and first.fold_strategy == train.provisional_mapping() == "sequential"  # on a CPU
     assert not (store.directory / store.DECISIONS_FILE).exists()
-    kind = next(iter(store._training))
-    assert store._training[kind] == pytest.approx(first.train_seconds)  # what deciding would be worth so far
+    ((trained, compile_cost),) = store._training.values()
+    assert trained == pytest.approx(first.train_seconds)  # what deciding would be worth so far
+    assert compile_cost == train.SHARING.compile_cost("rule-networks") > 0
 
     # once the kind's training passes AUTO_PAYBACK compilations, the next program of that kind is measured
     monkeypatch.setattr(train, "AUTO_PAYBACK", first.train_seconds / train.SHARING.compile_cost("rule-networks") / 2)
@@ -207,6 +208,34 @@ def test_a_decision_waits_until_the_kind_has_trained_enough_to_pay_for_it(store,
     assert len(calls) == MEASURED and wider.fold_strategy == "vmap"
     (decision,) = json.loads((store.directory / store.DECISIONS_FILE).read_text()).values()
     assert decision["strategy"] == "vmap"
+
+
+def test_what_a_decision_would_be_worth_is_counted_by_every_process_with_the_store(store, monkeypatch):
+    """Short studies on one machine each train a kind for less than a decision costs: the count is kept beside
+    the decisions, so a later process (here a new cache on the same directory that has compiled nothing) adds to
+    it, and decides once the machine's count pays, with the compile cost the earlier process measured."""
+    monkeypatch.setattr(train, "AUTO_PAYBACK", 1e6)
+    calls = []
+    monkeypatch.setattr(train, "time_call", fake_timer({"vmap": 1.0, "sequential": 2.0}, calls))
+    data = folds()
+    first = cross_validate(CONFIG, data, 10, seed=1, fold_strategy="auto")
+    later = ProgramCache(directory=store.directory)
+    monkeypatch.setattr(train, "PROGRAMS", later)
+    monkeypatch.setattr(train, "SHARING", ProgramSharing())
+    ((trained, compile_cost),) = later._stored_training().values()
+    assert trained == pytest.approx(first.train_seconds) and compile_cost > 0
+
+    second = cross_validate(CONFIG, data, 10, seed=2, fold_strategy="auto")  # loads the stored program
+    assert calls == [] and second.fold_strategy == "sequential" and later.loaded_from_disk == 1
+    ((trained, _),) = later._stored_training().values()
+    assert trained == pytest.approx(first.train_seconds + second.train_seconds)  # both processes' seconds
+    assert train.SHARING.compile_cost("rule-networks") is None  # this process compiled nothing ...
+    monkeypatch.setattr(train, "AUTO_PAYBACK", trained / compile_cost * 0.99)  # ... but the machine's count pays
+    third = cross_validate(CONFIG, data, 10, seed=3, fold_strategy="auto")
+    assert len(calls) == MEASURED and third.fold_strategy == "vmap"
+    cross_validate(CONFIG, data, 10, seed=4, fold_strategy="auto")
+    ((after, _),) = later._stored_training().values()
+    assert after == pytest.approx(trained)  # a decided kind is no longer counted
 
 
 def test_compiling_ahead_leaves_a_due_decision_to_the_trial(store, monkeypatch):
