@@ -101,7 +101,7 @@ def study_row(work: Path, label: str, trials: int, cache: Path, extra: list[str]
         "peak_mb": peak, "best": study.best_value, "load": load(),
     }
     print(f"{label}: {wall:.1f}s, train {row['train']:.0%} (padding {row['padding']:.0%}, {row['shared']} trials in "
-          f"wider programs), compile {row['compile']:.0%}, overhead "
+          f"larger programs), compile {row['compile']:.0%}, overhead "
           f"{row['overhead']:.0%}, outside {row['outside']:.0%}, {row['programs']} programs, peak {peak:.0f} MB",
           flush=True)
     return row
@@ -382,11 +382,11 @@ def write(rows: list[dict], warmup: dict, sharing: list[dict], batches: list[dic
         "is what no trial accounts for (start-up, data, the test-score retraining, reports).",
         "",
         "`before-*` rows ran in an earlier checkout (its commit below the table), in the same run. `padding`: the "
-        "part of the training share that trials trained in a wider network's program spent on its padded units "
-        "(`models.sharing`; `in wider`: how many trials did).",
+        "part of the training share that trials trained in a larger (wider or deeper) network's program spent on "
+        "its padded units and switched-off layers (`models.sharing`; `in larger`: how many trials did).",
         "",
         "| run | options | trials | wall s | trials/h | train | (padding) | compile | overhead | outside | programs | "
-        "in wider | complete / pruned | peak MB | best CV | load |",
+        "in larger | complete / pruned | peak MB | best CV | load |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---|",
     ]
     for r in rows:
