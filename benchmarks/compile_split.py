@@ -22,6 +22,7 @@ import numpy as np
 
 from benchmarks.diagnostics_overhead import machine
 from hpo.data import load_dataset, make_folds
+from hpo.files import write_text
 from models.rule_training import TrainConfig
 from models.train import FoldData, Plan, RunState, batch_orders, run_epoch, stack
 
@@ -85,9 +86,7 @@ def run(repeats: int, out_path: Path) -> str:
                      f"| {total:.2f} | {xla / total:.0%} | {size / 1000:.0f} |")
     text = "\n".join(lines) + "\n"
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_suffix(".md.tmp")
-    tmp.write_text(text)
-    tmp.replace(out_path)
+    write_text(out_path, text)
     return text
 
 
