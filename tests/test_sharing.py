@@ -236,3 +236,34 @@ def test_a_cnn_trained_in_the_program_of_a_wider_head_trains_as_in_its_own(fresh
         np.testing.assert_allclose(hosted.points[name], own.points[name], rtol=2e-4, atol=2e-4, err_msg=name)
     for a, b in zip(jax.tree_util.tree_leaves(hosted.state), jax.tree_util.tree_leaves(own.state)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def member(config, seed, k=2):
+    """The ``Member`` that ``cross_validate(config, ..., seed=seed)`` trains (the same seeds and batch orders)."""
+    *run_seeds, order_seed = np.random.SeedSequence(seed).spawn(k + 1)
+    return train.Member(config, run_seeds, [np.random.default_rng(order_seed)] * k)
+
+
+@pytest.mark.slow
+def test_a_trial_batch_trains_in_a_deeper_program_as_each_trial_alone_in_its_own(fresh):
+    """Two trials of one shape trained as one group in a deeper, wider program: each member's diagnostics and
+    final weights are those of the trial trained alone in its own program (the padding and the switched-off
+    layer placed for the whole group, the host's extra layer dropped from each member's diagnostics)."""
+    data = folds()
+    configs = [dataclasses.replace(BASE, rule="dfa", learning_rate=lr) for lr in (3e-3, 1e-2)]
+    fresh(enabled=False)
+    alone = [cross_validate(c, data, 10, seed=s, diagnostics=True, keep_state=True) for c, s in zip(configs, (3, 4))]
+    sharing = fresh()
+    deeper = dataclasses.replace(BASE, rule="dfa", hidden=(20, 20, 20))
+    train.train_group([member(deeper, 8), member(deeper, 9)], data, 10, diagnostics=True)  # a group of as many runs
+    sharing.record_compile(RULE_NETWORKS.name, 1e9)
+    together = train.train_group([member(configs[0], 3), member(configs[1], 4)], data, 10, diagnostics=True,
+                                 keep_state=True)
+    assert len(train.PROGRAMS) == 1  # the deeper program only
+    for own, hosted in zip(alone, together):
+        assert hosted.shared_program == "hidden (12, 12) in the program of (20, 20, 20)"
+        assert set(hosted.points) == set(own.points) and "update_angle/dense_1" in own.points
+        for name in own.points:
+            np.testing.assert_allclose(hosted.points[name], own.points[name], rtol=2e-4, atol=2e-4, err_msg=name)
+        for a, b in zip(jax.tree_util.tree_leaves(hosted.state), jax.tree_util.tree_leaves(own.state), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
