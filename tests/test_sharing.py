@@ -215,9 +215,11 @@ def test_costs_are_measured_as_trials_go_and_an_own_program_is_always_used(fresh
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("head", [(20,), (20, 20)], ids=["wider", "deeper"])
 @pytest.mark.parametrize("rule", ["fa", "dfa"])
-def test_a_cnn_trained_in_the_program_of_a_wider_head_trains_as_in_its_own(fresh, rule):
-    """Convolutional trunks must be equal; the dense head is padded, direct taps of the trunk are untouched."""
+def test_a_cnn_trained_in_the_program_of_a_wider_head_trains_as_in_its_own(fresh, rule, head):
+    """Convolutional trunks must be equal; the dense head is padded (and its extra layer switched off), direct
+    taps of the trunk are untouched."""
     from models.networks import ConvLayer
 
     digits = folds()
@@ -227,11 +229,12 @@ def test_a_cnn_trained_in_the_program_of_a_wider_head_trains_as_in_its_own(fresh
     fresh(enabled=False)
     own = cross_validate(config, data, 10, seed=3, diagnostics=True, keep_state=True)
     sharing = fresh()
-    cross_validate(dataclasses.replace(config, hidden=(20,)), data, 10, seed=9, diagnostics=True)
-    assert RULE_NETWORKS.hosting(spec(hidden=(20,), conv=config.conv), spec(hidden=(12,))) is None  # other trunk
+    cross_validate(dataclasses.replace(config, hidden=head), data, 10, seed=9, diagnostics=True)
+    assert RULE_NETWORKS.hosting(spec(hidden=head, conv=config.conv), spec(hidden=(12,))) is None  # other trunk
     sharing.record_compile(RULE_NETWORKS.name, 1e9)
     hosted = cross_validate(config, data, 10, seed=3, diagnostics=True, keep_state=True)
-    assert hosted.shared_program == "hidden (12,) in the program of (20,)"
+    assert hosted.shared_program == f"hidden (12,) in the program of {head}"
+    assert set(hosted.points) == set(own.points)
     for name in own.points:
         np.testing.assert_allclose(hosted.points[name], own.points[name], rtol=2e-4, atol=2e-4, err_msg=name)
     for a, b in zip(jax.tree_util.tree_leaves(hosted.state), jax.tree_util.tree_leaves(own.state)):
