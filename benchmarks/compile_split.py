@@ -85,8 +85,7 @@ def run(repeats: int, out_path: Path) -> str:
         lines.append(f"| 784-{'-'.join([str(width)] * depth)}-10 | {label} | {trace:.2f} | {lower:.2f} | {xla:.2f} "
                      f"| {total:.2f} | {xla / total:.0%} | {size / 1000:.0f} |")
     text = "\n".join(lines) + "\n"
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    write_text(out_path, text)
+    write_text(out_path, text)  # atomically, its folder made if missing
     return text
 
 

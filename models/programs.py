@@ -231,15 +231,16 @@ class ProgramCache:
         """Programs of decision ``key``'s kind trained ``seconds`` more; ``compile_seconds``: the mean seconds of
         this process's compilations of the family, if it compiled any."""
         name = self._decision_name(key)
+
+        def add(counts: dict) -> dict:
+            trained, cost = counts.get(name, (0.0, None))
+            counts[name] = (trained + seconds, cost if compile_seconds is None else compile_seconds)
+            return counts
+
         with self._lock:
-            trained, cost = self._training.get(name, (0.0, None))
-            self._training[name] = (trained + seconds, cost if compile_seconds is None else compile_seconds)
-            if self.directory is None:
-                return
-            stored = self._stored_training()
-            trained, cost = stored.get(name, (0.0, None))
-            stored[name] = (trained + seconds, cost if compile_seconds is None else compile_seconds)
-            self._write_json(self.TRAINING_FILE, stored)
+            add(self._training)
+            if self.directory is not None:
+                self._write_json(self.TRAINING_FILE, add(self._stored_training()))
 
     def training(self, key: Any) -> tuple[float, float | None]:
         """``(seconds programs of decision key's kind trained, the compile seconds last recorded with them)``:

@@ -757,13 +757,13 @@ def train_group(
     final = jax.device_get(run_state.model) if keep_state else None
     if final is not None and placement is not None:
         final = unpad_state(final, native_state)
+    point_names = point_history[0] if placement is None else family.hosted_points(program_spec, spec, point_history[0])
     for i in range(n_members):
         if outcomes[i] is not None:
             continue
         curves = {name: np.stack([getattr(m, name)[slots[i]] for m in history]) for name in EpochMetrics._fields}
         if point_history[0]:  # (runs, evals) per epoch -> (epochs * evals, k)
-            names = point_history[0] if placement is None else family.hosted_points(program_spec, spec, point_history[0])
-            points = {name: np.concatenate([p[name][slots[i]] for p in point_history], axis=1).T for name in names}
+            points = {name: np.concatenate([p[name][slots[i]] for p in point_history], axis=1).T for name in point_names}
         else:  # one plain evaluation per epoch: the points are the epoch metrics
             points = dict(curves)
         mine = None if final is None else jax.tree_util.tree_map(lambda a, s=slots[i]: a[s], final)
