@@ -11,6 +11,7 @@ The initialisers here are ordinary Flax initialisers (``init(key, shape, dtype)`
 from __future__ import annotations
 
 import contextvars
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -104,18 +105,34 @@ def declare(module: nn.Module, collection: str, name: str, init: Initializer, sh
     return module.variable(collection, name, lambda: init(module.make_rng("params"), shape)).value
 
 
+@functools.lru_cache(maxsize=256)
+def _declared_variables(model: nn.Module, sample: jax.ShapeDtypeStruct, call_kwargs: tuple) -> tuple[Any, dict]:
+    """The variable tree of ``model`` as abstract shapes, and the initialiser and shape each variable declared.
+
+    Tracing a network's ``init`` costs ~20-50 ms, about what drawing its variables does, and every run of every
+    trial needs it: so it is traced once per network and input shape (modules are hashable dataclasses)."""
+    declared: dict = {}
+    token = _DECLARED.set(declared)
+    try:
+        abstract = jax.eval_shape(lambda x: model.init({"params": jax.random.key(0)}, x, **dict(call_kwargs)), sample)
+    finally:
+        _DECLARED.reset(token)
+    return abstract, declared
+
+
 def host_init(model: nn.Module, sample_x: Any, rng: np.random.Generator, **call_kwargs: Any) -> dict:
     """Every variable of ``model`` (called on inputs shaped like ``sample_x``), drawn on the host from ``rng``.
 
     Variables are drawn in the order of the variable tree (collections and names sorted), each from the
     initialiser its layer declared; the result has the structure and dtypes of ``model.init``'s.
     """
-    declared: dict = {}
-    token = _DECLARED.set(declared)
+    key = (model, jax.ShapeDtypeStruct(np.shape(sample_x), jnp.result_type(sample_x)), tuple(sorted(call_kwargs.items())))
     try:
-        abstract = jax.eval_shape(lambda: model.init({"params": jax.random.key(0)}, sample_x, **call_kwargs))
-    finally:
-        _DECLARED.reset(token)
+        hash(key)
+    except TypeError:  # an unhashable keyword argument (an array): traced afresh
+        abstract, declared = _declared_variables.__wrapped__(*key)
+    else:
+        abstract, declared = _declared_variables(*key)
 
     def draw(path, leaf):
         where = tuple(str(getattr(entry, "key", entry)) for entry in path)

@@ -205,8 +205,22 @@ def initial_optimizer_state(spec: Spec, hyper: dict, params: Any) -> Any:
     """The optimiser's initial state, made on the host without running (or compiling) its ``init``: every optimiser
     here starts from zeros (moments, traces, step counts), so zeros of the state's abstract shapes are exact
     (``tests/test_training.py`` compares them with ``init``)."""
-    shapes = jax.eval_shape(optimizer(spec, hyper).init, params)
+    shapes = _optimizer_state_shapes(spec, *(_abstract(tree) for tree in (hyper, params)))
     return jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+
+
+def _abstract(tree: Any) -> tuple:
+    """A hashable stand-in for ``tree``: its structure and its leaves' shapes and dtypes."""
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    return treedef, tuple(jax.ShapeDtypeStruct(np.shape(leaf), jnp.result_type(leaf)) for leaf in leaves)
+
+
+@functools.lru_cache(maxsize=256)
+def _optimizer_state_shapes(spec: Spec, hyper: tuple, params: tuple) -> Any:
+    """The optimiser state's abstract shapes, traced once per network: they depend on the spec and the shapes of
+    the parameters and the traced hyperparameters (traced here as in the programs), never on their values."""
+    unflatten = lambda abstract: jax.tree_util.tree_unflatten(*abstract)  # noqa: E731
+    return jax.eval_shape(lambda h, p: optimizer(spec, h).init(p), unflatten(hyper), unflatten(params))
 
 
 class LayerState(NamedTuple):

@@ -44,6 +44,12 @@ def test_host_init_draws_from_each_layers_declared_initialiser():
     # the same seed gives the same network; the same structure as the modules' own init
     again = host_init(model, np.zeros((1, 300), np.float32), np.random.default_rng(0))
     np.testing.assert_array_equal(again["params"]["kernel"], kernel)
+    # the trace is kept per network and input shape (models.initializers._declared_variables), never across them
+    rescaled = Dense(400, rule="fa", kernel_init=FanIn(1.0), feedback_init=FanIn(0.5, "uniform"), bias_init=Zeros())
+    other_draw = host_init(rescaled, np.zeros((1, 300), np.float32), np.random.default_rng(0))
+    np.testing.assert_allclose(other_draw["params"]["kernel"], kernel / 3.0, rtol=1e-6)
+    wider_input = host_init(model, np.zeros((1, 30), np.float32), np.random.default_rng(0))
+    assert wider_input["params"]["kernel"].shape == (30, 400)
     flax_init = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 300))))
     assert jax.tree_util.tree_structure(flax_init) == jax.tree_util.tree_structure(variables)
 
