@@ -79,13 +79,15 @@ class Objective:
         self, trials: list[optuna.Trial], on_outcome: Callable[[int, float | BaseException], None] | None = None
     ) -> list[float | BaseException]:
         """Run several trials at once: sample each one's configuration, train those that share programs as one
-        group (one compiled program vmapped over trials x folds), record each trial's results and timing.
+        group (``models.train.train_group``: one compiled program vmapped over trials x folds, or lone trials one
+        after another where runs are not vmapped), record each trial's results and timing.
 
         Returns each trial's value, or the exception it ended with (``optuna.TrialPruned`` for a pruned or
         diverged trial); ``on_outcome(i, outcome)`` hears of trial i as soon as its outcome is known (so a worker
         can tell the storage before the next group trains). Each trial reports after every epoch and is pruned
-        on its own. A trial's seconds are its sampling plus an equal share of its group's compiling and training
-        (``Timing``), so a study's seconds add up however its trials were batched. Interrupts propagate.
+        on its own. A trial's seconds are its sampling, its own compiling and training (``Timing``: equal shares of
+        a program trained as one group) and an equal share of the rest of its group's, so a study's seconds add up
+        however its trials were batched. Interrupts propagate.
         """
         outcomes: list[float | BaseException | None] = [None] * len(trials)
         walls = [0.0] * len(trials)
@@ -110,6 +112,7 @@ class Objective:
             groups.setdefault(planned.key, []).append((i, planned))
         for group in groups.values():
             start = time.perf_counter()
+            counted = [timings[i].compile_seconds + timings[i].train_seconds for i, _ in group]
             results = train_group(
                 [planned.member for _, planned in group], self.data, self.dataset.out_features,
                 self.config.fold_strategy, self.config.evals_per_epoch, self.config.diagnostics,
@@ -120,9 +123,12 @@ class Objective:
                     finished.append((i, self.finish(planned.trial, result)))
                 except Exception as error:  # noqa: BLE001 -- pruned, diverged, or failed: the trial's outcome
                     finished.append((i, error))
-            share = (time.perf_counter() - start) / len(group)
-            for i, outcome in finished:
-                walls[i] += share
+            # each trial's own compiling and training (equal shares where its group trained as one program), and
+            # an equal share of the rest: so its seconds add up, and the group's add up to its wall time
+            own = [timings[i].compile_seconds + timings[i].train_seconds - c for (i, _), c in zip(group, counted)]
+            rest = max(0.0, time.perf_counter() - start - sum(own)) / len(group)
+            for ((i, outcome), mine) in zip(finished, own):
+                walls[i] += mine + rest
                 settle(i, outcome)
         return outcomes
 

@@ -64,7 +64,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="compile the search space's programs in a background thread while trials train (default: on a GPU, "
         "or a CPU with 4 or more cores)")
     add("--trial-batch", type=int, help="trials each worker runs at once: those that share programs train as one "
-        "compiled program over trials x folds, each reported and pruned on its own (default 1)")
+        "group (one compiled program over trials x folds where runs are vmapped, else lone trials in turn), each "
+        "reported and pruned on its own (default 1)")
     add("--cache-dir", help="directory of the store of compiled programs (in <dir>/programs), or 'none' "
         "(default $HPO_JAX_CACHE or ~/.cache/bioplausible-hpo/jax)")
     add(

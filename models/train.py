@@ -670,6 +670,25 @@ def precompile(
     return seconds
 
 
+def group_mapping(members: list[Member], data: FoldData, out_features: int, fold_strategy: str,
+                  evals_per_epoch: int, diagnostics: bool) -> str:
+    """How the runs of one program for all ``members`` would be mapped: the fold strategy, or for ``auto`` the
+    decision for the group's kind (its number of runs included, ``fold_kind``) or, undecided, the provisional
+    mapping. Found without compiling, measuring or drawing anything from the members' generators."""
+    if fold_strategy != "auto":
+        return fold_strategy
+    first = members[0].config
+    family: ModelFamily = first.family
+    plan = Plan("auto", evals_per_epoch, diagnostics and family.has_diagnostics)
+    data = family.prepare(first, data)
+    spec = family.program_spec(first, data.x[:1], out_features)
+    one_run = stack([family.init(first, spec, data.x[:1], np.random.default_rng(0))])
+    runs = len(members) * data.train_idx.shape[0]
+    layout = np.empty((runs, 0, family.batch_size(first)), np.int32)  # all a kind reads of the batches: their shape
+    decision = PROGRAMS.known_decision(_auto_kind(family, spec, plan, one_run, layout, data))
+    return provisional_mapping() if decision is None else decision["strategy"]
+
+
 def train_group(
     members: list[Member],
     data: FoldData,
@@ -679,7 +698,9 @@ def train_group(
     diagnostics: bool = False,
     keep_state: bool = False,
 ) -> list[CVResult | Exception]:
-    """Train every member's runs of ``data`` together: one program over members x runs, one epoch loop.
+    """Train every member's runs of ``data`` together: one program over members x runs, one epoch loop, where that
+    program would vmap the runs (``group_mapping``); where it would map them one after another, the members train
+    one after another as lone trials, which is the same work without compiling a program for the group.
 
     Each member gets its own metrics after every epoch (``Member.on_epoch``) and is stopped on its own: when its
     callback raises, or its loss is not finite (``DivergedError``), that exception becomes its outcome and its
@@ -687,6 +708,13 @@ def train_group(
     no member is left). The outcome of a member that trained every epoch is its ``CVResult``. The group's compile
     seconds are shared equally by its members, each epoch's seconds equally by the members still training.
     """
+    if len(members) > 1 and group_mapping(members, data, out_features, fold_strategy, evals_per_epoch,
+                                          diagnostics) == "sequential":
+        # runs mapped one after another in a program for this group would do what the members' lone trials do
+        # in the lone program, so they train as lone trials: no program is compiled for the group's size, and each
+        # member's results are exactly a lone trial's
+        return [train_group([member], data, out_features, fold_strategy, evals_per_epoch, diagnostics, keep_state)[0]
+                for member in members]
     group = _setup_group(members, data, out_features, fold_strategy, evals_per_epoch, diagnostics)
     family, plan, spec, data, state, key, hyper, batches = group
     n_members, k = len(members), len(members[0].run_seeds)

@@ -170,7 +170,8 @@ def test_one_program_for_several_activations_and_optimisers_trains_exactly_as_a_
                                       cross_validate(config, folds, 10, seed=1).fold_scores)
 
 
-def test_a_group_trains_each_member_as_alone_and_stops_members_on_their_own():
+@pytest.mark.parametrize("fold_strategy", ["vmap", "sequential"])  # one program over the group; lone trials
+def test_a_group_trains_each_member_as_alone_and_stops_members_on_their_own(fold_strategy):
     from models.train import Member, train_group
 
     data, folds = fold_data("digits")
@@ -188,7 +189,8 @@ def test_a_group_trains_each_member_as_alone_and_stops_members_on_their_own():
         seen.append(epoch)
         raise RuntimeError("stopped by its callback")
 
-    outcomes = train_group([member(configs[0], 0), member(configs[1], 1, stop_after_one), member(configs[2], 2)], folds, 10)
+    outcomes = train_group([member(configs[0], 0), member(configs[1], 1, stop_after_one), member(configs[2], 2)], folds, 10,
+                           fold_strategy)
     assert isinstance(outcomes[1], RuntimeError) and seen == [0]  # stopped at once, the others went on
     for i in (0, 2):
         alone = cross_validate(configs[i], folds, 10, seed=i)
