@@ -23,6 +23,7 @@ from models.train import (
     Member,
     Timing,
     group_key,
+    group_mapping,
     train_group,
 )
 
@@ -79,14 +80,14 @@ class Objective:
         self, trials: list[optuna.Trial], on_outcome: Callable[[int, float | BaseException], None] | None = None
     ) -> list[float | BaseException]:
         """Run several trials at once: sample each one's configuration, train those that share programs as one
-        group (``models.train.train_group``: one compiled program vmapped over trials x folds, or lone trials one
-        after another where runs are not vmapped), record each trial's results and timing.
+        group (one compiled program vmapped over trials x folds, or trial by trial where runs are not vmapped:
+        ``programs_of``), record each trial's results and timing.
 
         Returns each trial's value, or the exception it ended with (``optuna.TrialPruned`` for a pruned or
         diverged trial); ``on_outcome(i, outcome)`` hears of trial i as soon as its outcome is known (so a worker
         can tell the storage before the next group trains). Each trial reports after every epoch and is pruned
-        on its own. A trial's seconds are its sampling, its own compiling and training (``Timing``: equal shares of
-        a program trained as one group) and an equal share of the rest of its group's, so a study's seconds add up
+        on its own. A trial's seconds are its sampling, its own compiling and training (``Timing``: equal shares in
+        a program of several trials) and an equal share of the rest of its program's, so a study's seconds add up
         however its trials were batched. Interrupts propagate.
         """
         outcomes: list[float | BaseException | None] = [None] * len(trials)
@@ -111,26 +112,38 @@ class Objective:
             walls[i] += time.perf_counter() - start
             groups.setdefault(planned.key, []).append((i, planned))
         for group in groups.values():
-            start = time.perf_counter()
-            counted = [timings[i].compile_seconds + timings[i].train_seconds for i, _ in group]
-            results = train_group(
-                [planned.member for _, planned in group], self.data, self.dataset.out_features,
-                self.config.fold_strategy, self.config.evals_per_epoch, self.config.diagnostics,
-            )
-            finished = []
-            for (i, planned), result in zip(group, results):
-                try:
-                    finished.append((i, self.finish(planned.trial, result)))
-                except Exception as error:  # noqa: BLE001 -- pruned, diverged, or failed: the trial's outcome
-                    finished.append((i, error))
-            # each trial's own compiling and training (equal shares where its group trained as one program), and
-            # an equal share of the rest: so its seconds add up, and the group's add up to its wall time
-            own = [timings[i].compile_seconds + timings[i].train_seconds - c for (i, _), c in zip(group, counted)]
-            rest = max(0.0, time.perf_counter() - start - sum(own)) / len(group)
-            for ((i, outcome), mine) in zip(finished, own):
-                walls[i] += mine + rest
-                settle(i, outcome)
+            for part in self.programs_of(group):
+                start = time.perf_counter()
+                counted = [timings[i].compile_seconds + timings[i].train_seconds for i, _ in part]
+                results = train_group(
+                    [planned.member for _, planned in part], self.data, self.dataset.out_features,
+                    self.config.fold_strategy, self.config.evals_per_epoch, self.config.diagnostics,
+                )
+                finished = []
+                for (i, planned), result in zip(part, results):
+                    try:
+                        finished.append((i, self.finish(planned.trial, result)))
+                    except Exception as error:  # noqa: BLE001 -- pruned, diverged, or failed: the trial's outcome
+                        finished.append((i, error))
+                # each trial's own compiling and training (equal shares in a program of several trials), and an
+                # equal share of the rest: so its seconds add up, and the part's add up to its wall time
+                own = [timings[i].compile_seconds + timings[i].train_seconds - c for (i, _), c in zip(part, counted)]
+                rest = max(0.0, time.perf_counter() - start - sum(own)) / len(part)
+                for (i, outcome), mine in zip(finished, own):
+                    walls[i] += mine + rest
+                    settle(i, outcome)
         return outcomes
+
+    def programs_of(self, group: list[tuple[int, PlannedTrial]]) -> list[list[tuple[int, PlannedTrial]]]:
+        """How a group of trials that share programs trains: as one program over trials x folds where its runs
+        would be vmapped, else trial by trial. A program mapping the runs one after another would do the lone
+        trials' work in a program compiled for this group size; trained as lone trials, in the lone program, each
+        is told to the storage as soon as it ends, so the pruner and the sampler hear of it before the next."""
+        members = [planned.member for _, planned in group]
+        if len(group) > 1 and group_mapping(members, self.data, self.dataset.out_features, self.config.fold_strategy,
+                                            self.config.evals_per_epoch, self.config.diagnostics) == "sequential":
+            return [[entry] for entry in group]
+        return [group]
 
     def plan(self, trial: optuna.Trial, timing: Timing) -> PlannedTrial:
         """Sample the trial's configuration and prepare its place in a training group (``models.train.Member``):

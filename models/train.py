@@ -672,9 +672,9 @@ def precompile(
 
 def group_mapping(members: list[Member], data: FoldData, out_features: int, fold_strategy: str,
                   evals_per_epoch: int, diagnostics: bool) -> str:
-    """How the runs of one program for all ``members`` would be mapped: the fold strategy, or for ``auto`` the
-    decision for the group's kind (its number of runs included, ``fold_kind``) or, undecided, the provisional
-    mapping. Found without compiling, measuring or drawing anything from the members' generators."""
+    """How the runs of one program for all ``members`` would be mapped (``train_group``): the fold strategy, or
+    for ``auto`` the decision for the group's kind (its number of runs included, ``fold_kind``) or, undecided,
+    the provisional mapping. Found without compiling, measuring or drawing from the members' generators."""
     if fold_strategy != "auto":
         return fold_strategy
     first = members[0].config
@@ -698,9 +698,9 @@ def train_group(
     diagnostics: bool = False,
     keep_state: bool = False,
 ) -> list[CVResult | Exception]:
-    """Train every member's runs of ``data`` together: one program over members x runs, one epoch loop, where that
-    program would vmap the runs (``group_mapping``); where it would map them one after another, the members train
-    one after another as lone trials, which is the same work without compiling a program for the group.
+    """Train every member's runs of ``data`` together: one program over members x runs, one epoch loop. (A study
+    trains a group of trials so only where its runs are vmapped, ``group_mapping``: mapped one after another, the
+    program would do the lone trials' work, compiled anew for each group size; ``hpo.objective``.)
 
     Each member gets its own metrics after every epoch (``Member.on_epoch``) and is stopped on its own: when its
     callback raises, or its loss is not finite (``DivergedError``), that exception becomes its outcome and its
@@ -708,13 +708,6 @@ def train_group(
     no member is left). The outcome of a member that trained every epoch is its ``CVResult``. The group's compile
     seconds are shared equally by its members, each epoch's seconds equally by the members still training.
     """
-    if len(members) > 1 and group_mapping(members, data, out_features, fold_strategy, evals_per_epoch,
-                                          diagnostics) == "sequential":
-        # runs mapped one after another in a program for this group would do what the members' lone trials do
-        # in the lone program, so they train as lone trials: no program is compiled for the group's size, and each
-        # member's results are exactly a lone trial's
-        return [train_group([member], data, out_features, fold_strategy, evals_per_epoch, diagnostics, keep_state)[0]
-                for member in members]
     group = _setup_group(members, data, out_features, fold_strategy, evals_per_epoch, diagnostics)
     family, plan, spec, data, state, key, hyper, batches = group
     n_members, k = len(members), len(members[0].run_seeds)

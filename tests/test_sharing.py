@@ -258,7 +258,7 @@ def test_a_trial_batch_trains_in_a_deeper_program_as_each_trial_alone_in_its_own
     alone = [cross_validate(c, data, 10, seed=s, diagnostics=True, keep_state=True) for c, s in zip(configs, (3, 4))]
     sharing = fresh()
     deeper = dataclasses.replace(BASE, rule="dfa", hidden=(20, 20, 20))
-    # a group of as many runs, vmapped (mapped one after another, the members of a group train as lone trials)
+    # a group of as many runs, vmapped (a study trains a group whose runs are not vmapped trial by trial)
     train.train_group([member(deeper, 8), member(deeper, 9)], data, 10, "vmap", diagnostics=True)
     sharing.record_compile(RULE_NETWORKS.name, 1e9)
     together = train.train_group([member(configs[0], 3), member(configs[1], 4)], data, 10, "vmap", diagnostics=True,

@@ -11,8 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-import jax.numpy as jnp
-import numpy as np
 import optuna
 import pg_server
 import pytest
@@ -20,13 +18,12 @@ from optuna.trial import TrialState
 
 from hpo import objective as objective_module
 from hpo.config import StudyConfig
-from hpo.data import load_dataset, make_folds
+from hpo.data import load_dataset
 from hpo.objective import Objective
 from hpo.storage import open_storage
 from hpo.workers import WORKER_ATTR, counted_below
 from models import train
 from models.programs import ProgramCache
-from models.rule_training import TrainConfig
 from models.sharing import ProgramSharing
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,19 +43,22 @@ LONE_ATTRS = {"fold_scores", "fold_std", "n_params", "curves", "diagnostics", "w
 
 
 @pytest.mark.filterwarnings("ignore:Fixed parameter lr_adam:UserWarning")  # 1e-5: below the range, on purpose
-@pytest.mark.parametrize("fold_strategy", ["vmap", "sequential"])
+@pytest.mark.parametrize("fold_strategy", ["vmap", "sequential", "auto"])
 def test_a_batch_trains_its_trials_as_one_group_and_prunes_each_on_its_own(monkeypatch, fold_strategy):
-    """Three trials of one program shape: one group of three (one program with vmapped runs, or lone trials one
-    after another); the pruner stops the one with a learning rate too small to learn in an epoch, the others
+    """Three trials of one program shape: with vmapped runs one program over the three trials x two folds; with
+    runs one after another (``auto`` undecided on a CPU too) trial by trial in the lone program, each told before
+    the next trains. The pruner stops the one with a learning rate too small to learn in an epoch, the others
     complete with every attribute a lone trial has, and every trial's seconds add up."""
+    monkeypatch.setattr(train, "PROGRAMS", ProgramCache())
+    monkeypatch.setattr(train, "SHARING", ProgramSharing(enabled=False))
     config = StudyConfig(algo="bp", dataset="digits", folds=2, epochs=2, space={**SHARED_SHAPE, "optimizer": "adam"},
                          fold_strategy=fold_strategy)
     objective = Objective(config, load_dataset("digits"))
-    groups = []
+    events = []
     real = objective_module.train_group
 
     def recording(members, *args, **kwargs):
-        groups.append(len(members))
+        events.append(len(members))
         return real(members, *args, **kwargs)
 
     monkeypatch.setattr(objective_module, "train_group", recording)
@@ -67,8 +67,10 @@ def test_a_batch_trains_its_trials_as_one_group_and_prunes_each_on_its_own(monke
         study.enqueue_trial({"lr_adam": lr, "activation": "relu"})
     trials = [study.ask() for _ in range(3)]
     heard = []
-    outcomes = objective.run_batch(trials, lambda i, outcome: heard.append(i))
-    assert groups == [3]  # one group: with vmap one program over the three trials x two folds
+    outcomes = objective.run_batch(trials, lambda i, outcome: (heard.append(i), events.append(f"told {i}")))
+    vmapped = (train.provisional_mapping() if fold_strategy == "auto" else fold_strategy) == "vmap"
+    assert events == ([3, "told 0", "told 1", "told 2"] if vmapped else [1, "told 0", 1, "told 1", 1, "told 2"])
+    assert train.PROGRAMS.built == 1  # the group's program, or the lone trial's for all three
     assert sorted(heard) == [0, 1, 2]
     assert isinstance(outcomes[1], optuna.TrialPruned)
     assert isinstance(outcomes[0], float) and isinstance(outcomes[2], float) and outcomes[0] > 0.3
@@ -81,41 +83,6 @@ def test_a_batch_trains_its_trials_as_one_group_and_prunes_each_on_its_own(monke
         assert t.user_attrs["compile_seconds"] + t.user_attrs["train_seconds"] <= t.user_attrs["wall_seconds"] + 1e-6
     # the batch's seconds add up: each trial's share is recorded, pruned ones too
     assert all({"wall_seconds", "compile_seconds", "train_seconds", "overhead_seconds"} <= set(t.user_attrs) for t in done)
-
-
-def member(config, seed, k=2):
-    """The ``Member`` that ``cross_validate(config, ..., seed=seed)`` trains (the same seeds and batch orders)."""
-    *run_seeds, order_seed = np.random.SeedSequence(seed).spawn(k + 1)
-    return train.Member(config, run_seeds, [np.random.default_rng(order_seed)] * k)
-
-
-@pytest.mark.parametrize("fold_strategy", ["vmap", "sequential", "auto"])
-def test_a_group_is_one_program_where_its_runs_are_vmapped_else_its_members_train_as_lone_trials(
-        monkeypatch, fold_strategy):
-    """A program over members x runs mapped one after another would do a lone trial's work per member, so the
-    members train in the lone program (nothing compiled for the group, results exactly a lone trial's); vmapped
-    runs are one program for the group. ``auto``, undecided, follows the backend's provisional mapping."""
-    monkeypatch.setattr(train, "PROGRAMS", ProgramCache())
-    monkeypatch.setattr(train, "SHARING", ProgramSharing(enabled=False))
-    digits = load_dataset("digits")
-    split = make_folds(digits, 2, 0)
-    data = train.FoldData(jnp.asarray(digits.x_train), jnp.asarray(digits.y_train), split.train_idx,
-                          jnp.asarray(split.val_idx), jnp.asarray(split.val_mask))
-    configs = [TrainConfig(rule="fa", hidden=(16,), learning_rate=lr, epochs=2, batch_size=32) for lr in (3e-3, 1e-2, 3e-2)]
-    together = train.train_group([member(c, s) for c, s in zip(configs, (1, 2, 3))], data, 10, fold_strategy)
-    assert train.PROGRAMS.built == 1
-    alone = [train.train_group([member(c, s)], data, 10, fold_strategy)[0] for c, s in zip(configs, (1, 2, 3))]
-    mapping = train.provisional_mapping() if fold_strategy == "auto" else fold_strategy
-    assert train.PROGRAMS.built == (1 if mapping == "sequential" else 2)  # the lone program: the group's, or its own
-    assert [r.fold_strategy for r in together] == [mapping] * 3
-    for grouped, lone in zip(together, alone):
-        if mapping == "sequential":  # the same program on the same inputs
-            np.testing.assert_array_equal(grouped.curves["val_loss"], lone.curves["val_loss"])
-            np.testing.assert_array_equal(grouped.fold_scores, lone.fold_scores)
-        else:
-            np.testing.assert_allclose(grouped.curves["val_loss"], lone.curves["val_loss"], rtol=1e-4)
-    assert together[0].compile_seconds > 0 and together[1].compile_seconds == (0 if mapping == "sequential" else
-                                                                              together[0].compile_seconds)
 
 
 def test_a_trial_in_a_batch_trains_as_it_would_alone():
