@@ -163,7 +163,7 @@ def sharing_cost(repeats: int) -> list[dict]:
 def batch_gain(repeats: int, size: int = 8) -> list[dict]:
     """``size`` trials of one program shape (FA MLP 784-W-W-10, batch 64, 3 folds x 5 epochs, different learning
     rates): trained one after another as lone trials, and as one group (``--trial-batch``) with vmapped runs (a
-    group whose runs are mapped one after another trains as lone trials); compile excluded, fastest of the
+    study trains a group whose runs are mapped one after another as lone trials); compile excluded, fastest of the
     repeats, interleaved."""
     import numpy as np
 
@@ -185,7 +185,7 @@ def batch_gain(repeats: int, size: int = 8) -> list[dict]:
                                activation_choices=("relu", "tanh"), optimizer_choices=("adam", "sgd"))
                    for i in range(size)]
         strategy = "vmap"
-        train_group([member(configs[0], 0)], data, 10, strategy)  # compile both programs
+        train_group([member(configs[0], 0)], data, 10, strategy)  # compile the lone and the group's program
         train_group([member(c, i) for i, c in enumerate(configs)], data, 10, strategy)
         lone, grouped = [], []
         for _ in range(max(2, repeats)):
@@ -428,7 +428,7 @@ def write(rows: list[dict], warmup: dict, sharing: list[dict], batches: list[dic
         f"{size} trials of one program shape (FA MLP 784-W-W-10, batch 64, 3 folds x 5 epochs, learning rates "
         f"1e-3..{size}e-3), trained one after another as lone trials and as one group (`--trial-batch {size}`) "
         "with vmapped runs; compile excluded, fastest of the repeats, interleaved. (Where runs are mapped one "
-        "after another, a group's members train as lone trials: `models.train.train_group`.)",
+        "after another, a study trains a group's trials as lone trials: `hpo.objective.Objective.programs_of`.)",
         "",
         "| width | runs mapped by | lone trials s | one group s | trials/h gained | load |",
         "|---:|---|---:|---:|---:|---|",

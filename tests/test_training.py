@@ -170,7 +170,7 @@ def test_one_program_for_several_activations_and_optimisers_trains_exactly_as_a_
                                       cross_validate(config, folds, 10, seed=1).fold_scores)
 
 
-@pytest.mark.parametrize("fold_strategy", ["vmap", "sequential"])  # one program over the group; lone trials
+@pytest.mark.parametrize("fold_strategy", ["vmap", "sequential"])  # one program over the group, either mapping
 def test_a_group_trains_each_member_as_alone_and_stops_members_on_their_own(fold_strategy):
     from models.train import Member, train_group
 
