@@ -3,6 +3,7 @@ programs; peak memory; and how trial cost scales with data and width.
 
     python -m benchmarks.study              # full run (about 35 minutes on 2 cores)
     python -m benchmarks.study --before /tmp/before   # and the cold studies in an earlier checkout, side by side
+    python -m benchmarks.study --before /tmp/before --pairs 3   # those pairs three times, interleaved: medians
     python -m benchmarks.study --quick      # 10-trial studies and fewer repeats, to check it works
     python -m benchmarks.study --cnn-study --before /tmp/before   # a whole CNN study here and in an earlier checkout
 
@@ -13,8 +14,10 @@ the space's programs in a background thread while trials train (``--compile-ahea
 wall time: ``train`` and ``compile`` are the sums of the trials' ``train_seconds`` and ``compile_seconds``
 user attributes (every finished trial records them, pruned ones too), ``overhead`` the sum of their
 ``overhead_seconds`` (sampling, initialisation, transfers, storage writes), and ``outside`` the rest of the
-process (start-up, data, the test-score retraining, reports). ``programs`` counts the compiled programs the
-study stored. Writes its tables to ``results/study_benchmarks.md``.
+process (start-up, data, the test-score retraining, reports); ``background`` is the sum of the trials'
+``background_compile_seconds``, compiling done beside training (``hpo.objective.Objective.compiling_ahead``),
+which the other shares do not count. ``programs`` counts the compiled programs the study stored. Writes its
+tables to ``results/study_benchmarks.md``.
 """
 
 from __future__ import annotations
@@ -89,7 +92,8 @@ def study_row(work: Path, label: str, trials: int, cache: Path, extra: list[str]
         return t.user_attrs.get(key, 0.0)
 
     total = {key: sum(seconds(t, key) for t in done)
-             for key in ("train_seconds", "compile_seconds", "overhead_seconds", "wall_seconds", "padding_seconds")}
+             for key in ("train_seconds", "compile_seconds", "overhead_seconds", "wall_seconds", "padding_seconds",
+                         "background_compile_seconds")}
     states = [t.state.name for t in done]
     row = {
         "label": label, "options": " ".join(extra) or "defaults", "trials": len(done), "wall": wall,
@@ -97,26 +101,33 @@ def study_row(work: Path, label: str, trials: int, cache: Path, extra: list[str]
         "compile": total["compile_seconds"] / wall, "overhead": total["overhead_seconds"] / wall,
         "outside": (wall - total["wall_seconds"]) / wall, "complete": states.count("COMPLETE"),
         "padding": total["padding_seconds"] / wall, "shared": sum("shared_program" in t.user_attrs for t in done),
+        "background": total["background_compile_seconds"] / wall,
         "pruned": states.count("PRUNED"), "programs": len(list((cache / "programs").glob("*.programs"))),
         "peak_mb": peak, "best": study.best_value, "load": load(),
     }
     print(f"{label}: {wall:.1f}s, train {row['train']:.0%} (padding {row['padding']:.0%}, {row['shared']} trials in "
           f"larger programs), compile {row['compile']:.0%}, overhead "
-          f"{row['overhead']:.0%}, outside {row['outside']:.0%}, {row['programs']} programs, peak {peak:.0f} MB",
+          f"{row['overhead']:.0%}, outside {row['outside']:.0%} (compiled beside training: {row['background']:.0%}), "
+          f"{row['programs']} programs, peak {peak:.0f} MB",
           flush=True)
     return row
 
 
-def studies(trials_small: int, trials: int, batch: int, before: Path | None = None) -> tuple[list[dict], dict]:
+def studies(trials_small: int, trials: int, batch: int, before: Path | None = None,
+            pairs: int = 1) -> tuple[list[dict], dict]:
+    """The study rows; with ``before``, each cold study runs ``pairs`` times in each checkout, the two in turn
+    (before, after, before, after, ...: a load that comes and goes slows both alike); rows carry their ``repeat``."""
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        if before is not None:  # the cold rows in an earlier checkout too, first, side by side in this run
-            for n in (trials_small, trials):
-                row = study_row(work, f"before-cold-{n}", n, work / f"store-before-{n}", [], before.resolve())
-                rows.append({**row, "commit": commit(before)})
-        rows.append(study_row(work, f"cold-{trials_small}", trials_small, work / "store-a", []))
-        rows.append(study_row(work, f"cold-{trials}", trials, work / "store-b", []))
+        for repeat in range(1, (pairs if before is not None else 1) + 1):
+            for n, store in ((trials_small, "a"), (trials, "b")):
+                if before is not None:
+                    row = study_row(work, f"before-cold-{n}", n, work / f"store-before-{n}-{repeat}", [],
+                                    before.resolve())
+                    rows.append({**row, "commit": commit(before), "repeat": repeat})
+                rows.append({**study_row(work, f"cold-{n}", n, work / f"store-{store}-{repeat}", []),
+                             "repeat": repeat})
         rows.append(study_row(work, f"cold-{trials}-batch{batch}", trials, work / "store-c",
                               ["--trial-batch", str(batch)]))
         # compiling the space's programs in a background thread is off by default on a CPU with few cores
@@ -239,18 +250,20 @@ def main(argv: list[str] | None = None) -> int:
                         help="only the whole CNN study (issue 17): 20 trials, 5 epochs, here and in --before")
     parser.add_argument("--before", type=Path,
                         help="a checkout of an earlier commit to run the cold studies (or the CNN study) in too")
+    parser.add_argument("--pairs", type=int, default=1,
+                        help="with --before: run each cold study this many times in each checkout, in turn")
     args = parser.parse_args(argv)
     if args.cnn_study:
         write_cnn_study(cnn_study(5 if args.quick else 20, args.before), Path("results/cnn_study.md"))
         write_cnn_study_section(Path("results/cnn_study.md"), Path(args.targets))
         return 0
     small, trials, repeats = (5, 10, 1) if args.quick else (20, args.trials, args.repeats)
-    rows, warmup = studies(small, trials, args.batch, args.before)
+    rows, warmup = studies(small, trials, args.batch, args.before, args.pairs)
     sharing = sharing_cost(repeats)
     batches = batch_gain(repeats, args.batch)
     scale = [] if args.quick else scaling(repeats)
     write(rows, warmup, sharing, batches, args.batch, scale, Path(args.output))
-    write_targets(rows, batches, args.batch, Path(args.targets))
+    write_targets(median_rows(rows), batches, args.batch, Path(args.targets))
     return 0
 
 
@@ -367,6 +380,14 @@ def write_targets(rows: list[dict], batches: list[dict], size: int, path: Path) 
     print(f"wrote the targets to {path}")
 
 
+def median_rows(rows: list[dict]) -> list[dict]:
+    """One row per label: the one of median wall time among its repeats (the lower middle of an even count)."""
+    by_label: dict[str, list[dict]] = {}
+    for r in rows:
+        by_label.setdefault(r["label"], []).append(r)
+    return [sorted(group, key=lambda r: r["wall"])[(len(group) - 1) // 2] for group in by_label.values()]
+
+
 def write(rows: list[dict], warmup: dict, sharing: list[dict], batches: list[dict], size: int, scale: list[dict],
           path: Path) -> None:
     lines = [
@@ -379,31 +400,40 @@ def write(rows: list[dict], warmup: dict, sharing: list[dict], batches: list[dic
         "Each row is a fresh process with an empty program store (`warm`: a store filled by `python -m hpo.warmup`, "
         f"which took {warmup['wall']:.0f} s for {warmup['programs']} programs; `ahead`: `--compile-ahead`, the "
         "space's programs compiled in a background thread while trials train, a trial that needs one being "
-        "compiled waiting for it, which its `overhead` counts). Shares are of the process's wall time; `outside` "
+        "compiled waiting for it, which counts as its compile seconds). Shares are of the process's wall time; `outside` "
         "is what no trial accounts for (start-up, data, the test-score retraining, reports).",
         "",
         "`before-*` rows ran in an earlier checkout (its commit below the table), in the same run. `padding`: the "
         "part of the training share that trials trained in a larger (wider or deeper) network's program spent on "
         "its padded units and switched-off layers (`models.sharing`; `in larger`: how many trials did).",
         "",
-        "| run | options | trials | wall s | trials/h | train | (padding) | compile | overhead | outside | programs | "
-        "in larger | complete / pruned | peak MB | best CV | load |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---|",
+        "`background`: compiling done in background threads beside training (start-up trials, asked together: "
+        "`hpo.objective.Objective.compiling_ahead`), not counted in the other shares. `#`: the repeat, where the "
+        "cold studies ran several times in each checkout, in turn.",
+        "",
+        "| run | # | options | trials | wall s | trials/h | train | (padding) | compile | overhead | outside | "
+        "background | programs | in larger | complete / pruned | peak MB | best CV | load |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['label']} | `{r['options']}` | {r['trials']} | {r['wall']:.1f} | {r['trials_per_hour']:.0f} | "
-            f"{r['train']:.0%} | {r['padding']:.0%} | {r['compile']:.0%} | {r['overhead']:.0%} | {r['outside']:.0%} | "
-            f"{r['programs']} | {r['shared']} | {r['complete']} / {r['pruned']} | {r['peak_mb']:.0f} | "
-            f"{r['best']:.4f} | {r['load']} |"
+            f"| {r['label']} | {r.get('repeat', '')} | `{r['options']}` | {r['trials']} | {r['wall']:.1f} | "
+            f"{r['trials_per_hour']:.0f} | {r['train']:.0%} | {r['padding']:.0%} | {r['compile']:.0%} | "
+            f"{r['overhead']:.0%} | {r['outside']:.0%} | {r.get('background', 0.0):.0%} | {r['programs']} | "
+            f"{r['shared']} | {r['complete']} / {r['pruned']} | {r['peak_mb']:.0f} | {r['best']:.4f} | {r['load']} |"
         )
-    befores = [r for r in rows if r["label"].startswith("before-")]
+    befores = [r for r in median_rows(rows) if r["label"].startswith("before-")]
     if befores:
-        lines += ["", f"`before-*`: commit {befores[0]['commit']}."]
+        lines += ["", f"`before-*`: commit {befores[0]['commit']}. Median wall time of each side's repeats:"]
         for r in befores:
-            after = next((a for a in rows if a["label"] == r["label"].removeprefix("before-")), None)
+            label = r["label"].removeprefix("before-")
+            after = next((a for a in median_rows(rows) if a["label"] == label), None)
             if after is not None:
-                lines.append(f"- {after['label']}: wall x{after['wall'] / r['wall']:.2f} of before, trials per hour "
+                walls = {side: [x["wall"] for x in rows if x["label"] == name]
+                         for side, name in (("before", r["label"]), ("after", label))}
+                lines.append(f"- {label}: wall x{after['wall'] / r['wall']:.2f} of before (before "
+                             f"{', '.join(f'{w:.1f}' for w in walls['before'])} s; after "
+                             f"{', '.join(f'{w:.1f}' for w in walls['after'])} s), trials per hour "
                              f"x{after['trials_per_hour'] / r['trials_per_hour']:.2f}, compile "
                              f"{r['compile']:.0%} -> {after['compile']:.0%}, programs {r['programs']} -> "
                              f"{after['programs']}.")

@@ -274,7 +274,7 @@ def _run_study(
             try:
                 run_trials(
                     study, storage, config.storage, objective, config.trials, out, on_trial,
-                    None if busy else company, len(trials), batch=config.trial_batch,
+                    None if busy else company, len(trials), batch=config.trial_batch, startup=objective.startup,
                 )
             finally:
                 if ahead is not None:

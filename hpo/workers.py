@@ -248,12 +248,18 @@ def run_trials(
     seeded_at: int = 0,
     poll_seconds: float = POLL_SECONDS,
     batch: int = 1,
+    startup: int = 0,
 ) -> None:
     """Run trials of ``study`` until it holds ``total`` finished trials (see the module docstring).
 
     ``batch > 1`` asks that many trials at a time (the sampler's constant liar keeps them apart) and runs them
     with ``objective.run_batch`` (trials that share programs train as one compiled program); ``objective`` is
-    then an ``hpo.objective.Objective``, else any callable of a trial.
+    then an ``hpo.objective.Objective``, else any callable of a trial. So are the sampler's random start-up trials,
+    the trials numbered below ``startup`` (0: none; ``objective`` is then an ``Objective``): a worker asks on until
+    it holds every start-up trial not yet asked, and runs them as one batch, whose programs compile in background
+    threads while its first trials train (``Objective.compiling_ahead``). Their parameters do not depend on any
+    result, so asking them together changes nothing in them; several workers share them out, each asking one at
+    a time.
 
     ``on_company`` is called once, before sampling, when this worker first sees a trial numbered from
     ``seeded_at`` (the trial count when the caller chose its sampler seed) that another worker created: the
@@ -287,10 +293,12 @@ def run_trials(
             continue
         waiting_said = False
         # A batch asks no more trials than the study still needs (the exact-total rule fails any surplus anyway).
-        wanted = max(1, min(batch, total - finished - len(running)))
+        room = max(1, total - finished - len(running))
         with contextlib.ExitStack() as beats:
             asked = []
-            for _ in range(wanted):
+            n_asked = 0
+            while n_asked < room and (n_asked < batch or asked and asked[-1].number + 1 < startup):
+                n_asked += 1
                 with warnings.catch_warnings():
                     # Optuna warns that heartbeats expect study.optimize; this loop records them itself (``heartbeat``).
                     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed", category=UserWarning)
@@ -307,11 +315,12 @@ def run_trials(
                     study.tell(trial, state=TrialState.FAIL)
                     continue
                 asked.append(trial)
-            if batch == 1:
+            alone = batch == 1 and len(asked) <= 1
+            if alone:
                 told = [run_one(study, trial, objective) for trial in asked]
             else:
                 told = run_batch(study, asked, objective, lambda frozen: on_trial(study, frozen))
-        if batch == 1:
+        if alone:
             for frozen in told:
                 on_trial(study, frozen)
 

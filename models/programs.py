@@ -89,7 +89,8 @@ def _deserialise(data: bytes) -> tuple:
 
 
 class ProgramCache:
-    """``get(key, build)`` returns ``(programs, seconds spent building or loading them)``; 0.0 on a memory hit.
+    """``get(key, build)`` returns ``(programs, seconds spent building, loading or waiting for them)``; 0.0 on a
+    memory hit.
 
     ``key`` must be hashable and its ``repr`` stable across processes (it names the file on disk). Values are
     NamedTuples of compiled executables (``jax.stages.Compiled``). Safe to use from several threads: a key being
@@ -115,24 +116,28 @@ class ProgramCache:
         return self.directory / f"{name}.programs"
 
     def __contains__(self, key: Any) -> bool:
+        """Whether ``key``'s programs are in memory, on disk or being built now (by another thread: ``get`` waits
+        for them rather than building them again)."""
         with self._lock:
-            if key in self._entries:
+            if key in self._entries or key in self._building:
                 return True
         path = self._path(key)
         return path is not None and path.is_file()
 
     def get(self, key: Any, build: Callable[[], Any]) -> tuple[Any, float]:
+        asked, waited = time.perf_counter(), False
         while True:
             with self._lock:
                 if key in self._entries:
                     self._entries.move_to_end(key)
-                    return self._entries[key], 0.0
+                    # built by another thread while this one waited: seconds the caller spent on compiling all the same
+                    return self._entries[key], time.perf_counter() - asked if waited else 0.0
                 pending = self._building.get(key)
                 if pending is None:
                     self._building[key] = threading.Event()
                     break
             pending.wait()  # another thread builds it; then it is in memory (or its build failed: try again)
-        start = time.perf_counter()
+            waited = True
         try:
             value = self._load(key)
             if value is None:
@@ -141,7 +146,7 @@ class ProgramCache:
                 self._store(key, value)
             else:
                 self.loaded_from_disk += 1
-            seconds = time.perf_counter() - start
+            seconds = time.perf_counter() - asked
             with self._lock:
                 self._entries[key] = value
                 while len(self._entries) > self.max_entries:
@@ -220,6 +225,17 @@ class ProgramCache:
         finally:
             with self._lock:
                 self._deciding.pop(name).set()
+
+    def wait_for_measurements(self) -> None:
+        """Return once no decision is being measured in this process: a compilation started beside timed epochs
+        would slow them, and the decision with them (``precompile`` waits here before compiling)."""
+        while True:
+            with self._lock:
+                pending = list(self._deciding.values())
+            if not pending:
+                return
+            for event in pending:
+                event.wait()
 
     # What a decision not made yet would be worth: the seconds programs of its kind trained, and what compiling
     # one cost, counted by every process with this store (``<directory>/training.json``, merged as decisions are)

@@ -173,7 +173,8 @@ class CVResult:
 class Timing:
     """Where a training's seconds went, kept up to date while it runs (so a stopped training has them too)."""
 
-    compile_seconds: float = 0.0  # tracing and compiling programs (0 when they were reused)
+    compile_seconds: float = 0.0  # tracing and compiling programs, or waiting for them (0 when they were reused)
+    background_compile_seconds: float = 0.0  # compiling its programs in a background thread, while others trained
     train_seconds: float = 0.0  # running the compiled epochs, including the per-epoch transfer of metrics
     padding_seconds: float = 0.0  # of train_seconds, about how many a wider program's padding took (models.sharing)
     shared_program: str = ""  # the wider network's program it trained in (models.sharing); "" in its own
@@ -655,7 +656,9 @@ def precompile(
 
     An ``auto`` fold strategy whose decision is due (``decide_fold_strategy``) is left to the trial that meets
     it: measured here, beside a training trial (the compile-ahead thread), its timings would be unfair; so
-    nothing is compiled then (0 seconds)."""
+    nothing is compiled then (0 seconds). For the same reason nothing starts compiling while this process
+    measures a decision."""
+    PROGRAMS.wait_for_measurements()
     k = data.train_idx.shape[0]
     member = Member(config, np.random.SeedSequence(0).spawn(k), [np.random.default_rng(0)] * k)
     group = _setup_group([member] * members, data, out_features, fold_strategy, evals_per_epoch, diagnostics)

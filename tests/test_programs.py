@@ -65,3 +65,32 @@ def test_warmup_compiles_every_program_of_a_space_and_the_study_compiles_none_of
     assert study.returncode == 0, study.stderr
     added = set((tmp_path / "cache" / "programs").glob("*.programs")) - stored
     assert len(added) == 1  # only the retraining of the best configuration (one run on the whole training split)
+
+
+def test_a_program_being_built_is_in_the_cache_and_its_waiters_count_the_wait():
+    """A second thread asking for a program another thread is building waits for it (not building it twice),
+    counts the seconds it waited as what the program cost it, and sees the program as present meanwhile."""
+    import threading
+
+    from models.programs import ProgramCache
+
+    cache = ProgramCache()
+    building, release = threading.Event(), threading.Event()
+    builds = []
+
+    def slow_build():
+        builds.append(threading.current_thread().name)
+        building.set()
+        release.wait(10)
+        return ("program",)
+
+    builder = threading.Thread(target=cache.get, args=("key", slow_build), name="builder")
+    builder.start()
+    assert building.wait(10)
+    assert "key" in cache and "other" not in cache
+    threading.Timer(0.3, release.set).start()
+    value, seconds = cache.get("key", lambda: pytest.fail("built twice"))
+    builder.join()
+    assert value == ("program",) and builds == ["builder"] and cache.built == 1
+    assert seconds >= 0.25
+    assert cache.get("key", lambda: pytest.fail("built twice")) == (("program",), 0.0)  # in memory: nothing waited

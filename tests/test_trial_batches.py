@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -21,7 +22,8 @@ from hpo.config import StudyConfig
 from hpo.data import load_dataset
 from hpo.objective import Objective
 from hpo.storage import open_storage
-from hpo.workers import WORKER_ATTR, counted_below
+from hpo.study import make_sampler
+from hpo.workers import WORKER_ATTR, counted_below, run_trials
 from models import train
 from models.programs import ProgramCache
 from models.sharing import ProgramSharing
@@ -99,6 +101,80 @@ def test_a_trial_in_a_batch_trains_as_it_would_alone():
         alone.enqueue_trial(p)
         lone.append(Objective(config, dataset)(alone.ask()))
     assert batch == pytest.approx(lone, abs=1e-6)  # same trial numbers, same seeds: the same networks
+
+
+TWO_SHAPES = {"depth": 1, "width": [16, 32], "batch_size": [64], "optimizer": "adam", "activation": "relu"}
+
+
+def test_a_later_groups_program_compiles_in_the_background_while_the_first_group_trains(monkeypatch):
+    """Two trials of two program shapes: the second's program compiles in a background thread while the first
+    trains (its first epoch waits until that compilation has begun, so a batch that compiled in turn would not
+    get past it), each trial counts the seconds it waited for its program as compile seconds and the thread's
+    as ``background_compile_seconds``, and both train as they would alone."""
+    monkeypatch.setattr(train, "PROGRAMS", ProgramCache())
+    monkeypatch.setattr(train, "SHARING", ProgramSharing(enabled=False))
+    config = StudyConfig(algo="bp", dataset="digits", folds=2, epochs=2, space=TWO_SHAPES, fold_strategy="sequential")
+    dataset = load_dataset("digits")
+    compiled_by: dict[int, str] = {}
+    second_compiling = threading.Event()
+    real_compile = train._compile_epoch
+
+    def recording_compile(family, spec, *args, **kwargs):
+        width = spec.config.hidden[0]
+        compiled_by[width] = threading.current_thread().name
+        if width == 32:
+            second_compiling.set()
+        return real_compile(family, spec, *args, **kwargs)
+
+    monkeypatch.setattr(train, "_compile_epoch", recording_compile)
+    objective = Objective(config, dataset)
+    waited = []
+    objective.on_epoch = lambda number, *_: waited.append(second_compiling.wait(20)) if number == 0 else None
+    study = optuna.create_study(direction="maximize")
+    for width in (16, 32):
+        study.enqueue_trial({"width": width, "lr_adam": 3e-3})
+    trials = [study.ask() for _ in range(2)]
+    together = objective.run_batch(trials)
+    assert waited and all(waited)  # the first trial trained while the second's program compiled
+    assert set(compiled_by) == {16, 32} and all(name.startswith("compile") for name in compiled_by.values())
+    assert train.PROGRAMS.built == 2
+    for trial in trials:
+        seconds = study._storage.get_trial(trial._trial_id).user_attrs
+        assert seconds["background_compile_seconds"] > 0
+        assert seconds["compile_seconds"] + seconds["train_seconds"] <= seconds["wall_seconds"] + 1e-6
+    alone = optuna.create_study(direction="maximize")
+    lone = []
+    for width in (16, 32):
+        alone.enqueue_trial({"width": width, "lr_adam": 3e-3})
+        lone.append(Objective(config, dataset)(alone.ask()))
+    assert together == pytest.approx(lone, abs=1e-6)
+
+
+def test_startup_trials_are_asked_together_and_sample_what_they_would_alone(tmp_path, monkeypatch):
+    """A worker asks the study's random start-up trials as one batch (then one trial at a time): their
+    parameters, seeds and scores are those of a study that asks them one by one, on a real storage."""
+    monkeypatch.setattr(train, "SHARING", ProgramSharing(enabled=False))
+    config = StudyConfig(algo="bp", dataset="digits", folds=2, epochs=1, space={**TWO_SHAPES, "width": [16, 32]},
+                         fold_strategy="sequential", pruner="none")
+    dataset = load_dataset("digits")
+    runs = {}
+    for startup in (0, 3):
+        storage = open_storage(str(tmp_path / f"startup-{startup}.journal"))
+        study = optuna.create_study(storage=storage, study_name=STUDY, direction="maximize",
+                                    sampler=make_sampler(config))
+        objective = Objective(config, dataset)
+        batches = []
+
+        def counting(trials, *args, real=objective.run_batch, sizes=batches, **kwargs):
+            sizes.append(len(trials))
+            return real(trials, *args, **kwargs)
+
+        objective.run_batch = counting
+        run_trials(study, storage, str(tmp_path), objective, 4, lambda line: None, lambda *a: None, startup=startup)
+        runs[startup] = [(t.number, t.params, t.value) for t in study.get_trials()]
+        assert batches == ([3, 1] if startup else [1, 1, 1, 1])  # the start-up trials together, then one at a time
+    assert runs[3] == runs[0]
+    assert len({params["width"] for _, params, _ in runs[3]}) == 2
 
 
 # ----------------------------------------------------------------------------------------------------------
