@@ -25,6 +25,7 @@ from models.train import (
     FoldData,
     Member,
     Timing,
+    could_host,
     group_key,
     group_mapping,
     precompile,
@@ -72,6 +73,7 @@ class Objective:
         )
         check_evaluation_points(config, dataset, folds)
         self.startup = startup_length(config)
+        self.compiles_ahead = compiles_ahead(config)  # a batch's later programs compile while earlier ones train
 
     def __call__(self, trial: optuna.Trial) -> float:
         """Run one trial: sample its configuration, cross-validate it, record what happened; its value."""
@@ -115,8 +117,9 @@ class Objective:
                 continue
             walls[i] += time.perf_counter() - start
             groups.setdefault(planned.key, []).append((i, planned))
-        parts = [part for group in groups.values() for part in self.programs_of(group)]
-        with self.compiling_ahead(parts, timings) as compiled_ahead:
+        ordered, hostable = training_order(groups)
+        parts = [part for group in ordered for part in self.programs_of(group)]
+        with self.compiling_ahead(parts, timings, hostable) as compiled_ahead:
             for j, part in enumerate(parts):
                 start = time.perf_counter()
                 counted = [timings[i].compile_seconds + timings[i].train_seconds for i, _ in part]
@@ -144,18 +147,22 @@ class Objective:
 
     @contextlib.contextmanager
     def compiling_ahead(
-        self, parts: list[list[tuple[int, PlannedTrial]]], timings: list[Timing]
+        self, parts: list[list[tuple[int, PlannedTrial]]], timings: list[Timing], hostable: set[Hashable] = frozenset()
     ) -> Iterator[Callable[[int], float]]:
         """While a batch's parts train one after another, the programs of its groups compile in background
-        threads, in the order they will train (``compile_threads`` of them). Yields ``compiled_ahead(j)``, which
-        part ``j`` calls before it trains: it waits for the part's program if a thread is compiling it (else
-        cancels that work: the part compiles for itself, as a lone trial does) and returns the seconds it
-        waited, which are the part's compile seconds; the thread's own seconds are the part's trials'
-        ``background_compile_seconds``. A batch of one group (every part in one program) compiles as it trains."""
+        threads, in the order they will train (``compile_threads`` of them), except those of ``hostable`` groups,
+        which may train in a larger group's program: they decide as they train, once the larger one has trained
+        and its cost is known (``models.sharing``). Yields ``compiled_ahead(j)``, which part ``j`` calls before
+        it trains: it waits for the part's program if a thread is compiling it (else cancels that work: the
+        part compiles for itself, as a lone trial does) and returns the seconds it waited, which are the part's
+        compile seconds; the thread's own seconds are the part's trials' ``background_compile_seconds``. A
+        batch of one group (every part in one program), or a study that does not compile ahead
+        (``compiles_ahead``), compiles as it trains."""
         firsts: dict[Hashable, int] = {}  # a group's first part, which meets the group's program first
         for j, part in enumerate(parts):
-            firsts.setdefault(part[0][1].key, j)
-        if len(firsts) < 2:
+            if part[0][1].key not in hostable:
+                firsts.setdefault(part[0][1].key, j)
+        if len(firsts) < 2 or not self.compiles_ahead:
             yield lambda j: 0.0
             return
         pool = ThreadPoolExecutor(max_workers=min(len(firsts), compile_threads()), thread_name_prefix="compile")
@@ -260,9 +267,44 @@ def record_timing(trial: optuna.Trial, wall_seconds: float, timing: Timing) -> N
         trial.set_user_attr("shared_program", timing.shared_program)
 
 
+def training_order(groups: dict[Hashable, list]) -> tuple[list[list], set[Hashable]]:
+    """A batch's groups in the order they train, every group that could host another's networks in its program
+    (``models.train.could_host``) before them, and the keys of the groups that another could host. So a
+    narrower network meets its host trained, with the cost of padding into it measured (``models.sharing``)."""
+    family = {key: group[0][1].member.config.family for key, group in groups.items()}
+    hostable = {key for key in groups if any(could_host(host, key, family[key]) for host in groups)}
+    remaining, ordered = list(groups), []
+    while remaining:  # hosting is a partial order (a host is larger everywhere): take a group none left can host
+        key = next(k for k in remaining if not any(could_host(h, k, family[k]) for h in remaining))
+        remaining.remove(key)
+        ordered.append(groups[key])
+    return ordered, hostable
+
+
+COMPILE_AHEAD_MIN_CORES = 4  # CPU cores from which compiling ahead leaves training cores of its own
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def compiles_ahead(config: StudyConfig) -> bool:
+    """Whether programs compile in the background while trials train (the programs of a batch's later groups,
+    start-up trials asked together, and the space's, ``hpo.precompile``): where cores are free for it (a GPU
+    trains while the CPU compiles; a CPU of at least ``COMPILE_AHEAD_MIN_CORES`` cores), unless
+    ``--compile-ahead``/``--no-compile-ahead`` says otherwise. On 2 cores XLA's compiler already takes about
+    1.6 of them, so compiling beside training slows training as much as it hides compiling
+    (``benchmarks/study.py`` measures both)."""
+    if config.compile_ahead is not None:
+        return config.compile_ahead
+    import jax
+
+    return jax.default_backend() != "cpu" or usable_cores() >= COMPILE_AHEAD_MIN_CORES
+
+
 def compile_threads() -> int:
     """Threads that compile a batch's programs in the background: one per two cores this process may use. XLA
     compiles one program on about 1.6 cores of a CPU (measured: 2.7 CPU seconds in 1.7 s), so on 2 cores two
     programs compiled at once take as long as one after the other; the cores of a GPU host compile many."""
-    cores = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
-    return max(1, len(cores) // 2)
+    return max(1, usable_cores() // 2)

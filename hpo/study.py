@@ -23,7 +23,7 @@ from hpo.files import study_folder
 from hpo.heldout import TEST_ATTR, read_heldout, retrain_and_score
 from hpo.interrupts import exit_code_of, exit_now, handle_interrupts
 from hpo.launcher import run_local_workers
-from hpo.objective import Objective
+from hpo.objective import Objective, compiles_ahead
 from hpo.population import (
     STARTING_POINT_ATTR,
     SparingHyperbandPruner,
@@ -41,7 +41,6 @@ from hpo.trackers import make_tracker
 from hpo.workers import run_trials, sampler_seed
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # states that count towards --trials
-COMPILE_AHEAD_MIN_CORES = 4  # CPU cores from which compiling ahead leaves training a core of its own
 MODEL_FILE = "best-model.msgpack"  # the retrained best network, in the study's results folder (models.saved)
 STUDY_ATTRS = ("dataset", "model", "algo", "folds", "epochs", "seed")  # fixed when a study is created
 
@@ -63,18 +62,6 @@ def configure_jax(cache_dir: str | None) -> None:
     jax.config.update("jax_enable_compilation_cache", False)
     path = cache_dir or os.environ.get("HPO_JAX_CACHE") or str(Path.home() / ".cache" / "bioplausible-hpo" / "jax")
     PROGRAMS.directory = None if path.lower() == "none" else Path(path) / "programs"
-
-
-def compiles_ahead(config: StudyConfig) -> bool:
-    """Whether to compile the space's programs in the background while trials train: where a core is free for it
-    (a GPU trains while the CPU compiles; a CPU with more than ``COMPILE_AHEAD_MIN_CORES`` cores), unless
-    ``--compile-ahead``/``--no-compile-ahead`` says otherwise. On 2 cores it competes with training itself
-    (``benchmarks/study.py`` measures both)."""
-    if config.compile_ahead is not None:
-        return config.compile_ahead
-    import jax
-
-    return jax.default_backend() != "cpu" or (os.cpu_count() or 1) >= COMPILE_AHEAD_MIN_CORES
 
 
 def make_sampler(config: StudyConfig, seed: int | None = None) -> optuna.samplers.BaseSampler:
@@ -274,7 +261,8 @@ def _run_study(
             try:
                 run_trials(
                     study, storage, config.storage, objective, config.trials, out, on_trial,
-                    None if busy else company, len(trials), batch=config.trial_batch, startup=objective.startup,
+                    None if busy else company, len(trials), batch=config.trial_batch,
+                    startup=objective.startup if objective.compiles_ahead else 0,
                 )
             finally:
                 if ahead is not None:

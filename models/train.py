@@ -607,6 +607,13 @@ def group_key(config: Any, data: FoldData, out_features: int) -> Hashable:
     return family.name, spec, family.batch_size(config), family.epochs(config)
 
 
+def could_host(host: Hashable, key: Hashable, family: ModelFamily) -> bool:
+    """Whether the networks of group ``key`` (``group_key``) could train in the program of group ``host``'s, a
+    larger network's (``models.sharing``; whether they will is decided as they train, ``ProgramSharing.choose``)."""
+    return (SHARING.enabled and host != key and host[0] == key[0] and host[2:] == key[2:]
+            and family.hosting(host[1], key[1]) is not None)
+
+
 class _Group(NamedTuple):
     """What a group's programs are compiled for: its family, plan and spec, and its first epoch's arguments."""
 

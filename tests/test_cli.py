@@ -11,6 +11,7 @@ import optuna
 import pytest
 
 from hpo.run import main
+from hpo.storage import open_storage
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--dataset", "digits", "--epochs", "1", "--folds", "2"]
@@ -190,3 +191,21 @@ def test_a_study_that_ends_while_programs_compile_ahead_exits_cleanly(tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     assert "terminate" not in run.stderr
     assert len(list((cache / "programs").glob("*.programs"))) >= 2  # the trial's, the test retraining's, ahead ones
+
+
+def test_compiling_ahead_asks_the_start_up_trials_together(tmp_path):
+    """With ``--compile-ahead`` a study asks its random start-up trials as one batch: every one has started
+    before the first ends, and a later shape's program compiled in the background while an earlier one trained."""
+    space = tmp_path / "space.toml"
+    space.write_text("[space]\ndepth = 1\nwidth = 16\nbatch_size = [32, 64, 128]\n")  # no shape hosts another
+    storage = tmp_path / "s.journal"
+    run = run_cli("--algo", "bp", "--trials", "3", *TINY, "--storage", str(storage), "--results-dir",
+                  str(tmp_path / "results"), "--cache-dir", str(tmp_path / "cache"), "--space", str(space),
+                  "--test-seeds", "1", "--compile-ahead", "--no-diagnostics")
+    assert run.returncode == 0, run.stderr[-2000:]
+    (study,) = optuna.get_all_study_summaries(open_storage(str(storage), create=False))
+    trials = optuna.load_study(study_name=study.study_name, storage=open_storage(str(storage))).get_trials()
+    assert len(trials) == 3 and all(t.user_attrs.get("startup") for t in trials)
+    assert max(t.datetime_start for t in trials) < min(t.datetime_complete for t in trials)
+    assert len({t.params["batch_size"] for t in trials}) > 1  # the seed's draws: two shapes at least
+    assert any(t.user_attrs.get("background_compile_seconds", 0) > 0 for t in trials)

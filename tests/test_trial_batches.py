@@ -106,14 +106,17 @@ def test_a_trial_in_a_batch_trains_as_it_would_alone():
 TWO_SHAPES = {"depth": 1, "width": [16, 32], "batch_size": [64], "optimizer": "adam", "activation": "relu"}
 
 
-def test_a_later_groups_program_compiles_in_the_background_while_the_first_group_trains(monkeypatch):
-    """Two trials of two program shapes: the second's program compiles in a background thread while the first
-    trains (its first epoch waits until that compilation has begun, so a batch that compiled in turn would not
-    get past it), each trial counts the seconds it waited for its program as compile seconds and the thread's
-    as ``background_compile_seconds``, and both train as they would alone."""
+@pytest.mark.parametrize("ahead", [True, False])
+def test_a_later_groups_program_compiles_in_the_background_while_the_first_group_trains(monkeypatch, ahead):
+    """Two trials of two program shapes, compiling ahead: the second's program compiles in a background thread
+    while the first trains (its first epoch waits until that compilation has begun, so a batch that compiled in
+    turn would not get past it), each trial counts the seconds it waited for its program as compile seconds and
+    the thread's as ``background_compile_seconds``, and both train as they would alone. Not compiling ahead
+    (``--no-compile-ahead``, and the default on a small CPU), each compiles in turn as it trains."""
     monkeypatch.setattr(train, "PROGRAMS", ProgramCache())
     monkeypatch.setattr(train, "SHARING", ProgramSharing(enabled=False))
-    config = StudyConfig(algo="bp", dataset="digits", folds=2, epochs=2, space=TWO_SHAPES, fold_strategy="sequential")
+    config = StudyConfig(algo="bp", dataset="digits", folds=2, epochs=2, space=TWO_SHAPES, fold_strategy="sequential",
+                         compile_ahead=ahead)
     dataset = load_dataset("digits")
     compiled_by: dict[int, str] = {}
     second_compiling = threading.Event()
@@ -129,25 +132,63 @@ def test_a_later_groups_program_compiles_in_the_background_while_the_first_group
     monkeypatch.setattr(train, "_compile_epoch", recording_compile)
     objective = Objective(config, dataset)
     waited = []
-    objective.on_epoch = lambda number, *_: waited.append(second_compiling.wait(20)) if number == 0 else None
+    if ahead:
+        objective.on_epoch = lambda number, *_: waited.append(second_compiling.wait(20)) if number == 0 else None
     study = optuna.create_study(direction="maximize")
     for width in (16, 32):
         study.enqueue_trial({"width": width, "lr_adam": 3e-3})
     trials = [study.ask() for _ in range(2)]
     together = objective.run_batch(trials)
-    assert waited and all(waited)  # the first trial trained while the second's program compiled
-    assert set(compiled_by) == {16, 32} and all(name.startswith("compile") for name in compiled_by.values())
-    assert train.PROGRAMS.built == 2
+    assert train.PROGRAMS.built == 2 and set(compiled_by) == {16, 32}
     for trial in trials:
         seconds = study._storage.get_trial(trial._trial_id).user_attrs
-        assert seconds["background_compile_seconds"] > 0
         assert seconds["compile_seconds"] + seconds["train_seconds"] <= seconds["wall_seconds"] + 1e-6
+        assert ("background_compile_seconds" in seconds) == ahead
+    if ahead:
+        assert waited and all(waited)  # the first trial trained while the second's program compiled
+        assert all(name.startswith("compile") for name in compiled_by.values())
+    else:
+        assert set(compiled_by.values()) == {threading.main_thread().name}
     alone = optuna.create_study(direction="maximize")
     lone = []
     for width in (16, 32):
         alone.enqueue_trial({"width": width, "lr_adam": 3e-3})
         lone.append(Objective(config, dataset)(alone.ask()))
     assert together == pytest.approx(lone, abs=1e-6)
+
+
+def test_a_narrower_group_trains_after_the_group_that_can_host_it_and_in_its_program(monkeypatch):
+    """A batch of a one-layer network of 16 and a two-layer one of 32 at batch size 64, and a one-layer one at
+    32: the larger at 64 trains before the narrower, its program and the other batch size's compiled ahead; the
+    narrower one's program is not compiled ahead but decided as it trains, once the larger has trained: on
+    digits padding into it costs far less than a compilation, so it trains in the larger program
+    (``models.sharing``) and the batch compiles two programs."""
+    monkeypatch.setattr(train, "PROGRAMS", ProgramCache())
+    monkeypatch.setattr(train, "SHARING", ProgramSharing())
+    space = {**TWO_SHAPES, "depth": {"low": 1, "high": 2}, "batch_size": [32, 64]}
+    config = StudyConfig(algo="bp", dataset="digits", folds=2, epochs=2, space=space, fold_strategy="sequential",
+                         compile_ahead=True)
+    objective = Objective(config, load_dataset("digits"))
+    trained = []
+    real = objective_module.train_group
+
+    def recording(members, *args, **kwargs):
+        trained.append((members[0].config.hidden, members[0].config.batch_size))
+        return real(members, *args, **kwargs)
+
+    monkeypatch.setattr(objective_module, "train_group", recording)
+    study = optuna.create_study(direction="maximize")
+    for depth, width, batch_size in ((1, 16, 64), (1, 16, 32), (2, 32, 64)):
+        study.enqueue_trial({"depth": depth, "width": width, "batch_size": batch_size, "lr_adam": 3e-3})
+    trials = [study.ask() for _ in range(3)]
+    outcomes = objective.run_batch(trials)
+    assert all(isinstance(outcome, float) for outcome in outcomes)
+    assert trained.index(((32, 32), 64)) < trained.index(((16,), 64)) and len(trained) == 3
+    attrs = [study._storage.get_trial(t._trial_id).user_attrs for t in trials]
+    assert attrs[0]["shared_program"] == "hidden (16,) in the program of (32, 32)"
+    assert "background_compile_seconds" not in attrs[0]
+    assert all("shared_program" not in a and a["background_compile_seconds"] > 0 for a in attrs[1:])
+    assert train.PROGRAMS.built == 2
 
 
 def test_startup_trials_are_asked_together_and_sample_what_they_would_alone(tmp_path, monkeypatch):
