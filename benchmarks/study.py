@@ -74,14 +74,17 @@ def run_process(args: list[str], cwd: Path = ROOT) -> tuple[float, float]:
     return wall, usage.ru_maxrss / 1024
 
 
-def study_row(work: Path, label: str, trials: int, cache: Path, extra: list[str], cwd: Path = ROOT) -> dict:
-    """One fresh ``hpo.run --algo fa`` process (``extra`` adds options) run in checkout ``cwd``, and where its
-    time went. A trial without ``wall_seconds`` (a checkout from before it was recorded) counts its start-to-end
-    time."""
-    storage = work / f"{label}.journal"
+def study_row(work: Path, label: str, trials: int, cache: Path, extra: list[str], cwd: Path = ROOT,
+              repeat: int = 1) -> dict:
+    """One fresh ``hpo.run --algo fa`` process (``extra`` adds options) run in checkout ``cwd`` on a new study
+    (its own storage per ``label`` and ``repeat``), and where its time went. A trial without ``wall_seconds`` (a
+    checkout from before it was recorded) counts its start-to-end time."""
+    storage = work / f"{label}-{repeat}.journal"
+    if storage.exists():
+        raise RuntimeError(f"{storage} exists: a study row must start a new study")
     name = f"bench-{label}"
     wall, peak = run_process(["hpo.run", "--algo", "fa", "--trials", str(trials), "--storage", str(storage),
-                              "--study-name", name, "--results-dir", str(work / f"results-{label}"),
+                              "--study-name", name, "--results-dir", str(work / f"results-{label}-{repeat}"),
                               "--cache-dir", str(cache), *extra], cwd)
     study = optuna.load_study(study_name=name, storage=open_storage(str(storage)))
     done = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
@@ -124,9 +127,9 @@ def studies(trials_small: int, trials: int, batch: int, before: Path | None = No
             for n, store in ((trials_small, "a"), (trials, "b")):
                 if before is not None:
                     row = study_row(work, f"before-cold-{n}", n, work / f"store-before-{n}-{repeat}", [],
-                                    before.resolve())
+                                    before.resolve(), repeat)
                     rows.append({**row, "commit": commit(before), "repeat": repeat})
-                rows.append({**study_row(work, f"cold-{n}", n, work / f"store-{store}-{repeat}", []),
+                rows.append({**study_row(work, f"cold-{n}", n, work / f"store-{store}-{repeat}", [], ROOT, repeat),
                              "repeat": repeat})
         rows.append(study_row(work, f"cold-{trials}-batch{batch}", trials, work / "store-c",
                               ["--trial-batch", str(batch)]))

@@ -61,8 +61,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--test-seeds", type=int, help="seeds the best configuration is retrained with on the whole training split "
         "and scored on the test split: mean, std and 95%% CI over them (default 5)")
     add("--compile-ahead", action=argparse.BooleanOptionalAction, default=None,
-        help="compile the search space's programs in a background thread while trials train (default: on a GPU, "
-        "or a CPU with 4 or more cores)")
+        help="compile while trials train: start-up trials asked together, a batch's later programs and the search "
+        "space's compiled in background threads (default: on a GPU, or a CPU with 4 or more cores)")
     add("--trial-batch", type=int, help="trials each worker runs at once: those that share programs train as one "
         "group (one compiled program over trials x folds where runs are vmapped, else lone trials in turn), each "
         "reported and pruned on its own (default 1)")
