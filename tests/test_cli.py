@@ -180,32 +180,25 @@ def test_bad_test_seeds_is_one_line(tmp_path, capsys):
     assert capsys.readouterr().err == "error: --test-seeds must be an integer >= 1, got 0\n"
 
 
-def test_a_study_that_ends_while_programs_compile_ahead_exits_cleanly(tmp_path):
-    """``--compile-ahead`` compiles the space's programs in a background thread; a one-trial study ends while it
-    still compiles, and the process must stop it and wait (a thread killed inside XLA at exit aborts the
-    process, after the results, with ``terminate called ...``)."""
-    cache = tmp_path / "cache"
-    run = run_cli("--algo", "fa", "--trials", "1", *TINY, "--storage", str(tmp_path / "s.journal"), "--results-dir",
-                  str(tmp_path / "results"), "--cache-dir", str(cache), "--test-seeds", "1", "--no-diagnostics",
-                  "--compile-ahead")
-    assert run.returncode == 0, run.stderr[-2000:]
-    assert "terminate" not in run.stderr
-    assert len(list((cache / "programs").glob("*.programs"))) >= 2  # the trial's, the test retraining's, ahead ones
-
-
-def test_compiling_ahead_asks_the_start_up_trials_together(tmp_path):
+def test_compiling_ahead_asks_the_start_up_trials_together_and_the_study_exits_cleanly(tmp_path):
     """With ``--compile-ahead`` a study asks its random start-up trials as one batch: every one has started
-    before the first ends, and a later shape's program compiled in the background while an earlier one trained."""
+    before the first ends, and a later shape's program compiled in the background while an earlier one trained.
+    A thread also compiles the space's programs; the study ends while it still compiles, and the process must
+    stop it and wait (a thread killed inside XLA at exit aborts the process, after the results, with
+    ``terminate called ...``)."""
     space = tmp_path / "space.toml"
-    space.write_text("[space]\ndepth = 1\nwidth = 16\nbatch_size = [32, 64, 128]\n")  # no shape hosts another
-    storage = tmp_path / "s.journal"
+    # 12 programs, more than the study ends before compiling; a shape hosts only narrower ones of its batch size
+    space.write_text("[space]\ndepth = 1\nwidth = [16, 24, 32, 48]\nbatch_size = [32, 64, 128]\n")
+    storage, cache = tmp_path / "s.journal", tmp_path / "cache"
     run = run_cli("--algo", "bp", "--trials", "3", *TINY, "--storage", str(storage), "--results-dir",
-                  str(tmp_path / "results"), "--cache-dir", str(tmp_path / "cache"), "--space", str(space),
+                  str(tmp_path / "results"), "--cache-dir", str(cache), "--space", str(space),
                   "--test-seeds", "1", "--compile-ahead", "--no-diagnostics")
     assert run.returncode == 0, run.stderr[-2000:]
+    assert "terminate" not in run.stderr
     (study,) = optuna.get_all_study_summaries(open_storage(str(storage), create=False))
     trials = optuna.load_study(study_name=study.study_name, storage=open_storage(str(storage))).get_trials()
     assert len(trials) == 3 and all(t.user_attrs.get("startup") for t in trials)
     assert max(t.datetime_start for t in trials) < min(t.datetime_complete for t in trials)
     assert len({t.params["batch_size"] for t in trials}) > 1  # the seed's draws: two shapes at least
     assert any(t.user_attrs.get("background_compile_seconds", 0) > 0 for t in trials)
+    assert len(list((cache / "programs").glob("*.programs"))) >= 3  # the trials', the test retraining's
