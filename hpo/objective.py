@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -56,24 +57,35 @@ def trial_seed(study_seed: int, trial_number: int) -> int:
 class Objective:
     """Callable objective of one study; holds the dataset's folds on the device across trials.
 
-    ``on_epoch`` (optional) hears about every epoch, e.g. ``hpo.progress.EpochProgress``.
+    ``on_epoch`` (optional) hears about every epoch, e.g. ``hpo.progress.EpochProgress``. Constructing it checks
+    the study against the dataset without starting JAX: the parent of ``--workers`` processes validates a study
+    so, and JAX started there would take GPU memory from its workers (``hpo.devices``). The device arrays are
+    made when a trial first needs them.
     """
 
     def __init__(self, config: StudyConfig, dataset: Dataset, on_epoch: EpochListener | None = None):
         self.config = config
         self.dataset = dataset
         self.on_epoch = on_epoch
-        folds = make_folds(dataset, config.folds, config.seed)
-        self.data = FoldData(
-            x=jnp.asarray(dataset.x_train),
-            y=jnp.asarray(dataset.y_train),
-            train_idx=folds.train_idx,
-            val_idx=jnp.asarray(folds.val_idx),
-            val_mask=jnp.asarray(folds.val_mask),
-        )
-        check_evaluation_points(config, dataset, folds)
+        self.folds = make_folds(dataset, config.folds, config.seed)
+        check_evaluation_points(config, dataset, self.folds)
         self.startup = startup_length(config)
-        self.compiles_ahead = compiles_ahead(config)  # a batch's later programs compile while earlier ones train
+
+    @functools.cached_property
+    def data(self) -> FoldData:
+        """The training split and its folds, on the device."""
+        return FoldData(
+            x=jnp.asarray(self.dataset.x_train),
+            y=jnp.asarray(self.dataset.y_train),
+            train_idx=self.folds.train_idx,
+            val_idx=jnp.asarray(self.folds.val_idx),
+            val_mask=jnp.asarray(self.folds.val_mask),
+        )
+
+    @functools.cached_property
+    def compiles_ahead(self) -> bool:
+        """Whether a batch's later programs compile while its earlier ones train (``compiles_ahead``)."""
+        return compiles_ahead(self.config)
 
     def __call__(self, trial: optuna.Trial) -> float:
         """Run one trial: sample its configuration, cross-validate it, record what happened; its value."""

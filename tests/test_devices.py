@@ -61,3 +61,35 @@ def test_each_spawned_worker_starts_with_its_gpu_and_memory_share(tmp_path, monk
     assert {s["XLA_PYTHON_CLIENT_MEM_FRACTION"] for s in seen} == {"0.450"}
     assert lines == ["[probe] starting 3 worker processes on 2 GPUs"]
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "3,5" and "XLA_PYTHON_CLIENT_MEM_FRACTION" not in os.environ
+
+
+PARENT = """
+import sys
+import jax._src.xla_bridge as xla_bridge
+import hpo.study
+
+def launch(target, config, workers, out):  # stands in for starting the workers: what has the parent started?
+    print("jax started in the parent" if xla_bridge.backends_are_initialized() else "jax not started", flush=True)
+    raise SystemExit(0)
+
+hpo.study.run_local_workers = launch
+from hpo.run import main
+main(sys.argv[1:])
+"""
+
+
+def test_the_parent_of_workers_checks_the_study_without_starting_jax(tmp_path):
+    """The parent of ``--workers`` processes validates the study and opens its storage but never starts JAX:
+    on a GPU machine JAX would preallocate most of a GPU's memory in the parent, beside its workers."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    for model in ("mlp", "cnn"):
+        run = subprocess.run(
+            [sys.executable, "-c", PARENT, "--algo", "fa", "--model", model, "--dataset", "digits", "--workers", "2",
+             "--trials", "2", "--storage", str(tmp_path / f"{model}.journal"), "--results-dir", str(tmp_path)],
+            cwd=root, capture_output=True, text=True, timeout=300,
+        )
+        assert run.returncode == 0, run.stderr[-2000:]
+        assert run.stdout.strip().splitlines()[-1] == "jax not started", run.stdout
