@@ -471,8 +471,9 @@ def _program_key(family: ModelFamily, spec: Hashable, plan: Plan, state, key, ba
 
 
 def program_exists(family: ModelFamily, spec: Hashable, plan: Plan, state, key, batches, data: FoldData, hyper) -> bool:
-    """Whether these arguments' program is compiled already (in this process or in the store on disk), found
-    without compiling or measuring anything: under an ``auto`` plan not yet decided for its kind, it is not."""
+    """Whether these arguments' program is compiled already (in this process or in the store on disk) or being
+    compiled by another thread (``hpo.objective.Objective.compiling_ahead``), found without compiling or measuring
+    anything: under an ``auto`` plan not yet decided for its kind, it is not."""
     if plan.fold_strategy == "auto":
         decision, due = _decision_status(family, _auto_kind(family, spec, plan, state, batches, data))
         if due:
