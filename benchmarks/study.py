@@ -134,7 +134,7 @@ def studies(trials_small: int, trials: int, batch: int, before: Path | None = No
         rows.append(study_row(work, f"cold-{trials}-batch{batch}", trials, work / "store-c",
                               ["--trial-batch", str(batch)]))
         # compiling the space's programs in a background thread is off by default on a CPU with few cores
-        # (hpo.study.compiles_ahead): this row is the measurement behind that default
+        # (hpo.objective.compiles_ahead): this row is the measurement behind that default
         rows.append(study_row(work, f"cold-{trials}-ahead", trials, work / "store-e", ["--compile-ahead"]))
         warm_store = work / "store-d"
         warmup_wall, _ = run_process(["hpo.warmup", "--algo", "fa", "--cache-dir", str(warm_store)])
@@ -425,12 +425,13 @@ def write(rows: list[dict], warmup: dict, sharing: list[dict], batches: list[dic
             f"{r['overhead']:.0%} | {r['outside']:.0%} | {r.get('background', 0.0):.0%} | {r['programs']} | "
             f"{r['shared']} | {r['complete']} / {r['pruned']} | {r['peak_mb']:.0f} | {r['best']:.4f} | {r['load']} |"
         )
-    befores = [r for r in median_rows(rows) if r["label"].startswith("before-")]
+    medians = {r["label"]: r for r in median_rows(rows)}
+    befores = [r for label, r in medians.items() if label.startswith("before-")]
     if befores:
         lines += ["", f"`before-*`: commit {befores[0]['commit']}. Median wall time of each side's repeats:"]
         for r in befores:
             label = r["label"].removeprefix("before-")
-            after = next((a for a in median_rows(rows) if a["label"] == label), None)
+            after = medians.get(label)
             if after is not None:
                 walls = {side: [x["wall"] for x in rows if x["label"] == name]
                          for side, name in (("before", r["label"]), ("after", label))}

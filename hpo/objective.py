@@ -83,7 +83,7 @@ class Objective:
         )
 
     @functools.cached_property
-    def compiles_ahead(self) -> bool:
+    def compiling_in_background(self) -> bool:
         """Whether a batch's later programs compile while its earlier ones train (``compiles_ahead``)."""
         return compiles_ahead(self.config)
 
@@ -174,7 +174,7 @@ class Objective:
         for j, part in enumerate(parts):
             if part[0][1].key not in hostable:
                 firsts.setdefault(part[0][1].key, j)
-        if len(firsts) < 2 or not self.compiles_ahead:
+        if len(firsts) < 2 or not self.compiling_in_background:
             yield lambda j: 0.0
             return
         pool = ThreadPoolExecutor(max_workers=min(len(firsts), compile_threads()), thread_name_prefix="compile")

@@ -262,7 +262,7 @@ def _run_study(
                 run_trials(
                     study, storage, config.storage, objective, config.trials, out, on_trial,
                     None if busy else company, len(trials), batch=config.trial_batch,
-                    startup=objective.startup if objective.compiles_ahead else 0,
+                    startup=objective.startup if objective.compiling_in_background else 0,
                 )
             finally:
                 if ahead is not None:
