@@ -38,8 +38,7 @@ VARIANTS = (  # (label, shared activation/optimiser candidates, diagnostics, fol
 
 def compile_once(data: FoldData, width: int, depth: int, shared: bool, diagnostics: bool, mapping: str) -> tuple:
     """Seconds to trace, lower and compile one epoch program, the size of its StableHLO text and the number of
-    fusions (kernels) in the compiled program: XLA:CPU generates code kernel by kernel, so its compile time
-    follows their count."""
+    fusions (kernels) in the compiled program, each of which XLA:CPU generates code for on its own."""
     choices = dict(activation_choices=("relu", "tanh"), optimizer_choices=("adam", "sgd")) if shared else {}
     config = TrainConfig(rule="fa", hidden=(width,) * depth, learning_rate=1e-3, batch_size=64, **choices)
     family = config.family
@@ -81,8 +80,7 @@ def run(repeats: int, out_path: Path) -> str:
         f"Machine: {machine()}. Command: `python -m benchmarks.compile_split"
         + (f" --repeats {repeats}`" if repeats != 2 else "`"),
         "",
-        "Fusions: the kernels of the compiled program; XLA:CPU generates the code of each on its own. The "
-        "diagnostics more than double them.",
+        "Fusions: the kernels of the compiled program; XLA:CPU generates the code of each on its own.",
         "",
         "| network | program | trace s | lower s | XLA compile s | total s | XLA share | StableHLO kB | fusions |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
