@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from hpo.dataset import Dataset
+from hpo.data import Dataset
 from hpo.errors import UsageError
 from hpo.parameters import EffectiveSpace, contains
 from hpo.space import CNN_SPACE, MLP_SPACE, SD_PAPER_START, SD_SPACE, Space, StudySettings

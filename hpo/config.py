@@ -44,7 +44,7 @@ class StudyConfig:
     workers: int = 1  # local worker processes (spawn start method) that run this study together
     trial_batch: int = 1  # trials a worker asks at once; those sharing programs train as one compiled program
     compile_ahead: bool | None = None  # compile the space's programs in the background (None: where a core is free)
-    data_dir: str | None = None  # files of mnist/fashion-mnist/cifar10 (default: hpo.vision.default_data_dir)
+    data_dir: str | None = None  # files of mnist/fashion-mnist/cifar10 (default: hpo.data.default_data_dir)
     tracker: str = "none"  # also log every trial to an experiment tracker (hpo.trackers: mlflow, wandb)
     # search-space overrides of this study, parameter -> value, [choices] or {low, high, log} (hpo.space_config)
     space: dict[str, Any] = field(default_factory=dict)

@@ -21,6 +21,12 @@ from typing import IO
 from hpo.errors import UsageError
 
 
+def user_cache_dir() -> Path:
+    """This tool's folder in the user's cache directory: ``$XDG_CACHE_HOME/bioplausible-hpo`` or
+    ``~/.cache/bioplausible-hpo`` (downloaded data, array caches, compiled programs)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "bioplausible-hpo"
+
+
 def _temporary_name(path: Path) -> Path:
     """A name beside ``path``, unique per process and call, hidden (leading dot) so listings skip it."""
     return path.with_name(f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}{path.suffix}")

@@ -28,7 +28,7 @@ import optuna
 
 from hpo.algorithms import suggest
 from hpo.config import StudyConfig
-from hpo.dataset import Dataset
+from hpo.data import Dataset
 from hpo.files import atomic_write
 from hpo.objective import trial_seed
 from models.saved import save_model

@@ -25,7 +25,7 @@ from typing import Any, Callable, Mapping, Protocol
 
 import optuna
 
-from hpo.dataset import Dataset
+from hpo.data import Dataset
 from hpo.errors import UsageError
 from hpo.parameters import (
     Choices,

@@ -124,7 +124,7 @@ def test_default_space_asks_what_every_committed_trial_asked():
             self.asked[name] = distribution
             return self.params[name]
 
-    from hpo.dataset import Dataset
+    from hpo.data import Dataset
 
     replayed = 0
     for study in load_studies(str(ROOT / "studies" / "bundled.journal")):

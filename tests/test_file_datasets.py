@@ -1,8 +1,10 @@
-"""MNIST, Fashion-MNIST and CIFAR-10 through torchvision, on small files generated in the real on-disk formats.
+"""MNIST, Fashion-MNIST and CIFAR-10 from files: small files generated in the real on-disk formats, and the real
+Fashion-MNIST that Debian's ``dataset-fashion-mnist`` installs.
 
 No network: the files are written here as they are distributed (gzipped big-endian IDX files; CIFAR-10's
-Python-2 pickles), and read through torchvision's own parsers. CIFAR-10 files are checked by torchvision against
-MD5 sums; the tests put the generated files' sums into torchvision's table, so that check runs for real.
+Python-2 pickles). IDX files are read with NumPy (no torch); CIFAR-10's through torchvision, whose MD5 check runs
+for real on the generated files' sums. Every test has its own user cache directory, so the array caches it writes
+are its own.
 """
 
 from __future__ import annotations
@@ -22,14 +24,44 @@ import pytest
 
 from hpo.config import StudyConfig, load_grid
 from hpo.data import DATASETS, FILE_DATASETS, load_dataset
+from hpo.data import files as data_files
 from hpo.errors import UsageError
-
-torchvision = pytest.importorskip("torchvision", reason="needs the vision extra: pip install -e '.[vision]'")
-
-from hpo import vision  # noqa: E402  (after the skip: the module itself needs no torch, its loads do)
 
 ROOT = Path(__file__).resolve().parents[1]
 N_TRAIN, N_TEST = 80, 30
+MNIST_NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.fixture(autouse=True)
+def user_cache(tmp_path, monkeypatch):
+    """This test's own user cache directory (array caches, downloads by default) and no Debian folder unless a
+    test puts one in place."""
+    cache = tmp_path / "user-cache"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    monkeypatch.delenv("HPO_DATA_DIR", raising=False)
+    monkeypatch.setattr(data_files, "SYSTEM_DATASETS", tmp_path / "no-system-datasets")
+    return cache / "bioplausible-hpo"
+
+
+def needs_torchvision():
+    return pytest.importorskip("torchvision", reason="needs the vision extra: pip install -e '.[vision]'")
+
+
+def no_torch(monkeypatch) -> None:
+    """Any import of torch or torchvision fails from here on, as where PyTorch is not installed."""
+    for module in ("torch", "torchvision", "torchvision.datasets"):
+        monkeypatch.setitem(sys.modules, module, None)
+    monkeypatch.setattr(data_files.importlib.util, "find_spec",
+                        lambda name, *a: None if name.split(".")[0] in ("torch", "torchvision") else FIND_SPEC(name, *a))
+
+
+FIND_SPEC = data_files.importlib.util.find_spec
+
+
+def listing(folder: Path) -> dict[str, tuple[int, int]]:
+    """Every file and folder under ``folder`` with its size and modification time."""
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.rglob("*"))}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -52,9 +84,12 @@ def idx_bytes(array: np.ndarray) -> bytes:
     return struct.pack(f">{1 + array.ndim}i", magic, *array.shape) + array.astype(np.uint8).tobytes()
 
 
-def write_mnist(root: Path, folder: str = "MNIST", n_train: int = N_TRAIN, seed: int = 0) -> dict[str, np.ndarray]:
-    """The four gzipped IDX files in ``root/<folder>/raw``, as distributed."""
-    raw = root / folder / "raw"
+def write_mnist(
+    root: Path, folder: str | None = "MNIST", n_train: int = N_TRAIN, seed: int = 0, gzipped: bool = True
+) -> dict[str, np.ndarray]:
+    """The four IDX files, gzipped as distributed (or not), in ``root/<folder>/raw`` (torchvision's layout) or,
+    with ``folder=None``, in ``root`` itself (as the datasets' sites and Debian ship them)."""
+    raw = root / folder / "raw" if folder else root
     raw.mkdir(parents=True, exist_ok=True)
     x_train, y_train = images_and_labels(n_train, (28, 28), seed)
     x_test, y_test = images_and_labels(N_TEST, (28, 28), seed + 1)
@@ -64,7 +99,10 @@ def write_mnist(root: Path, folder: str = "MNIST", n_train: int = N_TRAIN, seed:
         ("t10k-images-idx3-ubyte", x_test),
         ("t10k-labels-idx1-ubyte", y_test),
     ]:
-        (raw / f"{name}.gz").write_bytes(gzip.compress(idx_bytes(array)))
+        if gzipped:
+            (raw / f"{name}.gz").write_bytes(gzip.compress(idx_bytes(array)))
+        else:
+            (raw / name).write_bytes(idx_bytes(array))
     return {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
 
 
@@ -130,7 +168,7 @@ def register_cifar_md5(folder: Path, monkeypatch) -> None:
     def md5(name):
         return hashlib.md5((folder / name).read_bytes()).hexdigest()
 
-    cls = torchvision.datasets.CIFAR10
+    cls = needs_torchvision().datasets.CIFAR10
     monkeypatch.setattr(cls, "train_list", [[f"data_batch_{i}", md5(f"data_batch_{i}")] for i in range(1, 6)])
     monkeypatch.setattr(cls, "test_list", [["test_batch", md5("test_batch")]])
     monkeypatch.setattr(cls, "meta", {**cls.meta, "md5": md5("batches.meta")})
@@ -163,13 +201,16 @@ def expected_standardised(raw_train: np.ndarray, raw: np.ndarray) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Loading through torchvision
+# MNIST-style files: NumPy, both layouts, never written to
 
 
-@pytest.mark.parametrize("name, folder", [("mnist", "MNIST"), ("fashion-mnist", "FashionMNIST")])
-def test_mnist_style_files_load_with_official_split(tmp_path, no_network, name, folder):
-    raw = write_mnist(tmp_path, folder)
-    data = load_dataset(name, str(tmp_path))
+@pytest.mark.parametrize("name, folder", [("mnist", "MNIST"), ("fashion-mnist", "FashionMNIST"), ("mnist", None)])
+@pytest.mark.parametrize("gzipped", [True, False])
+def test_mnist_style_files_load_with_official_split_without_torch(tmp_path, no_network, monkeypatch, name, folder,
+                                                                  gzipped):
+    no_torch(monkeypatch)
+    raw = write_mnist(tmp_path / "data", folder, gzipped=gzipped)
+    data = load_dataset(name, str(tmp_path / "data"))
     assert data.name == name and data.task == "classification" and data.out_features == 10
     assert data.x_train.shape == (N_TRAIN, 28, 28, 1) and data.x_test.shape == (N_TEST, 28, 28, 1)
     assert data.x_train.dtype == np.float32 and data.y_train.dtype == np.int32 and data.y_test.dtype == np.int32
@@ -179,85 +220,112 @@ def test_mnist_style_files_load_with_official_split(tmp_path, no_network, name, 
     np.testing.assert_allclose(data.x_test, expected_standardised(raw["x_train"], raw["x_test"]), atol=1e-5)
     check_standardised(data.x_train)
     assert data.input_shape == (28, 28, 1)  # MLPs flatten to 784, CNNs get one channel
+    assert "torch" not in sys.modules or sys.modules["torch"] is None
 
 
-def test_cifar10_pickles_load_through_torchvision_with_md5_check(tmp_path, no_network, monkeypatch):
-    raw = write_cifar(tmp_path, monkeypatch)
-    data = load_dataset("cifar10", str(tmp_path))
-    assert data.x_train.shape == (80, 32, 32, 3) and data.x_test.shape == (N_TEST, 32, 32, 3)
-    np.testing.assert_array_equal(data.y_train, raw["y_train"])  # batches 1..5 in order
+def test_nothing_is_written_where_the_files_are_read(tmp_path, no_network, user_cache):
+    data_dir = tmp_path / "data"
+    write_mnist(data_dir, None)
+    before = listing(data_dir)
+    load_dataset("mnist", str(data_dir))
+    load_dataset("mnist", str(data_dir))
+    assert listing(data_dir) == before  # no decompressed copies, no cache, no folders
+    assert [p.name.split("-")[0] for p in (user_cache / "arrays").iterdir()] == ["mnist"]
+
+
+def test_debian_folder_is_found_without_flags(tmp_path, no_network, monkeypatch):
+    system = tmp_path / "usr-share-datasets"
+    raw = write_mnist(system / "fashion-mnist", None)  # the package's layout: the four .gz files in the folder
+    monkeypatch.setattr(data_files, "SYSTEM_DATASETS", system)
+    before = listing(system)
+    data = load_dataset("fashion-mnist")  # no --data-dir: the default data dir is empty
     np.testing.assert_array_equal(data.y_test, raw["y_test"])
-    # the (n, 3072) red/green/blue planes come back as (n, 32, 32, 3) images: same pixels, per-channel statistics
-    np.testing.assert_allclose(data.x_train, expected_standardised(raw["x_train"], raw["x_train"]), atol=1e-5)
-    np.testing.assert_allclose(data.x_test, expected_standardised(raw["x_train"], raw["x_test"]), atol=1e-5)
-    check_standardised(data.x_train)
+    assert str(system / "fashion-mnist") in data.description
+    data = load_dataset("fashion-mnist", str(tmp_path / "empty"))  # a data dir without the files: the same
+    np.testing.assert_array_equal(data.y_train, raw["y_train"])
+    assert listing(system) == before and not (tmp_path / "empty").exists()
+    with pytest.raises(UsageError, match="no MNIST"):  # MNIST has no Debian package: never read from there
+        try:
+            load_dataset("mnist", str(tmp_path / "empty"))
+        except UsageError as error:
+            assert "fashion" not in str(error)
+            raise UsageError("no MNIST") from None
+
+
+def test_the_user_data_dir_comes_before_the_debian_folder(tmp_path, no_network, monkeypatch):
+    system = tmp_path / "usr-share-datasets"
+    write_mnist(system / "fashion-mnist", None, seed=1)
+    monkeypatch.setattr(data_files, "SYSTEM_DATASETS", system)
+    mine = write_mnist(tmp_path / "data", "FashionMNIST", seed=7)
+    data = load_dataset("fashion-mnist", str(tmp_path / "data"))
+    np.testing.assert_array_equal(data.y_train, mine["y_train"])
 
 
 def test_cache_is_used_then_invalidated_when_a_source_file_changes(tmp_path, no_network, monkeypatch):
-    raw = write_mnist(tmp_path)
-    calls = []
-    original = torchvision.datasets.MNIST.__init__
-
-    def counting_init(self, *args, **kwargs):
-        calls.append(kwargs.get("train", args[1] if len(args) > 1 else True))
-        original(self, *args, **kwargs)
-
-    monkeypatch.setattr(torchvision.datasets.MNIST, "__init__", counting_init)
+    raw = write_mnist(tmp_path, None)
+    reads = []
+    original = data_files.read_idx_dataset
+    monkeypatch.setattr(data_files, "read_idx_dataset", lambda *a: reads.append(a) or original(*a))
     first = load_dataset("mnist", str(tmp_path))
-    assert len(calls) == 2 and (tmp_path / "arrays" / "mnist.npys").is_file()  # train + test split read once
-
     second = load_dataset("mnist", str(tmp_path))
-    assert len(calls) == 2  # the cache served it: torchvision not called again
+    assert len(reads) == 1  # the cache served the second load
     np.testing.assert_array_equal(first.x_train, second.x_train)
     np.testing.assert_array_equal(first.y_test, second.y_test)
 
     # New training files (more images, other labels): the cache is stale and the new files are read.
-    changed = write_mnist(tmp_path, n_train=N_TRAIN + 10, seed=5)
-    for packed in (tmp_path / "MNIST" / "raw").glob("*.gz"):  # newer than the decompressed files on any filesystem
+    changed = write_mnist(tmp_path, None, n_train=N_TRAIN + 10, seed=5)
+    for packed in tmp_path.glob("*.gz"):  # a later modification time on any filesystem
         os.utime(packed, ns=(packed.stat().st_mtime_ns + 10**9,) * 2)
     third = load_dataset("mnist", str(tmp_path))
-    assert len(calls) == 4 and third.x_train.shape[0] == N_TRAIN + 10
+    assert len(reads) == 2 and third.x_train.shape[0] == N_TRAIN + 10
     np.testing.assert_array_equal(third.y_train, changed["y_train"])
     assert not np.array_equal(third.y_test, raw["y_test"])
 
 
-def test_cache_stands_alone_without_source_files_or_torchvision(tmp_path, no_network, monkeypatch):
+def test_cache_stands_alone_without_source_files(tmp_path, no_network, monkeypatch, user_cache):
     write_mnist(tmp_path)
     first = load_dataset("mnist", str(tmp_path))
     for path in (tmp_path / "MNIST" / "raw").iterdir():
         path.unlink()
-    monkeypatch.setitem(sys.modules, "torchvision", None)  # any import of torchvision now fails
-    monkeypatch.setitem(sys.modules, "torchvision.datasets", None)
+    no_torch(monkeypatch)
     again = load_dataset("mnist", str(tmp_path))
     np.testing.assert_array_equal(first.x_train, again.x_train)
-    assert [p.name for p in (tmp_path / "arrays").iterdir()] == ["mnist.npys"]  # no temporary file left behind
-
-
-def test_missing_torchvision_is_a_clear_error(tmp_path, monkeypatch):
-    write_mnist(tmp_path)
-    monkeypatch.setitem(sys.modules, "torchvision", None)
-    monkeypatch.setitem(sys.modules, "torchvision.datasets", None)
-    with pytest.raises(UsageError, match=r'torchvision, which is not installed.*pip install -e "\.\[vision\]"'):
-        load_dataset("mnist", str(tmp_path))
+    assert len(list((user_cache / "arrays").iterdir())) == 1  # no temporary file left behind
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Missing, truncated and corrupt files
+# Nothing found, or files that are not what they should be
 
 
-def test_no_files_and_no_network_says_which_files_go_where(tmp_path, no_network):
+def test_nothing_found_without_torchvision_names_the_package_and_the_layouts(tmp_path, monkeypatch):
+    no_torch(monkeypatch)
+    data_dir = tmp_path / "data"
     with pytest.raises(UsageError) as error:
-        load_dataset("mnist", str(tmp_path))
+        load_dataset("fashion-mnist", str(data_dir))
+    message = str(error.value)
+    assert "\n" not in message and "apt-get install dataset-fashion-mnist" in message
+    assert f"in {data_dir}{os.sep} or {data_dir / 'FashionMNIST' / 'raw'}{os.sep}" in message
+    assert "train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte" in message
+    assert 'pip install -e ".[vision]"' in message
+    assert not data_dir.exists()
+
+
+def test_failed_download_says_which_files_go_where_and_leaves_no_folder(tmp_path, no_network):
+    needs_torchvision()
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    with pytest.raises(UsageError) as error:
+        load_dataset("mnist", str(data_dir))
     message = str(error.value)
     assert "\n" not in message and "download failed" in message and "no network in this test" in message
-    assert "train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz" in message
-    assert str(tmp_path / "MNIST" / "raw") in message
+    assert f"{data_dir / 'MNIST' / 'raw'}{os.sep}" in message and "apt-get" not in message
+    assert list(data_dir.iterdir()) == []  # torchvision's MNIST/raw folder was removed again
 
     with pytest.raises(UsageError) as error:
-        load_dataset("cifar10", str(tmp_path))
+        load_dataset("cifar10", str(data_dir))
     message = str(error.value)
-    assert f"cifar-10-python.tar.gz in {tmp_path}" in message and "data_batch_1, data_batch_2" in message
-    assert "test_batch, batches.meta" in message and str(tmp_path / "cifar-10-batches-py") in message
+    assert f"cifar-10-python.tar.gz in {data_dir}" in message and "data_batch_1, data_batch_2" in message
+    assert "test_batch, batches.meta" in message and str(data_dir / "cifar-10-batches-py") in message
 
 
 def truncate(path: Path, keep: float = 0.5) -> None:
@@ -290,13 +358,18 @@ def test_swapped_idx_files_and_bad_labels_are_reported(tmp_path, no_network):
     raw = tmp_path / "MNIST" / "raw"
     labels = (raw / "t10k-labels-idx1-ubyte.gz").read_bytes()
     (raw / "t10k-images-idx3-ubyte.gz").write_bytes(labels)  # a labels file where the images should be
-    with pytest.raises(UsageError, match=r"t10k-images-idx3-ubyte is not an IDX images file \(magic number 2049"):
+    with pytest.raises(UsageError, match=r"t10k-images-idx3-ubyte.gz is not an IDX images file \(magic number 2049"):
         load_dataset("mnist", str(tmp_path))
 
     write_mnist(tmp_path)
     small = np.zeros((N_TRAIN, 20, 20), np.uint8)  # a valid IDX images file of another size
     (raw / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(idx_bytes(small)))
-    with pytest.raises(UsageError, match=r"train-images-idx3-ubyte holds 20x20 images; MNIST has 28x28"):
+    with pytest.raises(UsageError, match=r"train-images-idx3-ubyte.gz holds 20x20 images; MNIST has 28x28"):
+        load_dataset("mnist", str(tmp_path))
+
+    write_mnist(tmp_path)
+    (raw / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(idx_bytes(np.zeros(N_TRAIN - 1, np.uint8))))
+    with pytest.raises(UsageError, match=rf"holds {N_TRAIN} images but .*train-labels-idx1-ubyte.gz holds {N_TRAIN - 1}"):
         load_dataset("mnist", str(tmp_path))
 
     write_mnist(tmp_path)
@@ -304,6 +377,22 @@ def test_swapped_idx_files_and_bad_labels_are_reported(tmp_path, no_network):
     (raw / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(idx_bytes(y)))
     with pytest.raises(UsageError, match=r"do not hold MNIST: labels must be integers in 0\.\.9, found 12\.\.12"):
         load_dataset("mnist", str(tmp_path))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# CIFAR-10 through torchvision
+
+
+def test_cifar10_pickles_load_through_torchvision_with_md5_check(tmp_path, no_network, monkeypatch):
+    raw = write_cifar(tmp_path, monkeypatch)
+    data = load_dataset("cifar10", str(tmp_path))
+    assert data.x_train.shape == (80, 32, 32, 3) and data.x_test.shape == (N_TEST, 32, 32, 3)
+    np.testing.assert_array_equal(data.y_train, raw["y_train"])  # batches 1..5 in order
+    np.testing.assert_array_equal(data.y_test, raw["y_test"])
+    # the (n, 3072) red/green/blue planes come back as (n, 32, 32, 3) images: same pixels, per-channel statistics
+    np.testing.assert_allclose(data.x_train, expected_standardised(raw["x_train"], raw["x_train"]), atol=1e-5)
+    np.testing.assert_allclose(data.x_test, expected_standardised(raw["x_train"], raw["x_test"]), atol=1e-5)
+    check_standardised(data.x_train)
 
 
 def test_corrupt_cifar_batch_is_reported_by_name(tmp_path, no_network, monkeypatch):
@@ -320,16 +409,46 @@ def test_corrupt_cifar_batch_is_reported_by_name(tmp_path, no_network, monkeypat
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Configuration, CLI and the paper grid
+# The real Fashion-MNIST, as Debian's dataset-fashion-mnist installs it
+
+# SHA-256 of the decompressed files (the official IDX contents; Debian recompressed the .gz files, so their own
+# sums differ from the ones torchvision lists) and their sizes.
+FASHION_MNIST_SHA256 = {
+    "train-images-idx3-ubyte": ("c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888", 47040016),
+    "train-labels-idx1-ubyte": ("bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9", 60008),
+    "t10k-images-idx3-ubyte": ("5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b", 7840016),
+    "t10k-labels-idx1-ubyte": ("0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34", 10008),
+}
+
+
+@pytest.mark.skipif(not DEBIAN_FASHION_MNIST.is_dir(),
+                    reason=f"Debian's dataset-fashion-mnist is not installed ({DEBIAN_FASHION_MNIST} missing; "
+                    "apt-get install dataset-fashion-mnist, as .ci/run does)")
+def test_real_fashion_mnist_from_the_debian_package(tmp_path, monkeypatch):
+    for name, (sha256, size) in FASHION_MNIST_SHA256.items():
+        content = gzip.decompress((DEBIAN_FASHION_MNIST / f"{name}.gz").read_bytes())
+        assert len(content) == size and hashlib.sha256(content).hexdigest() == sha256, name
+    monkeypatch.setattr(data_files, "SYSTEM_DATASETS", DEBIAN_FASHION_MNIST.parent)
+    no_torch(monkeypatch)
+    data = load_dataset("fashion-mnist")  # no flags: found in the package's folder
+    assert data.x_train.shape == (60000, 28, 28, 1) and data.x_test.shape == (10000, 28, 28, 1)
+    assert np.bincount(data.y_train).tolist() == [6000] * 10 and np.bincount(data.y_test).tolist() == [1000] * 10
+    assert data.y_train[:10].tolist() == [9, 0, 0, 3, 0, 2, 7, 2, 5, 5]  # ankle boot, T-shirt, T-shirt, dress, ...
+    assert data.y_test[:10].tolist() == [9, 2, 1, 1, 6, 1, 4, 6, 5, 7]
+    check_standardised(data.x_train)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Configuration, CLI and the grids
 
 
 def test_data_dir_is_a_study_setting(tmp_path):
-    assert set(FILE_DATASETS) == set(vision.SPECS) == {"mnist", "fashion-mnist", "cifar10"}
+    assert set(FILE_DATASETS) == set(data_files.SPECS) == {"mnist", "fashion-mnist", "cifar10"}
     assert set(FILE_DATASETS) <= set(DATASETS)
     assert StudyConfig(dataset="mnist", data_dir=str(tmp_path)).data_dir == str(tmp_path)
     with pytest.raises(UsageError, match="--data-dir must not be empty"):
         StudyConfig(data_dir=" ")
-    assert vision.resolve_data_dir(None) == vision.default_data_dir()
+    assert data_files.resolve_data_dir(None) == data_files.default_data_dir()
 
 
 def test_cli_runs_a_study_on_generated_mnist_files(tmp_path, no_network, capsys):
@@ -367,33 +486,29 @@ def test_cli_runs_a_study_on_generated_mnist_files(tmp_path, no_network, capsys)
     out, err = capsys.readouterr()
     assert code == 0, err[-3000:]
     assert "[mnist-mlp-fa] 2/2" in out and "test " in out
-    assert (data_dir / "arrays" / "mnist.npys").is_file()
+    assert not (data_dir / "arrays").exists()  # the array cache is in the user's cache directory
     assert any((tmp_path / "results").iterdir())
 
 
-def test_cli_without_files_or_network_prints_one_line(tmp_path, no_network, capsys):
+def test_cli_without_files_prints_one_line(tmp_path, monkeypatch, capsys):
     from hpo.run import main
 
-    code = main(
-        [
-            "--dataset",
-            "fashion-mnist",
-            "--data-dir",
-            str(tmp_path / "empty"),
-            "--storage",
-            str(tmp_path / "s.journal"),
-            "--results-dir",
-            str(tmp_path / "results"),
-            "--cache-dir",
-            "none",
-            "--trials",
-            "1",
-        ]
-    )
+    no_torch(monkeypatch)
+    code = main(["--dataset", "fashion-mnist", "--data-dir", str(tmp_path / "empty"), "--storage",
+                 str(tmp_path / "s.journal"), "--results-dir", str(tmp_path / "results"), "--cache-dir", "none",
+                 "--trials", "1"])
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err
     assert err.splitlines()[-1].startswith(f"error: fashion-mnist: files not found in {tmp_path / 'empty'}")
-    assert str(tmp_path / "empty" / "FashionMNIST" / "raw") in err.splitlines()[-1]
+    assert "apt-get install dataset-fashion-mnist" in err.splitlines()[-1]
+    assert not (tmp_path / "empty").exists() and not (tmp_path / "s.journal").exists()
+
+
+def test_fashion_mnist_grid():
+    (config, *others) = configs = load_grid(ROOT / "studies" / "fashion-mnist.toml")
+    assert {c.name for c in configs} == {f"fashion-mnist-mlp-{a}" for a in
+                                         ("bp", "fa", "kp", "dfa", "usf", "brsf", "frsf", "drtp")}
+    assert {(c.trials, c.epochs, c.folds, c.test_seeds) for c in configs} == {(50, 10, 3, 5)}
 
 
 def test_paper_grid():
