@@ -3,7 +3,7 @@
     python -m benchmarks.storage_throughput [--trials 200] [--workers 1 2 4 8]
 
 Shows what the storage and the worker loop cost per trial, without training: each worker process runs the
-real loop of ``hpo.workers.run_trials`` (exact-total rule, stale-trial check, owner claim, heartbeats) on
+real loop of ``hpo.parallel.workers.run_trials`` (exact-total rule, stale-trial check, owner claim, heartbeats) on
 a study whose objective is ``x ** 2``, against a throwaway PostgreSQL server started with the test
 fixture code (tests/pg_server.py). Process start-up is not timed: workers open the storage, then wait at a
 barrier; the clock runs from the barrier until the study holds its total. Prints a table and writes
@@ -24,8 +24,8 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from hpo.storage import open_storage
-from hpo.workers import SURPLUS_ATTR, run_trials
+from hpo.parallel.workers import SURPLUS_ATTR, run_trials
+from hpo.storage.backends import open_storage
 from tests.pg_server import PostgresServer
 
 RESULTS = Path("results/storage_throughput.md")
@@ -106,7 +106,7 @@ def main() -> None:
         "Command: `python -m benchmarks.storage_throughput "
         f"--trials {args.trials} --workers {' '.join(map(str, args.workers))}`",
         "",
-        "Each worker process runs the real worker loop (`hpo.workers.run_trials`: exact-total rule, stale-trial",
+        "Each worker process runs the real worker loop (`hpo.parallel.workers.run_trials`: exact-total rule, stale-trial",
         "check, owner claim, heartbeat) on an objective that returns `x ** 2`, so the numbers are the cost of the",
         "storage and the loop alone. A real trial of this project trains networks for seconds to minutes, so",
         "even the slowest row here is far from being the bottleneck.",

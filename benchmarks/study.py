@@ -15,7 +15,7 @@ wall time: ``train`` and ``compile`` are the sums of the trials' ``train_seconds
 user attributes (every finished trial records them, pruned ones too), ``overhead`` the sum of their
 ``overhead_seconds`` (sampling, initialisation, transfers, storage writes), and ``outside`` the rest of the
 process (start-up, data, the test-score retraining, reports); ``background`` is the sum of the trials'
-``background_compile_seconds``, compiling done beside training (``hpo.objective.Objective.compiling_ahead``),
+``background_compile_seconds``, compiling done beside training (``hpo.study.objective.Objective.compiling_ahead``),
 which the other shares do not count. ``programs`` counts the compiled programs the study stored. Writes its
 tables to ``results/study_benchmarks.md``.
 """
@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import optuna
 
 from hpo.data import load_dataset, make_folds
-from hpo.storage import open_storage
+from hpo.storage.backends import open_storage
 from models.networks import ConvLayer
 from models.rule_training import TrainConfig
 from models.train import FoldData, cross_validate
@@ -134,7 +134,7 @@ def studies(trials_small: int, trials: int, batch: int, before: Path | None = No
         rows.append(study_row(work, f"cold-{trials}-batch{batch}", trials, work / "store-c",
                               ["--trial-batch", str(batch)]))
         # compiling the space's programs in a background thread is off by default on a CPU with few cores
-        # (hpo.objective.compiles_ahead): this row is the measurement behind that default
+        # (hpo.study.objective.compiles_ahead): this row is the measurement behind that default
         rows.append(study_row(work, f"cold-{trials}-ahead", trials, work / "store-e", ["--compile-ahead"]))
         warm_store = work / "store-d"
         warmup_wall, _ = run_process(["hpo.warmup", "--algo", "fa", "--cache-dir", str(warm_store)])
@@ -411,7 +411,7 @@ def write(rows: list[dict], warmup: dict, sharing: list[dict], batches: list[dic
         "its padded units and switched-off layers (`models.sharing`; `in larger`: how many trials did).",
         "",
         "`background`: compiling done in background threads beside training (start-up trials, asked together: "
-        "`hpo.objective.Objective.compiling_ahead`), not counted in the other shares. `#`: the repeat, where the "
+        "`hpo.study.objective.Objective.compiling_ahead`), not counted in the other shares. `#`: the repeat, where the "
         "cold studies ran several times in each checkout, in turn.",
         "",
         "| run | # | options | trials | wall s | trials/h | train | (padding) | compile | overhead | outside | "
@@ -462,7 +462,7 @@ def write(rows: list[dict], warmup: dict, sharing: list[dict], batches: list[dic
         f"{size} trials of one program shape (FA MLP 784-W-W-10, batch 64, 3 folds x 5 epochs, learning rates "
         f"1e-3..{size}e-3), trained one after another as lone trials and as one group (`--trial-batch {size}`) "
         "with vmapped runs; compile excluded, fastest of the repeats, interleaved. (Where runs are mapped one "
-        "after another, a study trains a group's trials as lone trials: `hpo.objective.Objective.programs_of`.)",
+        "after another, a study trains a group's trials as lone trials: `hpo.study.objective.Objective.programs_of`.)",
         "",
         "| width | runs mapped by | lone trials s | one group s | trials/h gained | load |",
         "|---:|---|---:|---:|---:|---|",

@@ -9,15 +9,15 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from hpo.algorithms import ALGORITHMS, MODELS, get_algorithm, study_effective_space
 from hpo.data import DATASETS
 from hpo.errors import UsageError
-from hpo.space_config import SpaceLayer, apply_spaces, parse_space
+from hpo.space.algorithms import ALGORITHMS, MODELS, get_algorithm, study_effective_space
+from hpo.space.overrides import SpaceLayer, apply_spaces, parse_space
 from models.train import FOLD_STRATEGIES
 
 SAMPLERS = ("tpe", "random", "gp", "cmaes")
 PRUNERS = ("median", "hyperband", "wilcoxon", "none")
-TRACKERS = ("none", "mlflow", "wandb")  # hpo.trackers
+TRACKERS = ("none", "mlflow", "wandb")  # hpo.study.trackers
 DEFAULT_STORAGE = "sqlite:///studies/studies.db"
 
 
@@ -25,7 +25,7 @@ DEFAULT_STORAGE = "sqlite:///studies/studies.db"
 class StudyConfig:
     """One hyperparameter study: which rule on which data, and how to search."""
 
-    algo: str = "fa"  # learning rule or whole model (hpo.algorithms.ALGORITHMS)
+    algo: str = "fa"  # learning rule or whole model (hpo.space.algorithms.ALGORITHMS)
     dataset: str = "mnist-5k"  # dataset name (hpo.data.DATASETS)
     model: str = "mlp"  # network family
     trials: int = 50  # total finished (complete or pruned) trials the study should have
@@ -36,7 +36,7 @@ class StudyConfig:
     sampler: str = "tpe"  # Bayesian optimisation sampler
     pruner: str = "median"  # early stopping of unpromising trials
     seed: int = 0  # seeds the sampler, the folds and every network
-    results_dir: str | None = None  # where summaries and charts go (default: results/<storage name>, hpo.results)
+    results_dir: str | None = None  # where summaries and charts go (default: results/<storage name>, hpo.report.folders)
     fold_strategy: str = "auto"  # folds vmapped in one program, sequential, or auto: the faster, measured once it pays
     evals_per_epoch: int = 1  # evaluation points per epoch: learning curves and diagnostics
     diagnostics: bool = True  # alignment with backprop, W-B angles, weight change at each evaluation point
@@ -45,10 +45,10 @@ class StudyConfig:
     trial_batch: int = 1  # trials a worker asks at once; those sharing programs train as one compiled program
     compile_ahead: bool | None = None  # compile the space's programs in the background (None: where a core is free)
     data_dir: str | None = None  # files of mnist/fashion-mnist/cifar10 (default: hpo.data.default_data_dir)
-    tracker: str = "none"  # also log every trial to an experiment tracker (hpo.trackers: mlflow, wandb)
-    # search-space overrides of this study, parameter -> value, [choices] or {low, high, log} (hpo.space_config)
+    tracker: str = "none"  # also log every trial to an experiment tracker (hpo.study.trackers: mlflow, wandb)
+    # search-space overrides of this study, parameter -> value, [choices] or {low, high, log} (hpo.space.overrides)
     space: dict[str, Any] = field(default_factory=dict)
-    test_seeds: int = 5  # seeds the best configuration is retrained with and test-scored (hpo.heldout)
+    test_seeds: int = 5  # seeds the best configuration is retrained with and test-scored (hpo.study.test_scores)
 
     def __post_init__(self) -> None:
         # Types first: a TOML grid can hold any value (study_name = 7, results_dir = ["a"]), and nothing below
@@ -152,7 +152,7 @@ def load_grid(
     Every key must be a ``StudyConfig`` field (or, inside ``[[grid]]``, one of the plural axes
     ``algos``/``datasets``/``models``); anything else is an error naming the key. ``overrides`` (from the
     command line) win over the file. ``[space]`` tables (top level and inside any ``[[grid]]``) and
-    ``space_layers`` (``--space`` files) set each study's search-space overrides (``hpo.space_config``).
+    ``space_layers`` (``--space`` files) set each study's search-space overrides (``hpo.space.overrides``).
     """
     path = Path(path)
     try:

@@ -4,7 +4,7 @@
 
 Serves the storage written by ``hpo.run`` on http://127.0.0.1:8080/dashboard (only this machine can connect
 unless ``--host`` says otherwise). Every trial's per-fold scores, timing, curves and diagnostics are its user
-attributes (the dashboard cuts long values at 1024 characters: the full curves are plotted by ``hpo.report``);
+attributes (the dashboard cuts long values at 1024 characters: the full curves are plotted by ``hpo.report.summary``);
 its mean validation score per evaluation is the trial's intermediate values, plotted by the dashboard.
 """
 
@@ -20,8 +20,8 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from hpo.config import DEFAULT_STORAGE
 from hpo.errors import UsageError
-from hpo.report import missing_storage_hint
-from hpo.storage import open_storage, redact
+from hpo.report.summary import missing_storage_hint
+from hpo.storage.backends import open_storage, redact
 
 DEFAULT_HOST = "127.0.0.1"  # loopback only: a study database is not published to the network by default
 DEFAULT_PORT = 8080  # optuna-dashboard's usual port

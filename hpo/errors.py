@@ -9,7 +9,7 @@ class StorageError(Exception):
     """The study storage failed while a study ran (database lost or frozen, disk full): exit code 3.
 
     The message names the storage (password hidden) and says what happened; finished trials are stored and
-    the running trial is left as it was, for the recovery of ``hpo.workers``.
+    the running trial is left as it was, for the recovery of ``hpo.parallel.workers``.
     """
 
 

@@ -4,7 +4,7 @@
     python -m hpo.run --config studies/bundled.toml
     python -m hpo.run --show-space --algo kp [--model cnn] [--config FILE | --space FILE]
 
-Kept short on purpose: parsing only; the work is in ``hpo.study`` and ``hpo.report``.
+Kept short on purpose: parsing only; the work is in ``hpo.study.runner`` and ``hpo.report.summary``.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from hpo.config import (
 )
 from hpo.data import DATASETS
 from hpo.errors import ReportedError, StorageError, UsageError
-from hpo.interrupts import exit_code_of, exit_now, handle_interrupts
-from hpo.space_config import apply_spaces, read_space_file, show_spaces
+from hpo.parallel.interrupts import exit_code_of, exit_now, handle_interrupts
+from hpo.space.overrides import apply_spaces, read_space_file, show_spaces
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.show_space:
                 print(show_spaces(configs), end="")
                 return 0
-            from hpo.pipeline import run_all
+            from hpo.study.pipeline import run_all
 
             run_all(configs)
     except UsageError as error:
@@ -122,6 +122,6 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     code = main()
-    if code >= 128:  # interrupted: XLA may still be running a dispatched program; see hpo.interrupts.exit_now
+    if code >= 128:  # interrupted: XLA may still be running a dispatched program; see hpo.parallel.interrupts.exit_now
         exit_now(code)
     sys.exit(code)

@@ -4,7 +4,7 @@
 
 Takes the flags of ``python -m hpo.run`` (only those that shape programs matter: dataset, model, algorithm, space,
 folds, evaluation points, diagnostics, fold strategy, cache directory). The programs a space can need are found by
-proposing configurations from it at random (an in-memory study, nothing is stored; ``hpo.precompile``) and keeping
+proposing configurations from it at random (an in-memory study, nothing is stored; ``hpo.study.compile_ahead``) and keeping
 one per distinct program; each is compiled into the program store of ``models.programs`` (``--cache-dir``). An MLP
 space has a few dozen programs (36 by default); a CNN space has thousands of architectures, so for it only those
 the first few hundred proposals found are compiled, which is rarely worth it. Trial batches (``--trial-batch``)
@@ -21,9 +21,9 @@ import optuna
 from hpo.config import StudyConfig
 from hpo.data import load_dataset
 from hpo.errors import UsageError
-from hpo.objective import Objective
-from hpo.precompile import distinct_programs
-from hpo.study import configure_jax
+from hpo.study.compile_ahead import distinct_programs
+from hpo.study.objective import Objective
+from hpo.study.runner import configure_jax
 from models.train import precompile
 
 

@@ -16,7 +16,7 @@ import pytest
 from optuna.distributions import FloatDistribution
 
 from hpo import dashboard
-from hpo.storage import open_storage
+from hpo.storage.backends import open_storage
 
 ROOT = Path(__file__).resolve().parent.parent
 STARTUP_SECONDS = 120  # generous: the machine running the tests may be busy; a healthy start takes a few seconds
@@ -137,7 +137,7 @@ def test_dashboard_names_the_objective(tmp_path):
 
     from hpo.config import StudyConfig
     from hpo.data import load_dataset
-    from hpo.study import open_study
+    from hpo.study.runner import open_study
 
     url = str(tmp_path / "studies.journal")
     storage = open_storage(url)

@@ -8,8 +8,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from hpo.devices import visible_gpus, worker_environment
-from hpo.launcher import run_local_workers
+from hpo.parallel.devices import visible_gpus, worker_environment
+from hpo.parallel.launcher import run_local_workers
 
 VARIABLES = ("CUDA_VISIBLE_DEVICES", "XLA_PYTHON_CLIENT_MEM_FRACTION", "XLA_PYTHON_CLIENT_PREALLOCATE")
 
@@ -66,13 +66,13 @@ def test_each_spawned_worker_starts_with_its_gpu_and_memory_share(tmp_path, monk
 PARENT = """
 import sys
 import jax._src.xla_bridge as xla_bridge
-import hpo.study
+import hpo.study.runner
 
 def launch(target, config, workers, out):  # stands in for starting the workers: what has the parent started?
     print("jax started in the parent" if xla_bridge.backends_are_initialized() else "jax not started", flush=True)
     raise SystemExit(0)
 
-hpo.study.run_local_workers = launch
+hpo.study.runner.run_local_workers = launch
 from hpo.run import main
 main(sys.argv[1:])
 """

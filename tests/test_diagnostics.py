@@ -12,9 +12,9 @@ import optuna
 import pytest
 
 from hpo.config import StudyConfig
-from hpo.curves import decode_curves, encode_curves, final_diagnostics, write_curve_plots
 from hpo.data import load_dataset, make_folds
-from hpo.objective import Objective
+from hpo.report.curves import decode_curves, encode_curves, final_diagnostics, write_curve_plots
+from hpo.study.objective import Objective
 from models import diagnostics as D
 from models.initializers import host_init
 from models.networks import MLP

@@ -8,7 +8,7 @@ import pytest
 from matplotlib.colors import to_hex
 from matplotlib.patches import Rectangle
 
-from hpo import curves
+from hpo.report import curves
 
 
 @pytest.fixture

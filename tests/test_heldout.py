@@ -1,14 +1,14 @@
-"""hpo.heldout: the seeds of the test retraining, the stored attribute in both formats, a diverged retraining."""
+"""hpo.study.test_scores: the seeds of the test retraining, the stored attribute in both formats, a diverged retraining."""
 
 import numpy as np
 import pytest
 
-from hpo import heldout
-from hpo.comparison import heldout_columns
 from hpo.config import StudyConfig
 from hpo.data import load_dataset
-from hpo.heldout import HeldOutScores, heldout_seeds, read_heldout, retrain_and_score
-from hpo.objective import trial_seed
+from hpo.report.comparison import heldout_columns
+from hpo.study import test_scores as heldout
+from hpo.study.objective import trial_seed
+from hpo.study.test_scores import HeldOutScores, heldout_seeds, read_heldout, retrain_and_score
 from models.train import DivergedError
 
 

@@ -1,4 +1,4 @@
-"""The spread's population (hpo.population): random start-up trials, the same number for every rule, never pruned."""
+"""The spread's population (hpo.study.population): random start-up trials, the same number for every rule, never pruned."""
 
 import numpy as np
 import optuna
@@ -7,7 +7,7 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from hpo.config import StudyConfig
-from hpo.population import (
+from hpo.study.population import (
     STARTUP_ATTR,
     STARTUP_TRIALS,
     SparesStartup,
@@ -16,7 +16,7 @@ from hpo.population import (
     startup_length,
     startup_spread,
 )
-from hpo.study import make_pruner, make_sampler
+from hpo.study.runner import make_pruner, make_sampler
 
 
 class AlwaysPrune(optuna.pruners.BasePruner):

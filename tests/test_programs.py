@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RUN = """
 import json, sys
 import jax.numpy as jnp
-from hpo.study import configure_jax
+from hpo.study.runner import configure_jax
 configure_jax(sys.argv[1])
 from hpo.data import load_dataset, make_folds
 from models.rule_training import TrainConfig

@@ -20,11 +20,12 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
 
-from hpo import report, run
+from hpo import run
 from hpo.config import StudyConfig
-from hpo.progress import EpochProgress, StudyClock, clock
-from hpo.storage import open_storage
-from hpo.study import Progress
+from hpo.report import summary as report
+from hpo.storage.backends import open_storage
+from hpo.study.progress import EpochProgress, StudyClock, clock
+from hpo.study.runner import Progress
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--algo", "fa", "--dataset", "digits", "--trials", "3", "--epochs", "2", "--folds", "2"]

@@ -21,18 +21,18 @@ import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
-from hpo import report
 from hpo.config import StudyConfig
 from hpo.dashboard import exposure_warning
 from hpo.data import load_dataset
 from hpo.errors import UsageError
 from hpo.files import atomic_path, study_folder, write_text, written_together
-from hpo.progress import outcome as trial_outcome
-from hpo.results import OWNER_FILE
+from hpo.parallel.workers import SURPLUS_ATTR
+from hpo.report import summary as report
+from hpo.report.folders import OWNER_FILE
 from hpo.run import main
-from hpo.storage import open_storage, redact, scrub, study_names
-from hpo.study import open_study
-from hpo.workers import SURPLUS_ATTR
+from hpo.storage.backends import open_storage, redact, scrub, study_names
+from hpo.study.progress import outcome as trial_outcome
+from hpo.study.runner import open_study
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--dataset", "digits", "--algo", "bp", "--epochs", "1", "--folds", "2", "--pruner", "none"]
@@ -353,7 +353,7 @@ def test_sigint_during_compilation_and_sigterm_during_training_exit_cleanly_and_
 @pytest.mark.slow
 def test_ten_interrupts_at_random_points_exit_cleanly_every_time_and_resume(tmp_path):
     """Issue 16.5: one Ctrl-C in five ended in a segmentation fault right after the "interrupted" line: an XLA
-    compilation left running by the interrupt, under the interpreter's shutdown (see hpo.interrupts)."""
+    compilation left running by the interrupt, under the interpreter's shutdown (see hpo.parallel.interrupts)."""
     import random
 
     rng = random.Random(0)
@@ -498,7 +498,7 @@ def test_a_full_disk_keeps_the_previous_report_set_whole(tmp_path, full_filesyst
     assert err.startswith(f"error: cannot write the reports to {str(results)!r}: No space left on device")
     assert err.count("\n") == 1 and "the previous reports are kept" in err
     assert {p: p.read_bytes() for p in files_under(results)} == previous  # every file as before, none new
-    # no temporary file left (the folder's record of its storage, hpo.results.OWNER_FILE, is not one)
+    # no temporary file left (the folder's record of its storage, hpo.report.folders.OWNER_FILE, is not one)
     assert not [p for p in results.rglob(".*") if p.is_file() and p.name != OWNER_FILE]
 
 
@@ -546,7 +546,7 @@ def test_dashboard_on_a_network_address_warns_in_one_line(tmp_path):
 
 
 def test_interrupt_exit_codes_follow_the_shell_convention():
-    from hpo.interrupts import Interrupted, exit_code_of
+    from hpo.parallel.interrupts import Interrupted, exit_code_of
 
     assert exit_code_of(Interrupted(signal.SIGINT)) == 130 and exit_code_of(Interrupted(signal.SIGTERM)) == 143
     assert exit_code_of(KeyboardInterrupt()) == 130
@@ -557,7 +557,7 @@ def test_a_signal_inside_a_finaliser_is_kept_silently_and_other_finaliser_errors
     print its traceback (seen once in the workers test). It must be silent and still be received."""
     import gc
 
-    from hpo.interrupts import handle_interrupts, received
+    from hpo.parallel.interrupts import handle_interrupts, received
 
     reported = []
     monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: reported.append(unraisable.exc_value))

@@ -1,4 +1,4 @@
-"""hpo.report regenerates summaries, charts and the index page from a storage alone (no training).
+"""hpo.report.summary regenerates summaries, charts and the index page from a storage alone (no training).
 
 The studies here are written directly with Optuna (known values, no training), in the format hpo.run stores.
 """
@@ -18,8 +18,8 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 from scipy import stats as scipy_stats
 
-from hpo import report
-from hpo.storage import open_storage
+from hpo.report import summary as report
+from hpo.storage.backends import open_storage
 
 
 def add_study(storage_url: str, name: str, dataset: str, algo: str, values: list[float], model: str = "mlp",
@@ -280,7 +280,7 @@ def test_rules_are_compared_with_backprop_by_welch(tmp_path):
 
 
 def test_best_so_far_counts_pruned_trials_as_spent_budget():
-    from hpo.comparison import best_so_far
+    from hpo.report.comparison import best_so_far
 
     study = optuna.create_study(direction="maximize")
     distributions = {"x": FloatDistribution(0, 1)}

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from test_report import add_study, index_targets
 
-from hpo import report
-from hpo.results import PLOTLY_JS, results_dir_for, storage_label
+from hpo.report import summary as report
+from hpo.report.folders import PLOTLY_JS, results_dir_for, storage_label
 
 ROOT = Path(__file__).resolve().parents[1]
 

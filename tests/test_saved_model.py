@@ -12,13 +12,13 @@ import pytest
 from flax import serialization
 
 from hpo import run
-from hpo.algorithms import suggest
 from hpo.config import StudyConfig
 from hpo.data import load_dataset
 from hpo.files import study_folder
-from hpo.heldout import TEST_ATTR, read_heldout
-from hpo.storage import open_storage
-from hpo.study import MODEL_FILE, record_test_score
+from hpo.space.algorithms import suggest
+from hpo.storage.backends import open_storage
+from hpo.study.runner import MODEL_FILE, record_test_score
+from hpo.study.test_scores import TEST_ATTR, read_heldout
 from models.networks import ConvLayer
 from models.rule_training import TrainConfig
 from models.saved import load_model, save_model

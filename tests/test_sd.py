@@ -194,10 +194,10 @@ def test_learns_mnist_well_above_chance():
 def test_hpo_rejects_sd_for_cnn_and_regression():
     import optuna
 
-    from hpo.algorithms import check_dataset, suggest
     from hpo.config import StudyConfig
     from hpo.data import load_dataset
     from hpo.errors import UsageError
+    from hpo.space.algorithms import check_dataset, suggest
 
     with pytest.raises(UsageError, match="--algo sd exists only for --model mlp"):
         StudyConfig(algo="sd", model="cnn")

@@ -11,15 +11,15 @@ import optax
 import optuna
 import pytest
 
-from hpo.algorithms import suggest
 from hpo.config import StudyConfig, load_grid
 from hpo.data import load_dataset
 from hpo.errors import UsageError
-from hpo.report import load_studies
+from hpo.report.summary import load_studies
 from hpo.run import main
-from hpo.space_config import SPACE_ATTR, space_table, stored_space
-from hpo.storage import open_storage
-from hpo.study import open_study
+from hpo.space.algorithms import suggest
+from hpo.space.overrides import SPACE_ATTR, space_table, stored_space
+from hpo.storage.backends import open_storage
+from hpo.study.runner import open_study
 from models.initializers import host_init
 from models.networks import MLP
 from models.rule_training import make_optimizer
@@ -170,7 +170,7 @@ def test_precedence_grid_over_top_level_and_specific_over_generic(tmp_path):
         head_width = 64
     """)
     space_file = write(tmp_path / "space.toml", "[space]\nbatch_size = [32]\n[space.fa]\nfeedback_scale = 1.0\n")
-    from hpo.space_config import read_space_file
+    from hpo.space.overrides import read_space_file
 
     configs = {c.name: c.space for c in load_grid(grid, space_layers=[read_space_file(space_file)])}
     assert configs["digits-mlp-fa"] == {"optimizer": "sgd", "activation": "tanh", "width": [256], "batch_size": [32],
@@ -261,7 +261,7 @@ def test_conv_choices_that_cannot_fit_the_dataset_are_refused_before_anything_is
         "layer(s) that fit inputs of shape (8, 8, 1) of dataset 'digits'" in err, err
     assert not (tmp_path / "s.journal").exists() and not (tmp_path / "results").exists()
     # SAME padding pads any kernel, so the same kernel is fine there; three VALID 5-kernels do not fit either
-    from hpo.algorithms import check_dataset
+    from hpo.space.algorithms import check_dataset
 
     check_dataset(StudyConfig(algo="fa", model="cnn", space={"conv_kernel": 9}), load_dataset("digits"))
     with pytest.raises(UsageError, match=r"conv_layers \[3\], conv_padding \[VALID\], conv_kernel \[5\] cannot build 3"):
@@ -278,7 +278,7 @@ def test_sd_values_that_make_no_valid_model_together_are_refused(tmp_path, capsy
     assert "space parameters sd_phase [30, 50] and sd_settle [10, 30]: every phase must be longer than every " \
         "settling time" in err and err.count("\n") == 1
     assert not storage.exists()
-    from hpo.algorithms import check_dataset
+    from hpo.space.algorithms import check_dataset
 
     with pytest.raises(UsageError, match=r"sd_phi_max and sd_dt reach phi_max x dt = 0.6 spikes per step"):
         check_dataset(StudyConfig(algo="sd", space={"sd_phi_max": {"low": 0.1, "high": 0.6}}), load_dataset("digits"))
@@ -352,7 +352,7 @@ def test_studies_from_before_stored_spaces(tmp_path):
 
 def test_sd_warm_start_follows_the_space(tmp_path):
     """The paper's starting point keeps only what the study asks: fixed values drop out, narrowed ranges it misses too."""
-    from hpo.algorithms import starting_points
+    from hpo.space.algorithms import starting_points
 
     full = starting_points(StudyConfig(algo="sd"))
     assert len(full) == 1 and full[0]["sd_lr_forward0"] == 0.4
@@ -418,7 +418,7 @@ def test_kp_decay_per_step_shrinks_w_minus_b_by_exactly_that_factor_with_adam():
 
 
 def test_every_parameter_is_in_the_readme():
-    from hpo.space import CNN_PARAMETERS, MLP_PARAMETERS, SD_PARAMETERS
+    from hpo.space.tables import CNN_PARAMETERS, MLP_PARAMETERS, SD_PARAMETERS
 
     readme = (ROOT / "README.md").read_text()
     missing = [p.name for p in (*MLP_PARAMETERS, *CNN_PARAMETERS, *SD_PARAMETERS) if f"`{p.name}`" not in readme]

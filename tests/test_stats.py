@@ -1,4 +1,4 @@
-"""hpo.stats against closed forms (printed t tables, hand-computed Welch) and against scipy's own t-tests."""
+"""hpo.report.stats against closed forms (printed t tables, hand-computed Welch) and against scipy's own t-tests."""
 
 import math
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from hpo.stats import summarize_scores, t_half_width, t_quantile, welch
+from hpo.report.stats import summarize_scores, t_half_width, t_quantile, welch
 
 
 @pytest.mark.parametrize("dof,table", [(1, 12.7062), (4, 2.7764), (9, 2.2622), (29, 2.0452)])

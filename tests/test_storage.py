@@ -21,8 +21,8 @@ import pytest
 from optuna.trial import TrialState
 
 from hpo.errors import UsageError
-from hpo.storage import open_storage, redact
-from hpo.workers import SURPLUS_ATTR, WORKER_ATTR, counted_below
+from hpo.parallel.workers import SURPLUS_ATTR, WORKER_ATTR, counted_below
+from hpo.storage.backends import open_storage, redact
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = "digits-mlp-bp"

@@ -17,9 +17,10 @@ from pathlib import Path
 import optuna
 import pytest
 
-from hpo import run, trackers
+from hpo import run
 from hpo.errors import UsageError
-from hpo.storage import open_storage
+from hpo.storage.backends import open_storage
+from hpo.study import trackers
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--algo", "fa", "--dataset", "digits", "--trials", "2", "--epochs", "2", "--folds", "2"]

@@ -17,13 +17,13 @@ import pg_server
 import pytest
 from optuna.trial import TrialState
 
-from hpo import objective as objective_module
 from hpo.config import StudyConfig
 from hpo.data import load_dataset
-from hpo.objective import Objective
-from hpo.storage import open_storage
-from hpo.study import make_sampler
-from hpo.workers import WORKER_ATTR, counted_below, run_trials
+from hpo.parallel.workers import WORKER_ATTR, counted_below, run_trials
+from hpo.storage.backends import open_storage
+from hpo.study import objective as objective_module
+from hpo.study.objective import Objective
+from hpo.study.runner import make_sampler
 from models import train
 from models.programs import ProgramCache
 from models.sharing import ProgramSharing

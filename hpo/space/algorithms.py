@@ -10,8 +10,8 @@ from typing import Any
 
 from hpo.data import Dataset
 from hpo.errors import UsageError
-from hpo.parameters import EffectiveSpace, contains
-from hpo.space import CNN_SPACE, MLP_SPACE, SD_PAPER_START, SD_SPACE, Space, StudySettings
+from hpo.space.parameters import EffectiveSpace, contains
+from hpo.space.tables import CNN_SPACE, MLP_SPACE, SD_PAPER_START, SD_SPACE, Space, StudySettings
 from models.rules import RULES
 
 

@@ -1,8 +1,8 @@
 """Helpers of the workspace notebook (``notebooks/workspace.ipynb``): open studies, pick trials, plot curves.
 
-The notebook only calls these and ``hpo.report``; everything it shows can be produced from a script too::
+The notebook only calls these and ``hpo.report.summary``; everything it shows can be produced from a script too::
 
-    from hpo.workspace import best_trial, open_study, study_folder, trial_curve_plots
+    from hpo.report.workspace import best_trial, open_study, study_folder, trial_curve_plots
     study = open_study("studies/bundled.journal", "digits-mlp-fa")
     trial_curve_plots(study, best_trial(study), study_folder("results/bundled", "digits-mlp-fa"))
 """
@@ -18,8 +18,8 @@ from optuna.trial import FrozenTrial, TrialState
 from hpo.config import DEFAULT_STORAGE
 from hpo.errors import UsageError
 from hpo.files import study_folder
-from hpo.results import results_dir_for
-from hpo.storage import open_storage, redact, study_names
+from hpo.report.folders import results_dir_for
+from hpo.storage.backends import open_storage, redact, study_names
 
 __all__ = ["best_trial", "notebook_settings", "open_study", "study_folder", "top_level_charts", "trial_curve_plots"]
 
@@ -56,16 +56,16 @@ def best_trial(study: optuna.Study) -> FrozenTrial:
 
 
 def top_level_charts(results_dir: str | Path) -> list[Path]:
-    """The cross-study PNG charts ``hpo.report`` wrote at the top of ``results_dir`` (comparison first)."""
+    """The cross-study PNG charts ``hpo.report.summary`` wrote at the top of ``results_dir`` (comparison first)."""
     found = sorted(Path(results_dir).glob("[!.]*.png"), key=lambda p: (p.name != "comparison.png", p.name))
     return found
 
 
 def trial_curve_plots(study: optuna.Study, trial: FrozenTrial, directory: str | Path) -> list[Path]:
     """Plot one trial's learning curves (and alignment and weight change, when it recorded diagnostics) into
-    ``directory`` with the plotting functions of ``hpo.curves``; return the PNGs written. For the best trial and
+    ``directory`` with the plotting functions of ``hpo.report.curves``; return the PNGs written. For the best trial and
     ``study_folder(results, study.study_name)`` these are the files the report writes."""
-    from hpo.curves import alignment_png, decode_curves, learning_curves_png, weight_change_png
+    from hpo.report.curves import alignment_png, decode_curves, learning_curves_png, weight_change_png
 
     attr = trial.user_attrs.get("curves")
     if not attr or "series" not in attr:

@@ -6,17 +6,17 @@ import optuna
 
 from hpo.config import StudyConfig
 from hpo.data import load_dataset
-from hpo.progress import long_trial_seconds
-from hpo.report import check_writable, print_summary, write_reports
-from hpo.results import results_dir_for
-from hpo.storage import check_storage
-from hpo.study import run_study, validate_study
-from hpo.trackers import check_tracker
+from hpo.report.folders import results_dir_for
+from hpo.report.summary import check_writable, print_summary, write_reports
+from hpo.storage.backends import check_storage
+from hpo.study.progress import long_trial_seconds
+from hpo.study.runner import run_study, validate_study
+from hpo.study.trackers import check_tracker
 
 
 def run_all(configs: list[StudyConfig], out=print) -> None:
     """Run every study in sequence (each resumes where it stopped), then report each storage once, into its
-    own results folder (``hpo.results``) unless a config names one.
+    own results folder (``hpo.report.folders``) unless a config names one.
 
     Every study of the grid is checked first (trackers, storages, results folders, and each study against its
     dataset), so bad input anywhere is refused before any storage, study or file is created.

@@ -77,7 +77,7 @@ def outcome(trial: FrozenTrial, metric: str) -> str:
 class EpochProgress:
     """Per-epoch progress of trials that run longer than ``after`` seconds.
 
-    Called by the objective after every epoch (``hpo.objective.Objective``'s ``on_epoch``); ``finish()`` ends a
+    Called by the objective after every epoch (``hpo.study.objective.Objective``'s ``on_epoch``); ``finish()`` ends a
     trial's bar before its result line is printed.
     """
 

@@ -34,9 +34,9 @@ from typing import Any, Callable
 import optuna
 from optuna.trial import FrozenTrial
 
-from hpo.curves import decode_curves
 from hpo.errors import UsageError
-from hpo.storage import redact
+from hpo.report.curves import decode_curves
+from hpo.storage.backends import redact
 
 TrialCallback = Callable[[optuna.Study, FrozenTrial], None]
 

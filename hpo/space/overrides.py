@@ -1,7 +1,7 @@
 """Search spaces as configuration: ``[space]`` tables in study grids and ``--space`` files, their precedence, and
 the effective space stored with every study (refused on resume when it differs) and shown in reports.
 
-A ``[space]`` table maps parameter names (``hpo.space``'s tables, ``--show-space`` lists them) to an override:
+A ``[space]`` table maps parameter names (``hpo.space.tables``'s tables, ``--show-space`` lists them) to an override:
 
     [space]                      # every study of the file
     optimizer = "sgd"            # fixed: not searched, not a trial parameter
@@ -31,9 +31,9 @@ from typing import Any, Mapping, Protocol, TypeVar
 
 import optuna
 
-from hpo.algorithms import ALGORITHMS, MODELS, get_algorithm, study_effective_space
 from hpo.errors import UsageError
-from hpo.parameters import Parameter, parameters_of, parse_override, show
+from hpo.space.algorithms import ALGORITHMS, MODELS, get_algorithm, study_effective_space
+from hpo.space.parameters import Parameter, parameters_of, parse_override, show
 
 
 class StudySpace(Protocol):
@@ -194,7 +194,7 @@ DESCRIBED = ("kind", "low", "high", "log", "choices", "value")  # what makes two
 
 
 def stored_space(config: StudySpace) -> dict[str, dict[str, Any]]:
-    """The JSON form of the study's effective space (``hpo.parameters.EffectiveSpace.to_attrs``)."""
+    """The JSON form of the study's effective space (``hpo.space.parameters.EffectiveSpace.to_attrs``)."""
     return study_effective_space(config).to_attrs()
 
 

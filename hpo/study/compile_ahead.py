@@ -8,9 +8,9 @@ from typing import Callable
 
 import optuna
 
-from hpo.algorithms import suggest
 from hpo.config import StudyConfig
-from hpo.objective import Objective
+from hpo.space.algorithms import suggest
+from hpo.study.objective import Objective
 from models.train import PROGRAMS, group_key, precompile
 
 SAMPLES = 400  # proposals drawn from the space at most
@@ -66,7 +66,7 @@ def compile_ahead(config: StudyConfig, objective: Objective) -> CompileAhead | N
     Only for a space with few programs (an MLP's few dozen: a CNN space's architectures are too many to compile
     ahead) and with a program store on disk (``--cache-dir``): the bounded in-memory cache alone would drop
     programs compiled ahead. XLA compiles on one thread beside training: free where a core is idle (a GPU
-    trains, the CPU compiles), a competitor for the cores on a small CPU (``hpo.objective.compiles_ahead``). The
+    trains, the CPU compiles), a competitor for the cores on a small CPU (``hpo.study.objective.compiles_ahead``). The
     caller stops it (``CompileAhead.stop``) when its trials are done.
     """
     if PROGRAMS.directory is None:

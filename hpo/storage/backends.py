@@ -50,7 +50,7 @@ def is_server_url(url: str) -> bool:
     """True for a database server (PostgreSQL, MySQL) that workers on many machines share.
 
     Dead workers of such storages are found by heartbeats only; for a local file (SQLite, journal) the
-    owner process of a running trial can also be checked directly (see ``hpo.workers``).
+    owner process of a running trial can also be checked directly (see ``hpo.parallel.workers``).
     """
     return is_rdb_url(url) and not url.startswith("sqlite")
 

@@ -31,8 +31,8 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo.algorithms import starting_points
-from hpo.space import StudySettings
+from hpo.space.algorithms import starting_points
+from hpo.space.tables import StudySettings
 
 STARTUP_TRIALS = 10  # random start-up trials of every study (TPE's default), the spread's population
 STARTUP_ATTR = "startup"  # trial user attribute: True on a random start-up trial
@@ -41,7 +41,7 @@ STARTING_POINT_ATTR = "starting_point"  # trial user attribute of an enqueued kn
 
 def startup_length(study: StudySettings) -> int:
     """Start-up trials the sampler of ``study`` is given: the random ones plus the starting points it enqueues
-    before them (``hpo.algorithms.starting_points``)."""
+    before them (``hpo.space.algorithms.starting_points``)."""
     return STARTUP_TRIALS + len(starting_points(study))
 
 

@@ -17,7 +17,7 @@ network of 3 hidden layers with diagnostics (24 series), 10 epochs, 3 folds and 
 stores about 6 kB per trial (300 kB for a 50-trial study; pruned trials store no curves);
 ``tests/test_diagnostics.py`` checks the bound. ``--evals-per-epoch N`` multiplies it by N.
 
-Plots (``write_curve_plots``, called by ``hpo.report.write_reports``): for the best trial of each study,
+Plots (``write_curve_plots``, called by ``hpo.report.summary.write_reports``): for the best trial of each study,
 ``<results>/studies/<study>/curves.png`` (learning curves per fold and mean), ``alignment.png`` (angles per
 layer over training) and ``weight_change.png``; across studies, ``results/alignment.png`` (final angles of
 every rule, grouped by dataset and model).

@@ -2,7 +2,7 @@
 
 Inside ``with handle_interrupts():`` both signals raise ``Interrupted`` (a ``KeyboardInterrupt``, so every handler of
 Ctrl-C also handles SIGTERM): the running trial is failed and re-queued with the same parameters
-(``hpo.workers.run_one``), local worker processes are told too (``hpo.launcher``), and the process exits with
+(``hpo.parallel.workers.run_one``), local worker processes are told too (``hpo.parallel.launcher``), and the process exits with
 ``128 + signal`` (130, 143). Only the first signal interrupts; later ones, while the trial is being re-queued,
 are noted and ignored, so a second Ctrl-C or a SIGTERM sent to every process of a job cannot cut the re-queue
 short.

@@ -4,14 +4,14 @@ One seed of a training run is not a result: a chaotic run can land a few points 
 another machine's floating point. So the best configuration is retrained on the whole training split once
 per seed (``--test-seeds N``), all seeds in one compiled program (``models.train.fit_and_score``), and every
 seed's test score is kept. The summaries report their mean, standard deviation and Student-t interval
-(``hpo.stats``).
+(``hpo.report.stats``).
 
 Stored as the study user attribute ``test`` (JSON)::
 
     {"trial": 47, "seeds": [s0, s1, ...], "scores": [0.94, 0.938, ...], "metric": "accuracy"}
 
 and, if retraining diverged (a non-finite loss on some seed), ``"scores": []`` with ``"error"`` saying why.
-Seed 0 is the trial's own seed (``hpo.objective.trial_seed``), the one the single test score of earlier
+Seed 0 is the trial's own seed (``hpo.study.objective.trial_seed``), the one the single test score of earlier
 versions used, so ``--test-seeds 1`` means what the test score always meant. Studies run before test seeds
 hold ``{"trial", "score", "metric"}``: read here as one score of unknown seed (``predates_seeds``).
 """
@@ -26,11 +26,11 @@ import jax
 import numpy as np
 import optuna
 
-from hpo.algorithms import suggest
 from hpo.config import StudyConfig
 from hpo.data import Dataset
 from hpo.files import atomic_write
-from hpo.objective import trial_seed
+from hpo.space.algorithms import suggest
+from hpo.study.objective import trial_seed
 from models.saved import save_model
 from models.train import DivergedError, fit_and_score
 

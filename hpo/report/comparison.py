@@ -1,13 +1,13 @@
 """How the rules compare, from the storage alone: test scores over seeds, the start-up spread, the difference
 from backprop, HPO efficiency and the best hyperparameters.
 
-The summary (``hpo.report``) is one row per study; this module computes the columns that need more than one
+The summary (``hpo.report.summary``) is one row per study; this module computes the columns that need more than one
 trial's numbers, and the figures and tables built on them:
 
-* ``test_*``: the best configuration's test scores over seeds (``hpo.heldout``): ``test_n`` seeds, their mean,
-  sample std and the half-width of the Student-t 95% interval of the mean (``hpo.stats``). A study run before
+* ``test_*``: the best configuration's test scores over seeds (``hpo.study.test_scores``): ``test_n`` seeds, their mean,
+  sample std and the half-width of the Student-t 95% interval of the mean (``hpo.report.stats``). A study run before
   test seeds has one score (n = 1, no interval) and says so in ``test_note``.
-* ``startup_*``: the spread across trials over the random start-up trials (``hpo.population``): the same
+* ``startup_*``: the spread across trials over the random start-up trials (``hpo.study.population``): the same
   number of random configurations for every rule, none pruned.
 * ``delta_vs_bp``, ``delta_vs_bp_ci95``, ``p_vs_bp``: test mean minus backprop's (same dataset and model, in
   the same storage), the half-width of Welch's 95% interval of that difference and Welch's two-sided p-value.
@@ -32,9 +32,9 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from hpo.files import atomic_path, pyplot
-from hpo.heldout import TEST_ATTR, read_heldout
-from hpo.population import STARTUP_TRIALS, startup_spread
-from hpo.stats import CONFIDENCE, summarize_scores, welch
+from hpo.report.stats import CONFIDENCE, summarize_scores, welch
+from hpo.study.population import STARTUP_TRIALS, startup_spread
+from hpo.study.test_scores import TEST_ATTR, read_heldout
 
 BACKPROP = "bp"  # the rule every other one is compared with
 PREDATES_TEST_SEEDS = "one seed: the run predates test seeds"
@@ -74,7 +74,7 @@ def heldout_columns(attrs: dict[str, Any], best_trial: int | None) -> dict[str, 
 
 
 def startup_columns(trials: list[optuna.trial.FrozenTrial], maximize: bool) -> dict[str, Any]:
-    """The ``startup_*`` columns: the spread over the random start-up trials (``hpo.population``)."""
+    """The ``startup_*`` columns: the spread over the random start-up trials (``hpo.study.population``)."""
     spread = startup_spread(trials)
     scores = spread.scores
     return {

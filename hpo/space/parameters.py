@@ -1,8 +1,8 @@
 """Search-space parameters as data: distributions, domains, conditions, and a study's effective space.
 
 A ``Parameter`` says what one hyperparameter is (type, default distribution, the values a network can be built
-with, when it is asked, which rules have it); ``hpo.space`` lists the parameters of every model family. A study's
-``[space]`` overrides (``hpo.space_config``) are parsed against these parameters by ``parse_override`` and applied
+with, when it is asked, which rules have it); ``hpo.space.tables`` lists the parameters of every model family. A study's
+``[space]`` overrides (``hpo.space.overrides``) are parsed against these parameters by ``parse_override`` and applied
 by ``effective_space``; the suggest functions then ask every question through ``EffectiveSpace.ask``.
 """
 
@@ -265,7 +265,7 @@ class EffectiveSpace:
         return None
 
     def to_attrs(self) -> dict[str, dict[str, Any]]:
-        """JSON form, stored with the study (``hpo.space_config``): name -> kind, range or choices, condition."""
+        """JSON form, stored with the study (``hpo.space.overrides``): name -> kind, range or choices, condition."""
         attrs = {}
         for name, parameter in self.parameters.items():
             distribution = self.distributions[name]

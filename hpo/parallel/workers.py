@@ -19,7 +19,7 @@ whether those trials are alive (journal storage, trials of another machine): the
 **Dead workers.** With a database server (PostgreSQL, MySQL) a running trial writes a heartbeat; any worker
 fails trials without a heartbeat for the grace period (``optuna.storages.fail_stale_trials``, before every
 trial and while waiting) and Optuna's ``RetryHeartbeatStaleTrialCallback`` re-queues each once with the same
-parameters (``hpo.storage``). With a local file (SQLite, journal) each trial also records its owner
+parameters (``hpo.storage.backends``). With a local file (SQLite, journal) each trial also records its owner
 (host, pid, process start time) in the user attribute ``worker``; a worker on the same host that finds a
 running trial whose owner process is gone fails it and re-queues it the same way, so a rerun after a crash
 resumes at once. The state change RUNNING -> FAIL succeeds for exactly one worker (the storage refuses to
@@ -43,9 +43,9 @@ from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
 from optuna.storages import BaseStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo import interrupts
 from hpo.errors import StorageError
-from hpo.storage import MAX_RETRY, STORAGE_FAILURES, is_server_url
+from hpo.parallel import interrupts
+from hpo.storage.backends import MAX_RETRY, STORAGE_FAILURES, is_server_url
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # states that count towards the total
 SURPLUS_ATTR = "surplus"  # user attribute of a surplus trial: why it ended without training
@@ -147,7 +147,7 @@ def heartbeat(storage: BaseStorage, trial_id: int) -> Iterator[None]:
     finally:
         stop.set()
         # Do not wait out a heartbeat stuck on a storage that stopped answering (its wait is bounded by the
-        # storage, see hpo.storage.DB_TIMEOUT_SECONDS); a late heartbeat of a finished trial is harmless.
+        # storage, see hpo.storage.backends.DB_TIMEOUT_SECONDS); a late heartbeat of a finished trial is harmless.
         thread.join(timeout=HEARTBEAT_JOIN_SECONDS)
 
 
@@ -254,7 +254,7 @@ def run_trials(
 
     ``batch > 1`` asks that many trials at a time (the sampler's constant liar keeps them apart) and runs them
     with ``objective.run_batch`` (trials that share programs train as one compiled program); ``objective`` is
-    then an ``hpo.objective.Objective``, else any callable of a trial. So are the sampler's random start-up trials,
+    then an ``hpo.study.objective.Objective``, else any callable of a trial. So are the sampler's random start-up trials,
     the trials numbered below ``startup`` (0: none; ``objective`` is then an ``Objective``): a worker asks on until
     it holds every start-up trial not yet asked, and runs them as one batch, whose programs compile in background
     threads while its first trials train (``Objective.compiling_ahead``). Their parameters do not depend on any

@@ -15,30 +15,30 @@ from optuna.storages import BaseStorage
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
-from hpo.algorithms import check_dataset, starting_points, suggest
 from hpo.config import StudyConfig
 from hpo.data import Dataset, check_folds, load_dataset
 from hpo.errors import StorageError, UsageError
 from hpo.files import study_folder
-from hpo.heldout import TEST_ATTR, read_heldout, retrain_and_score
-from hpo.interrupts import exit_code_of, exit_now, handle_interrupts
-from hpo.launcher import run_local_workers
-from hpo.objective import Objective, compiles_ahead
-from hpo.population import (
+from hpo.parallel.interrupts import exit_code_of, exit_now, handle_interrupts
+from hpo.parallel.launcher import run_local_workers
+from hpo.parallel.workers import run_trials, sampler_seed
+from hpo.report.folders import results_dir_for
+from hpo.report.stats import summarize_scores
+from hpo.space.algorithms import check_dataset, starting_points, suggest
+from hpo.space.overrides import record_space
+from hpo.storage.backends import STORAGE_FAILURES, open_storage, redact, scrub
+from hpo.study.compile_ahead import compile_ahead
+from hpo.study.objective import Objective, compiles_ahead
+from hpo.study.population import (
     STARTING_POINT_ATTR,
     SparingHyperbandPruner,
     SparingMedianPruner,
     SparingWilcoxonPruner,
     startup_length,
 )
-from hpo.precompile import compile_ahead
-from hpo.progress import EpochProgress, StudyClock, outcome
-from hpo.results import results_dir_for
-from hpo.space_config import record_space
-from hpo.stats import summarize_scores
-from hpo.storage import STORAGE_FAILURES, open_storage, redact, scrub
-from hpo.trackers import make_tracker
-from hpo.workers import run_trials, sampler_seed
+from hpo.study.progress import EpochProgress, StudyClock, outcome
+from hpo.study.test_scores import TEST_ATTR, read_heldout, retrain_and_score
+from hpo.study.trackers import make_tracker
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # states that count towards --trials
 MODEL_FILE = "best-model.msgpack"  # the retrained best network, in the study's results folder (models.saved)
@@ -65,9 +65,9 @@ def configure_jax(cache_dir: str | None) -> None:
 
 
 def make_sampler(config: StudyConfig, seed: int | None = None) -> optuna.samplers.BaseSampler:
-    """The sampler of ``config``, seeded with ``seed`` (default: the study seed; see ``hpo.workers.sampler_seed``).
+    """The sampler of ``config``, seeded with ``seed`` (default: the study seed; see ``hpo.parallel.workers.sampler_seed``).
 
-    Every model-based sampler starts with the same number of random trials for every rule (``hpo.population``):
+    Every model-based sampler starts with the same number of random trials for every rule (``hpo.study.population``):
     the population the summaries' spread is computed over.
     """
     seed = config.seed if seed is None else seed
@@ -92,7 +92,7 @@ def make_sampler(config: StudyConfig, seed: int | None = None) -> optuna.sampler
 
 
 def make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
-    """The pruner of ``config``; none stops a random start-up trial (``hpo.population.SparesStartup``)."""
+    """The pruner of ``config``; none stops a random start-up trial (``hpo.study.population.SparesStartup``)."""
     return {
         "median": lambda: SparingMedianPruner(n_startup_trials=5, n_warmup_steps=max(1, config.epochs // 3)),
         "hyperband": lambda: SparingHyperbandPruner(min_resource=1, max_resource=config.epochs),
@@ -186,7 +186,7 @@ def count_finished(study: optuna.Study) -> int:
 
 class Progress:
     """One line per finished trial: count, state, value (a pruned trial's reason), best so far, time, elapsed
-    time of this run and ETA (``hpo.progress``); ``epochs`` shows the epochs of long trials."""
+    time of this run and ETA (``hpo.study.progress``); ``epochs`` shows the epochs of long trials."""
 
     def __init__(self, config: StudyConfig, metric: str, out: Printer, done_at_start: int = 0):
         self.config, self.metric, self.out = config, metric, out
@@ -211,7 +211,7 @@ class Progress:
 def run_study(config: StudyConfig, out: Printer = print, worker: int = 0, test_score: bool = True) -> optuna.Study:
     """Run ``config`` until its study holds ``config.trials`` finished trials, then score the best on test.
 
-    Any number of processes may run the same study at once (``hpo.workers`` keeps the total exact);
+    Any number of processes may run the same study at once (``hpo.parallel.workers`` keeps the total exact);
     ``config.workers > 1`` starts that many local processes. ``worker`` numbers a local worker process
     (it seeds its sampler); ``test_score=False`` leaves the test score to the parent of local workers.
     """
@@ -286,7 +286,7 @@ def storage_failure(config: StudyConfig, error: BaseException) -> StorageError:
 
 def record_test_score(study: optuna.Study, config: StudyConfig, dataset: Dataset, out: Printer) -> None:
     """Retrain the best configuration on the whole training split with ``config.test_seeds`` seeds, score the
-    test split, store every seed's score on the study (``hpo.heldout``) and save seed 0's network in the study's
+    test split, store every seed's score on the study (``hpo.study.test_scores``) and save seed 0's network in the study's
     results folder (``MODEL_FILE``, ``models.saved.load_model`` reads it).
 
     Recomputed only when the best trial or the number of seeds changed since it was stored, or the saved network

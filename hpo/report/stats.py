@@ -1,7 +1,7 @@
 """Statistics of test scores over seeds: Student-t intervals and Welch's comparison with backprop.
 
-Pure functions of score arrays; the report (``hpo.report``) applies them to the per-seed test scores a study
-stores (``hpo.heldout``). Only the t distribution's quantile and survival functions come from scipy; the
+Pure functions of score arrays; the report (``hpo.report.summary``) applies them to the per-seed test scores a study
+stores (``hpo.study.test_scores``). Only the t distribution's quantile and survival functions come from scipy; the
 formulas are written out here, so the tests can check them against closed forms and against
 ``scipy.stats.ttest_ind``.
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from hpo.errors import UsageError
 from hpo.files import atomic_path, write_text
-from hpo.storage import is_rdb_url, redact
+from hpo.storage.backends import is_rdb_url, redact
 
 RESULTS_ROOT = Path("results")  # parent of the derived per-storage folders (relative to the working directory)
 OWNER_FILE = ".storage"  # inside a results folder: the storage its report was written from

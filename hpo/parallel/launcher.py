@@ -1,7 +1,7 @@
 """Local worker processes (``--workers W``): start them with the spawn start method and wait for them.
 
-Process launching is kept apart from the trial loop (``hpo.workers``) and from what a worker runs
-(``hpo.study``): this module starts ``target(config, index)`` in W fresh interpreters and knows nothing else.
+Process launching is kept apart from the trial loop (``hpo.parallel.workers``) and from what a worker runs
+(``hpo.study.runner``): this module starts ``target(config, index)`` in W fresh interpreters and knows nothing else.
 Never fork after JAX has started: a forked child inherits XLA's threads in an undefined state.
 """
 
@@ -13,9 +13,9 @@ import os
 import signal
 from typing import Any, Callable, Iterator
 
-from hpo.devices import visible_gpus, worker_environment
 from hpo.errors import ReportedError, UsageError
-from hpo.interrupts import SIGNALS, Interrupted
+from hpo.parallel.devices import visible_gpus, worker_environment
+from hpo.parallel.interrupts import SIGNALS, Interrupted
 
 REPORTED_EXIT_CODES = (2, 3)  # a worker that exits with these has printed its one-line error itself
 

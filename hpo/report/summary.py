@@ -2,12 +2,12 @@
 
     python -m hpo.report [--storage URL] [--results-dir DIR] [--study PATTERN]
 
-Writes to the storage's own results folder (``results/<storage name>/``, see ``hpo.results``) ``summary.csv``,
+Writes to the storage's own results folder (``results/<storage name>/``, see ``hpo.report.folders``) ``summary.csv``,
 ``summary.md``, ``comparison.png`` (matplotlib), ``comparison.html`` (plotly, loading the folder's own copy of
 plotly.js: no network), ``efficiency/<dataset>-<model>.png`` and, per study, its optimisation history, parameter
 importances and search space (``space.md``) under ``studies/<name>/``. Every file is written to a temporary name
 and renamed, so an interrupted report never leaves a half-written file. What the columns mean:
-``hpo.comparison``.
+``hpo.report.comparison``.
 """
 
 from __future__ import annotations
@@ -27,7 +27,10 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
-from hpo.comparison import (
+from hpo.config import DEFAULT_STORAGE
+from hpo.errors import UsageError
+from hpo.files import atomic_path, check_writable, pyplot, study_folder, write_text, written_together
+from hpo.report.comparison import (
     PREDATES_STARTUP_MARK,
     PREDATES_TEST_SEEDS,
     SIGNIFICANCE,
@@ -41,14 +44,11 @@ from hpo.comparison import (
     markdown_table,
     startup_columns,
 )
-from hpo.config import DEFAULT_STORAGE
-from hpo.curves import write_curve_plots
-from hpo.errors import UsageError
-from hpo.files import atomic_path, check_writable, pyplot, study_folder, write_text, written_together
-from hpo.population import STARTUP_TRIALS
-from hpo.results import plotly_bundle, record_owner, results_dir_for, storage_identity, write_html
-from hpo.space_config import space_table
-from hpo.storage import open_storage, redact, study_names
+from hpo.report.curves import write_curve_plots
+from hpo.report.folders import plotly_bundle, record_owner, results_dir_for, storage_identity, write_html
+from hpo.space.overrides import space_table
+from hpo.storage.backends import open_storage, redact, study_names
+from hpo.study.population import STARTUP_TRIALS
 
 SUMMARY_COLUMNS = [
     "study", "dataset", "model", "algo", "metric", "direction", "complete", "pruned", "failed", "best",
@@ -59,7 +59,7 @@ SUMMARY_COLUMNS = [
 
 def study_row(study: optuna.Study) -> dict:
     """One summary row: counts, the best CV score and trial, the spread over the random start-up trials and the
-    best configuration's test scores over seeds (``hpo.comparison``); the comparison with bp comes later."""
+    best configuration's test scores over seeds (``hpo.report.comparison``); the comparison with bp comes later."""
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     values = np.array([t.value for t in complete], dtype=float)
@@ -128,7 +128,7 @@ def p_value(p: Any) -> str:
 
 SPREAD_NOTE = (
     f"Start-up: the study's first {STARTUP_TRIALS} trials, drawn at random from the rule's search space before "
-    "Bayesian optimisation starts and never pruned, so the same population for every rule (hpo.population); "
+    "Bayesian optimisation starts and never pruned, so the same population for every rule (hpo.study.population); "
     "mean ± sample std and worst of their CV scores, n of them with a score (diverged ones counted apart)."
 )
 TEST_NOTE = (
@@ -389,7 +389,7 @@ def importance_note(sparse_params: set[str]) -> str | None:
 
 def write_reports(storage_url: str, results_dir: str | Path | None = None, pattern: str = "*", out=print) -> pd.DataFrame:
     """Regenerate every summary and chart of the storage's studies under ``results_dir`` (default: the
-    storage's own folder, ``hpo.results.results_dir_for``) from the storage alone."""
+    storage's own folder, ``hpo.report.folders.results_dir_for``) from the storage alone."""
     studies = load_studies(storage_url, pattern)
     if not studies:
         raise UsageError(f"no study matching {pattern!r} in storage {redact(storage_url)!r}")
@@ -574,5 +574,3 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,9 +1,9 @@
 """Search spaces: every model family's hyperparameters as a table of ``Parameter``s, and the define-by-run functions
 that turn an Optuna trial into that family's configuration (``models.rule_training.TrainConfig``,
-``models.sd.SDConfig``), one ``Space`` per model (``hpo.algorithms`` says which algorithm uses which).
+``models.sd.SDConfig``), one ``Space`` per model (``hpo.space.algorithms`` says which algorithm uses which).
 
 A parameter's default range or choices is data (``MLP_PARAMETERS``, ``CNN_PARAMETERS``, ``SD_PARAMETERS``); a study
-may override any of them from its ``[space]`` tables (``hpo.space_config``): a list of choices, a ``{low, high,
+may override any of them from its ``[space]`` tables (``hpo.space.overrides``): a list of choices, a ``{low, high,
 log}`` range, or a fixed value that is then not searched at all. Every question a suggest function asks goes through
 ``EffectiveSpace.ask``, which applies the override: a fixed value makes no ``trial.suggest_*`` call, a narrowed range
 or choice set is asked under the parameter's usual Optuna name. With no override the names and distributions are
@@ -27,7 +27,7 @@ import optuna
 
 from hpo.data import Dataset
 from hpo.errors import UsageError
-from hpo.parameters import (
+from hpo.space.parameters import (
     Choices,
     Condition,
     Domain,

@@ -13,12 +13,12 @@ import jax.numpy as jnp
 import numpy as np
 import optuna
 
-from hpo.algorithms import study_space, suggest
 from hpo.config import StudyConfig
-from hpo.curves import encode_curves, final_diagnostics
 from hpo.data import Dataset, Folds, make_folds
 from hpo.errors import UsageError
-from hpo.population import mark_startup, startup_length
+from hpo.report.curves import encode_curves, final_diagnostics
+from hpo.space.algorithms import study_space, suggest
+from hpo.study.population import mark_startup, startup_length
 from models.train import (
     CVResult,
     DivergedError,
@@ -57,9 +57,9 @@ def trial_seed(study_seed: int, trial_number: int) -> int:
 class Objective:
     """Callable objective of one study; holds the dataset's folds on the device across trials.
 
-    ``on_epoch`` (optional) hears about every epoch, e.g. ``hpo.progress.EpochProgress``. Constructing it checks
+    ``on_epoch`` (optional) hears about every epoch, e.g. ``hpo.study.progress.EpochProgress``. Constructing it checks
     the study against the dataset without starting JAX: the parent of ``--workers`` processes validates a study
-    so, and JAX started there would take GPU memory from its workers (``hpo.devices``). The device arrays are
+    so, and JAX started there would take GPU memory from its workers (``hpo.parallel.devices``). The device arrays are
     made when a trial first needs them.
     """
 
@@ -220,7 +220,7 @@ class Objective:
         """Sample the trial's configuration and prepare its place in a training group (``models.train.Member``):
         its runs' seeds and the per-epoch report to the trial, which prunes it when the pruner says so."""
         started = time.perf_counter()
-        mark_startup(trial, self.startup)  # before sampling: the spread's population (hpo.population)
+        mark_startup(trial, self.startup)  # before sampling: the spread's population (hpo.study.population)
         config = suggest(trial, self.config, self.dataset)
 
         def on_epoch(epoch: int, metrics: EpochMetrics) -> None:
@@ -303,7 +303,7 @@ def usable_cores() -> int:
 
 def compiles_ahead(config: StudyConfig) -> bool:
     """Whether programs compile in the background while trials train (the programs of a batch's later groups,
-    start-up trials asked together, and the space's, ``hpo.precompile``): where cores are free for it (a GPU
+    start-up trials asked together, and the space's, ``hpo.study.compile_ahead``): where cores are free for it (a GPU
     trains while the CPU compiles; a CPU of at least ``COMPILE_AHEAD_MIN_CORES`` cores), unless
     ``--compile-ahead``/``--no-compile-ahead`` says otherwise. On 2 cores XLA's compiler already takes about
     1.6 of them, so compiling beside training slows training as much as it hides compiling
