@@ -38,11 +38,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-import models.train
 from hpo.data import load_dataset, make_folds
+from models.compile import Compiler
 from models.rule_training import TrainConfig
 from models.rules import DenseForward, get_rule, rule_op
-from models.train import PROGRAMS, FoldData, cross_validate
+from models.train import FoldData, cross_validate
 
 BATCH = 64
 FOLDS = 3
@@ -105,19 +105,23 @@ def ours(data: FoldData, width: int, epochs: int, strategy: str):
     return ours_config(config, data, strategy)
 
 
+# what auto decides, measured for each program kind at once (a study decides once a kind's training pays)
+COMPILER = Compiler(payback=0.0)
+
+
 class OursRun:
     """One cross-validation of ``config`` by ``models.train`` (callable); ``decision``: what auto decided."""
 
     def __init__(self, config, data: FoldData, strategy: str):
         self.config, self.data, self.strategy = config, data, strategy
-        known = set(PROGRAMS.decisions())
+        known = set(COMPILER.store.decisions())
         first = self()
         self.compile_seconds, self.chosen = first.compile_seconds, first.fold_strategy
-        new = [d for name, d in PROGRAMS.decisions().items() if name not in known]
+        new = [d for name, d in COMPILER.store.decisions().items() if name not in known]
         self.decision = new[0] if new else None  # None: a decision made for an earlier row of the same kind
 
     def __call__(self):
-        return cross_validate(self.config, self.data, 10, seed=0, fold_strategy=self.strategy)
+        return cross_validate(self.config, self.data, 10, seed=0, fold_strategy=self.strategy, compiler=COMPILER)
 
 
 def ours_config(config, data: FoldData, strategy: str):
@@ -247,8 +251,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rules", default="bp,fa,kp,dfa", help="the CNN rows' rules")
     parser.add_argument("--no-torch", action="store_true", help="MLP rows without the PyTorch loop")
     args = parser.parse_args(argv)
-    # what auto decides, measured for each program kind at once (a study decides once a kind's training pays)
-    models.train.AUTO_PAYBACK = 0.0
     epochs, repeats = (2, 1) if args.quick else (10, args.repeats)
     widths = [int(w) for w in args.widths.split(",")]
     load_before = os.getloadavg()

@@ -24,7 +24,8 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from hpo.parallel.workers import SURPLUS_ATTR, run_trials
+from hpo.parallel.workers import run_trials
+from hpo.record import read_trial
 from hpo.storage.backends import open_storage
 from tests.pg_server import PostgresServer
 
@@ -60,7 +61,7 @@ def measure(url: str, workers: int, total: int) -> dict:
     assert all(p.exitcode == 0 for p in processes), [p.exitcode for p in processes]
     trials = optuna.load_study(study_name=name, storage=open_storage(url)).get_trials(deepcopy=False)
     finished = sum(t.state == TrialState.COMPLETE for t in trials)
-    surplus = sum(SURPLUS_ATTR in t.user_attrs for t in trials)
+    surplus = sum(read_trial(t).surplus is not None for t in trials)
     assert finished == total, (finished, total)
     return {"workers": workers, "trials": finished, "surplus": surplus, "seconds": seconds,
             "per_minute": 60 * finished / seconds}

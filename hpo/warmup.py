@@ -5,7 +5,7 @@
 Takes the flags of ``python -m hpo.run`` (only those that shape programs matter: dataset, model, algorithm, space,
 folds, evaluation points, diagnostics, fold strategy, cache directory). The programs a space can need are found by
 proposing configurations from it at random (an in-memory study, nothing is stored; ``hpo.study.compile_ahead``) and keeping
-one per distinct program; each is compiled into the program store of ``models.programs`` (``--cache-dir``). An MLP
+one per distinct program; each is compiled into the program store of ``models.compile`` (``--cache-dir``). An MLP
 space has a few dozen programs (36 by default); a CNN space has thousands of architectures, so for it only those
 the first few hundred proposals found are compiled, which is rarely worth it. Trial batches (``--trial-batch``)
 train groups of trials in programs of their own, which are compiled when a group first needs them.
@@ -29,7 +29,7 @@ from models.train import precompile
 
 def warm_up(config: StudyConfig, out=print) -> int:
     """Compile every program the study's space can need into the program store; the number of programs."""
-    configure_jax(config.cache_dir)
+    configure_jax()
     if config.cache_dir is not None and config.cache_dir.lower() == "none":
         raise UsageError("--cache-dir none keeps no program store: warming up would compile for nothing")
     dataset = load_dataset(config.dataset, config.data_dir)
@@ -41,7 +41,7 @@ def warm_up(config: StudyConfig, out=print) -> int:
     for i, proposed in enumerate(proposals, 1):
         seconds = precompile(
             proposed, objective.data, dataset.out_features, config.fold_strategy, config.evals_per_epoch,
-            config.diagnostics,
+            config.diagnostics, compiler=objective.compiler,
         )
         out(f"[{config.name}] program {i}/{len(proposals)}: {seconds:.1f}s")
     out(f"[{config.name}] {len(proposals)} programs ready in {time.perf_counter() - start:.0f}s")

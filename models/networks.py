@@ -12,8 +12,8 @@ import jax
 import jax.numpy as jnp
 
 from models.initializers import FanIn, Ones, declare
+from models.rules.conv import PADDINGS
 from models.rules.layers import Conv, Dense, Initializer, direct_tap_layer
-from models.rules.ops import PADDINGS
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "relu": nn.relu,

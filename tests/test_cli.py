@@ -146,7 +146,7 @@ def test_changed_settings_on_resume_are_refused(tmp_path, capsys):
 @pytest.mark.slow  # 30-50 s of study processes or eager training; run with -m slow
 def test_test_seeds_are_stored_summarised_and_recomputed_only_when_needed(tmp_path, capsys):
     from hpo.study.objective import trial_seed
-    from hpo.study.test_scores import heldout_seeds
+    from hpo.study.test_scores import retraining_seeds
 
     storage, results = tmp_path / "s.journal", tmp_path / "results"
     argv = ["--algo", "bp", "--trials", "3", *TINY, "--storage", str(storage), "--results-dir", str(results)]
@@ -155,7 +155,7 @@ def test_test_seeds_are_stored_summarised_and_recomputed_only_when_needed(tmp_pa
     study, trials = finished(storage, "digits-mlp-bp")
     test = study.user_attrs["test"]
     assert test["trial"] == study.best_trial.number and len(test["scores"]) == 3
-    assert test["seeds"] == heldout_seeds(0, test["trial"], 3)
+    assert test["seeds"] == retraining_seeds(0, test["trial"], 3)
     assert test["seeds"][0] == trial_seed(0, test["trial"])  # seed 0 is the trial's own: --test-seeds 1 = before
     assert len(set(test["seeds"])) == 3 and all(0.0 < s <= 1.0 for s in test["scores"])
     assert all(t.user_attrs.get("startup") for t in trials)  # the first trials are random start-up trials

@@ -13,7 +13,8 @@ import pytest
 
 from hpo.config import StudyConfig
 from hpo.data import load_dataset, make_folds
-from hpo.report.curves import decode_curves, encode_curves, final_diagnostics, write_curve_plots
+from hpo.record import decode_curves, encode_curves, final_diagnostics
+from hpo.report.curves import write_curve_plots
 from hpo.study.objective import Objective
 from models import diagnostics as D
 from models.initializers import host_init

@@ -5,26 +5,27 @@ import pytest
 
 from hpo.config import StudyConfig
 from hpo.data import load_dataset
-from hpo.report.comparison import heldout_columns
+from hpo.record import TestScores
+from hpo.report.comparison import score_columns
 from hpo.study import test_scores as heldout
 from hpo.study.objective import trial_seed
-from hpo.study.test_scores import HeldOutScores, heldout_seeds, read_heldout, retrain_and_score
+from hpo.study.test_scores import retrain_and_score, retraining_seeds
 from models.train import DivergedError
 
 
 def test_seed_zero_is_the_trials_own_and_more_seeds_keep_the_first():
-    five = heldout_seeds(3, 17, 5)
-    assert five[0] == trial_seed(3, 17) and heldout_seeds(3, 17, 1) == [trial_seed(3, 17)]
-    assert heldout_seeds(3, 17, 2) == five[:2] and len(set(five)) == 5
-    assert heldout_seeds(3, 18, 5)[1:] != five[1:] and heldout_seeds(4, 17, 5)[1:] != five[1:]
+    five = retraining_seeds(3, 17, 5)
+    assert five[0] == trial_seed(3, 17) and retraining_seeds(3, 17, 1) == [trial_seed(3, 17)]
+    assert retraining_seeds(3, 17, 2) == five[:2] and len(set(five)) == 5
+    assert retraining_seeds(3, 18, 5)[1:] != five[1:] and retraining_seeds(4, 17, 5)[1:] != five[1:]
 
 
 def test_both_stored_formats_are_read():
-    new = HeldOutScores(4, (0.9, 0.92), (11, 12), "accuracy")
-    assert read_heldout(new.to_attr()) == new and new.n == 2
-    old = read_heldout({"trial": 4, "score": 0.9, "metric": "accuracy"})
+    new = TestScores(4, (0.9, 0.92), (11, 12), "accuracy")
+    assert TestScores.from_attr(new.to_attr()) == new and new.n == 2
+    old = TestScores.from_attr({"trial": 4, "score": 0.9, "metric": "accuracy"})
     assert old.predates_seeds and old.scores == (0.9,) and old.n == 1 and old.seeds == ()
-    assert read_heldout(None) is None and read_heldout({"score": 0.9}) is None
+    assert TestScores.from_attr(None) is None and TestScores.from_attr({"score": 0.9}) is None
 
 
 def test_a_diverged_retraining_is_stored_with_its_reason_and_shown(monkeypatch):
@@ -36,16 +37,16 @@ def test_a_diverged_retraining_is_stored_with_its_reason_and_shown(monkeypatch):
     params = {"depth": 1, "width": 64, "activation": "relu", "optimizer": "adam", "lr_adam": 1e-3, "batch_size": 32}
     record = retrain_and_score(config, load_dataset("digits"), params, 7)
     assert record.scores == () and record.n == 3 and "seed 2" in record.error
-    assert read_heldout(record.to_attr()) == record
-    columns = heldout_columns({"test": record.to_attr()}, best_trial=7)
+    assert TestScores.from_attr(record.to_attr()) == record
+    columns = score_columns(record, best_trial=7)
     assert columns["test_n"] == 0 and np.isnan(columns["test_mean"]) and "diverged" in columns["test_note"]
-    stale = heldout_columns({"test": HeldOutScores(5, (0.9,), (1,)).to_attr()}, best_trial=7)
+    stale = score_columns(TestScores(5, (0.9,), (1,)), best_trial=7)
     assert "not the best #7" in stale["test_note"] and np.isnan(stale["test_mean"])
 
 
 @pytest.mark.parametrize("n", [1, 3])
-def test_columns_of_stored_scores(n):
+def test_the_columns_of_stored_scores(n):
     scores = [0.9, 0.92, 0.94][:n]
-    columns = heldout_columns({"test": HeldOutScores(2, tuple(scores), tuple(range(n))).to_attr()}, best_trial=2)
+    columns = score_columns(TestScores(2, tuple(scores), tuple(range(n))), best_trial=2)
     assert columns["test_n"] == n and columns["test_mean"] == pytest.approx(np.mean(scores))
     assert np.isnan(columns["test_ci95"]) == (n == 1) and columns["test_note"] == ""

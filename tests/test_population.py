@@ -7,15 +7,8 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from hpo.config import StudyConfig
-from hpo.study.population import (
-    STARTUP_ATTR,
-    STARTUP_TRIALS,
-    SparesStartup,
-    is_startup,
-    mark_startup,
-    startup_length,
-    startup_spread,
-)
+from hpo.record import STARTUP_TRIALS, startup_spread
+from hpo.study.population import SparesStartup, is_startup, mark_startup, startup_length
 from hpo.study.runner import make_pruner, make_sampler
 
 
@@ -48,7 +41,7 @@ def test_startup_trials_are_never_pruned_and_the_rest_are_asked():
     study = run_toy_study(SparingAlwaysPrune())
     states = [t.state for t in study.trials]
     assert states == [TrialState.COMPLETE] * STARTUP_TRIALS + [TrialState.PRUNED] * 4
-    assert [bool(t.user_attrs.get(STARTUP_ATTR)) for t in study.trials] == [True] * STARTUP_TRIALS + [False] * 4
+    assert [bool(t.user_attrs.get("startup")) for t in study.trials] == [True] * STARTUP_TRIALS + [False] * 4
     spread = startup_spread(study.trials)
     assert spread.marked and spread.n == STARTUP_TRIALS and spread.unscored == 0
     np.testing.assert_allclose(spread.scores, [t.value for t in study.trials[:STARTUP_TRIALS]])
@@ -59,7 +52,7 @@ def test_every_study_pruner_spares_startup_trials_and_keeps_its_class():
                       ("wilcoxon", optuna.pruners.WilcoxonPruner)):
         pruner = make_pruner(StudyConfig(pruner=name, epochs=3))
         assert isinstance(pruner, cls) and isinstance(pruner, SparesStartup)  # Hyperband's bracket filter needs the class
-        startup = create_trial(state=TrialState.RUNNING, intermediate_values={0: 0.0}, user_attrs={STARTUP_ATTR: True})
+        startup = create_trial(state=TrialState.RUNNING, intermediate_values={0: 0.0}, user_attrs={"startup": True})
         assert pruner.prune(optuna.create_study(), startup) is False
 
 
@@ -114,7 +107,7 @@ def test_a_study_before_the_mark_takes_its_first_ten_finished_trials():
 def test_startup_trials_without_a_score_are_counted_not_hidden():
     trials = legacy_study([TrialState.COMPLETE, TrialState.PRUNED, TrialState.COMPLETE], [0.9, None, 0.7])
     for trial in trials:
-        trial.user_attrs[STARTUP_ATTR] = True  # e.g. #1 diverged: pruned with a reason, not by the pruner
+        trial.user_attrs["startup"] = True  # e.g. #1 diverged: pruned with a reason, not by the pruner
     spread = startup_spread(trials)
     assert spread.marked and spread.unscored == 1
     assert spread.scores.tolist() == pytest.approx([0.9, 0.7])

@@ -12,18 +12,19 @@ ROOT = Path(__file__).resolve().parent.parent
 RUN = """
 import json, sys
 import jax.numpy as jnp
-from hpo.study.runner import configure_jax
-configure_jax(sys.argv[1])
 from hpo.data import load_dataset, make_folds
+from models.compile import Compiler
 from models.rule_training import TrainConfig
-from models.train import PROGRAMS, FoldData, cross_validate
+from models.train import FoldData, cross_validate
+compiler = Compiler(directory=sys.argv[1] + "/programs")
 d = load_dataset("digits")
 f = make_folds(d, 2, 0)
 data = FoldData(jnp.asarray(d.x_train), jnp.asarray(d.y_train), f.train_idx, jnp.asarray(f.val_idx), jnp.asarray(f.val_mask))
 config = TrainConfig(rule="kp", hidden=(24,), learning_rate=3e-3, weight_decay=0.1, epochs=2,
                      activation_choices=("relu", "tanh"), optimizer_choices=("adam", "sgd"))
-result = cross_validate(config, data, 10, 0, fold_strategy="vmap", diagnostics=True)
-print(json.dumps({"scores": result.fold_scores.tolist(), "loaded": PROGRAMS.loaded_from_disk, "built": PROGRAMS.built}))
+result = cross_validate(config, data, 10, 0, fold_strategy="vmap", diagnostics=True, compiler=compiler)
+print(json.dumps({"scores": result.fold_scores.tolist(), "loaded": compiler.store.loaded_from_disk,
+                  "built": compiler.store.built}))
 """
 
 
@@ -72,9 +73,9 @@ def test_a_program_being_built_is_in_the_cache_and_its_waiters_count_the_wait():
     counts the seconds it waited as what the program cost it, and sees the program as present meanwhile."""
     import threading
 
-    from models.programs import ProgramCache
+    from models.compile import ProgramStore
 
-    cache = ProgramCache()
+    cache = ProgramStore()
     building, release = threading.Event(), threading.Event()
     builds = []
 

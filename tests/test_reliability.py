@@ -26,7 +26,6 @@ from hpo.dashboard import exposure_warning
 from hpo.data import load_dataset
 from hpo.errors import UsageError
 from hpo.files import atomic_path, study_folder, write_text, written_together
-from hpo.parallel.workers import SURPLUS_ATTR
 from hpo.report import summary as report
 from hpo.report.folders import OWNER_FILE
 from hpo.run import main
@@ -384,7 +383,7 @@ def test_sigterm_to_the_parent_of_workers_stops_every_worker_and_requeues(tmp_pa
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
     trials = journal_study(storage, "digits-mlp-fa").get_trials()
     assert not [t for t in trials if t.state == TrialState.RUNNING]
-    interrupted = [t for t in trials if t.state == TrialState.FAIL and SURPLUS_ATTR not in t.user_attrs]
+    interrupted = [t for t in trials if t.state == TrialState.FAIL and "surplus" not in t.user_attrs]
     assert interrupted and all(
         any(r.system_attrs.get("failed_trial") == t.number and r.state == TrialState.WAITING for r in trials)
         for t in interrupted

@@ -15,10 +15,10 @@ from hpo import run
 from hpo.config import StudyConfig
 from hpo.data import load_dataset
 from hpo.files import study_folder
+from hpo.record import read_study
 from hpo.space.algorithms import suggest
 from hpo.storage.backends import open_storage
 from hpo.study.runner import MODEL_FILE, record_test_score
-from hpo.study.test_scores import TEST_ATTR, read_heldout
 from models.networks import ConvLayer
 from models.rule_training import TrainConfig
 from models.saved import load_model, save_model
@@ -31,7 +31,7 @@ def test_a_study_saves_its_best_network_and_it_scores_the_test_split_as_the_stud
             "--test-seeds", "2", "--storage", storage, "--results-dir", str(results)]
     assert run.main(args) == 0
     study = optuna.load_study(study_name="digits-mlp-fa", storage=open_storage(storage))
-    stored = read_heldout(study.user_attrs[TEST_ATTR])
+    stored = read_study(study).test
     path = study_folder(results, "digits-mlp-fa") / MODEL_FILE
     model = load_model(path)
 

@@ -228,7 +228,7 @@ def test_shares_the_cross_validation_core_with_evaluation_points_and_the_program
     """sd is a model family of models.train like the rule networks: curves at several points per epoch, and its
     compiled programs live in the one bounded cache, so a second run with a new learning rate compiles nothing."""
     from hpo.data import load_dataset, make_folds
-    from models.train import PROGRAMS
+    from models.compile import Compiler
 
     dataset = load_dataset("digits")
     folds = make_folds(dataset, 2, 0)
@@ -236,9 +236,11 @@ def test_shares_the_cross_validation_core_with_evaluation_points_and_the_program
                     jnp.asarray(folds.val_idx[:, :100]), jnp.asarray(folds.val_mask[:, :100]))
     config = sd.SDConfig(hidden=(20,), forward_learning_rates=(0.3, 0.3), epochs=1, batch_size=8, forward_phase=8.0,
                          target_phase=8.0, test_phase=8.0, settle_time=2.0, spiking_feedforward=False)
-    result = cross_validate(config, data, 10, seed=0, evals_per_epoch=2, diagnostics=True)
+    compiler = Compiler()
+    result = cross_validate(config, data, 10, seed=0, evals_per_epoch=2, diagnostics=True, compiler=compiler)
     assert result.points["val_score"].shape == (2, 2) and result.point_epochs.tolist() == [0.5, 1.0]
     assert set(result.points) == {"train_loss", "train_score", "val_loss", "val_score"}  # no diagnostics to add
-    assert any(key[0] == "segregated-dendrites" for key in PROGRAMS._entries)
-    again = cross_validate(replace(config, forward_learning_rates=(0.1, 0.1)), data, 10, seed=0, evals_per_epoch=2)
+    assert any(key[0] == "segregated-dendrites" for key in compiler.store._entries)
+    again = cross_validate(replace(config, forward_learning_rates=(0.1, 0.1)), data, 10, seed=0, evals_per_epoch=2,
+                           compiler=compiler)
     assert again.compile_seconds == 0.0

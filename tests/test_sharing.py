@@ -1,4 +1,4 @@
-"""Narrower networks trained in a wider network's program (``models.sharing``): exactly as in their own, and only
+"""Narrower networks trained in a wider network's program (``models.compile.sharing``): exactly as in their own, and only
 when the measured costs say padding is cheaper than compiling."""
 
 import dataclasses
@@ -10,10 +10,10 @@ import pytest
 
 from hpo.data import load_dataset, make_folds
 from models import train
-from models.programs import ProgramCache
+from models.compile import Compiler
+from models.compile.sharing import HostRecord, ProgramSharing, pad_state, unpad_state
 from models.rule_training import RULE_NETWORKS, Spec, TrainConfig
 from models.rules.registry import RULES
-from models.sharing import HostRecord, ProgramSharing, pad_state, unpad_state
 from models.train import FoldData, Static, cross_validate
 
 EXACT_RULES = [name for name, rule in RULES.items() if rule.pads_exactly]
@@ -29,15 +29,10 @@ def folds(k=2):
 
 
 @pytest.fixture
-def fresh(monkeypatch):
-    """An empty program cache and sharing record, so that what one test compiled does not host another's."""
-    def reset(enabled=True):
-        sharing = ProgramSharing(enabled)
-        monkeypatch.setattr(train, "PROGRAMS", ProgramCache())
-        monkeypatch.setattr(train, "SHARING", sharing)
-        return sharing
-
-    return reset
+def fresh():
+    """A new compiler (an empty program store and sharing record) for each call, so that what one part of a test
+    compiled does not host another's."""
+    return lambda enabled=True: Compiler(sharing=enabled)
 
 
 def spec(**changes):
@@ -66,18 +61,19 @@ def test_a_network_trained_in_a_wider_program_trains_as_in_its_own(fresh, rule, 
     data = folds()
     config = dataclasses.replace(BASE, rule=rule, optimizer=optimizer, activation=activation,
                                  weight_decay=1e-2 if rule == "kp" else 0.0)
-    fresh(enabled=False)
-    own = cross_validate(config, data, 10, seed=3, diagnostics=diagnostics, keep_state=True)
+    compiler = fresh(enabled=False)
+    own = cross_validate(config, data, 10, seed=3, diagnostics=diagnostics, keep_state=True, compiler=compiler)
     assert own.shared_program == ""
 
-    sharing = fresh()
+    compiler = fresh()
+    sharing = compiler.sharing
     wider = dataclasses.replace(config, hidden=host)
-    cross_validate(wider, data, 10, seed=9, diagnostics=diagnostics)  # the wider program trains once
+    cross_validate(wider, data, 10, seed=9, diagnostics=diagnostics, compiler=compiler)  # the wider program trains once
     sharing.record_compile(RULE_NETWORKS.name, 1e9)  # compiling "costs" more than any padding
-    hosted = cross_validate(config, data, 10, seed=3, diagnostics=diagnostics, keep_state=True)
+    hosted = cross_validate(config, data, 10, seed=3, diagnostics=diagnostics, keep_state=True, compiler=compiler)
     assert hosted.shared_program == f"hidden (12, 12) in the program of {host}"
     assert 0 < hosted.padding_seconds < hosted.train_seconds
-    assert len(train.PROGRAMS) == 1  # no program of its own was compiled
+    assert len(compiler.store) == 1  # no program of its own was compiled
     assert hosted.n_params == own.n_params
     assert set(hosted.points) == set(own.points)
     assert any(k.startswith("update_angle/") for k in own.points) == diagnostics
@@ -197,20 +193,21 @@ def test_costs_are_measured_as_trials_go_and_an_own_program_is_always_used(fresh
     seconds of each program trained, under the context of its runs and data shapes. And a shape whose own
     program is compiled already (here, or in the store on disk) trains in it however cheap padding would be."""
     data = folds()
-    sharing = fresh()
+    compiler = fresh()
+    sharing = compiler.sharing
     assert sharing.compile_cost(RULE_NETWORKS.name) is None
     narrow = dataclasses.replace(BASE, epochs=1)
-    first = cross_validate(narrow, data, 10, seed=0)  # its own program, compiled first
+    first = cross_validate(narrow, data, 10, seed=0, compiler=compiler)  # its own program, compiled first
     assert 0 < sharing.compile_cost(RULE_NETWORKS.name) <= first.compile_seconds
     ((context, hosts),) = sharing._hosts.items()
     (record,) = hosts.values()
     assert record.n_params == first.n_params and len(record.epoch_seconds) == narrow.epochs
     assert sum(record.epoch_seconds) == pytest.approx(first.train_seconds)
 
-    cross_validate(dataclasses.replace(narrow, hidden=(20, 20)), data, 10, seed=0)
+    cross_validate(dataclasses.replace(narrow, hidden=(20, 20)), data, 10, seed=0, compiler=compiler)
     assert len(sharing._hosts[context]) == 2
     sharing.record_compile(RULE_NETWORKS.name, 1e9)
-    again = cross_validate(narrow, data, 10, seed=1)
+    again = cross_validate(narrow, data, 10, seed=1, compiler=compiler)
     assert again.shared_program == "" and again.compile_seconds == 0.0 and again.padding_seconds == 0.0
 
 
@@ -226,13 +223,14 @@ def test_a_cnn_trained_in_the_program_of_a_wider_head_trains_as_in_its_own(fresh
     data = digits._replace(x=digits.x.reshape(-1, 8, 8, 1))
     config = TrainConfig(rule=rule, hidden=(12,), learning_rate=3e-3, epochs=2, batch_size=32,
                          conv=(ConvLayer(4, 3, 1, "SAME", "max"),))
-    fresh(enabled=False)
-    own = cross_validate(config, data, 10, seed=3, diagnostics=True, keep_state=True)
-    sharing = fresh()
-    cross_validate(dataclasses.replace(config, hidden=head), data, 10, seed=9, diagnostics=True)
+    compiler = fresh(enabled=False)
+    own = cross_validate(config, data, 10, seed=3, diagnostics=True, keep_state=True, compiler=compiler)
+    compiler = fresh()
+    sharing = compiler.sharing
+    cross_validate(dataclasses.replace(config, hidden=head), data, 10, seed=9, diagnostics=True, compiler=compiler)
     assert RULE_NETWORKS.hosting(spec(hidden=head, conv=config.conv), spec(hidden=(12,))) is None  # other trunk
     sharing.record_compile(RULE_NETWORKS.name, 1e9)
-    hosted = cross_validate(config, data, 10, seed=3, diagnostics=True, keep_state=True)
+    hosted = cross_validate(config, data, 10, seed=3, diagnostics=True, keep_state=True, compiler=compiler)
     assert hosted.shared_program == f"hidden (12,) in the program of {head}"
     assert set(hosted.points) == set(own.points)
     for name in own.points:
@@ -254,16 +252,18 @@ def test_a_trial_batch_trains_in_a_deeper_program_as_each_trial_alone_in_its_own
     layer placed for the whole group, the host's extra layer dropped from each member's diagnostics)."""
     data = folds()
     configs = [dataclasses.replace(BASE, rule="dfa", learning_rate=lr) for lr in (3e-3, 1e-2)]
-    fresh(enabled=False)
-    alone = [cross_validate(c, data, 10, seed=s, diagnostics=True, keep_state=True) for c, s in zip(configs, (3, 4))]
-    sharing = fresh()
+    compiler = fresh(enabled=False)
+    alone = [cross_validate(c, data, 10, seed=s, diagnostics=True, keep_state=True, compiler=compiler)
+             for c, s in zip(configs, (3, 4))]
+    compiler = fresh()
+    sharing = compiler.sharing
     deeper = dataclasses.replace(BASE, rule="dfa", hidden=(20, 20, 20))
     # a group of as many runs, vmapped (a study trains a group whose runs are not vmapped trial by trial)
-    train.train_group([member(deeper, 8), member(deeper, 9)], data, 10, "vmap", diagnostics=True)
+    train.train_group([member(deeper, 8), member(deeper, 9)], data, 10, "vmap", diagnostics=True, compiler=compiler)
     sharing.record_compile(RULE_NETWORKS.name, 1e9)
     together = train.train_group([member(configs[0], 3), member(configs[1], 4)], data, 10, "vmap", diagnostics=True,
-                                 keep_state=True)
-    assert len(train.PROGRAMS) == 1  # the deeper program only
+                                 keep_state=True, compiler=compiler)
+    assert len(compiler.store) == 1  # the deeper program only
     for own, hosted in zip(alone, together):
         assert hosted.shared_program == "hidden (12, 12) in the program of (20, 20, 20)"
         assert set(hosted.points) == set(own.points) and "update_angle/dense_1" in own.points

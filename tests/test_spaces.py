@@ -14,10 +14,11 @@ import pytest
 from hpo.config import StudyConfig, load_grid
 from hpo.data import load_dataset
 from hpo.errors import UsageError
+from hpo.record import read_study
 from hpo.report.summary import load_studies
 from hpo.run import main
 from hpo.space.algorithms import suggest
-from hpo.space.overrides import SPACE_ATTR, space_table, stored_space
+from hpo.space.overrides import space_table, stored_space
 from hpo.storage.backends import open_storage
 from hpo.study.runner import open_study
 from models.initializers import host_init
@@ -302,13 +303,13 @@ def test_space_is_stored_and_a_changed_space_is_refused_on_resume(tmp_path, caps
     argv = ["--algo", "fa", *TINY, "--storage", storage, "--results-dir", results]
     assert main([*argv, "--space", first]) == 0
     study = optuna.load_study(study_name="digits-mlp-fa", storage=open_storage(storage))
-    assert study.user_attrs[SPACE_ATTR] == stored_space(
+    assert read_study(study).space == stored_space(
         StudyConfig(algo="fa", dataset="digits", space={"optimizer": "adam", "width": [64],
                                                         "lr_adam": {"low": 1e-3, "high": 1e-2, "log": True}}))
     assert not {"optimizer", "width"} & set(study.trials[0].params)
     # the report shows the study's space
     table = (Path(results) / "studies" / "digits-mlp-fa" / "space.md").read_text()
-    assert table == space_table(study.user_attrs) and "| `width` | fixed | 64 |  |" in table
+    assert table == space_table(read_study(study).space) and "| `width` | fixed | 64 |  |" in table
     assert "| `lr_adam` | float (log) | 0.001 .. 0.01 | optimizer = adam |" in table
     assert 'href="studies/digits-mlp-fa/space.md"' in (Path(results) / "index.html").read_text()
     capsys.readouterr()
@@ -346,8 +347,8 @@ def test_studies_from_before_stored_spaces(tmp_path):
     with pytest.raises(UsageError, match="it resumes only with the default space"):
         open_study(StudyConfig(algo="fa", dataset="digits", storage="x", space={"width": 64}), dataset, storage)
     study = open_study(StudyConfig(algo="fa", dataset="digits", storage="x"), dataset, storage)
-    assert study.user_attrs[SPACE_ATTR] == stored_space(StudyConfig(algo="fa"))
-    assert "not stored" in space_table({})
+    assert read_study(study).space == stored_space(StudyConfig(algo="fa"))
+    assert "not stored" in space_table(None)
 
 
 def test_sd_warm_start_follows_the_space(tmp_path):

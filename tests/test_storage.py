@@ -21,7 +21,7 @@ import pytest
 from optuna.trial import TrialState
 
 from hpo.errors import UsageError
-from hpo.parallel.workers import SURPLUS_ATTR, WORKER_ATTR, counted_below
+from hpo.parallel.workers import counted_below
 from hpo.storage.backends import open_storage, redact
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,10 +69,10 @@ def assert_exact(trials: list[optuna.trial.FrozenTrial], total: int) -> None:
     assert len(finished) == total
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
     for t in trials:
-        if SURPLUS_ATTR in t.user_attrs:
+        if "surplus" in t.user_attrs:
             assert t.state == TrialState.FAIL and not t.params
             assert counted_below(trials, t.number) >= total
-    assert all(t.user_attrs[WORKER_ATTR]["trial"] == t.number for t in finished)  # each run by one claimed worker
+    assert all(t.user_attrs["worker"]["trial"] == t.number for t in finished)  # each run by one claimed worker
 
 
 def kill_mid_trial(
@@ -144,7 +144,7 @@ def test_two_concurrent_workers_reach_exact_total(postgres, tmp_path):
     outputs = [finish(p) for p in processes]
     trials = trials_of(postgres.url)
     assert_exact(trials, total)
-    assert {t.user_attrs[WORKER_ATTR]["pid"] for t in trials if t.state in FINISHED} == {p.pid for p in processes}
+    assert {t.user_attrs["worker"]["pid"] for t in trials if t.state in FINISHED} == {p.pid for p in processes}
     params = [tuple(sorted(t.params.items())) for t in trials if t.state in FINISHED]
     assert len(set(params)) == total  # workers started together did not propose the same configurations
     for text in outputs:
@@ -163,7 +163,7 @@ def running_owner(storage: str, pids: set[int]) -> int:
     deadline = time.monotonic() + TIMEOUT
     while time.monotonic() < deadline:
         for t in _poll_trials(storage, STUDY):
-            owner = t.user_attrs.get(WORKER_ATTR, {})
+            owner = t.user_attrs.get("worker", {})
             if t.state == TrialState.RUNNING and t.params and owner.get("trial") == t.number and owner["pid"] in pids:
                 return owner["pid"]
         time.sleep(0.05)

@@ -120,9 +120,9 @@ def test_kolen_pollack_feedback_aligns_with_forward_weights():
 
 def test_program_cache_is_bounded_and_least_recently_used():
     """Unbounded caches of XLA executables exhaust the kernel's memory-map limit in long studies."""
-    from models.programs import ProgramCache
+    from models.compile import ProgramStore
 
-    cache, built = ProgramCache(max_entries=2), []
+    cache, built = ProgramStore(max_entries=2), []
     build = lambda name: (lambda: built.append(name) or name)  # noqa: E731
     assert cache.get("a", build("a"))[0] == "a" and cache.get("b", build("b"))[0] == "b"
     assert cache.get("a", build("a!")) == ("a", 0.0)  # hit: nothing built, "a" becomes most recent

@@ -19,14 +19,21 @@ from optuna.trial import TrialState
 
 from hpo.config import StudyConfig
 from hpo.data import load_dataset
-from hpo.parallel.workers import WORKER_ATTR, counted_below, run_trials
+from hpo.parallel.workers import counted_below, run_trials
 from hpo.storage.backends import open_storage
 from hpo.study import objective as objective_module
 from hpo.study.objective import Objective
 from hpo.study.runner import make_sampler
-from models import train
-from models.programs import ProgramCache
-from models.sharing import ProgramSharing
+from models.compile import Compiler, provisional_mapping
+from models.compile import compiler as compiler_module
+
+
+def objective_of(config: StudyConfig, dataset, sharing: bool = True) -> Objective:
+    """The study's objective with a compiler of its own: programs in memory only, sharing as the test says."""
+    objective = Objective(config, dataset)
+    objective.compiler = Compiler(sharing=sharing)
+    return objective
+
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = "digits-mlp-bp"
@@ -37,7 +44,7 @@ TINY = ["--dataset", "digits", "--algo", "bp", "--epochs", "1", "--folds", "2", 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 TIMEOUT = 240
 LONE_ATTRS = {"fold_scores", "fold_std", "n_params", "curves", "diagnostics", "wall_seconds", "compile_seconds",
-              "train_seconds", "overhead_seconds", WORKER_ATTR}
+              "train_seconds", "overhead_seconds", "worker"}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -51,11 +58,9 @@ def test_a_batch_trains_its_trials_as_one_group_and_prunes_each_on_its_own(monke
     runs one after another (``auto`` undecided on a CPU too) trial by trial in the lone program, each told before
     the next trains. The pruner stops the one with a learning rate too small to learn in an epoch, the others
     complete with every attribute a lone trial has, and every trial's seconds add up."""
-    monkeypatch.setattr(train, "PROGRAMS", ProgramCache())
-    monkeypatch.setattr(train, "SHARING", ProgramSharing(enabled=False))
     config = StudyConfig(algo="bp", dataset="digits", folds=2, epochs=2, space={**SHARED_SHAPE, "optimizer": "adam"},
                          fold_strategy=fold_strategy)
-    objective = Objective(config, load_dataset("digits"))
+    objective = objective_of(config, load_dataset("digits"), sharing=False)
     events = []
     real = objective_module.train_group
 
@@ -70,9 +75,9 @@ def test_a_batch_trains_its_trials_as_one_group_and_prunes_each_on_its_own(monke
     trials = [study.ask() for _ in range(3)]
     heard = []
     outcomes = objective.run_batch(trials, lambda i, outcome: (heard.append(i), events.append(f"told {i}")))
-    vmapped = (train.provisional_mapping() if fold_strategy == "auto" else fold_strategy) == "vmap"
+    vmapped = (provisional_mapping() if fold_strategy == "auto" else fold_strategy) == "vmap"
     assert events == ([3, "told 0", "told 1", "told 2"] if vmapped else [1, "told 0", 1, "told 1", 1, "told 2"])
-    assert train.PROGRAMS.built == 1  # the group's program, or the lone trial's for all three
+    assert objective.compiler.store.built == 1  # the group's program, or the lone trial's for all three
     assert sorted(heard) == [0, 1, 2]
     assert isinstance(outcomes[1], optuna.TrialPruned)
     assert isinstance(outcomes[0], float) and isinstance(outcomes[2], float) and outcomes[0] > 0.3
@@ -81,7 +86,7 @@ def test_a_batch_trains_its_trials_as_one_group_and_prunes_each_on_its_own(monke
     done = study.get_trials()
     assert "pruner stopped the trial after epoch 1" in done[1].user_attrs["pruned_reason"]
     for t in (done[0], done[2]):
-        assert LONE_ATTRS - {WORKER_ATTR} <= set(t.user_attrs)
+        assert LONE_ATTRS - {"worker"} <= set(t.user_attrs)
         assert t.user_attrs["compile_seconds"] + t.user_attrs["train_seconds"] <= t.user_attrs["wall_seconds"] + 1e-6
     # the batch's seconds add up: each trial's share is recorded, pruned ones too
     assert all({"wall_seconds", "compile_seconds", "train_seconds", "overhead_seconds"} <= set(t.user_attrs) for t in done)
@@ -94,12 +99,12 @@ def test_a_trial_in_a_batch_trains_as_it_would_alone():
     together = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
     for p in params:
         together.enqueue_trial(p)
-    batch = Objective(config, dataset).run_batch([together.ask() for _ in params])
+    batch = objective_of(config, dataset, sharing=False).run_batch([together.ask() for _ in params])
     alone = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
     lone = []
     for p in params:
         alone.enqueue_trial(p)
-        lone.append(Objective(config, dataset)(alone.ask()))
+        lone.append(objective_of(config, dataset, sharing=False)(alone.ask()))
     assert batch == pytest.approx(lone, abs=1e-6)  # same trial numbers, same seeds: the same networks
 
 
@@ -113,14 +118,12 @@ def test_a_later_groups_program_compiles_in_the_background_while_the_first_group
     turn would not get past it), each trial counts the seconds it waited for its program as compile seconds and
     the thread's as ``background_compile_seconds``, and both train as they would alone. Not compiling ahead
     (``--no-compile-ahead``, and the default on a small CPU), each compiles in turn as it trains."""
-    monkeypatch.setattr(train, "PROGRAMS", ProgramCache())
-    monkeypatch.setattr(train, "SHARING", ProgramSharing(enabled=False))
     config = StudyConfig(algo="bp", dataset="digits", folds=2, epochs=2, space=TWO_SHAPES, fold_strategy="sequential",
                          compile_ahead=ahead)
     dataset = load_dataset("digits")
     compiled_by: dict[int, str] = {}
     second_compiling = threading.Event()
-    real_compile = train._compile_epoch
+    real_compile = compiler_module.compile_epoch
 
     def recording_compile(family, spec, *args, **kwargs):
         width = spec.config.hidden[0]
@@ -129,8 +132,8 @@ def test_a_later_groups_program_compiles_in_the_background_while_the_first_group
             second_compiling.set()
         return real_compile(family, spec, *args, **kwargs)
 
-    monkeypatch.setattr(train, "_compile_epoch", recording_compile)
-    objective = Objective(config, dataset)
+    monkeypatch.setattr(compiler_module, "compile_epoch", recording_compile)
+    objective = objective_of(config, dataset, sharing=False)
     waited = []
     if ahead:
         objective.on_epoch = lambda number, *_: waited.append(second_compiling.wait(20)) if number == 0 else None
@@ -139,7 +142,7 @@ def test_a_later_groups_program_compiles_in_the_background_while_the_first_group
         study.enqueue_trial({"width": width, "lr_adam": 3e-3})
     trials = [study.ask() for _ in range(2)]
     together = objective.run_batch(trials)
-    assert train.PROGRAMS.built == 2 and set(compiled_by) == {16, 32}
+    assert objective.compiler.store.built == 2 and set(compiled_by) == {16, 32}
     for trial in trials:
         seconds = study._storage.get_trial(trial._trial_id).user_attrs
         assert seconds["compile_seconds"] + seconds["train_seconds"] <= seconds["wall_seconds"] + 1e-6
@@ -153,7 +156,7 @@ def test_a_later_groups_program_compiles_in_the_background_while_the_first_group
     lone = []
     for width in (16, 32):
         alone.enqueue_trial({"width": width, "lr_adam": 3e-3})
-        lone.append(Objective(config, dataset)(alone.ask()))
+        lone.append(objective_of(config, dataset, sharing=False)(alone.ask()))
     assert together == pytest.approx(lone, abs=1e-6)
 
 
@@ -163,12 +166,10 @@ def test_a_narrower_group_trains_after_the_group_that_can_host_it_and_in_its_pro
     narrower one's program is not compiled ahead but decided as it trains, once the larger has trained: on
     digits padding into it costs far less than a compilation, so it trains in the larger program
     (``models.sharing``) and the batch compiles two programs."""
-    monkeypatch.setattr(train, "PROGRAMS", ProgramCache())
-    monkeypatch.setattr(train, "SHARING", ProgramSharing())
     space = {**TWO_SHAPES, "depth": {"low": 1, "high": 2}, "batch_size": [32, 64]}
     config = StudyConfig(algo="bp", dataset="digits", folds=2, epochs=2, space=space, fold_strategy="sequential",
                          compile_ahead=True)
-    objective = Objective(config, load_dataset("digits"))
+    objective = objective_of(config, load_dataset("digits"))
     trained = []
     real = objective_module.train_group
 
@@ -188,13 +189,12 @@ def test_a_narrower_group_trains_after_the_group_that_can_host_it_and_in_its_pro
     assert attrs[0]["shared_program"] == "hidden (16,) in the program of (32, 32)"
     assert "background_compile_seconds" not in attrs[0]
     assert all("shared_program" not in a and a["background_compile_seconds"] > 0 for a in attrs[1:])
-    assert train.PROGRAMS.built == 2
+    assert objective.compiler.store.built == 2
 
 
 def test_startup_trials_are_asked_together_and_sample_what_they_would_alone(tmp_path, monkeypatch):
     """A worker asks the study's random start-up trials as one batch (then one trial at a time): their
     parameters, seeds and scores are those of a study that asks them one by one, on a real storage."""
-    monkeypatch.setattr(train, "SHARING", ProgramSharing(enabled=False))
     config = StudyConfig(algo="bp", dataset="digits", folds=2, epochs=1, space={**TWO_SHAPES, "width": [16, 32]},
                          fold_strategy="sequential", pruner="none")
     dataset = load_dataset("digits")
@@ -203,7 +203,7 @@ def test_startup_trials_are_asked_together_and_sample_what_they_would_alone(tmp_
         storage = open_storage(str(tmp_path / f"startup-{startup}.journal"))
         study = optuna.create_study(storage=storage, study_name=STUDY, direction="maximize",
                                     sampler=make_sampler(config))
-        objective = Objective(config, dataset)
+        objective = objective_of(config, dataset, sharing=False)
         batches = []
 
         def counting(trials, *args, real=objective.run_batch, sizes=batches, **kwargs):
@@ -254,7 +254,7 @@ def assert_exact(trials: list[optuna.trial.FrozenTrial], total: int) -> None:
             assert counted_below(trials, t.number) >= total
     for t in finished:
         assert LONE_ATTRS <= set(t.user_attrs), t.user_attrs.keys()
-        assert t.user_attrs[WORKER_ATTR]["trial"] == t.number
+        assert t.user_attrs["worker"]["trial"] == t.number
 
 
 @pytest.mark.slow  # 30-50 s of study processes or eager training; run with -m slow
@@ -331,4 +331,4 @@ def test_batches_of_several_workers_reach_the_exact_total(tmp_path):
     assert "[w0] " in output and "[w1] " in output
     trials = trials_of(storage)
     assert_exact(trials, 6)
-    assert len({t.user_attrs[WORKER_ATTR]["pid"] for t in trials if t.state in FINISHED}) == 2
+    assert len({t.user_attrs["worker"]["pid"] for t in trials if t.state in FINISHED}) == 2

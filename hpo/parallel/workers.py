@@ -45,11 +45,10 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpo.errors import StorageError
 from hpo.parallel import interrupts
+from hpo.record import read_trial, write_trial
 from hpo.storage.backends import MAX_RETRY, STORAGE_FAILURES, is_server_url
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # states that count towards the total
-SURPLUS_ATTR = "surplus"  # user attribute of a surplus trial: why it ended without training
-WORKER_ATTR = "worker"  # user attribute: {"trial", "host", "pid", "started"} of the process running the trial
 POLL_SECONDS = 1.0  # how often a waiting worker looks at the storage again
 HEARTBEAT_JOIN_SECONDS = 2.0  # how long a finished trial waits for its heartbeat thread's last write
 
@@ -71,7 +70,7 @@ def process_start(pid: int) -> str | None:
 
 
 def owner_is_dead(owner: dict) -> bool:
-    """True if ``owner`` (a WORKER_ATTR value) names a process on this host that no longer exists."""
+    """True if ``owner`` (a trial's ``worker`` record) names a process on this host that no longer exists."""
     if owner.get("host") != socket.gethostname():
         return False  # another machine: only heartbeats can tell
     pid = owner.get("pid")
@@ -89,7 +88,7 @@ def owner_is_dead(owner: dict) -> bool:
 
 def claimed_owner(trial: FrozenTrial) -> dict | None:
     """The owner recorded by the worker running ``trial``; a retry inherits its original's, which is ignored."""
-    owner = trial.user_attrs.get(WORKER_ATTR)
+    owner = read_trial(trial).worker
     return owner if isinstance(owner, dict) and owner.get("trial") == trial.number else None
 
 
@@ -166,7 +165,7 @@ def surplus_reason(study: optuna.Study, trial: optuna.Trial, total: int) -> str 
 def claim(trial: optuna.Trial) -> None:
     pid = os.getpid()
     owner = {"trial": trial.number, "host": socket.gethostname(), "pid": pid, "started": process_start(pid)}
-    trial.set_user_attr(WORKER_ATTR, owner)
+    write_trial(trial, worker=owner)
 
 
 def run_one(study: optuna.Study, trial: optuna.Trial, objective: Callable[[optuna.Trial], float]) -> FrozenTrial:
@@ -311,7 +310,7 @@ def run_trials(
                     on_company = None
                 reason = surplus_reason(study, trial, total)
                 if reason is not None:
-                    trial.set_user_attr(SURPLUS_ATTR, reason)
+                    write_trial(trial, surplus=reason)
                     study.tell(trial, state=TrialState.FAIL)
                     continue
                 asked.append(trial)

@@ -32,9 +32,8 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from hpo.files import atomic_path, pyplot
+from hpo.record import STARTUP_TRIALS, TestScores, read_study, startup_spread
 from hpo.report.stats import CONFIDENCE, summarize_scores, welch
-from hpo.study.population import STARTUP_TRIALS, startup_spread
-from hpo.study.test_scores import TEST_ATTR, read_heldout
 
 BACKPROP = "bp"  # the rule every other one is compared with
 PREDATES_TEST_SEEDS = "one seed: the run predates test seeds"
@@ -49,11 +48,10 @@ STARTUP_COLUMNS = ["startup_n", "startup_unscored", "startup_mean", "startup_std
 VS_BP_COLUMNS = ["delta_vs_bp", "delta_vs_bp_ci95", "p_vs_bp"]
 
 
-def heldout_columns(attrs: dict[str, Any], best_trial: int | None) -> dict[str, Any]:
-    """The ``test_*`` columns of a study from its user attributes and its best trial's number."""
+def score_columns(record: TestScores | None, best_trial: int | None) -> dict[str, Any]:
+    """The ``test_*`` columns of a study from its stored test scores and its best trial's number."""
     row: dict[str, Any] = {"test_n": 0, "test_mean": np.nan, "test_std": np.nan, "test_ci95": np.nan,
                            "test_note": "", "test_scores": ""}
-    record = read_heldout(attrs.get(TEST_ATTR))
     if best_trial is None:
         return row
     if record is None:
@@ -74,7 +72,7 @@ def heldout_columns(attrs: dict[str, Any], best_trial: int | None) -> dict[str, 
 
 
 def startup_columns(trials: list[optuna.trial.FrozenTrial], maximize: bool) -> dict[str, Any]:
-    """The ``startup_*`` columns: the spread over the random start-up trials (``hpo.study.population``)."""
+    """The ``startup_*`` columns: the spread over the random start-up trials (``hpo.record.startup_spread``)."""
     spread = startup_spread(trials)
     scores = spread.scores
     return {
@@ -134,8 +132,8 @@ def efficiency_png(studies: list[optuna.Study], results: Path) -> list[Path]:
     """``efficiency/<dataset>-<model>.png``: best-so-far CV score against finished trials, a line per rule."""
     groups: dict[tuple[str, str], list[optuna.Study]] = {}
     for study in studies:
-        attrs = study.user_attrs
-        groups.setdefault((attrs.get("dataset", ""), attrs.get("model", "")), []).append(study)
+        record = read_study(study)
+        groups.setdefault((record.dataset or "", record.model or ""), []).append(study)
     written = []
     plt = pyplot()
     for (dataset, model), members in sorted(groups.items()):
@@ -143,7 +141,7 @@ def efficiency_png(studies: list[optuna.Study], results: Path) -> list[Path]:
         curves = [(s, c) for s, c in curves if np.isfinite(c).any()]
         if not curves:
             continue
-        labels = [s.user_attrs.get("algo") or s.study_name for s, _ in curves]
+        labels = [read_study(s).algo or s.study_name for s, _ in curves]
         if len(set(labels)) < len(labels):  # one rule in two studies: name the studies
             labels = [s.study_name for s, _ in curves]
         fig, ax = plt.subplots(figsize=(6.4, 4.0))
@@ -161,7 +159,7 @@ def efficiency_png(studies: list[optuna.Study], results: Path) -> list[Path]:
             low, high = min(after_startup), max(finals)
             ax.set_ylim(low - 0.1 * max(high - low, 0.01), high + 0.05 * max(high - low, 0.01))
         ax.set_xlabel("finished trials (complete or pruned), in order")
-        ax.set_ylabel(f"best CV {curves[0][0].user_attrs.get('metric', 'score')} so far")
+        ax.set_ylabel(f"best CV {read_study(curves[0][0]).metric or 'score'} so far")
         title = " / ".join(part for part in (dataset, model) if part) or "studies"
         ax.set_title(f"HPO efficiency: {title}", fontsize=10)
         ax.grid(alpha=0.3)

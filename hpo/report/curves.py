@@ -1,21 +1,5 @@
-"""Learning curves and diagnostics of every trial: their compact storage format and their plots.
-
-Storage. A complete trial keeps two Optuna user attributes (JSON, so the dashboard shows them and the report
-reads them back without retraining):
-
-* ``curves``: ``{"epoch": [...], "series": {name: [[fold 1 values], [fold 2 values], ...]}}`` with one value
-  per evaluation point (``epoch`` is each point's position in epochs), for the learning curves
-  (``train_loss``, ``train_score``, ``val_loss``, ``val_score``) and the diagnostics of
-  ``models.diagnostics`` (``update_angle/<layer>``, ``wb_angle/<layer>``, ...). Values have 4 significant
-  digits; an undefined value (an angle to an all-zero gradient) is ``null``.
-* ``diagnostics``: the final value of every diagnostic (mean over folds), for tables and filters.
-
-Why user attributes and not Optuna artifacts: they live in the study storage itself, so every backend works
-the same (a PostgreSQL study shared by workers on several machines needs no shared filesystem for an artifact
-store), they are copied and committed with the storage, and the dashboard shows them. They are small: a
-network of 3 hidden layers with diagnostics (24 series), 10 epochs, 3 folds and one evaluation per epoch
-stores about 6 kB per trial (300 kB for a 50-trial study; pruned trials store no curves);
-``tests/test_diagnostics.py`` checks the bound. ``--evals-per-epoch N`` multiplies it by N.
+"""Plots of every trial's learning curves and diagnostics, read from the stored record (``hpo.record``: the
+``curves`` and ``diagnostics`` fields and their format).
 
 Plots (``write_curve_plots``, called by ``hpo.report.summary.write_reports``): for the best trial of each study,
 ``<results>/studies/<study>/curves.png`` (learning curves per fold and mean), ``alignment.png`` (angles per
@@ -25,46 +9,13 @@ every rule, grouped by dataset and model).
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from hpo.files import atomic_path, pyplot, study_folder
-
-LEARNING = ("train_loss", "train_score", "val_loss", "val_score")
-SIGNIFICANT = 4  # digits kept in storage: angles to 0.01 degree, losses to 0.1 %
-
-
-def _compact(value: float) -> float | None:
-    value = float(value)
-    return None if not math.isfinite(value) else float(f"{value:.{SIGNIFICANT}g}")
-
-
-def encode_curves(points: dict[str, np.ndarray], point_epochs: np.ndarray) -> dict[str, Any]:
-    """The ``curves`` user attribute from ``CVResult.points`` ((points, folds) arrays) and their positions."""
-    return {
-        "epoch": [_compact(e) for e in point_epochs],
-        "series": {name: [[_compact(v) for v in fold] for fold in np.asarray(a).T] for name, a in points.items()},
-    }
-
-
-def decode_curves(attr: dict[str, Any]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Positions (points,) and name -> (folds, points) float arrays (NaN where stored as null)."""
-    epochs = np.asarray(attr["epoch"], float)
-    series = {name: np.array(folds, dtype=float) for name, folds in attr["series"].items()}
-    return epochs, series
-
-
-def final_diagnostics(points: dict[str, np.ndarray]) -> dict[str, float | None]:
-    """The ``diagnostics`` user attribute: each diagnostic's value at the last point, mean over folds."""
-    return {
-        name: _compact(np.nanmean(a[-1])) if np.isfinite(a[-1]).any() else None
-        for name, a in points.items()
-        if name not in LEARNING
-    }
-
+from hpo.record import decode_curves, read_study, read_trial
 
 # ----------------------------------------------------------------------------------------------------------
 # Plots
@@ -288,21 +239,22 @@ def write_curve_plots(studies: list, results: Path) -> None:
         if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             continue
         best = study.best_trial
-        if "curves" not in best.user_attrs or "series" not in best.user_attrs["curves"]:
+        trial = read_trial(best)
+        if not isinstance(trial.curves, dict) or "series" not in trial.curves:
             continue
-        epochs, series = decode_curves(best.user_attrs["curves"])
+        epochs, series = decode_curves(trial.curves)
         directory = study_folder(results, study.study_name)
         title = f"{study.study_name} #{best.number}"
-        learning_curves_png(title, epochs, series, directory / "curves.png", study.user_attrs.get("metric"))
+        record = read_study(study)
+        learning_curves_png(title, epochs, series, directory / "curves.png", record.metric)
         alignment_png(title, epochs, series, directory / "alignment.png")
         weight_change_png(title, epochs, series, directory / "weight_change.png")
-        attrs = study.user_attrs
         rows.append(
             {
-                "dataset": attrs.get("dataset", ""),
-                "model": attrs.get("model", ""),
-                "algo": attrs.get("algo", ""),
-                "diagnostics": best.user_attrs.get("diagnostics", {}),
+                "dataset": record.dataset or "",
+                "model": record.model or "",
+                "algo": record.algo or "",
+                "diagnostics": trial.diagnostics or {},
             }
         )
     alignment_comparison_png(rows, results / "alignment.png")

@@ -30,6 +30,7 @@ from optuna.trial import TrialState
 from hpo.config import DEFAULT_STORAGE
 from hpo.errors import UsageError
 from hpo.files import atomic_path, check_writable, pyplot, study_folder, write_text, written_together
+from hpo.record import STARTUP_TRIALS, read_study, read_trial
 from hpo.report.comparison import (
     PREDATES_STARTUP_MARK,
     PREDATES_TEST_SEEDS,
@@ -40,15 +41,14 @@ from hpo.report.comparison import (
     add_vs_bp,
     best_params_tables,
     efficiency_png,
-    heldout_columns,
     markdown_table,
+    score_columns,
     startup_columns,
 )
 from hpo.report.curves import write_curve_plots
 from hpo.report.folders import plotly_bundle, record_owner, results_dir_for, storage_identity, write_html
 from hpo.space.overrides import space_table
 from hpo.storage.backends import open_storage, redact, study_names
-from hpo.study.population import STARTUP_TRIALS
 
 SUMMARY_COLUMNS = [
     "study", "dataset", "model", "algo", "metric", "direction", "complete", "pruned", "failed", "best",
@@ -64,13 +64,13 @@ def study_row(study: optuna.Study) -> dict:
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     values = np.array([t.value for t in complete], dtype=float)
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    attrs = study.user_attrs
+    record = read_study(study)
     row = {
         "study": study.study_name,
-        "dataset": attrs.get("dataset", ""),
-        "model": attrs.get("model", ""),
-        "algo": attrs.get("algo", ""),
-        "metric": attrs.get("metric", "value"),
+        "dataset": record.dataset or "",
+        "model": record.model or "",
+        "algo": record.algo or "",
+        "metric": record.metric or "value",
         "direction": "maximize" if maximize else "minimize",
         "complete": len(complete),
         "pruned": sum(t.state == TrialState.PRUNED for t in trials),
@@ -79,20 +79,21 @@ def study_row(study: optuna.Study) -> dict:
         **startup_columns(trials, maximize),
         "median_trial_seconds": np.nan, "compile_seconds": 0.0, "wall_seconds": 0.0, "best_params": "",
     }
-    timed = [t.user_attrs["wall_seconds"] for t in trials if "wall_seconds" in t.user_attrs]
+    records = [read_trial(t) for t in trials]
+    timed = [r.wall_seconds for r in records if r.wall_seconds is not None]
     if timed:
         row["median_trial_seconds"] = float(np.median(timed))
         row["wall_seconds"] = float(np.sum(timed))
-    row["compile_seconds"] = float(sum(t.user_attrs.get("compile_seconds", 0.0) for t in trials))
+    row["compile_seconds"] = float(sum(r.compile_seconds or 0.0 for r in records))
     best = study.best_trial if len(values) else None
     if best is not None:
         row.update(
             best=float(values.max() if maximize else values.min()),
             best_trial=best.number,
-            best_fold_std=best.user_attrs.get("fold_std", np.nan),
+            best_fold_std=np.nan if read_trial(best).fold_std is None else read_trial(best).fold_std,
             best_params=json.dumps(best.params, sort_keys=True),
         )
-    row.update(heldout_columns(attrs, None if best is None else best.number))
+    row.update(score_columns(record.test, None if best is None else best.number))
     return row
 
 
@@ -409,7 +410,7 @@ def write_reports(storage_url: str, results_dir: str | Path | None = None, patte
             for study in studies:
                 folder = study_folder(results, study.study_name)
                 study_plots(study, folder, bundle, sparse_params)
-                write_text(folder / "space.md", space_table(study.user_attrs))
+                write_text(folder / "space.md", space_table(read_study(study).space))
             write_curve_plots(studies, results)
             publish()  # the index lists the files found in place
             write_index(results, [s.study_name for s in studies], storage_url)

@@ -18,6 +18,7 @@ from optuna.trial import FrozenTrial, TrialState
 from hpo.config import DEFAULT_STORAGE
 from hpo.errors import UsageError
 from hpo.files import study_folder
+from hpo.record import decode_curves, read_study, read_trial
 from hpo.report.folders import results_dir_for
 from hpo.storage.backends import open_storage, redact, study_names
 
@@ -65,16 +66,16 @@ def trial_curve_plots(study: optuna.Study, trial: FrozenTrial, directory: str | 
     """Plot one trial's learning curves (and alignment and weight change, when it recorded diagnostics) into
     ``directory`` with the plotting functions of ``hpo.report.curves``; return the PNGs written. For the best trial and
     ``study_folder(results, study.study_name)`` these are the files the report writes."""
-    from hpo.report.curves import alignment_png, decode_curves, learning_curves_png, weight_change_png
+    from hpo.report.curves import alignment_png, learning_curves_png, weight_change_png
 
-    attr = trial.user_attrs.get("curves")
+    attr = read_trial(trial).curves
     if not attr or "series" not in attr:
         raise UsageError(f"trial #{trial.number} of {study.study_name!r} has no stored curves")
     epochs, series = decode_curves(attr)
     directory = Path(directory)
     title = f"{study.study_name} #{trial.number}"
     written = [directory / "curves.png"]
-    learning_curves_png(title, epochs, series, written[0], study.user_attrs.get("metric"))
+    learning_curves_png(title, epochs, series, written[0], read_study(study).metric)
     for name, plot in (("alignment.png", alignment_png), ("weight_change.png", weight_change_png)):
         if plot(title, epochs, series, directory / name):
             written.append(directory / name)

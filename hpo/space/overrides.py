@@ -32,6 +32,7 @@ from typing import Any, Mapping, Protocol, TypeVar
 import optuna
 
 from hpo.errors import UsageError
+from hpo.record import read_study, write_study
 from hpo.space.algorithms import ALGORITHMS, MODELS, get_algorithm, study_effective_space
 from hpo.space.parameters import Parameter, parameters_of, parse_override, show
 
@@ -47,7 +48,6 @@ class StudySpace(Protocol):
 
 Config = TypeVar("Config", bound=StudySpace)
 
-SPACE_ATTR = "space"  # the study user attribute holding its effective space (JSON)
 
 
 def _all_parameters() -> dict[str, Parameter]:
@@ -227,7 +227,7 @@ def record_space(study: optuna.Study, config: StudySpace, where: str) -> None:
     ``kp_decay``, times the learning rate, became ``kp_decay_per_step``, so old kp studies cannot resume).
     """
     current = stored_space(config)
-    stored = study.user_attrs.get(SPACE_ATTR)
+    stored = read_study(study).space
     if stored is not None:
         difference = first_difference(stored, current)
         if difference is not None:
@@ -249,7 +249,7 @@ def record_space(study: optuna.Study, config: StudySpace, where: str) -> None:
                 f"{before}, and its trials have parameter {unknown!r}, which the current default space does not "
                 "ask; use another --study-name"
             )
-    study.set_user_attr(SPACE_ATTR, current)
+    write_study(study, space=current)
 
 
 # Tables of a space, for --show-space, reports and the notebook.
@@ -273,9 +273,8 @@ def space_rows(space: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, st
     return rows
 
 
-def space_table(attrs: dict[str, Any]) -> str:
-    """Markdown table of the space stored in a study's user attributes (``study.user_attrs``)."""
-    space = attrs.get(SPACE_ATTR)
+def space_table(space: dict[str, Any] | None) -> str:
+    """Markdown table of a study's stored space (``hpo.record.read_study(study).space``)."""
     if space is None:
         return "Search space not stored: the study was created before spaces were stored with studies.\n"
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]

@@ -27,6 +27,7 @@ import optuna
 
 from hpo.data import Dataset
 from hpo.errors import UsageError
+from hpo.record import write_trial
 from hpo.space.parameters import (
     Choices,
     Condition,
@@ -41,7 +42,7 @@ from hpo.space.parameters import (
 from models.networks import ACTIVATIONS, POOLS, ConvLayer
 from models.rule_training import FEEDBACK_DISTRIBUTIONS as FEEDBACK_INITS
 from models.rule_training import OPTIMIZERS, TrainConfig
-from models.rules.ops import PADDINGS
+from models.rules.conv import PADDINGS
 from models.sd import MAX_RATE_PER_STEP, SDConfig
 
 
@@ -272,7 +273,7 @@ def _suggest_fitting(trial: Any, name: str, choices: tuple, fits: Callable[[Any]
     allowed = [c for c in choices if fits(c)]
     if not allowed:
         reason = f"no value of {name} among {list(choices)} fits the input left by the layers before it"
-        trial.set_user_attr("pruned_reason", reason)
+        write_trial(trial, pruned_reason=reason)
         raise optuna.TrialPruned(reason)
     if len(allowed) == 1:
         return allowed[0]

@@ -11,7 +11,7 @@ import optuna
 from hpo.config import StudyConfig
 from hpo.space.algorithms import suggest
 from hpo.study.objective import Objective
-from models.train import PROGRAMS, group_key, precompile
+from models.train import group_key, precompile
 
 SAMPLES = 400  # proposals drawn from the space at most
 PATIENCE = 150  # stop after this many proposals in a row that needed no new program
@@ -69,7 +69,7 @@ def compile_ahead(config: StudyConfig, objective: Objective) -> CompileAhead | N
     trains, the CPU compiles), a competitor for the cores on a small CPU (``hpo.study.objective.compiles_ahead``). The
     caller stops it (``CompileAhead.stop``) when its trials are done.
     """
-    if PROGRAMS.directory is None:
+    if objective.compiler.directory is None:
         return None
 
     def work(stopping: threading.Event) -> None:
@@ -82,7 +82,7 @@ def compile_ahead(config: StudyConfig, objective: Objective) -> CompileAhead | N
                     return
                 precompile(
                     proposed, objective.data, objective.dataset.out_features, config.fold_strategy,
-                    config.evals_per_epoch, config.diagnostics,
+                    config.evals_per_epoch, config.diagnostics, compiler=objective.compiler,
                 )
         except Exception:  # noqa: BLE001 -- compiling ahead is an optimisation: a trial compiles what it needs
             return

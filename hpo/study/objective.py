@@ -7,6 +7,7 @@ import functools
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Callable, Hashable, Iterator, NamedTuple
 
 import jax.numpy as jnp
@@ -16,9 +17,11 @@ import optuna
 from hpo.config import StudyConfig
 from hpo.data import Dataset, Folds, make_folds
 from hpo.errors import UsageError
-from hpo.report.curves import encode_curves, final_diagnostics
+from hpo.files import user_cache_dir
+from hpo.record import encode_curves, final_diagnostics, write_trial
 from hpo.space.algorithms import study_space, suggest
 from hpo.study.population import mark_startup, startup_length
+from models.compile import Compiler
 from models.train import (
     CVResult,
     DivergedError,
@@ -49,6 +52,15 @@ def check_evaluation_points(config: StudyConfig, dataset: Dataset, folds: Folds)
 EpochListener = Callable[[int, int, int, float, float], None]
 
 
+def programs_directory(cache_dir: str | None) -> Path | None:
+    """Where a study's compiled programs are stored (``models.compile.store``): ``<cache dir>/programs``, the cache
+    dir being ``--cache-dir``, else ``$HPO_JAX_CACHE``, else ``jax`` in the user's cache directory; None for
+    ``none`` (memory only). A store lets a rerun, or a study after ``python -m hpo.warmup``, load its programs
+    instead of tracing and compiling them."""
+    path = cache_dir or os.environ.get("HPO_JAX_CACHE") or str(user_cache_dir() / "jax")
+    return None if path.lower() == "none" else Path(path).expanduser() / "programs"
+
+
 def trial_seed(study_seed: int, trial_number: int) -> int:
     """Seed of one trial's networks and batch order, derived from the study seed."""
     return int(np.random.SeedSequence([study_seed, trial_number]).generate_state(1)[0])
@@ -70,6 +82,7 @@ class Objective:
         self.folds = make_folds(dataset, config.folds, config.seed)
         check_evaluation_points(config, dataset, self.folds)
         self.startup = startup_length(config)
+        self.compiler = Compiler(directory=programs_directory(config.cache_dir))
 
     @functools.cached_property
     def data(self) -> FoldData:
@@ -129,7 +142,7 @@ class Objective:
                 continue
             walls[i] += time.perf_counter() - start
             groups.setdefault(planned.key, []).append((i, planned))
-        ordered, hostable = training_order(groups)
+        ordered, hostable = training_order(groups, self.compiler)
         parts = [part for group in ordered for part in self.programs_of(group)]
         with self.compiling_ahead(parts, timings, hostable) as compiled_ahead:
             for j, part in enumerate(parts):
@@ -141,6 +154,7 @@ class Objective:
                 results = train_group(
                     [planned.member for _, planned in part], self.data, self.dataset.out_features,
                     self.config.fold_strategy, self.config.evals_per_epoch, self.config.diagnostics,
+                    compiler=self.compiler,
                 )
                 finished = []
                 for (i, planned), result in zip(part, results):
@@ -198,7 +212,7 @@ class Objective:
         try:
             seconds = precompile(
                 part[0][1].member.config, self.data, self.dataset.out_features, self.config.fold_strategy,
-                self.config.evals_per_epoch, self.config.diagnostics, members=len(part),
+                self.config.evals_per_epoch, self.config.diagnostics, members=len(part), compiler=self.compiler,
             )
         except Exception:  # noqa: BLE001 -- an optimisation only: the part compiles for itself and meets the error
             return
@@ -212,7 +226,8 @@ class Objective:
         is told to the storage as soon as it ends, so the pruner and the sampler hear of it before the next."""
         members = [planned.member for _, planned in group]
         if len(group) > 1 and group_mapping(members, self.data, self.dataset.out_features, self.config.fold_strategy,
-                                            self.config.evals_per_epoch, self.config.diagnostics) == "sequential":
+                                            self.config.evals_per_epoch, self.config.diagnostics,
+                                            self.compiler) == "sequential":
             return [[entry] for entry in group]
         return [group]
 
@@ -229,7 +244,7 @@ class Objective:
             if self.on_epoch is not None:
                 self.on_epoch(trial.number, epoch + 1, self.config.epochs, score, time.perf_counter() - started)
             if trial.should_prune():
-                trial.set_user_attr("pruned_reason", f"pruner stopped the trial after epoch {epoch + 1}")
+                write_trial(trial, pruned_reason=f"pruner stopped the trial after epoch {epoch + 1}")
                 raise optuna.TrialPruned(f"pruned after epoch {epoch + 1}")
 
         n_runs = self.data.train_idx.shape[0]
@@ -237,22 +252,25 @@ class Objective:
         order_rng = np.random.default_rng(order_seed)  # as models.train.cross_validate: one generator for the folds
         # recorded before training too, so that a running trial shows it has compiled (dashboard, tests)
         member = Member(config, run_seeds, [order_rng] * n_runs, on_epoch, timing,
-                        lambda seconds: trial.set_user_attr("compile_seconds", seconds))
+                        lambda seconds: write_trial(trial, compile_seconds=seconds))
         return PlannedTrial(trial, member, group_key(config, self.data, self.dataset.out_features))
 
     def finish(self, trial: optuna.Trial, outcome: CVResult | Exception) -> float:
         """Record a trained trial's results as user attributes and return its value (or raise how it ended)."""
         if isinstance(outcome, DivergedError):
-            trial.set_user_attr("pruned_reason", f"diverged: {outcome}")
+            write_trial(trial, pruned_reason=f"diverged: {outcome}")
             raise optuna.TrialPruned(f"diverged: {outcome}")
         if isinstance(outcome, Exception):
             raise outcome
-        trial.set_user_attr("fold_scores", [float(s) for s in outcome.fold_scores])
-        trial.set_user_attr("fold_std", float(np.std(outcome.fold_scores)))
-        trial.set_user_attr("n_params", outcome.n_params)
-        trial.set_user_attr("curves", encode_curves(outcome.points, outcome.point_epochs))
+        write_trial(
+            trial,
+            fold_scores=[float(s) for s in outcome.fold_scores],
+            fold_std=float(np.std(outcome.fold_scores)),
+            n_params=outcome.n_params,
+            curves=encode_curves(outcome.points, outcome.point_epochs),
+        )
         if self.config.diagnostics:
-            trial.set_user_attr("diagnostics", final_diagnostics(outcome.points))
+            write_trial(trial, diagnostics=final_diagnostics(outcome.points))
         return outcome.score
 
 
@@ -268,26 +286,29 @@ def record_timing(trial: optuna.Trial, wall_seconds: float, timing: Timing) -> N
     """Every second of a finished trial, pruned or not: compiling, training, and everything else (sampling,
     initialisation, transfers, storage writes), so a study's benchmark can account for its whole time; and, for a
     trial trained in a wider network's program, which one and about how many training seconds its padding took."""
-    trial.set_user_attr("wall_seconds", wall_seconds)
-    trial.set_user_attr("compile_seconds", timing.compile_seconds)
-    trial.set_user_attr("train_seconds", timing.train_seconds)
-    trial.set_user_attr("overhead_seconds", max(0.0, wall_seconds - timing.compile_seconds - timing.train_seconds))
-    trial.set_user_attr("padding_seconds", timing.padding_seconds)  # of train_seconds (models.sharing)
+    write_trial(
+        trial,
+        wall_seconds=wall_seconds,
+        compile_seconds=timing.compile_seconds,
+        train_seconds=timing.train_seconds,
+        overhead_seconds=max(0.0, wall_seconds - timing.compile_seconds - timing.train_seconds),
+        padding_seconds=timing.padding_seconds,  # of train_seconds (models.compile.sharing)
+    )
     if timing.background_compile_seconds:
-        trial.set_user_attr("background_compile_seconds", timing.background_compile_seconds)
+        write_trial(trial, background_compile_seconds=timing.background_compile_seconds)
     if timing.shared_program:
-        trial.set_user_attr("shared_program", timing.shared_program)
+        write_trial(trial, shared_program=timing.shared_program)
 
 
-def training_order(groups: dict[Hashable, list]) -> tuple[list[list], set[Hashable]]:
+def training_order(groups: dict[Hashable, list], compiler: Compiler) -> tuple[list[list], set[Hashable]]:
     """A batch's groups in the order they train, every group that could host another's networks in its program
     (``models.train.could_host``) before them, and the keys of the groups that another could host. So a
     narrower network meets its host trained, with the cost of padding into it measured (``models.sharing``)."""
     family = {key: group[0][1].member.config.family for key, group in groups.items()}
-    hostable = {key for key in groups if any(could_host(host, key, family[key]) for host in groups)}
+    hostable = {key for key in groups if any(could_host(host, key, family[key], compiler) for host in groups)}
     remaining, ordered = list(groups), []
     while remaining:  # hosting is a partial order (a host is larger everywhere): take a group none left can host
-        key = next(k for k in remaining if not any(could_host(h, k, family[k]) for h in remaining))
+        key = next(k for k in remaining if not any(could_host(h, k, family[k], compiler) for h in remaining))
         remaining.remove(key)
         ordered.append(groups[key])
     return ordered, hostable

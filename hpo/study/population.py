@@ -1,4 +1,5 @@
-"""The trials a study's spread (mean, std, worst across trials) is computed over: its random start-up trials.
+"""Marking the trials a study's spread (mean, std, worst across trials) is computed over: its random start-up trials
+(read back by ``hpo.record.startup_spread``), and pruners that never stop one.
 
 Why not every complete trial: the pruner stops trials at very different rates per rule (on mnist-5k MLPs, bp
 had 43 of 50 trials pruned, fa 20), so "the complete trials" of two rules are different populations, each
@@ -25,18 +26,12 @@ counted as unscored too.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from hpo.record import STARTUP_TRIALS, read_trial, write_trial
 from hpo.space.algorithms import starting_points
 from hpo.space.tables import StudySettings
-
-STARTUP_TRIALS = 10  # random start-up trials of every study (TPE's default), the spread's population
-STARTUP_ATTR = "startup"  # trial user attribute: True on a random start-up trial
-STARTING_POINT_ATTR = "starting_point"  # trial user attribute of an enqueued known-good configuration
 
 
 def startup_length(study: StudySettings) -> int:
@@ -53,8 +48,8 @@ def is_startup(trials: list[FrozenTrial], number: int, n_startup: int, inherited
 def mark_startup(trial: optuna.Trial, n_startup: int) -> None:
     """Mark ``trial`` as a start-up trial if it is one (call before it samples anything)."""
     trials = trial.study.get_trials(deepcopy=False)
-    if is_startup(trials, trial.number, n_startup, bool(trial.user_attrs.get(STARTUP_ATTR))):
-        trial.set_user_attr(STARTUP_ATTR, True)
+    if is_startup(trials, trial.number, n_startup, bool(read_trial(trial).startup)):
+        write_trial(trial, startup=True)
 
 
 class SparesStartup:
@@ -65,7 +60,7 @@ class SparesStartup:
     """
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
-        if trial.user_attrs.get(STARTUP_ATTR):
+        if read_trial(trial).startup:
             return False
         return super().prune(study, trial)
 
@@ -80,30 +75,3 @@ class SparingHyperbandPruner(SparesStartup, optuna.pruners.HyperbandPruner):
 
 class SparingWilcoxonPruner(SparesStartup, optuna.pruners.WilcoxonPruner):
     """Optuna's Wilcoxon pruner that never stops a start-up trial."""
-
-
-@dataclass(frozen=True)
-class Spread:
-    """The start-up population of one study, as the summaries report it."""
-
-    scores: np.ndarray  # final CV scores of the start-up trials that have one (complete), in trial order
-    unscored: int  # start-up trials that ended without a final score
-    marked: bool  # False: the study predates the mark; the population is reconstructed (module docstring)
-
-    @property
-    def n(self) -> int:
-        return len(self.scores)
-
-
-def startup_spread(trials: list[FrozenTrial]) -> Spread:
-    """The start-up population of a study's ``trials`` (random, never pruned; see the module docstring)."""
-    marked = any(t.user_attrs.get(STARTUP_ATTR) for t in trials)
-    if marked:
-        population = [t for t in trials if t.user_attrs.get(STARTUP_ATTR)]
-    else:
-        # the sampler's random phase then counted an enqueued starting point among its STARTUP_TRIALS
-        population = sorted((t for t in trials if t.state != TrialState.FAIL), key=lambda t: t.number)[:STARTUP_TRIALS]
-    population = [t for t in population if not t.user_attrs.get(STARTING_POINT_ATTR)]
-    ended = [t for t in population if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-    scores = np.array([t.value for t in ended if t.state == TrialState.COMPLETE], dtype=float)
-    return Spread(scores, sum(t.state == TrialState.PRUNED for t in ended), marked)

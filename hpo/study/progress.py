@@ -19,6 +19,7 @@ from typing import Callable
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.errors import UsageError
+from hpo.record import read_trial
 
 Printer = Callable[[str], None]
 LONG_TRIAL_SECONDS = 10.0  # trials running longer than this show their epochs ($HPO_EPOCH_PROGRESS_SECONDS)
@@ -67,8 +68,8 @@ def outcome(trial: FrozenTrial, metric: str) -> str:
     """How ``trial`` ended, for its progress line: its score, and why a pruned trial was stopped (a diverged
     trial's last reported value, e.g. "mse 3.5e32", says nothing about why) or a surplus trial ended at once."""
     value = f"{metric} {trial.value:.4f}" if trial.value is not None else ""
-    why = {TrialState.PRUNED: "pruned_reason", TrialState.FAIL: "surplus"}.get(trial.state)
-    reason = trial.user_attrs.get(why) if why else None
+    record = read_trial(trial)
+    reason = {TrialState.PRUNED: record.pruned_reason, TrialState.FAIL: record.surplus}.get(trial.state)
     if reason and value:
         return f"{value} ({reason})"
     return reason or value

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 import sys
 import warnings
 from dataclasses import replace
-from pathlib import Path
 from typing import Callable
 
 import optuna
@@ -22,6 +20,7 @@ from hpo.files import study_folder
 from hpo.parallel.interrupts import exit_code_of, exit_now, handle_interrupts
 from hpo.parallel.launcher import run_local_workers
 from hpo.parallel.workers import run_trials, sampler_seed
+from hpo.record import CREATION_KEYS, TrialRecord, read_study, read_trial, write_study
 from hpo.report.folders import results_dir_for
 from hpo.report.stats import summarize_scores
 from hpo.space.algorithms import check_dataset, starting_points, suggest
@@ -30,38 +29,30 @@ from hpo.storage.backends import STORAGE_FAILURES, open_storage, redact, scrub
 from hpo.study.compile_ahead import compile_ahead
 from hpo.study.objective import Objective, compiles_ahead
 from hpo.study.population import (
-    STARTING_POINT_ATTR,
     SparingHyperbandPruner,
     SparingMedianPruner,
     SparingWilcoxonPruner,
     startup_length,
 )
 from hpo.study.progress import EpochProgress, StudyClock, outcome
-from hpo.study.test_scores import TEST_ATTR, read_heldout, retrain_and_score
+from hpo.study.test_scores import retrain_and_score
 from hpo.study.trackers import make_tracker
+from models.compile import Compiler
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # states that count towards --trials
 MODEL_FILE = "best-model.msgpack"  # the retrained best network, in the study's results folder (models.saved)
-STUDY_ATTRS = ("dataset", "model", "algo", "folds", "epochs", "seed")  # fixed when a study is created
 
 Printer = Callable[[str], None]
 
 
-def configure_jax(cache_dir: str | None) -> None:
-    """Turn on the persistent store of compiled programs (``models.programs``) in ``<dir>/programs``, so a rerun,
-    or a study after ``python -m hpo.warmup``, neither traces nor compiles its programs.
-
-    JAX's own persistent compilation cache is turned off: an executable it loaded serialises incompletely (stored
-    again, it fails at run time with "Function ... not found"), and every program a study runs goes through our
-    store anyway, which also skips the tracing that JAX's cache needs before it can look a program up.
-    """
+def configure_jax() -> None:
+    """Turn JAX's own persistent compilation cache off: an executable it loaded serialises incompletely (stored
+    again, it fails at run time with "Function ... not found"), and every program a study runs goes through the
+    study's program store anyway (``hpo.study.objective.Objective.compiler``), which also skips the tracing that
+    JAX's cache needs before it can look a program up."""
     import jax
 
-    from models.train import PROGRAMS
-
     jax.config.update("jax_enable_compilation_cache", False)
-    path = cache_dir or os.environ.get("HPO_JAX_CACHE") or str(Path.home() / ".cache" / "bioplausible-hpo" / "jax")
-    PROGRAMS.directory = None if path.lower() == "none" else Path(path) / "programs"
 
 
 def make_sampler(config: StudyConfig, seed: int | None = None) -> optuna.samplers.BaseSampler:
@@ -109,7 +100,7 @@ def validate_study(config: StudyConfig, dataset: Dataset) -> Objective:
     the search space (it refuses, e.g., ``--model cnn`` on a dataset without images and ``--algo sd`` on
     regression) and the objective's own checks (``--evals-per-epoch`` against the mini-batches per epoch).
     """
-    configure_jax(config.cache_dir)
+    configure_jax()
     check_folds(dataset, config.folds)
     make_sampler(config)  # gp without PyTorch, cmaes without its package
     make_pruner(config)
@@ -149,22 +140,22 @@ def open_study(config: StudyConfig, dataset: Dataset, storage: BaseStorage | Non
         pruner=make_pruner(config),
         load_if_exists=True,
     )
-    attrs = study.user_attrs
-    for name in STUDY_ATTRS:
-        value = getattr(config, name)
-        if name in attrs and attrs[name] != value:
+    record = read_study(study)
+    for name in CREATION_KEYS:
+        stored, value = getattr(record, name), getattr(config, name)
+        if stored is not None and stored != value:
             raise UsageError(
-                f"study {config.name!r} in {redact(config.storage)!r} was created with {name}={attrs[name]!r}, "
+                f"study {config.name!r} in {redact(config.storage)!r} was created with {name}={stored!r}, "
                 f"got {name}={value!r}; use another --study-name or the original setting"
             )
-        if name not in attrs:
-            study.set_user_attr(name, value)
+        if stored is None:
+            write_study(study, **{name: value})
     record_space(study, config, redact(config.storage))  # the effective space, or a refusal if it changed
-    if "metric" not in attrs:
-        study.set_user_attr("metric", dataset.metric)
+    if record.metric is None:
+        write_study(study, metric=dataset.metric)
     if created:
         for params in starting_points(config):
-            study.enqueue_trial(params, user_attrs={STARTING_POINT_ATTR: True})
+            study.enqueue_trial(params, user_attrs=TrialRecord(starting_point=True).to_attrs())
     if not study.metric_names:  # what optuna-dashboard calls the objective ("Objective 0" without it)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -201,7 +192,7 @@ class Progress:
         except ValueError:
             best = "no complete trial yet"
         state = trial.state.name.lower()
-        seconds = trial.user_attrs.get("wall_seconds", 0.0)
+        seconds = read_trial(trial).wall_seconds or 0.0
         self.out(
             f"[{self.config.name}] {done}/{self.config.trials} trial #{trial.number} {state}: "
             f"{outcome(trial, self.metric)} | {best} | {seconds:.1f}s | {self.clock.text(done)}"
@@ -215,7 +206,7 @@ def run_study(config: StudyConfig, out: Printer = print, worker: int = 0, test_s
     ``config.workers > 1`` starts that many local processes. ``worker`` numbers a local worker process
     (it seeds its sampler); ``test_score=False`` leaves the test score to the parent of local workers.
     """
-    configure_jax(config.cache_dir)
+    configure_jax()
     dataset = load_dataset(config.dataset, config.data_dir)
     objective = validate_study(config, dataset)  # before anything is created
     storage = open_storage(config.storage)
@@ -268,7 +259,7 @@ def _run_study(
                 if ahead is not None:
                     ahead.stop()
     if test_score:
-        record_test_score(study, config, dataset, out)
+        record_test_score(study, config, dataset, out, objective.compiler)
     return study
 
 
@@ -284,7 +275,9 @@ def storage_failure(config: StudyConfig, error: BaseException) -> StorageError:
     )
 
 
-def record_test_score(study: optuna.Study, config: StudyConfig, dataset: Dataset, out: Printer) -> None:
+def record_test_score(
+    study: optuna.Study, config: StudyConfig, dataset: Dataset, out: Printer, compiler: Compiler | None = None
+) -> None:
     """Retrain the best configuration on the whole training split with ``config.test_seeds`` seeds, score the
     test split, store every seed's score on the study (``hpo.study.test_scores``) and save seed 0's network in the study's
     results folder (``MODEL_FILE``, ``models.saved.load_model`` reads it).
@@ -297,13 +290,13 @@ def record_test_score(study: optuna.Study, config: StudyConfig, dataset: Dataset
     except ValueError:
         out(f"[{config.name}] no complete trial: no test score")
         return
-    stored = read_heldout(study.user_attrs.get(TEST_ATTR))
+    stored = read_study(study).test
     model_path = study_folder(results_dir_for(config.storage, config.results_dir), config.name) / MODEL_FILE
     if stored is not None and stored.trial == best.number and stored.n == config.test_seeds and model_path.exists():
         return
     model_path.parent.mkdir(parents=True, exist_ok=True)
-    record = retrain_and_score(config, dataset, best.params, best.number, model_path)
-    study.set_user_attr(TEST_ATTR, record.to_attr())
+    record = retrain_and_score(config, dataset, best.params, best.number, model_path, compiler)
+    write_study(study, test=record)
     cv = f"[{config.name}] best trial #{best.number}: CV {dataset.metric} {best.value:.4f}"
     if record.error is not None:
         out(f"{cv}, no test score: {record.error}")

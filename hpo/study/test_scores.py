@@ -6,19 +6,13 @@ per seed (``--test-seeds N``), all seeds in one compiled program (``models.train
 seed's test score is kept. The summaries report their mean, standard deviation and Student-t interval
 (``hpo.report.stats``).
 
-Stored as the study user attribute ``test`` (JSON)::
-
-    {"trial": 47, "seeds": [s0, s1, ...], "scores": [0.94, 0.938, ...], "metric": "accuracy"}
-
-and, if retraining diverged (a non-finite loss on some seed), ``"scores": []`` with ``"error"`` saying why.
-Seed 0 is the trial's own seed (``hpo.study.objective.trial_seed``), the one the single test score of earlier
-versions used, so ``--test-seeds 1`` means what the test score always meant. Studies run before test seeds
-hold ``{"trial", "score", "metric"}``: read here as one score of unknown seed (``predates_seeds``).
+Stored as the study's ``test`` field (``hpo.record.TestScores``). Seed 0 is the trial's own seed
+(``hpo.study.objective.trial_seed``), the one the single test score of earlier versions used, so
+``--test-seeds 1`` means what the test score always meant.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,61 +23,25 @@ import optuna
 from hpo.config import StudyConfig
 from hpo.data import Dataset
 from hpo.files import atomic_write
+from hpo.record import TestScores
 from hpo.space.algorithms import suggest
-from hpo.study.objective import trial_seed
+from hpo.study.objective import programs_directory, trial_seed
+from models.compile import Compiler
 from models.saved import save_model
 from models.train import DivergedError, fit_and_score
 
-TEST_ATTR = "test"  # study user attribute holding the test scores of the best trial
 
-
-def heldout_seeds(study_seed: int, trial_number: int, n: int) -> list[int]:
+def retraining_seeds(study_seed: int, trial_number: int, n: int) -> list[int]:
     """The ``n`` seeds the best trial is retrained with: its own trial seed first, then fresh ones derived from
     the study seed and the trial number (never from the other seeds, so asking for more keeps the first ones)."""
     extra = [int(np.random.SeedSequence([study_seed, trial_number, i]).generate_state(1)[0]) for i in range(1, n)]
     return [trial_seed(study_seed, trial_number), *extra]
 
 
-@dataclass(frozen=True)
-class HeldOutScores:
-    """The ``test`` study attribute, read back (see the module docstring)."""
-
-    trial: int  # number of the trial whose configuration was retrained
-    scores: tuple[float, ...]  # one test score per seed (empty when retraining failed)
-    seeds: tuple[int, ...] = ()  # the seeds (empty for a study that predates test seeds)
-    metric: str = ""
-    error: str | None = None  # why there are no scores
-    predates_seeds: bool = False  # stored by a version with one test score and no seeds
-
-    @property
-    def n(self) -> int:
-        """Number of seeds asked for (an attempt that failed still asked for them)."""
-        return len(self.seeds) if self.seeds else len(self.scores)
-
-    def to_attr(self) -> dict[str, Any]:
-        attr: dict[str, Any] = {"trial": self.trial, "seeds": list(self.seeds), "scores": list(self.scores),
-                                "metric": self.metric}
-        if self.error is not None:
-            attr["error"] = self.error
-        return attr
-
-
-def read_heldout(attr: Any) -> HeldOutScores | None:
-    """The stored ``test`` attribute in either format, or None when there is none (or it is unreadable)."""
-    if not isinstance(attr, dict) or not isinstance(attr.get("trial"), int):
-        return None
-    metric = str(attr.get("metric", ""))
-    if "scores" in attr:
-        return HeldOutScores(attr["trial"], tuple(float(s) for s in attr["scores"]),
-                             tuple(int(s) for s in attr.get("seeds", ())), metric, attr.get("error"))
-    if "score" in attr:  # one score, before test seeds
-        return HeldOutScores(attr["trial"], (float(attr["score"]),), (), metric, predates_seeds=True)
-    return None
-
-
 def retrain_and_score(
-    config: StudyConfig, dataset: Dataset, params: dict[str, Any], trial_number: int, model_path: Path | None = None
-) -> HeldOutScores:
+    config: StudyConfig, dataset: Dataset, params: dict[str, Any], trial_number: int, model_path: Path | None = None,
+    compiler: Compiler | None = None,
+) -> TestScores:
     """Retrain the configuration ``params`` of trial ``trial_number`` on the whole training split with
     ``config.test_seeds`` seeds in one program and score each on the test split.
 
@@ -92,15 +50,16 @@ def retrain_and_score(
     seed 0 (the trial's own seed) is saved there (``models.saved``: parameters and feedback matrices).
     """
     train_config = suggest(optuna.trial.FixedTrial(params), config, dataset)
-    seeds = heldout_seeds(config.seed, trial_number, config.test_seeds)
+    seeds = retraining_seeds(config.seed, trial_number, config.test_seeds)
     d = dataset
     try:
         result = fit_and_score(
             train_config, d.x_train, d.y_train, d.x_test, d.y_test, d.out_features, seeds,
             fold_strategy=config.fold_strategy, keep_state=model_path is not None,
+            compiler=compiler or Compiler(directory=programs_directory(config.cache_dir)),
         )
     except DivergedError as error:  # "fold k" of the message is the k-th seed here
-        return HeldOutScores(trial_number, (), tuple(seeds), dataset.metric, f"diverged: {error}".replace("fold", "seed"))
+        return TestScores(trial_number, (), tuple(seeds), dataset.metric, f"diverged: {error}".replace("fold", "seed"))
     scores = tuple(float(s) for s in result.fold_scores)
     if model_path is not None:
         state = jax.tree_util.tree_map(lambda a: a[0], result.state)  # seed 0's run
@@ -108,4 +67,4 @@ def retrain_and_score(
                     "metric": dataset.metric, "test_score": scores[0], "params": params}
         data = save_model(train_config, state, d.out_features, d.x_train.shape[1:], metadata)
         atomic_write(model_path, lambda handle: handle.write(data))
-    return HeldOutScores(trial_number, scores, tuple(seeds), dataset.metric)
+    return TestScores(trial_number, scores, tuple(seeds), dataset.metric)

@@ -35,7 +35,7 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from hpo.errors import UsageError
-from hpo.report.curves import decode_curves
+from hpo.record import StudyRecord, decode_curves, read_study, read_trial
 from hpo.storage.backends import redact
 
 TrialCallback = Callable[[optuna.Study, FrozenTrial], None]
@@ -72,7 +72,7 @@ def trial_curves(trial: FrozenTrial) -> list[dict[str, float]]:
 
     A trial that stored no curves (pruned) gives its intermediate values: the mean validation score per epoch.
     """
-    attr = trial.user_attrs.get("curves")
+    attr = read_trial(trial).curves
     if attr and "series" in attr:
         import numpy as np
 
@@ -94,11 +94,12 @@ def trial_summary(trial: FrozenTrial, metric: str) -> dict[str, Any]:
     summary: dict[str, Any] = {"state": trial.state.name.lower()}
     if trial.value is not None:
         summary[metric_key(metric)] = float(trial.value)
-    for i, score in enumerate(trial.user_attrs.get("fold_scores", [])):
+    record = read_trial(trial)
+    for i, score in enumerate(record.fold_scores or []):
         summary[f"fold_{i}_{metric}"] = float(score)
     for key in ("fold_std", "wall_seconds", "compile_seconds", "train_seconds", "n_params", "pruned_reason"):
-        if key in trial.user_attrs:
-            summary[key] = trial.user_attrs[key]
+        if getattr(record, key) is not None:
+            summary[key] = getattr(record, key)
     return summary
 
 
@@ -170,7 +171,7 @@ class WandbTracker:
             name=f"{study.study_name}-trial-{trial.number}",
             job_type="trial",
             tags=[trial.state.name.lower()],
-            config={**trial.params, "study": study.study_name, "trial": trial.number, **_plain(study.user_attrs)},
+            config={**trial.params, "study": study.study_name, "trial": trial.number, **_plain(read_study(study))},
             mode=self.mode,
             reinit="create_new",
             settings=settings,
@@ -183,9 +184,9 @@ class WandbTracker:
             run.finish()
 
 
-def _plain(attrs: dict[str, Any]) -> dict[str, Any]:
-    """Study attributes that are settings (numbers and names), not records such as the test score."""
-    return {k: v for k, v in attrs.items() if isinstance(v, str | int | float | bool)}
+def _plain(record: StudyRecord) -> dict[str, Any]:
+    """The study's settings (numbers and names), not records such as its space or test scores."""
+    return {k: v for k, v in record.to_attrs().items() if isinstance(v, str | int | float | bool)}
 
 
 TRACKER_CLASSES = {"mlflow": MLflowTracker, "wandb": WandbTracker}

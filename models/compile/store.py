@@ -88,7 +88,7 @@ def _deserialise(data: bytes) -> tuple:
     return kind(*(serialize_executable.deserialize_and_load(*program) for program in programs))
 
 
-class ProgramCache:
+class ProgramStore:
     """``get(key, build)`` returns ``(programs, seconds spent building, loading or waiting for them)``; 0.0 on a
     memory hit.
 
