@@ -2,7 +2,7 @@
 input error and kernel gradient, and its max-pooling, each timed on its own against PyTorch's op on the same
 shapes.
 
-    python -m benchmarks.cnn_profile [--steps 40] [--repeats 5] [--output results/cnn_profile.md]
+    python -m benchmarks.cnn_profile [--steps 40] [--repeats 5] [--output results/benchmarks/cnn_profile.md]
 
 Each JAX piece runs as ``lax.scan`` over ``--steps`` different inputs inside one compiled program (as in the
 training epoch) and is timed per step, median of ``--repeats``; the PyTorch ops (``F.conv2d``,
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--output", default="results/cnn_profile.md")
+    parser.add_argument("--output", default="results/benchmarks/cnn_profile.md")
     args = parser.parse_args(argv)
     load_before = os.getloadavg()
     peak = matmul_peak()

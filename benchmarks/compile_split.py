@@ -6,7 +6,7 @@ Each row compiles one epoch program of ``models.train`` (3 folds of mnist-5k, ba
 scratch, with JAX's persistent cache off, for three networks of the MLP space and four program variants: the
 study's default (one program serving relu/tanh x adam/sgd, diagnostics at each evaluation point), without the
 diagnostics, with one activation and optimiser, and with vmapped folds. Fastest of ``--repeats`` compilations
-(settings interleaved). Writes the table to ``results/compile_split.md`` and prints it.
+(settings interleaved). Writes the table to ``results/benchmarks/compile_split.md`` and prints it.
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ def run(repeats: int, out_path: Path) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.compile_split", description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=2, help="compilations of each program (default 2)")
-    parser.add_argument("--out", default="results/compile_split.md", help="where to write the table")
+    parser.add_argument("--out", default="results/benchmarks/compile_split.md", help="where to write the table")
     args = parser.parse_args(argv)
     print(run(args.repeats, Path(args.out)))
 

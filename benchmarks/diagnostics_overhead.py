@@ -9,7 +9,7 @@ is measured with them already compiled (median over repeats, settings interleave
 load hits all alike); the one-off compile time of each setting is reported beside it. On a shared machine wall
 times are noisy, so two steadier measures are added: the process's CPU seconds per trial, and the fastest of many
 calls of one compiled epoch program (3 folds, one epoch) alone. Writes the table to
-``results/diagnostics_overhead.md`` and prints it.
+``results/benchmarks/diagnostics_overhead.md`` and prints it.
 """
 
 from __future__ import annotations
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed trials per setting (default 3)")
     parser.add_argument("--epochs", type=int, default=10, help="epochs per fold (default 10)")
     parser.add_argument("--note", default="", help="a remark about the run written under the machine line")
-    parser.add_argument("--out", default="results/diagnostics_overhead.md", help="where to write the table")
+    parser.add_argument("--out", default="results/benchmarks/diagnostics_overhead.md", help="where to write the table")
     args = parser.parse_args(argv)
     print(run(args.repeats, args.epochs, args.note, Path(args.out)))
 

@@ -20,7 +20,7 @@ Measures, in one process and one run, with medians over repeats (compilation exc
 * peak      -- float32 matrix-multiply GFLOP/s measured in JAX (2048 x 2048), and each implementation's achieved
                GFLOP/s (forward + backward multiply-adds, validation forward passes) as a fraction of it.
 
-Writes the table to ``results/benchmarks.md`` (and prints it). See ``benchmarks/study.py`` for whole-study
+Writes the table to ``results/benchmarks/objective.md`` (and prints it). See ``benchmarks/study.py`` for whole-study
 timings, compile share, memory and scaling.
 """
 
@@ -245,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="2 epochs, 1 repeat: check the script works")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--widths", default="64,256,1024")
-    parser.add_argument("--output", default="results/benchmarks.md")
+    parser.add_argument("--output", default="results/benchmarks/objective.md")
     parser.add_argument("--part", choices=("all", "mlp", "cnn"), default="all",
                         help="which rows to measure; the other part's section of the output is kept")
     parser.add_argument("--rules", default="bp,fa,kp,dfa", help="the CNN rows' rules")

@@ -3,7 +3,7 @@
     python -m benchmarks.references            # full budgets (about an hour on 2 shared CPU cores)
     python -m benchmarks.references --quick    # the same code at a tiny budget, to check that it works
 
-Writes ``results/references.md`` (``--output``): source | setup | published | ours, where "ours" is the mean
+Writes ``results/benchmarks/references.md`` (``--output``): source | setup | published | ours, where "ours" is the mean
 +- sample standard deviation over seeds of a fresh run of the stated setup, trained on the whole training
 split and scored on the test split (``models.train.fit_and_score``; no hyperparameter is tuned here, and
 nothing looks at the test split before the end). The file is rewritten after every run, so an interrupted
@@ -27,7 +27,7 @@ MNIST rows use the bundled 5000-digit subset, ``mnist-5k``: 4000 train / 1000 te
   alignment's updates stay within 90 degrees of backprop's (hidden layer: weight update and delivered error).
 * Guerguiev et al. 2017 (segregated dendrites): the paper's network and training (``models.sd.SDConfig``
   defaults: 784-500-10, its learning rates, online, spiking feedback) with rate-coded inputs (spiking inputs
-  cost 5x, ``results/sd_speed.md``) against backprop at the same number of epochs.
+  cost 5x, ``results/benchmarks/sd_speed.md``) against backprop at the same number of epochs.
 
 The alignment rows share one setup ("setup A"): 784-500-10 tanh MLP, SGD with momentum 0.9, learning rate
 0.05, batch 32, 20 epochs. kp's decay (decoupled, 0.05 x learning rate per step on W and B) is the rule's
@@ -178,7 +178,7 @@ NOTES = (
     "MNIST-1D differences from the repository: no residual connection in the MLP, inputs standardised with "
     "training statistics, batches reshuffled every epoch, our initialisers (not PyTorch's); ours is the test "
     "accuracy after the last step.",
-    "Segregated dendrites: rate-coded inputs (the paper's spiking inputs cost 5x, results/sd_speed.md); "
+    "Segregated dendrites: rate-coded inputs (the paper's spiking inputs cost 5x, results/benchmarks/sd_speed.md); "
     "bp is setup A at the same number of epochs.",
 )
 
@@ -219,7 +219,7 @@ def table(done: dict[str, Run], all_runs: dict[str, Run], budget: Budget, starte
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.references", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny budget (1 epoch, 2 seeds, 320 examples)")
-    parser.add_argument("--output", default="results/references.md", help="markdown file to write")
+    parser.add_argument("--output", default="results/benchmarks/references.md", help="markdown file to write")
     args = parser.parse_args(argv)
     budget = Budget(seeds=2, quick=True) if args.quick else Budget()
     started = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")

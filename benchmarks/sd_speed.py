@@ -1,7 +1,7 @@
 """Training speed of segregated-dendrites learning: compiled JAX (online and mini-batched) against the direct
 NumPy per-example, per-time-step implementation (benchmarks/sd_reference.py, the way the seed ran it).
 
-    python -m benchmarks.sd_speed [--repeats 3] [--out results/sd_speed.md]
+    python -m benchmarks.sd_speed [--repeats 3] [--out results/benchmarks/sd_speed.md]
 
 Network 784-500-10 on mnist-5k inputs, the paper's phases (50 ms forward + 50 ms target, dt = 1 ms).
 Throughput is training examples per second (forward phase, target phase and weight update), compile time
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--numpy-examples", type=int, default=20)
     parser.add_argument("--online-examples", type=int, default=200)
     parser.add_argument("--batched-examples", type=int, default=960)
-    parser.add_argument("--out", default="results/sd_speed.md")
+    parser.add_argument("--out", default="results/benchmarks/sd_speed.md")
     args = parser.parse_args(argv)
 
     from hpo.data import load_dataset

@@ -7,7 +7,7 @@ real loop of ``hpo.parallel.workers.run_trials`` (exact-total rule, stale-trial 
 a study whose objective is ``x ** 2``, against a throwaway PostgreSQL server started with the test
 fixture code (tests/pg_server.py). Process start-up is not timed: workers open the storage, then wait at a
 barrier; the clock runs from the barrier until the study holds its total. Prints a table and writes
-results/storage_throughput.md.
+results/benchmarks/storage_throughput.md.
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ from optuna.trial import TrialState
 
 from hpo.parallel.workers import run_trials
 from hpo.record import read_trial
-from hpo.storage.backends import open_storage
+from hpo.storage import open_storage
 from tests.pg_server import PostgresServer
 
-RESULTS = Path("results/storage_throughput.md")
+RESULTS = Path("results/benchmarks/storage_throughput.md")
 
 
 def objective(trial: optuna.Trial) -> float:

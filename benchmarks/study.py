@@ -17,7 +17,7 @@ user attributes (every finished trial records them, pruned ones too), ``overhead
 process (start-up, data, the test-score retraining, reports); ``background`` is the sum of the trials'
 ``background_compile_seconds``, compiling done beside training (``hpo.study.objective.Objective.compiling_ahead``),
 which the other shares do not count. ``programs`` counts the compiled programs the study stored. Writes its
-tables to ``results/study_benchmarks.md``.
+tables to ``results/benchmarks/study.md``.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import optuna
 
 from hpo.data import load_dataset, make_folds
-from hpo.storage.backends import open_storage
+from hpo.storage import open_storage
 from models.networks import ConvLayer
 from models.rule_training import TrainConfig
 from models.train import FoldData, cross_validate
@@ -247,8 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trials", type=int, default=50)
     parser.add_argument("--batch", type=int, default=8, help="--trial-batch of the batched row")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--output", default="results/study_benchmarks.md")
-    parser.add_argument("--targets", default="results/benchmarks.md", help="file whose study section gets the targets")
+    parser.add_argument("--output", default="results/benchmarks/study.md")
+    parser.add_argument("--targets", default="results/benchmarks/objective.md", help="file whose study section gets the targets")
     parser.add_argument("--cnn-study", action="store_true",
                         help="only the whole CNN study (issue 17): 20 trials, 5 epochs, here and in --before")
     parser.add_argument("--before", type=Path,
@@ -257,8 +257,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="with --before: run each cold study this many times in each checkout, in turn")
     args = parser.parse_args(argv)
     if args.cnn_study:
-        write_cnn_study(cnn_study(5 if args.quick else 20, args.before), Path("results/cnn_study.md"))
-        write_cnn_study_section(Path("results/cnn_study.md"), Path(args.targets))
+        write_cnn_study(cnn_study(5 if args.quick else 20, args.before), Path("results/benchmarks/cnn_study.md"))
+        write_cnn_study_section(Path("results/benchmarks/cnn_study.md"), Path(args.targets))
         return 0
     small, trials, repeats = (5, 10, 1) if args.quick else (20, args.trials, args.repeats)
     rows, warmup = studies(small, trials, args.batch, args.before, args.pairs)
@@ -315,7 +315,7 @@ def write_cnn_study(rows: list[dict], path: Path) -> None:
     print(f"wrote {path}")
 
 
-STUDY_MARK = "<!-- study benchmarks below -->"  # benchmarks.objective keeps what follows it in results/benchmarks.md
+STUDY_MARK = "<!-- study benchmarks below -->"  # benchmarks.objective keeps what follows it in results/benchmarks/objective.md
 CNN_STUDY_MARK = "<!-- cnn study below -->"  # after the study targets: the whole CNN study (issue 17), kept by both
 
 
@@ -338,7 +338,7 @@ def write_targets(rows: list[dict], batches: list[dict], size: int, path: Path) 
         "## Whole-study targets (`python -m benchmarks.study`)",
         "",
         f"Machine: {machine()}; load average in the last column. Details and the other "
-        "tables: `results/study_benchmarks.md`.",
+        "tables: `results/benchmarks/study.md`.",
         "",
         "| target | run | measured | met | load |",
         "|---|---|---:|---|---|",

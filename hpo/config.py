@@ -21,34 +21,66 @@ TRACKERS = ("none", "mlflow", "wandb")  # hpo.study.trackers
 DEFAULT_STORAGE = "sqlite:///studies/studies.db"
 
 
+def setting(default: Any, group: str, help: str, flag: bool = True) -> Any:
+    """A ``StudyConfig`` field with its command-line help and group (``hpo.cli`` makes the flags from these);
+    ``flag=False``: set in TOML grids only."""
+    kwargs = {"default_factory": default} if callable(default) else {"default": default}
+    return field(**kwargs, metadata={"group": group, "help": help, "flag": flag})
+
+
+GROUPS = {  # the command line's groups of study flags, in order (nanodo's config groups)
+    "study": "what is studied",
+    "search": "how it is searched",
+    "storage": "where it is stored",
+    "compute": "how trials run",
+}
+
+
 @dataclass(frozen=True)
 class StudyConfig:
-    """One hyperparameter study: which rule on which data, and how to search."""
+    """One hyperparameter study: which rule on which data, and how to search. Every field is a flag of
+    ``python -m hpo.run`` (``--test-seeds`` for ``test_seeds``) and a key of TOML grids."""
 
-    algo: str = "fa"  # learning rule or whole model (hpo.space.algorithms.ALGORITHMS)
-    dataset: str = "mnist-5k"  # dataset name (hpo.data.DATASETS)
-    model: str = "mlp"  # network family
-    trials: int = 50  # total finished (complete or pruned) trials the study should have
-    folds: int = 3  # k of k-fold cross-validation on the training split
-    epochs: int = 10  # training epochs per fold
-    storage: str = DEFAULT_STORAGE  # Optuna storage URL or journal file path
-    study_name: str | None = None  # default: "<dataset>-<model>-<algo>"
-    sampler: str = "tpe"  # Bayesian optimisation sampler
-    pruner: str = "median"  # early stopping of unpromising trials
-    seed: int = 0  # seeds the sampler, the folds and every network
-    results_dir: str | None = None  # where summaries and charts go (default: results/<storage name>, hpo.report.folders)
-    fold_strategy: str = "auto"  # folds vmapped in one program, sequential, or auto: the faster, measured once it pays
-    evals_per_epoch: int = 1  # evaluation points per epoch: learning curves and diagnostics
-    diagnostics: bool = True  # alignment with backprop, W-B angles, weight change at each evaluation point
-    cache_dir: str | None = None  # JAX persistent compilation cache (default: ~/.cache/bioplausible-hpo/jax)
-    workers: int = 1  # local worker processes (spawn start method) that run this study together
-    trial_batch: int = 1  # trials a worker asks at once; those sharing programs train as one compiled program
-    compile_ahead: bool | None = None  # compile the space's programs in the background (None: where a core is free)
-    data_dir: str | None = None  # files of mnist/fashion-mnist/cifar10 (default: hpo.data.default_data_dir)
-    tracker: str = "none"  # also log every trial to an experiment tracker (hpo.study.trackers: mlflow, wandb)
-    # search-space overrides of this study, parameter -> value, [choices] or {low, high, log} (hpo.space.overrides)
-    space: dict[str, Any] = field(default_factory=dict)
-    test_seeds: int = 5  # seeds the best configuration is retrained with and test-scored (hpo.study.test_scores)
+    # what is studied
+    algo: str = setting("fa", "study", "learning rule: {choices} (sd: segregated dendrites, mlp only)")
+    dataset: str = setting("mnist-5k", "study", "dataset: {choices}")
+    model: str = setting("mlp", "study", "network family: {choices}")
+    trials: int = setting(50, "study", "total finished (complete or pruned) trials the study should reach")
+    folds: int = setting(3, "study", "k of k-fold cross-validation on the training split")
+    epochs: int = setting(10, "study", "training epochs per fold")
+    seed: int = setting(0, "study", "study seed: sampler, folds, networks")
+    test_seeds: int = setting(5, "study", "seeds the best configuration is retrained with on the whole training "
+                              "split and scored on the test split: mean, std and 95%% CI over them")
+    # search-space overrides, parameter -> value, [choices] or {low, high, log} (hpo.space.overrides; --space FILE)
+    space: dict[str, Any] = setting(dict, "study", "search-space overrides ([space] tables)", flag=False)
+    # how it is searched
+    sampler: str = setting("tpe", "search", "Bayesian optimisation sampler: {choices}")
+    pruner: str = setting("median", "search", "early stopping of unpromising trials: {choices}")
+    # where it is stored
+    storage: str = setting(DEFAULT_STORAGE, "storage", "storage URL (sqlite:///FILE, postgresql://...) or journal "
+                           "file path")
+    study_name: str | None = setting(None, "storage", "study name (default <dataset>-<model>-<algo>)")
+    results_dir: str | None = setting(None, "storage", "where summaries and charts are written (default "
+                                      "results/<storage name>: results/studies for the default storage)")
+    data_dir: str | None = setting(None, "storage", "directory of the mnist, fashion-mnist and cifar10 files "
+                                   "(default $HPO_DATA_DIR or ~/.cache/bioplausible-hpo/data; Debian's "
+                                   "/usr/share/datasets/fashion-mnist is found without it)")
+    cache_dir: str | None = setting(None, "storage", "directory of the store of compiled programs (in "
+                                    "<dir>/programs), or 'none' (default $HPO_JAX_CACHE or "
+                                    "~/.cache/bioplausible-hpo/jax)")
+    tracker: str = setting("none", "storage", "also log every trial to an experiment tracker: {choices} (mlflow "
+                           "and wandb need the extras .[mlflow] and .[wandb])")
+    # how trials run
+    workers: int = setting(1, "compute", "local worker processes running each study together; workers on other "
+                           "machines run the same command with the same --storage")
+    trial_batch: int = setting(1, "compute", "trials each worker runs at once: those that share programs train as "
+                               "one group, each reported and pruned on its own")
+    fold_strategy: str = setting("auto", "compute", "{choices}: folds vmapped in one program, one after another, "
+                                 "or auto: the faster, measured once per kind of program on this machine")
+    evals_per_epoch: int = setting(1, "compute", "evaluation points per epoch for learning curves and diagnostics")
+    diagnostics: bool = setting(True, "compute", "record alignment with backprop, W-B angles and weight change")
+    compile_ahead: bool | None = setting(None, "compute", "compile while trials train (default: on a GPU, or a "
+                                         "CPU with 4 or more cores)")
 
     def __post_init__(self) -> None:
         # Types first: a TOML grid can hold any value (study_name = 7, results_dir = ["a"]), and nothing below

@@ -18,10 +18,11 @@ from pathlib import Path
 from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
+from hpo.cli import run_command
 from hpo.config import DEFAULT_STORAGE
 from hpo.errors import UsageError
 from hpo.report.summary import missing_storage_hint
-from hpo.storage.backends import open_storage, redact
+from hpo.storage import open_storage, redact
 
 DEFAULT_HOST = "127.0.0.1"  # loopback only: a study database is not published to the network by default
 DEFAULT_PORT = 8080  # optuna-dashboard's usual port
@@ -109,25 +110,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST}: this machine only)")
     parser.add_argument("--artifact-dir", help="directory of an Optuna FileSystemArtifactStore to serve trial artifacts from (default: none)")
     args = parser.parse_args(argv)
-    try:
+
+    def body() -> None:
         if not 0 <= args.port <= 65535:
             raise UsageError(f"--port must be between 0 and 65535, got {args.port}")
-        server = make_dashboard(args.storage, args.host, args.port, args.artifact_dir)
-    except UsageError as error:
-        print(f"error: {error}{missing_storage_hint(args.storage)}", file=sys.stderr)
-        return 2
-    warning = exposure_warning(args.host, server.server_port)
-    if warning:
-        print(warning, file=sys.stderr, flush=True)
-    print(f"optuna-dashboard of {redact(args.storage)} on {url_of(args.host, server.server_port)}", flush=True)
-    print("press Ctrl-C to stop", flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
-    return 0
+        try:
+            server = make_dashboard(args.storage, args.host, args.port, args.artifact_dir)
+        except UsageError as error:
+            raise UsageError(f"{error}{missing_storage_hint(args.storage)}") from None
+        warning = exposure_warning(args.host, server.server_port)
+        if warning:
+            print(warning, file=sys.stderr, flush=True)
+        print(f"optuna-dashboard of {redact(args.storage)} on {url_of(args.host, server.server_port)}", flush=True)
+        print("press Ctrl-C to stop", flush=True)
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass  # Ctrl-C is how the dashboard is meant to stop
+        finally:
+            server.server_close()
+
+    return run_command(body)
 
 
 if __name__ == "__main__":

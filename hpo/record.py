@@ -63,6 +63,7 @@ class TrialRecord:
     shared_program: str | None = None  # the larger network's program it trained in (models.compile.sharing)
     pruned_reason: str | None = None  # why it ended pruned: the pruner, a divergence, no valid architecture
     surplus: str | None = None  # why it ended at once without training: the study's total was reached
+    interrupted: str | None = None  # the signal that stopped it (Ctrl-C, SIGTERM): failed and re-queued, not wrong
     worker: dict[str, Any] | None = None  # the process that ran it: {"trial", "host", "pid", "started"}
     startup: bool | None = None  # a random start-up trial: the spread's population, never pruned
     starting_point: bool | None = None  # a known-good configuration the study enqueued first

@@ -13,11 +13,13 @@ train groups of trials in programs of their own, which are compiled when a group
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 
 import optuna
 
+from hpo.cli import add_study_flags, run_command, study_configs
 from hpo.config import StudyConfig
 from hpo.data import load_dataset
 from hpo.errors import UsageError
@@ -49,19 +51,16 @@ def warm_up(config: StudyConfig, out=print) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from hpo.run import configs_from_args, parse_args
-
+    parser = argparse.ArgumentParser(prog="python -m hpo.warmup", description=__doc__.split("\n")[0])
+    add_study_flags(parser)
+    args = parser.parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        for config in configs_from_args(parse_args(argv)):
+
+    def body() -> None:
+        for config in study_configs(args):
             warm_up(config)
-    except UsageError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: the programs compiled so far are stored", file=sys.stderr)
-        return 130
-    return 0
+
+    return run_command(body, interrupted="interrupted: the programs compiled so far are stored")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The benchmarks share results/benchmarks.md: each rewrites its own section and keeps the others'."""
+"""The benchmarks share results/benchmarks/objective.md: each rewrites its own section and keeps the others'."""
 
 from benchmarks.objective import CNN_MARK, write_sections
 from benchmarks.study import CNN_STUDY_MARK, STUDY_MARK, write_cnn_study_section, write_targets

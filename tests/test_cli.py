@@ -11,7 +11,7 @@ import optuna
 import pytest
 
 from hpo.run import main
-from hpo.storage.backends import open_storage
+from hpo.storage import open_storage
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--dataset", "digits", "--epochs", "1", "--folds", "2"]

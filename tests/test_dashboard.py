@@ -16,7 +16,7 @@ import pytest
 from optuna.distributions import FloatDistribution
 
 from hpo import dashboard
-from hpo.storage.backends import open_storage
+from hpo.storage import open_storage
 
 ROOT = Path(__file__).resolve().parent.parent
 STARTUP_SECONDS = 120  # generous: the machine running the tests may be busy; a healthy start takes a few seconds

@@ -39,11 +39,11 @@ def test_alignment_drops_the_unused_first_layer_and_keeps_colours(figures):
     update, error, wb = fig.axes
     assert list(line_colours(update)) == ["dense_0", "dense_1", "output", "total"]
     assert list(line_colours(wb)) == ["dense_1", "output"]  # dense_0's B would carry the error to the input
-    assert "dense_0's B is never used" in wb.get_title()
+    assert "hidden 1's B is never used" in wb.get_title()  # layers as readers count them
     for ax in (error, wb):  # a layer has one colour in every panel
         for layer, colour in line_colours(ax).items():
             assert colour == line_colours(update)[layer]
-    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["dense_0", "dense_1", "output", "total"]
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["hidden 1", "hidden 2", "output", "all layers"]
 
 
 def test_cnn_first_layer_is_the_first_convolution():

@@ -21,10 +21,11 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
 
 from hpo import run
+from hpo.cli import clock
 from hpo.config import StudyConfig
 from hpo.report import summary as report
-from hpo.storage.backends import open_storage
-from hpo.study.progress import EpochProgress, StudyClock, clock
+from hpo.storage import open_storage
+from hpo.study.progress import EpochProgress, StudyClock
 from hpo.study.runner import Progress
 
 ROOT = Path(__file__).resolve().parents[1]

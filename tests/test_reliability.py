@@ -29,7 +29,7 @@ from hpo.files import atomic_path, study_folder, write_text, written_together
 from hpo.report import summary as report
 from hpo.report.folders import OWNER_FILE
 from hpo.run import main
-from hpo.storage.backends import open_storage, redact, scrub, study_names
+from hpo.storage import open_storage, redact, scrub, study_names
 from hpo.study.progress import outcome as trial_outcome
 from hpo.study.runner import open_study
 

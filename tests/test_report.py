@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 from scipy import stats as scipy_stats
 
 from hpo.report import summary as report
-from hpo.storage.backends import open_storage
+from hpo.storage import open_storage
 
 
 def add_study(storage_url: str, name: str, dataset: str, algo: str, values: list[float], model: str = "mlp",

@@ -87,7 +87,7 @@ def test_index_lists_exactly_the_studies_of_its_storage(tmp_path):
     assert "studies/digits-mlp-bp/history.png" in targets
     assert not any("digits-mlp-fa" in t or "digits-mlp-kp" in t for t in targets)  # no stale sections
     page = (shared / "index.html").read_text()
-    assert "digits-mlp-fa" not in page and "the 1 studies of this storage" in page
+    assert "digits-mlp-fa" not in page and "the 1 study of this storage" in page
 
 
 class Resources(HTMLParser):

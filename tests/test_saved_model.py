@@ -17,7 +17,7 @@ from hpo.data import load_dataset
 from hpo.files import study_folder
 from hpo.record import read_study
 from hpo.space.algorithms import suggest
-from hpo.storage.backends import open_storage
+from hpo.storage import open_storage
 from hpo.study.runner import MODEL_FILE, record_test_score
 from models.networks import ConvLayer
 from models.rule_training import TrainConfig

@@ -19,7 +19,7 @@ from hpo.report.summary import load_studies
 from hpo.run import main
 from hpo.space.algorithms import suggest
 from hpo.space.overrides import space_table, stored_space
-from hpo.storage.backends import open_storage
+from hpo.storage import open_storage
 from hpo.study.runner import open_study
 from models.initializers import host_init
 from models.networks import MLP

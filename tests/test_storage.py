@@ -22,7 +22,7 @@ from optuna.trial import TrialState
 
 from hpo.errors import UsageError
 from hpo.parallel.workers import counted_below
-from hpo.storage.backends import open_storage, redact
+from hpo.storage import open_storage, redact
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = "digits-mlp-bp"

@@ -19,7 +19,7 @@ import pytest
 
 from hpo import run
 from hpo.errors import UsageError
-from hpo.storage.backends import open_storage
+from hpo.storage import open_storage
 from hpo.study import trackers
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -20,7 +20,7 @@ from optuna.trial import TrialState
 from hpo.config import StudyConfig
 from hpo.data import load_dataset
 from hpo.parallel.workers import counted_below, run_trials
-from hpo.storage.backends import open_storage
+from hpo.storage import open_storage
 from hpo.study import objective as objective_module
 from hpo.study.objective import Objective
 from hpo.study.runner import make_sampler

@@ -19,7 +19,7 @@ whether those trials are alive (journal storage, trials of another machine): the
 **Dead workers.** With a database server (PostgreSQL, MySQL) a running trial writes a heartbeat; any worker
 fails trials without a heartbeat for the grace period (``optuna.storages.fail_stale_trials``, before every
 trial and while waiting) and Optuna's ``RetryHeartbeatStaleTrialCallback`` re-queues each once with the same
-parameters (``hpo.storage.backends``). With a local file (SQLite, journal) each trial also records its owner
+parameters (``hpo.storage``). With a local file (SQLite, journal) each trial also records its owner
 (host, pid, process start time) in the user attribute ``worker``; a worker on the same host that finds a
 running trial whose owner process is gone fails it and re-queues it the same way, so a rerun after a crash
 resumes at once. The state change RUNNING -> FAIL succeeds for exactly one worker (the storage refuses to
@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import threading
 import time
@@ -46,7 +47,7 @@ from optuna.trial import FrozenTrial, TrialState
 from hpo.errors import StorageError
 from hpo.parallel import interrupts
 from hpo.record import read_trial, write_trial
-from hpo.storage.backends import MAX_RETRY, STORAGE_FAILURES, is_server_url
+from hpo.storage import MAX_RETRY, STORAGE_FAILURES, is_server_url
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # states that count towards the total
 POLL_SECONDS = 1.0  # how often a waiting worker looks at the storage again
@@ -146,7 +147,7 @@ def heartbeat(storage: BaseStorage, trial_id: int) -> Iterator[None]:
     finally:
         stop.set()
         # Do not wait out a heartbeat stuck on a storage that stopped answering (its wait is bounded by the
-        # storage, see hpo.storage.backends.DB_TIMEOUT_SECONDS); a late heartbeat of a finished trial is harmless.
+        # storage, see hpo.storage.DB_TIMEOUT_SECONDS); a late heartbeat of a finished trial is harmless.
         thread.join(timeout=HEARTBEAT_JOIN_SECONDS)
 
 
@@ -168,6 +169,14 @@ def claim(trial: optuna.Trial) -> None:
     write_trial(trial, worker=owner)
 
 
+def requeue_interrupted(study: optuna.Study, trial: optuna.Trial) -> None:
+    """Fail an interrupted trial, saying so (``interrupted``: the reports do not count it as a failure), and
+    re-queue it with the same parameters."""
+    code = interrupts.received()
+    write_trial(trial, interrupted=f"stopped by {signal.Signals(code).name if code else 'SIGINT'}")
+    retry_failed(study, study.tell(trial, state=TrialState.FAIL))
+
+
 def run_one(study: optuna.Study, trial: optuna.Trial, objective: Callable[[optuna.Trial], float]) -> FrozenTrial:
     """Run the objective on ``trial`` and tell the storage how it ended (as ``study.optimize`` would)."""
     try:
@@ -176,13 +185,13 @@ def run_one(study: optuna.Study, trial: optuna.Trial, objective: Callable[[optun
         return study.tell(trial, state=TrialState.PRUNED)
     except KeyboardInterrupt:
         # Interrupted, not wrong: re-queue it with the same parameters like a crashed trial, so a rerun resumes it.
-        retry_failed(study, study.tell(trial, state=TrialState.FAIL))
+        requeue_interrupted(study, trial)
         raise
     except STORAGE_FAILURES + (StorageError,):
         raise  # the storage cannot take a "failed" now; the trial stays running, for recovery as a dead worker's
     except BaseException:
         if interrupts.received() is not None:  # an interrupt that library code turned into an error of its own
-            retry_failed(study, study.tell(trial, state=TrialState.FAIL))
+            requeue_interrupted(study, trial)
             raise interrupts.Interrupted(interrupts.received()) from None
         study.tell(trial, state=TrialState.FAIL)
         raise
@@ -213,7 +222,7 @@ def run_batch(
     def requeue_the_rest() -> None:
         for i, trial in enumerate(trials):
             if i not in told:
-                retry_failed(study, study.tell(trial, state=TrialState.FAIL))
+                requeue_interrupted(study, trial)
 
     try:
         objective.run_batch(trials, tell)

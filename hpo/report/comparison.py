@@ -33,6 +33,7 @@ from optuna.trial import TrialState
 
 from hpo.files import atomic_path, pyplot
 from hpo.record import STARTUP_TRIALS, TestScores, read_study, startup_spread
+from hpo.report.curves import final_angles, layer_order
 from hpo.report.stats import CONFIDENCE, summarize_scores, welch
 
 BACKPROP = "bp"  # the rule every other one is compared with
@@ -46,6 +47,22 @@ SIGNIFICANCE = 0.05  # p below which the chart marks a difference from backprop
 TEST_COLUMNS = ["test_n", "test_mean", "test_std", "test_ci95", "test_note", "test_scores"]
 STARTUP_COLUMNS = ["startup_n", "startup_unscored", "startup_mean", "startup_std", "startup_worst", "startup_note"]
 VS_BP_COLUMNS = ["delta_vs_bp", "delta_vs_bp_ci95", "p_vs_bp"]
+ALIGNMENT_COLUMNS = ["wb_angle", "update_angle", "wb_angle_mean", "update_angle_mean"]
+
+
+def alignment_columns(diagnostics: dict[str, Any] | None) -> dict[str, Any]:
+    """The best trial's alignment at the end of training (``hpo.report.curves.final_angles``): ``wb_angle``, the
+    angle between W and the matrix that carries its error back, and ``update_angle``, the angle of the rule's
+    update to backprop's gradient, each per layer in network order (``"64.1 / 83.0"``; empty where the rule has
+    none) and as the mean over those layers (degrees)."""
+    row: dict[str, Any] = {"wb_angle": "", "update_angle": "", "wb_angle_mean": np.nan, "update_angle_mean": np.nan}
+    for metric in ("wb_angle", "update_angle"):
+        angles = final_angles(diagnostics or {}, metric)
+        layers = sorted((layer for layer in angles if layer != "total"), key=layer_order)
+        if layers:
+            row[metric] = " / ".join(f"{angles[layer]:.1f}" for layer in layers)
+            row[f"{metric}_mean"] = float(np.mean([angles[layer] for layer in layers]))
+    return row
 
 
 def score_columns(record: TestScores | None, best_trial: int | None) -> dict[str, Any]:
@@ -144,31 +161,36 @@ def efficiency_png(studies: list[optuna.Study], results: Path) -> list[Path]:
         labels = [read_study(s).algo or s.study_name for s, _ in curves]
         if len(set(labels)) < len(labels):  # one rule in two studies: name the studies
             labels = [s.study_name for s, _ in curves]
-        fig, ax = plt.subplots(figsize=(6.4, 4.0))
-        for (_, curve), label in zip(curves, labels):
-            ax.step(np.arange(1, len(curve) + 1), curve, where="post", lw=1.6, label=label)
-        ax.axvspan(0.5, STARTUP_TRIALS + 0.5, color="grey", alpha=0.12, lw=0)
-        ax.text(STARTUP_TRIALS / 2 + 0.5, 0.02, "random start-up", transform=ax.get_xaxis_transform(),
-                ha="center", fontsize=7, color="dimgrey")
-        # from where the worst rule stands after its random start-up: earlier, lower values leave the view, so
-        # the differences that remain between rules are visible
-        after_startup = [c[min(STARTUP_TRIALS, len(c)) - 1] for _, c in curves]
-        finals = [c[-1] for _, c in curves]
         maximize = curves[0][0].direction == optuna.study.StudyDirection.MAXIMIZE
-        if maximize and np.isfinite(after_startup).all():
-            low, high = min(after_startup), max(finals)
-            ax.set_ylim(low - 0.1 * max(high - low, 0.01), high + 0.05 * max(high - low, 0.01))
-        ax.set_xlabel("finished trials (complete or pruned), in order")
-        ax.set_ylabel(f"best CV {read_study(curves[0][0]).metric or 'score'} so far")
+        after_startup = [c[min(STARTUP_TRIALS, len(c)) - 1] for _, c in curves]
+        zoom = maximize and np.isfinite(after_startup).all()
+        # left: every trial, nothing off the chart; right (maximised scores): from where the worst rule stands
+        # after its random start-up, where the differences that remain between rules are visible
+        fig, axes = plt.subplots(1, 2 if zoom else 1, figsize=(10.5 if zoom else 6.4, 4.0), squeeze=False)
+        for ax in axes[0]:
+            for (_, curve), label in zip(curves, labels):
+                ax.step(np.arange(1, len(curve) + 1), curve, where="post", lw=1.6, label=label)
+            ax.axvspan(0.5, STARTUP_TRIALS + 0.5, color="grey", alpha=0.12, lw=0)
+            ax.text(STARTUP_TRIALS / 2 + 0.5, 0.02, "random start-up", transform=ax.get_xaxis_transform(),
+                    ha="center", fontsize=7, color="dimgrey")
+            ax.set_xlabel("finished trials (complete or pruned), in order")
+            ax.grid(alpha=0.3)
+        metric = read_study(curves[0][0]).metric or "score"
         title = " / ".join(part for part in (dataset, model) if part) or "studies"
-        ax.set_title(f"HPO efficiency: {title}", fontsize=10)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+        axes[0][0].set_ylabel(f"best CV {metric} so far")
+        axes[0][0].set_title("every trial", fontsize=9)
+        if zoom:
+            low, high = min(after_startup), max(c[-1] for _, c in curves)
+            axes[0][1].set_ylim(low - 0.1 * max(high - low, 0.01), high + 0.05 * max(high - low, 0.01))
+            axes[0][1].set_xlim(STARTUP_TRIALS - 0.5, max(len(c) for _, c in curves) + 0.5)
+            axes[0][1].set_title("after the start-up, zoomed", fontsize=9)
+        fig.suptitle(f"HPO efficiency: {title}", fontsize=10)
+        axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
         fig.tight_layout()
         name = "-".join(part for part in (dataset, model) if part) or "studies"
         path = results / "efficiency" / f"{name}.png"
         with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=100, format="png")
+            fig.savefig(tmp, dpi=100, format="png", bbox_inches="tight", pad_inches=0.1)
         plt.close(fig)
         written.append(path)
     return written

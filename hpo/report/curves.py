@@ -24,7 +24,7 @@ from hpo.record import decode_curves, read_study, read_trial
 def _save(fig, path: Path, legend: bool = False) -> None:
     fig.tight_layout(rect=(0, 0.08, 1, 1) if legend else (0, 0, 1, 1))  # room for a figure legend below
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=90, format="png")
+        fig.savefig(tmp, dpi=90, format="png", bbox_inches="tight", pad_inches=0.1)
     pyplot().close(fig)
 
 
@@ -43,6 +43,18 @@ def layer_order(layer: str) -> tuple[int, int, str]:
     kind, _, index = layer.rpartition("_") if layer[-1:].isdigit() else (layer, "", "")
     rank = LAYER_KINDS.index(kind) if kind in LAYER_KINDS else len(LAYER_KINDS)
     return rank, int(index) if index.isdigit() else 0, layer
+
+
+LAYER_WORDS = {"dense": "hidden", "conv": "conv"}  # how charts and tables name a layer kind, counted from 1
+
+
+def layer_label(layer: str) -> str:
+    """A layer as readers see it: ``dense_0`` -> ``hidden 1``, ``conv_1`` -> ``conv 2``, ``total`` -> ``all
+    layers``; ``output`` stays."""
+    kind, _, index = layer.rpartition("_") if layer[-1:].isdigit() else (layer, "", "")
+    if index.isdigit() and kind in LAYER_WORDS:
+        return f"{LAYER_WORDS[kind]} {int(index) + 1}"
+    return "all layers" if layer == "total" else layer
 
 
 LAYER_COLOURS = ("#264653", "#2a9d8f", "#8ab17d", "#e9c46a", "#f4a261", "#e76f51", "#9b5de5", "#457b9d")
@@ -114,7 +126,7 @@ def angle_panels(series: dict[str, np.ndarray]) -> list[tuple[str, str, dict[str
         if metric == "wb_angle":
             unused = first_layer(by_layer)
             by_layer = {layer: a for layer, a in by_layer.items() if layer != unused}
-            subtitle += f"\n({unused}'s B is never used: not shown)" if unused else ""
+            subtitle += f"\n({layer_label(unused)}'s B is never used: not shown)" if unused else ""
         if by_layer:
             panels.append((metric, subtitle, by_layer))
     return panels
@@ -150,7 +162,7 @@ def _figure_legend(fig, colours: dict[str, str]) -> None:
     """One legend for the whole figure, below the panels: a layer's colour is the same in every panel."""
     from matplotlib.patches import Patch
 
-    handles = [Patch(color=colour, label=layer) for layer, colour in colours.items()]
+    handles = [Patch(color=colour, label=layer_label(layer)) for layer, colour in colours.items()]
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 8), fontsize=8, frameon=False)
 
 
@@ -180,23 +192,36 @@ def weight_change_png(title: str, epochs: np.ndarray, series: dict[str, np.ndarr
     return True
 
 
-def final_angles(summary: dict[str, Any]) -> dict[str, float]:
-    """Final update angles per layer (output layer left out: it is 0 for every rule) and total."""
+def final_angles(summary: dict[str, Any], metric: str = "update_angle") -> dict[str, float]:
+    """A best trial's final angles per layer from its ``diagnostics``: ``update_angle`` (the rule's update against
+    backprop's gradient; the output layer left out: 0 for every rule) or ``wb_angle`` (W against the matrix that
+    carries the layer's error back; the first layer left out: its B carries nothing, see ``first_layer``)."""
     angles = {
         name.split("/", 1)[1]: value
         for name, value in summary.items()
-        if name.startswith("update_angle/") and value is not None
+        if name.startswith(f"{metric}/") and value is not None
     }
-    angles.pop("output", None)
+    if metric == "update_angle":
+        angles.pop("output", None)
+    else:
+        angles.pop(first_layer(angles) or "", None)
     return angles
 
 
-def alignment_comparison_png(rows: list[dict[str, Any]], path: Path) -> bool:
-    """Final update angle to backprop per layer and in total, bars per rule, one panel per dataset/model.
+ALIGNMENT_ROWS = (
+    ("update_angle", "final update angle to backprop (deg)"),
+    ("wb_angle", "final W-B angle (deg)"),
+)
 
-    ``rows``: ``{"dataset", "model", "algo", "diagnostics"}`` of each study's best trial. A layer has one colour
-    in every panel (one legend below them); backprop's group, 0 degrees by definition, says so instead of
-    showing bars of height 0.
+
+def alignment_comparison_png(rows: list[dict[str, Any]], path: Path) -> bool:
+    """The best trial of each rule at the end of training, one panel per dataset/model: the update angle to
+    backprop per hidden layer (top row) and the angle between W and the matrix that carries its error back
+    (bottom row; only rules that have such a matrix), bars per rule.
+
+    ``rows``: ``{"dataset", "model", "algo", "diagnostics"}`` of each study's best trial. A layer has one colour in
+    every panel (one legend below them); backprop's group, 0 degrees by definition, says so instead of showing
+    bars of height 0.
     """
     groups: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
@@ -204,28 +229,37 @@ def alignment_comparison_png(rows: list[dict[str, Any]], path: Path) -> bool:
             groups.setdefault(f"{row['dataset']} / {row['model']}", []).append(row)
     if not groups:
         return False
-    colours = layer_colours(k for rows_ in groups.values() for r in rows_ for k in final_angles(r["diagnostics"]))
+    kinds = [(m, label) for m, label in ALIGNMENT_ROWS
+             if any(final_angles(r["diagnostics"], m) for g in groups.values() for r in g)]
+    colours = layer_colours(k for rows_ in groups.values() for r in rows_ for m, _ in kinds
+                            for k in final_angles(r["diagnostics"], m))
     plt = pyplot()
-    fig, axes = plt.subplots(1, len(groups), figsize=(max(6.0, 4.8 * len(groups)), 4.3), squeeze=False)
-    for ax, (title, group) in zip(axes[0], sorted(groups.items())):
-        group = sorted(group, key=lambda r: r["algo"])
-        names = sorted({k for r in group for k in final_angles(r["diagnostics"])}, key=layer_order)
-        width = 0.8 / len(names)
-        x = np.arange(len(group))
-        for i, name in enumerate(names):
-            values = [np.nan if r["algo"] == "bp" else final_angles(r["diagnostics"]).get(name, np.nan) for r in group]
-            ax.bar(x + (i - (len(names) - 1) / 2) * width, values, width, label=name, color=colours[name])
-        for position, row in zip(x, group):
-            if row["algo"] == "bp":  # backprop's update is the reference: its angle to itself is 0
-                ax.text(position, 4, "0 by\ndefinition", ha="center", va="bottom", fontsize=7, color="#555555")
-        ax.axhline(90, color="grey", lw=0.8, ls="--")
-        ax.set_xticks(x, [r["algo"] for r in group])
-        ax.set_ylim(0, 100)
-        ax.set_ylabel("final update angle to backprop (degrees)")
-        ax.set_title(title, fontsize=10)
-        ax.grid(axis="y", alpha=0.3)
+    fig, axes = plt.subplots(len(kinds), len(groups), figsize=(max(6.0, 4.8 * len(groups)), 3.6 * len(kinds) + 0.7),
+                             squeeze=False)
+    for row_axes, (metric, label) in zip(axes, kinds):
+        for ax, (title, group) in zip(row_axes, sorted(groups.items())):
+            group = sorted(group, key=lambda r: r["algo"])
+            names = sorted({k for r in group for k in final_angles(r["diagnostics"], metric)}, key=layer_order)
+            width = 0.8 / max(1, len(names))
+            x = np.arange(len(group))
+            for i, name in enumerate(names):
+                values = [np.nan if r["algo"] == "bp" else final_angles(r["diagnostics"], metric).get(name, np.nan)
+                          for r in group]
+                ax.bar(x + (i - (len(names) - 1) / 2) * width, values, width, label=name, color=colours[name])
+            for position, row in zip(x, group):
+                if row["algo"] == "bp" and metric == "update_angle":  # backprop's update is the reference
+                    ax.text(position, 4, "0 by\ndefinition", ha="center", va="bottom", fontsize=7, color="#555555")
+                elif not final_angles(row["diagnostics"], metric):
+                    ax.text(position, 4, "no B" if metric == "wb_angle" else "none", ha="center", va="bottom",
+                            fontsize=7, color="#555555")
+            ax.axhline(90, color="grey", lw=0.8, ls="--")
+            ax.set_xticks(x, [r["algo"] for r in group])
+            ax.set_ylim(0, 100)
+            ax.set_ylabel(label, fontsize=9)
+            ax.set_title(title, fontsize=10)
+            ax.grid(axis="y", alpha=0.3)
     _figure_legend(fig, colours)
-    fig.suptitle("Update angle to backprop at the end of training (best trial of each study)", fontsize=10)
+    fig.suptitle("Alignment at the end of training (best trial of each study)", fontsize=10)
     _save(fig, path, legend=True)
     return True
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from hpo.errors import UsageError
 from hpo.files import atomic_path, write_text
-from hpo.storage.backends import is_rdb_url, redact
+from hpo.storage import is_rdb_url, redact
 
 RESULTS_ROOT = Path("results")  # parent of the derived per-storage folders (relative to the working directory)
 OWNER_FILE = ".storage"  # inside a results folder: the storage its report was written from
@@ -60,6 +60,15 @@ def storage_identity(storage: str) -> str:
         return absolute.relative_to(Path.cwd().resolve()).as_posix()
     except ValueError:
         return absolute.as_posix()
+
+
+def storage_argument(storage: str) -> str:
+    """The ``--storage`` value that names this storage again (for "regenerate with" lines): ``storage_identity``,
+    with ``sqlite:///`` kept for a SQLite file (a bare path is read as a journal)."""
+    identity = storage_identity(storage)
+    if storage.startswith("sqlite") and identity != storage:
+        return f"sqlite:///{identity}"
+    return identity
 
 
 def results_dir_for(storage: str, results_dir: str | Path | None) -> Path:

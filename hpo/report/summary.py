@@ -17,7 +17,7 @@ import fnmatch
 import functools
 import json
 import re
-import sys
+import textwrap
 import warnings
 from pathlib import Path
 from typing import Any
@@ -27,11 +27,13 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
+from hpo.cli import Steps, plural
 from hpo.config import DEFAULT_STORAGE
 from hpo.errors import UsageError
 from hpo.files import atomic_path, check_writable, pyplot, study_folder, write_text, written_together
 from hpo.record import STARTUP_TRIALS, read_study, read_trial
 from hpo.report.comparison import (
+    ALIGNMENT_COLUMNS,
     PREDATES_STARTUP_MARK,
     PREDATES_TEST_SEEDS,
     SIGNIFICANCE,
@@ -39,6 +41,7 @@ from hpo.report.comparison import (
     TEST_COLUMNS,
     VS_BP_COLUMNS,
     add_vs_bp,
+    alignment_columns,
     best_params_tables,
     efficiency_png,
     markdown_table,
@@ -46,14 +49,15 @@ from hpo.report.comparison import (
     startup_columns,
 )
 from hpo.report.curves import write_curve_plots
-from hpo.report.folders import plotly_bundle, record_owner, results_dir_for, storage_identity, write_html
+from hpo.report.folders import plotly_bundle, record_owner, results_dir_for, storage_argument, write_html
 from hpo.space.overrides import space_table
-from hpo.storage.backends import open_storage, redact, study_names
+from hpo.storage import open_storage, redact, study_names
 
 SUMMARY_COLUMNS = [
     "study", "dataset", "model", "algo", "metric", "direction", "complete", "pruned", "failed", "best",
-    "best_trial", "best_fold_std", *STARTUP_COLUMNS, *TEST_COLUMNS[:5], *VS_BP_COLUMNS, "median_trial_seconds",
-    "compile_seconds", "wall_seconds", "test_scores", "best_params",
+    "best_trial", "best_fold_std", *STARTUP_COLUMNS, *TEST_COLUMNS[:5], *VS_BP_COLUMNS, *ALIGNMENT_COLUMNS,
+    "interrupted", "surplus", "median_trial_seconds", "train_seconds", "compile_seconds", "wall_seconds",
+    "test_scores", "best_params",
 ]
 
 
@@ -74,16 +78,23 @@ def study_row(study: optuna.Study) -> dict:
         "direction": "maximize" if maximize else "minimize",
         "complete": len(complete),
         "pruned": sum(t.state == TrialState.PRUNED for t in trials),
-        "failed": sum(t.state == TrialState.FAIL for t in trials),
         "best": np.nan, "best_trial": None, "best_fold_std": np.nan,
         **startup_columns(trials, maximize),
-        "median_trial_seconds": np.nan, "compile_seconds": 0.0, "wall_seconds": 0.0, "best_params": "",
+        **alignment_columns(None),
+        "median_trial_seconds": np.nan, "train_seconds": 0.0, "compile_seconds": 0.0, "wall_seconds": 0.0,
+        "best_params": "",
     }
     records = [read_trial(t) for t in trials]
+    # a failed trial that a signal stopped (re-queued) or that the study did not need (surplus) is not a failure
+    ended = [(t, r) for t, r in zip(trials, records) if t.state == TrialState.FAIL]
+    row["interrupted"] = sum(r.interrupted is not None for _, r in ended)
+    row["surplus"] = sum(r.surplus is not None for _, r in ended)
+    row["failed"] = len(ended) - row["interrupted"] - row["surplus"]
     timed = [r.wall_seconds for r in records if r.wall_seconds is not None]
     if timed:
         row["median_trial_seconds"] = float(np.median(timed))
         row["wall_seconds"] = float(np.sum(timed))
+    row["train_seconds"] = float(sum(r.train_seconds or 0.0 for r in records))
     row["compile_seconds"] = float(sum(r.compile_seconds or 0.0 for r in records))
     best = study.best_trial if len(values) else None
     if best is not None:
@@ -92,6 +103,7 @@ def study_row(study: optuna.Study) -> dict:
             best_trial=best.number,
             best_fold_std=np.nan if read_trial(best).fold_std is None else read_trial(best).fold_std,
             best_params=json.dumps(best.params, sort_keys=True),
+            **alignment_columns(read_trial(best).diagnostics),
         )
     row.update(score_columns(record.test, None if best is None else best.number))
     return row
@@ -150,6 +162,8 @@ def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
         "test mean ± 95% CI": [_plus_minus(r.test_mean, r.test_ci95, r.test_n or None) for r in frame.itertuples()],
         "test vs bp ± 95% CI": [_plus_minus(r.delta_vs_bp, r.delta_vs_bp_ci95) for r in frame.itertuples()],
         "p vs bp": frame["p_vs_bp"].map(p_value),
+        "W-B angle (deg)": frame["wb_angle"].fillna(""),
+        "update vs bp (deg)": frame["update_angle"].fillna(""),
     })
 
 
@@ -277,12 +291,12 @@ def comparison_png(frame: pd.DataFrame, path: Path) -> None:
         ax.set_visible(False)
     # one legend for every panel, below them, where it can cover no bar
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=8, frameon=False)
-    fig.suptitle(COMPARISON_TITLE.replace(" and test", "\nand test")
-                 + f";  *: test mean differs from bp's (Welch p < {SIGNIFICANCE})", fontsize=10)
-    fig.tight_layout(rect=(0, 0.08, 1, 1))
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
+    fig.legend(handles, labels, loc="lower center", ncol=2 if cols > 1 else 1, fontsize=8, frameon=False)
+    title = f"{COMPARISON_TITLE};  *: test mean differs from bp's (Welch p < {SIGNIFICANCE})"
+    fig.suptitle(textwrap.fill(title, width=int(fig.get_figwidth() * 12)), fontsize=10)
+    fig.tight_layout(rect=(0, 0.08 if cols > 1 else 0.16, 1, 1))
+    with atomic_path(path) as tmp:  # "tight": a title or legend wider than the panels is never cut off
+        fig.savefig(tmp, dpi=110, format="png", bbox_inches="tight", pad_inches=0.1)
     plt.close(fig)
 
 
@@ -396,21 +410,26 @@ def write_reports(storage_url: str, results_dir: str | Path | None = None, patte
         raise UsageError(f"no study matching {pattern!r} in storage {redact(storage_url)!r}")
     results = check_writable(results_dir_for(storage_url, results_dir))
     record_owner(results, storage_url)
-    frame = summarize(studies)
     sparse_params: set[str] = set()
     try:
-        with written_together() as publish:  # a full disk mid-report keeps the previous report set whole
+        # a full disk mid-report keeps the previous report set whole; a long report says how far it is
+        with written_together() as publish, Steps("report", out) as steps:
+            steps.report(f"summarising {plural(len(studies), 'study')}")
+            frame = summarize(studies)
             with atomic_path(results / "summary.csv") as tmp:
                 frame.to_csv(tmp, index=False, float_format="%.6g")
             write_text(results / "summary.md", to_markdown(frame))
+            steps.report("comparison charts")
             comparison_png(frame, results / "comparison.png")
             bundle = plotly_bundle(results)
             comparison_html(frame, results / "comparison.html", bundle)
             efficiency_png(studies, results)
-            for study in studies:
+            for i, study in enumerate(studies, 1):
+                steps.report(f"charts of study {i}/{len(studies)}, {study.study_name}")
                 folder = study_folder(results, study.study_name)
                 study_plots(study, folder, bundle, sparse_params)
                 write_text(folder / "space.md", space_table(read_study(study).space))
+            steps.report("learning and alignment curves")
             write_curve_plots(studies, results)
             publish()  # the index lists the files found in place
             write_index(results, [s.study_name for s in studies], storage_url)
@@ -421,7 +440,7 @@ def write_reports(storage_url: str, results_dir: str | Path | None = None, patte
     note = importance_note(sparse_params)
     if note:
         out(note)
-    out(f"wrote summaries and charts of {len(studies)} studies to {results}/ (browse {results / 'index.html'})")
+    out(f"wrote summaries and charts of {plural(len(studies), 'study')} to {results}/ (browse {results / 'index.html'})")
     return frame
 
 
@@ -469,9 +488,9 @@ def index_html(results: Path, studies: list[str] | None = None, storage: str | N
         "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}</style></head><body>",
         "<h1>Study results</h1>",
         "<p>Regenerate with <code>python -m hpo.report"
-        + (f" --storage {escape(storage_identity(storage))}" if storage else "")
+        + (f" --storage {escape(storage_argument(storage))}" if storage else "")
         + "</code>. Every chart of "
-        + (f"the {len(studies)} studies of this storage" if studies is not None else "this directory")
+        + (f"the {plural(len(studies), 'study')} of this storage" if studies is not None else "this directory")
         + " is shown below; click a chart for its interactive version where one exists.</p>",
     ]
     summary = results / "summary.csv"
@@ -557,6 +576,9 @@ def missing_storage_hint(storage_url: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m hpo.report``; the exit code (``hpo.cli.run_command``)."""
+    from hpo.cli import run_command
+
     parser = argparse.ArgumentParser(prog="python -m hpo.report", description=__doc__.split("\n")[0])
     parser.add_argument("--storage", default=DEFAULT_STORAGE, help="study storage URL or journal file")
     parser.add_argument(
@@ -566,12 +588,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--study", default="*", help="only studies whose name matches this glob pattern")
     args = parser.parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        frame = write_reports(args.storage, args.results_dir, args.study)
-    except UsageError as error:
-        print(f"error: {error}{missing_storage_hint(args.storage)}", file=sys.stderr)
-        return 2
-    print_summary(frame)
-    return 0
 
+    def body() -> None:
+        try:
+            frame = write_reports(args.storage, args.results_dir, args.study)
+        except UsageError as error:
+            raise UsageError(f"{error}{missing_storage_hint(args.storage)}") from None
+        print_summary(frame)
 
+    return run_command(body, interrupted="interrupted: the previous reports are kept as they were")

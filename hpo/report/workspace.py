@@ -19,26 +19,26 @@ from hpo.config import DEFAULT_STORAGE
 from hpo.errors import UsageError
 from hpo.files import study_folder
 from hpo.record import decode_curves, read_study, read_trial
-from hpo.report.folders import results_dir_for
-from hpo.storage.backends import open_storage, redact, study_names
-
-__all__ = ["best_trial", "notebook_settings", "open_study", "study_folder", "top_level_charts", "trial_curve_plots"]
+from hpo.report.folders import storage_label
+from hpo.storage import open_storage, redact, study_names
 
 STORAGE_ENV = "HPO_STORAGE"  # the notebook's storage when set (tests and scripts inject one this way)
 RESULTS_ENV = "HPO_RESULTS_DIR"  # the notebook's results directory when set
-__all__ = ["best_trial", "open_study", "study_folder", "top_level_charts", "trial_curve_plots"]
+NOTEBOOK_OUTPUT = Path("notebooks") / "output"  # where the notebook's charts go by default (ignored by git)
+__all__ = ["best_trial", "notebook_settings", "open_study", "study_folder", "top_level_charts", "trial_curve_plots"]
 
 
 def project_root() -> Path:
     """The repository root (where ``studies/`` and ``results/`` live), whatever the notebook's directory."""
-    return Path(__file__).resolve().parent.parent
+    return Path(__file__).resolve().parents[2]
 
 
 def notebook_settings() -> tuple[str, str]:
-    """(storage URL, results directory) of the notebook: the environment's, else the defaults of ``hpo.run``
-    (the storage's own folder, ``results/<storage name>``)."""
+    """(storage URL, results directory) of the notebook: the environment's, else the default storage of
+    ``hpo.run`` and ``notebooks/output/<storage name>``. Not the storage's own folder under ``results/``: the
+    notebook redraws every chart, and the committed ones are ``python -m hpo.report``'s to write."""
     storage = os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE
-    return storage, str(results_dir_for(storage, os.environ.get(RESULTS_ENV) or None))
+    return storage, os.environ.get(RESULTS_ENV) or str(NOTEBOOK_OUTPUT / storage_label(storage))
 
 
 def open_study(storage_url: str, name: str) -> optuna.Study:

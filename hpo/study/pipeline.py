@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import optuna
 
+from hpo.cli import long_trial_seconds
 from hpo.config import StudyConfig
 from hpo.data import load_dataset
 from hpo.report.folders import results_dir_for
 from hpo.report.summary import check_writable, print_summary, write_reports
-from hpo.storage.backends import check_storage
-from hpo.study.progress import long_trial_seconds
+from hpo.storage import check_storage
 from hpo.study.runner import run_study, validate_study
 from hpo.study.trackers import check_tracker
 

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 import time
@@ -18,35 +17,10 @@ from typing import Callable
 
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo.errors import UsageError
+from hpo.cli import clock, long_trial_seconds
 from hpo.record import read_trial
 
 Printer = Callable[[str], None]
-LONG_TRIAL_SECONDS = 10.0  # trials running longer than this show their epochs ($HPO_EPOCH_PROGRESS_SECONDS)
-
-
-def long_trial_seconds() -> float:
-    """Seconds after which a trial shows its epochs: ``$HPO_EPOCH_PROGRESS_SECONDS`` (0: always), else 10."""
-    text = os.environ.get("HPO_EPOCH_PROGRESS_SECONDS", "")
-    if not text:
-        return LONG_TRIAL_SECONDS
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = -1.0
-    if not seconds >= 0:
-        raise UsageError(f"HPO_EPOCH_PROGRESS_SECONDS must be a number of seconds >= 0, got {text!r}")
-    return seconds
-
-
-def clock(seconds: float) -> str:
-    """``m:ss`` or ``h:mm:ss``."""
-    seconds = max(0, round(seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, seconds = divmod(rest, 60)
-    return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"
-
-
 class StudyClock:
     """Elapsed time since this run started and the ETA of the study's remaining trials."""
 

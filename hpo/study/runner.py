@@ -13,6 +13,7 @@ from optuna.storages import BaseStorage
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
+from hpo.cli import plural
 from hpo.config import StudyConfig
 from hpo.data import Dataset, check_folds, load_dataset
 from hpo.errors import StorageError, UsageError
@@ -25,7 +26,7 @@ from hpo.report.folders import results_dir_for
 from hpo.report.stats import summarize_scores
 from hpo.space.algorithms import check_dataset, starting_points, suggest
 from hpo.space.overrides import record_space
-from hpo.storage.backends import STORAGE_FAILURES, open_storage, redact, scrub
+from hpo.storage import STORAGE_FAILURES, open_storage, redact, scrub
 from hpo.study.compile_ahead import compile_ahead
 from hpo.study.objective import Objective, compiles_ahead
 from hpo.study.population import (
@@ -227,7 +228,7 @@ def _run_study(
     else:
         out(
             f"[{config.name}] {done} finished trials in {redact(config.storage)}; running until {config.trials} "
-            f"({config.folds}-fold CV, {config.epochs} epochs, {config.sampler} sampler, {config.pruner} pruner)"
+            f"({config.folds}-fold CV, {plural(config.epochs, 'epoch')}, {config.sampler} sampler, {config.pruner} pruner)"
         )
         if config.workers > 1:
             run_local_workers(worker_main, config, config.workers, out)
@@ -295,7 +296,7 @@ def record_test_score(
     if stored is not None and stored.trial == best.number and stored.n == config.test_seeds and model_path.exists():
         return
     model_path.parent.mkdir(parents=True, exist_ok=True)
-    record = retrain_and_score(config, dataset, best.params, best.number, model_path, compiler)
+    record = retrain_and_score(config, dataset, best.params, best.number, model_path, compiler, out)
     write_study(study, test=record)
     cv = f"[{config.name}] best trial #{best.number}: CV {dataset.metric} {best.value:.4f}"
     if record.error is not None:

@@ -14,12 +14,13 @@ Stored as the study's ``test`` field (``hpo.record.TestScores``). Seed 0 is the 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import numpy as np
 import optuna
 
+from hpo.cli import Steps
 from hpo.config import StudyConfig
 from hpo.data import Dataset
 from hpo.files import atomic_write
@@ -28,7 +29,7 @@ from hpo.space.algorithms import suggest
 from hpo.study.objective import programs_directory, trial_seed
 from models.compile import Compiler
 from models.saved import save_model
-from models.train import DivergedError, fit_and_score
+from models.train import DivergedError, EpochMetrics, fit_and_score
 
 
 def retraining_seeds(study_seed: int, trial_number: int, n: int) -> list[int]:
@@ -40,26 +41,36 @@ def retraining_seeds(study_seed: int, trial_number: int, n: int) -> list[int]:
 
 def retrain_and_score(
     config: StudyConfig, dataset: Dataset, params: dict[str, Any], trial_number: int, model_path: Path | None = None,
-    compiler: Compiler | None = None,
+    compiler: Compiler | None = None, out: Callable[[str], None] = print,
 ) -> TestScores:
     """Retrain the configuration ``params`` of trial ``trial_number`` on the whole training split with
     ``config.test_seeds`` seeds in one program and score each on the test split.
 
     Needs no folds: the seeds and the fixed split are all it uses. Never tunes anything: the configuration is
     the one cross-validation chose, and the test split is seen only here. With ``model_path``, the network of
-    seed 0 (the trial's own seed) is saved there (``models.saved``: parameters and feedback matrices).
+    seed 0 (the trial's own seed) is saved there (``models.saved``: parameters and feedback matrices). Once it
+    has taken 10 s it says how far it is (``hpo.study.progress.Steps``) through ``out``.
     """
     train_config = suggest(optuna.trial.FixedTrial(params), config, dataset)
     seeds = retraining_seeds(config.seed, trial_number, config.test_seeds)
     d = dataset
-    try:
-        result = fit_and_score(
-            train_config, d.x_train, d.y_train, d.x_test, d.y_test, d.out_features, seeds,
-            fold_strategy=config.fold_strategy, keep_state=model_path is not None,
-            compiler=compiler or Compiler(directory=programs_directory(config.cache_dir)),
-        )
-    except DivergedError as error:  # "fold k" of the message is the k-th seed here
-        return TestScores(trial_number, (), tuple(seeds), dataset.metric, f"diverged: {error}".replace("fold", "seed"))
+    what = f"retraining trial #{trial_number} with {len(seeds)} seed{'s' if len(seeds) > 1 else ''}"
+    with Steps(config.name, out) as steps:
+        steps.report(f"{what}: compiling")
+
+        def on_epoch(epoch: int, metrics: EpochMetrics) -> None:
+            score = float(np.mean(metrics.val_score))
+            steps.report(f"{what}: epoch {epoch + 1}/{train_config.epochs} done, mean test {d.metric} {score:.4f}")
+
+        try:
+            result = fit_and_score(
+                train_config, d.x_train, d.y_train, d.x_test, d.y_test, d.out_features, seeds,
+                fold_strategy=config.fold_strategy, keep_state=model_path is not None,
+                compiler=compiler or Compiler(directory=programs_directory(config.cache_dir)), on_epoch=on_epoch,
+            )
+        except DivergedError as error:  # "fold k" of the message is the k-th seed here
+            diverged = f"diverged: {error}".replace("fold", "seed")
+            return TestScores(trial_number, (), tuple(seeds), dataset.metric, diverged)
     scores = tuple(float(s) for s in result.fold_scores)
     if model_path is not None:
         state = jax.tree_util.tree_map(lambda a: a[0], result.state)  # seed 0's run

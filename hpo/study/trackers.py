@@ -36,7 +36,7 @@ from optuna.trial import FrozenTrial
 
 from hpo.errors import UsageError
 from hpo.record import StudyRecord, decode_curves, read_study, read_trial
-from hpo.storage.backends import redact
+from hpo.storage import redact
 
 TrialCallback = Callable[[optuna.Study, FrozenTrial], None]
 

@@ -11,19 +11,25 @@ Two layers, one ``get``:
   devices, the CPU model and its flags, ``XLA_FLAGS``, and the source of ``models/``). A later process, or
   ``python -m hpo.warmup`` ahead of a study, then loads a program in milliseconds: no tracing, no lowering,
   no compilation (JAX's own persistent cache still has to trace and lower before it can look a program up).
+  The folder is private to its user and every entry is sealed under the user's key and checked before it is
+  loaded (``models.compile.trust``): the store runs nothing it did not write itself.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import pickle
+import sys
 import threading
 import time
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable
+
+from models.compile.trust import open_store, read_private, seal, unseal, write_private
 
 MAX_PROGRAMS = 24  # compiled program sets kept per process (each set: one epoch program and its helpers)
 
@@ -99,7 +105,9 @@ class ProgramStore:
 
     def __init__(self, max_entries: int = MAX_PROGRAMS, directory: str | Path | None = None):
         self.max_entries = max_entries
-        self.directory = None if directory is None else Path(directory)
+        self.directory = None if directory is None else Path(directory).expanduser()
+        self._key: bytes | None = None  # the store's secret (models.compile.trust), read at first use
+        self._rejected: set[str] = set()  # entries that failed their check (said once each)
         self._entries: OrderedDict[Any, Any] = OrderedDict()
         self._lock = threading.Lock()
         self._building: dict[Any, threading.Event] = {}
@@ -109,8 +117,17 @@ class ProgramStore:
         self._training: dict[str, tuple] = {}  # name -> (seconds trained, compile seconds): see ``add_training``
         self._deciding: dict[str, threading.Event] = {}
 
+    def _disk(self) -> bytes | None:
+        """The store's key once its folder is known to be this user's alone (``open_store``); None, and the store
+        kept in memory from then on, where there is no folder or it cannot be trusted."""
+        if self.directory is not None and self._key is None:
+            self._key = open_store(self.directory)
+            if self._key is None:
+                self.directory = None
+        return self._key
+
     def _path(self, key: Any) -> Path | None:
-        if self.directory is None:
+        if self._disk() is None:
             return None
         name = hashlib.sha256(f"{fingerprint()}\0{key!r}".encode()).hexdigest()
         return self.directory / f"{name}.programs"
@@ -157,12 +174,20 @@ class ProgramStore:
                 self._building.pop(key).set()
 
     def _load(self, key: Any) -> Any | None:
+        """The entry's programs if its file is this user's and its seal checks, else None (then compiled again)."""
         path = self._path(key)
-        if path is None or not path.is_file():
+        if path is None or not path.exists():
+            return None
+        payload = unseal(self._key, path.name, read_private(path) or b"")
+        if payload is None:
+            if path.name not in self._rejected:
+                self._rejected.add(path.name)
+                print(f"warning: program store entry {path} failed its check (damaged, or not written by this "
+                      "store): compiling it again", file=sys.stderr, flush=True)
             return None
         try:
-            return _deserialise(path.read_bytes())
-        except Exception:  # noqa: BLE001 -- a stale or damaged entry is rebuilt and replaced, never fatal
+            return _deserialise(payload)
+        except Exception:  # noqa: BLE001 -- sealed by us but not loadable (another jaxlib build): compiled again
             return None
 
     def _store(self, key: Any, value: Any) -> None:
@@ -171,12 +196,9 @@ class ProgramStore:
             return
         try:
             data = _serialise(value)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-            tmp.write_bytes(data)
-            os.replace(tmp, path)
-        except Exception:  # noqa: BLE001 -- an unwritable cache only costs a later recompile
+        except Exception:  # noqa: BLE001 -- a program that cannot be serialised is kept in memory only
             return
+        write_private(path, seal(self._key, path.name, data))  # a failed write only costs a later recompile
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -189,13 +211,9 @@ class ProgramStore:
         return hashlib.sha256(f"{fingerprint()}\0{key!r}".encode()).hexdigest()
 
     def _stored_decisions(self) -> dict[str, dict]:
-        if self.directory is None:
-            return {}
-        try:
-            stored = json.loads((self.directory / self.DECISIONS_FILE).read_text())
-        except (OSError, ValueError):  # none yet, or damaged: measured again
-            return {}
-        return stored if isinstance(stored, dict) else {}
+        """The stored decisions that are well formed; a damaged file or value is measured again, never a crash."""
+        stored = self._read_json(self.DECISIONS_FILE)
+        return {name: value for name, value in stored.items() if _valid_decision(value)}
 
     def decide(self, key: Any, measure: Callable[[], dict]) -> tuple[dict, bool]:
         """The decision stored for ``key`` on this machine (``fingerprint``), or ``measure()``'s, then stored.
@@ -255,7 +273,7 @@ class ProgramStore:
 
         with self._lock:
             add(self._training)
-            if self.directory is not None:
+            if self._disk() is not None:
                 self._write_json(self.TRAINING_FILE, add(self._stored_training()))
 
     def training(self, key: Any) -> tuple[float, float | None]:
@@ -268,13 +286,22 @@ class ProgramStore:
             return mine if stored is None or stored[0] < mine[0] else stored
 
     def _stored_training(self) -> dict[str, tuple[float, float | None]]:
-        if self.directory is None:
+        """The stored counts that are well formed (``[seconds, compile seconds or null]``); others count again."""
+        counts = {}
+        for name, value in self._read_json(self.TRAINING_FILE).items():
+            if isinstance(value, list) and len(value) == 2 and _number(value[0]) and (value[1] is None or _number(value[1])):
+                counts[name] = (float(value[0]), None if value[1] is None else float(value[1]))
+        return counts
+
+    def _read_json(self, file_name: str) -> dict[str, Any]:
+        """A JSON object file of the store, or {} when there is none or it is damaged or not to be trusted."""
+        if self._disk() is None:
             return {}
         try:
-            stored = json.loads((self.directory / self.TRAINING_FILE).read_text())
-            return {name: (float(seconds), None if cost is None else float(cost)) for name, (seconds, cost) in stored.items()}
-        except (OSError, ValueError, TypeError, AttributeError):  # none yet, or damaged: counted again
+            stored = json.loads(read_private(self.directory / file_name) or b"{}")
+        except ValueError:
             return {}
+        return stored if isinstance(stored, dict) else {}
 
     def known_decision(self, key: Any) -> dict | None:
         """The decision for ``key`` made or stored already, or None; never measures."""
@@ -296,16 +323,21 @@ class ProgramStore:
             return dict(self._decisions)
 
     def _store_decision(self, name: str, decision: dict) -> None:
-        if self.directory is not None:
+        if self._disk() is not None:
             self._write_json(self.DECISIONS_FILE, {**self._stored_decisions(), name: decision})
 
     def _write_json(self, file_name: str, value: dict) -> None:
-        """``value`` as ``<directory>/<file_name>``, by atomic replace (read, merged and written by the caller)."""
-        try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            path = self.directory / file_name
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-            tmp.write_text(json.dumps(value, indent=1, sort_keys=True))
-            os.replace(tmp, path)
-        except Exception:  # noqa: BLE001 -- an unwritable store only costs a later measurement
-            return
+        """``value`` as ``<directory>/<file_name>``, by atomic replace (read, merged and written by the caller); a
+        failed write only costs a later measurement."""
+        if self._disk() is not None:
+            write_private(self.directory / file_name, json.dumps(value, indent=1, sort_keys=True).encode())
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _valid_decision(value: Any) -> bool:
+    """A stored fold-strategy decision has what ``models.compile.compiler`` reads of it."""
+    return (isinstance(value, dict) and value.get("strategy") in ("vmap", "sequential")
+            and _number(value.get("measure_seconds")))

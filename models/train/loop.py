@@ -348,13 +348,14 @@ def fit_and_score(
     evals_per_epoch: int = 1,
     diagnostics: bool = False,
     compiler: Compiler | None = None,
+    on_epoch: EpochCallback | None = None,
 ) -> CVResult:
     """Train on the whole training split and score the test split, once per seed, all seeds in one program.
 
     The cross-validation core with one run per seed whose validation part is the test split: ``fold_scores[i]``
     is seed i's test score. Each run's randomness comes from its own seed alone (initialisation from the first
     child of ``SeedSequence(seed)``, batch order from the second), so a seed's score does not depend on the
-    other seeds it is trained with. ``evals_per_epoch`` and ``diagnostics`` are those of ``cross_validate``
+    other seeds it is trained with. ``on_epoch``, ``evals_per_epoch`` and ``diagnostics`` are those of ``cross_validate``
     (the validation curves are then test-split curves; the diagnostics use training batches as always).
     """
     seeds = [seeds] if isinstance(seeds, int) else list(seeds)
@@ -364,5 +365,5 @@ def fit_and_score(
     order_rngs = [np.random.default_rng(order) for _, order in children]
     return train_runs(
         config, data, out_features, run_seeds, order_rngs, fold_strategy=fold_strategy, keep_state=keep_state,
-        evals_per_epoch=evals_per_epoch, diagnostics=diagnostics, compiler=compiler,
+        evals_per_epoch=evals_per_epoch, diagnostics=diagnostics, compiler=compiler, on_epoch=on_epoch,
     )

@@ -1,0 +1,213 @@
+"""The command-line core of every entry point (``hpo.run``, ``hpo.warmup``, ``hpo.slurm``, ``hpo.report``,
+``hpo.dashboard``): study flags made from ``StudyConfig``'s fields, and one mapping of errors to exit codes.
+
+Flags. Each field of ``hpo.config.StudyConfig`` declares its help text and group (``hpo.config.setting``); the
+flags, their types, choices, defaults and help are made from those declarations, so there is one place to change.
+``--config FILE`` reads a TOML grid whose values the flags override; ``--space FILE`` adds a ``[space]`` table.
+
+Exit codes (``run_command``): 0 done, 2 bad input (``UsageError``: one line naming the value), 3 a storage failed
+(``StorageError``, or a database error that escaped a study), a ``ReportedError``'s own code (a worker already
+printed why), 130 Ctrl-C and 143 SIGTERM (one ``interrupted`` line). Never a traceback for any of these.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+import time
+import types
+import typing
+from dataclasses import MISSING, fields
+from typing import Any, Callable
+
+from hpo.config import GROUPS, PRUNERS, SAMPLERS, TRACKERS, StudyConfig, load_grid
+from hpo.data import DATASETS
+from hpo.errors import ReportedError, StorageError, UsageError
+from hpo.parallel.interrupts import exit_code_of, handle_interrupts
+from hpo.space.algorithms import ALGORITHMS, MODELS
+from hpo.space.overrides import apply_spaces, read_space_file
+from models.train import FOLD_STRATEGIES
+
+Printer = Callable[[str], None]
+
+CHOICES = {  # the allowed values of the text fields that have a fixed set
+    "algo": tuple(ALGORITHMS), "dataset": tuple(DATASETS), "model": MODELS, "sampler": SAMPLERS, "pruner": PRUNERS,
+    "fold_strategy": FOLD_STRATEGIES, "tracker": TRACKERS,
+}
+FLAG_NAMES = {"fold_strategy": "fold-strategy"}  # where a flag is not the field's name with dashes (none now)
+
+
+def flag_of(name: str) -> str:
+    """``--test-seeds`` for ``test_seeds``."""
+    return "--" + FLAG_NAMES.get(name, name.replace("_", "-"))
+
+
+def _base_type(annotation: Any) -> type:
+    """``int`` for ``int``, ``str`` for ``str | None``, ``bool`` for ``bool | None``."""
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        (annotation,) = [a for a in typing.get_args(annotation) if a is not type(None)]
+    return annotation
+
+
+def add_study_flags(parser: argparse.ArgumentParser) -> None:
+    """``--config``, ``--space`` and one flag per ``StudyConfig`` field, in the config's groups. Every flag's
+    default is None (not given), so a grid file's value stands unless the flag is given."""
+    parser.add_argument("--config", help="TOML study grid (e.g. studies/bundled.toml); other flags override its "
+                        "values")
+    parser.add_argument("--space", help="TOML file holding a [space] table of search-space overrides; it overrides "
+                        "the grid's [space] tables")
+    hints = typing.get_type_hints(StudyConfig)
+    groups = {key: parser.add_argument_group(title) for key, title in GROUPS.items()}
+    for f in fields(StudyConfig):
+        if not f.metadata.get("flag", True):
+            continue
+        kind = _base_type(hints[f.name])
+        help_text = f.metadata["help"].format(choices=", ".join(CHOICES.get(f.name, ())))
+        default = f.default if f.default is not MISSING else None
+        if default is not None and kind is not bool:
+            help_text += f" (default {default})"
+        group = groups[f.metadata["group"]]
+        if kind is bool:
+            group.add_argument(flag_of(f.name), dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                               help=help_text)
+        else:
+            group.add_argument(flag_of(f.name), dest=f.name, type=kind, default=None, help=help_text,
+                               metavar=f.name.upper())
+
+
+def study_overrides(args: argparse.Namespace, skipped: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The ``StudyConfig`` fields the command line set (flags given), minus ``skipped``."""
+    names = {f.name for f in fields(StudyConfig) if f.metadata.get("flag", True)}  # not --space: a file's path
+    return {k: v for k, v in vars(args).items() if k in names and k not in skipped and v is not None}
+
+
+def study_configs(args: argparse.Namespace, picked: tuple[str, ...] = ()) -> list[StudyConfig]:
+    """The studies the flags describe: one, or a grid's (``--config``), each with its ``--space`` overrides.
+
+    ``picked`` fields select among a grid's studies rather than set them (``--show-space --algo kp``)."""
+    overrides = study_overrides(args, picked if args.config else ())
+    layers = [read_space_file(args.space)] if args.space else []
+    if not args.config:
+        return apply_spaces([(StudyConfig(**overrides), layers)])
+    configs = load_grid(args.config, overrides, layers)
+    chosen = [c for c in configs if all(getattr(args, k) in (None, getattr(c, k)) for k in picked)]
+    if not chosen:
+        wanted = " ".join(f"{flag_of(k)} {getattr(args, k)}" for k in picked if getattr(args, k) is not None)
+        raise UsageError(f"config file {args.config!r} has no study of {wanted}")
+    return chosen
+
+
+INTERRUPTED = "interrupted: finished trials are stored; rerun the same command to resume"
+
+
+def run_command(body: Callable[[], int | None], interrupted: str = INTERRUPTED) -> int:
+    """Run an entry point's ``body`` with Ctrl-C and SIGTERM handled, and map how it ended to an exit code
+    (module docstring), printing one line on stderr for every failure."""
+    from hpo.storage import STORAGE_FAILURES
+
+    try:
+        with handle_interrupts():
+            return body() or 0
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except StorageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 3
+    except STORAGE_FAILURES as error:  # a database error no study caught: name it, without a password
+        from hpo.storage import first_line
+
+        print(f"error: the storage failed: {first_line(error)}", file=sys.stderr)
+        return 3
+    except ReportedError as error:
+        return error.exit_code
+    except KeyboardInterrupt as error:
+        print(interrupted, file=sys.stderr)
+        return exit_code_of(error)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# What a long command tells its user
+
+
+LONG_TRIAL_SECONDS = 10.0  # trials running longer than this show their epochs ($HPO_EPOCH_PROGRESS_SECONDS)
+
+
+def long_trial_seconds() -> float:
+    """Seconds after which a trial shows its epochs: ``$HPO_EPOCH_PROGRESS_SECONDS`` (0: always), else 10."""
+    text = os.environ.get("HPO_EPOCH_PROGRESS_SECONDS", "")
+    if not text:
+        return LONG_TRIAL_SECONDS
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0:
+        raise UsageError(f"HPO_EPOCH_PROGRESS_SECONDS must be a number of seconds >= 0, got {text!r}")
+    return seconds
+
+
+def clock(seconds: float) -> str:
+    """``m:ss`` or ``h:mm:ss``."""
+    seconds = max(0, round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, seconds = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"
+
+
+def plural(n: int, noun: str) -> str:
+    """``1 study``, ``2 studies``, ``1 epoch``, ``10 epochs``."""
+    if n == 1:
+        return f"1 {noun}"
+    return f"{n} {noun[:-1]}ies" if noun.endswith("y") else f"{n} {noun}s"
+
+
+class Steps:
+    """A long step's progress lines: ``report(text)`` prints ``[name] text | 12.3s`` once the step has taken
+    ``after`` seconds (and then whenever told something new after ``after`` more), and while one piece of work
+    runs longer than that, a background thread repeats the last state with the time, every ``after`` seconds: no
+    silent stretch longer than ``after``. A context manager: the thread ends with the block."""
+
+    def __init__(self, name: str, out: Printer, after: float | None = None):
+        self.name, self.out = name, out
+        self.after = long_trial_seconds() if after is None else after
+        self.started = time.monotonic()
+        self.state = "starting"
+        self.spoken = None  # seconds at the last line printed
+        self.lock = threading.Lock()
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._keep_talking, name="progress", daemon=True)
+
+    def __enter__(self) -> Steps:
+        if self.after > 0:
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stopped.set()
+        if self.thread.is_alive():
+            self.thread.join()
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def report(self, state: str) -> None:
+        """The step is now at ``state``; said if the step is long and it has not spoken for ``after`` seconds."""
+        with self.lock:
+            self.state = state
+            seconds = self.elapsed()
+            if seconds >= self.after and (self.spoken is None or seconds - self.spoken >= self.after):
+                self._say(seconds)
+
+    def _say(self, seconds: float) -> None:
+        self.spoken = seconds
+        self.out(f"[{self.name}] {self.state} | {seconds:.1f}s")
+
+    def _keep_talking(self) -> None:
+        while not self.stopped.wait(min(1.0, self.after)):
+            with self.lock:
+                seconds = self.elapsed()
+                if seconds >= self.after and (self.spoken is None or seconds - self.spoken >= self.after):
+                    self._say(seconds)
