@@ -6,7 +6,7 @@ NumPy per-example, per-time-step implementation (benchmarks/sd_reference.py, the
 Network 784-500-10 on mnist-5k inputs, the paper's phases (50 ms forward + 50 ms target, dt = 1 ms).
 Throughput is training examples per second (forward phase, target phase and weight update), compile time
 excluded, median over repeats. Two settings: the paper's (spiking inputs, spiking feedback) and the study's
-(rate-coded inputs, spiking feedback; see hpo.space.tables.suggest_sd).
+(rate-coded inputs, spiking feedback; see hpo.space.sd.suggest_sd).
 """
 
 from __future__ import annotations

@@ -6,8 +6,9 @@ flags, their types, choices, defaults and help are made from those declarations,
 ``--config FILE`` reads a TOML grid whose values the flags override; ``--space FILE`` adds a ``[space]`` table.
 
 Exit codes (``run_command``): 0 done, 2 bad input (``UsageError``: one line naming the value), 3 a storage failed
-(``StorageError``, or a database error that escaped a study), a ``ReportedError``'s own code (a worker already
-printed why), 130 Ctrl-C and 143 SIGTERM (one ``interrupted`` line). Never a traceback for any of these.
+(``StorageError``, or a database error that escaped a study), 4 a local worker died before its study was complete
+(``WorkerError``), a ``ReportedError``'s own code (a worker already printed why), 130 Ctrl-C and 143 SIGTERM (one
+``interrupted`` line). Never a traceback for any of these.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any, Callable
 
 from hpo.config import GROUPS, PRUNERS, SAMPLERS, TRACKERS, StudyConfig, load_grid
 from hpo.data import DATASETS
-from hpo.errors import ReportedError, StorageError, UsageError
+from hpo.errors import ReportedError, StorageError, UsageError, WorkerError
 from hpo.parallel.interrupts import exit_code_of, handle_interrupts
 from hpo.space.algorithms import ALGORITHMS, MODELS
 from hpo.space.overrides import apply_spaces, read_space_file
@@ -121,6 +122,12 @@ def run_command(body: Callable[[], int | None], interrupted: str = INTERRUPTED) 
 
         print(f"error: the storage failed: {first_line(error)}", file=sys.stderr)
         return 3
+    except BrokenPipeError:  # the output's reader went away (``| head``): nothing more to say to it
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 -- so the interpreter's final flush is quiet too
+        return 0
+    except WorkerError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 4
     except ReportedError as error:
         return error.exit_code
     except KeyboardInterrupt as error:

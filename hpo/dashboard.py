@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import errno
 import ipaddress
+import socket
 import sys
 from pathlib import Path
 from socketserver import ThreadingMixIn
@@ -58,17 +59,65 @@ class _ThreadedServer(ThreadingMixIn, WSGIServer):
     block_on_close = False  # ... which socketserver would otherwise still join in server_close
 
 
-def make_dashboard(storage_url: str, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, artifact_dir=None):
+UNSAFE_METHODS = ("POST", "PUT", "PATCH", "DELETE")  # what changes a study: asked only by the dashboard's own page
+
+
+def allowed_hosts(host: str, port: int, extra: tuple[str, ...] = ()) -> set[str]:
+    """The ``Host`` headers the dashboard answers: its own address and port as a browser on this machine writes
+    it (``127.0.0.1:PORT``, ``localhost:PORT``, ``[::1]:PORT``), the ``--host`` it binds, the machine's names when
+    it binds every interface, and any ``--allowed-host``. Any other name pointing at it is a DNS-rebinding page."""
+    names = {"127.0.0.1", "localhost", "[::1]", f"[{host}]" if ":" in host else host, *extra}
+    if host in ("0.0.0.0", "::"):
+        names |= {socket.gethostname(), socket.getfqdn()}
+    hosts = {f"{name.lower()}:{port}" for name in names}
+    if port == 80:
+        hosts |= {name.lower() for name in names}
+    return hosts
+
+
+class HostGuard:
+    """WSGI middleware: 403 for a request whose ``Host`` is not one of ``hosts`` (DNS rebinding: a foreign page
+    whose name was pointed at this machine), and for a request that would change data (``UNSAFE_METHODS``)
+    coming from a page of another origin (its ``Origin`` header; browsers send it with every such request)."""
+
+    def __init__(self, app, hosts: set[str]):
+        self.app, self.hosts = app, hosts
+
+    def __call__(self, environ, start_response):
+        host = environ.get("HTTP_HOST", "").lower()
+        origin = environ.get("HTTP_ORIGIN")
+        if host not in self.hosts:
+            return self._refuse(start_response, f"Host {host or '(none)'} is not this dashboard's address")
+        if environ.get("REQUEST_METHOD", "GET").upper() in UNSAFE_METHODS and origin is not None:
+            scheme, _, address = origin.lower().partition("://")
+            if scheme not in ("http", "https") or address.rstrip("/") not in self.hosts:
+                return self._refuse(start_response, f"a change requested by a page of {origin}")
+        return self.app(environ, start_response)
+
+    @staticmethod
+    def _refuse(start_response, why: str):
+        body = f"403 Forbidden: {why}\n".encode()
+        start_response("403 Forbidden", [("Content-Type", "text/plain; charset=utf-8"),
+                                         ("Content-Length", str(len(body)))])
+        return [body]
+
+
+def make_dashboard(storage_url: str, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, artifact_dir=None,
+                   extra_hosts: tuple[str, ...] = ()):
     """Open the storage and bind the dashboard's server (not yet serving); errors are one-line UsageErrors.
 
-    ``port=0`` binds a free port; the bound one is ``server.server_port``.
+    ``port=0`` binds a free port; the bound one is ``server.server_port``. The server answers only requests to
+    its own address (``allowed_hosts``, ``HostGuard``).
     """
     from optuna_dashboard import wsgi
 
     storage = open_storage(storage_url, create=False)
     app = wsgi(storage, artifact_store=artifact_store(artifact_dir))
+    guard = HostGuard(app, set())
     try:
-        return make_server(host, port, app, server_class=_ThreadedServer, handler_class=_QuietHandler)
+        server = make_server(host, port, guard, server_class=_ThreadedServer, handler_class=_QuietHandler)
+        guard.hosts = allowed_hosts(host, server.server_port, extra_hosts)
+        return server
     except OSError as error:
         if error.errno == errno.EADDRINUSE:
             raise UsageError(f"port {port} on {host} is busy; choose another with --port") from None
@@ -108,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--storage", default=DEFAULT_STORAGE, help=f"study storage URL or journal file (default {DEFAULT_STORAGE})")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port to listen on; 0 picks a free one (default {DEFAULT_PORT})")
     parser.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST}: this machine only)")
+    parser.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                        help="another name a browser may use for this machine (a tunnel's or proxy's); repeatable")
     parser.add_argument("--artifact-dir", help="directory of an Optuna FileSystemArtifactStore to serve trial artifacts from (default: none)")
     args = parser.parse_args(argv)
 
@@ -115,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         if not 0 <= args.port <= 65535:
             raise UsageError(f"--port must be between 0 and 65535, got {args.port}")
         try:
-            server = make_dashboard(args.storage, args.host, args.port, args.artifact_dir)
+            server = make_dashboard(args.storage, args.host, args.port, args.artifact_dir, tuple(args.allowed_host))
         except UsageError as error:
             raise UsageError(f"{error}{missing_storage_hint(args.storage)}") from None
         warning = exposure_warning(args.host, server.server_port)

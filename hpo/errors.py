@@ -13,6 +13,13 @@ class StorageError(Exception):
     """
 
 
+class WorkerError(Exception):
+    """A local worker process died before its study was complete (killed, out of memory, a crash): exit code 4.
+
+    Its running trial is recovered (failed and retried with the same parameters) when the study runs again.
+    """
+
+
 class ReportedError(Exception):
     """A failure already reported in one line (by a worker process): exit with ``exit_code``, print nothing more."""
 

@@ -80,23 +80,52 @@ def save_model(config: Any, state: Any, out_features: int, input_shape: tuple[in
     return serialization.msgpack_serialize(record)
 
 
+READ_ERRORS = (ValueError, TypeError, KeyError, AttributeError, UnicodeDecodeError, IndexError, OverflowError)
+
+
 def load_model(path: str | Path) -> SavedModel:
-    """Read a file written by ``save_model``; a ValueError names what does not fit."""
-    record = serialization.msgpack_restore(Path(path).read_bytes())
-    if record.get("format") != FORMAT or record.get("family") not in CONFIGS:
-        raise ValueError(f"{path}: not a model file of this version (format {record.get('format')!r}, "
-                         f"family {record.get('family')!r})")
-    config = _decode(CONFIGS[record["family"]], json.loads(record["config"]))
+    """Read a file written by ``save_model``. A file that is not one, is damaged, or whose configuration does not
+    fit its arrays is a ValueError naming the file; the configuration's size is checked against the arrays the file
+    holds before any network is built, so an edited configuration cannot make it allocate more than the file."""
+    path = Path(path)
+    try:
+        record = serialization.msgpack_restore(path.read_bytes())
+        if not isinstance(record, dict) or record.get("format") != FORMAT or record.get("family") not in CONFIGS:
+            found = record.get("format") if isinstance(record, dict) else type(record).__name__
+            raise ValueError(f"not a model file of this version (format {found!r})")
+        config = _decode(CONFIGS[record["family"]], json.loads(record["config"]))
+        input_shape = tuple(int(n) for n in record["input_shape"])
+        out_features = int(record["out_features"])
+        metadata = json.loads(record["metadata"])
+        stored = sum(int(np.size(a)) for a in jax.tree_util.tree_leaves(record["state"]))
+    except OSError as error:
+        raise ValueError(f"{path}: cannot read it ({error.strerror or error})") from None
+    except Exception as error:  # noqa: BLE001 -- msgpack's errors share no base class: any is "not readable"
+        raise ValueError(f"{path}: not a readable model file ({type(error).__name__}: {error})") from None
+    needed = dense_weights(config, input_shape, out_features)
+    if needed > stored:
+        raise ValueError(f"{path}: its configuration needs at least {needed} weights but the file holds {stored}")
     family = config.family
-    input_shape = tuple(record["input_shape"])
     sample = np.zeros((1, *input_shape), np.float32)
-    spec = family.program_spec(config, sample, record["out_features"])
-    target = family.saved_state(family.init(config, spec, sample, np.random.default_rng(0)))
-    state = serialization.from_state_dict(target, record["state"])
+    try:
+        spec = family.program_spec(config, sample, out_features)
+        target = family.saved_state(family.init(config, spec, sample, np.random.default_rng(0)))
+        state = serialization.from_state_dict(target, record["state"])
+    except READ_ERRORS as error:
+        raise ValueError(f"{path}: its arrays do not fit its configuration ({type(error).__name__}: {error})") from None
     leaves = jax.tree_util.tree_leaves
     if [np.shape(a) for a in leaves(target)] != [np.shape(a) for a in leaves(state)]:
         raise ValueError(f"{path}: its arrays do not fit its configuration")
-    return SavedModel(config, state, int(record["out_features"]), input_shape, json.loads(record["metadata"]))
+    return SavedModel(config, state, out_features, input_shape, metadata)
+
+
+def dense_weights(config: Any, input_shape: tuple[int, ...], out_features: int) -> int:
+    """A lower bound on the weights of ``config``'s network: its dense layers (a conv trunk's output counted as
+    its channels alone), without building it."""
+    conv = getattr(config, "conv", ())
+    inputs = conv[-1].features if conv else int(np.prod(input_shape))
+    sizes = [inputs, *config.hidden, out_features]
+    return sum(int(a) * int(b) for a, b in zip(sizes, sizes[1:]))
 
 
 def _decode(hint: Any, value: Any) -> Any:

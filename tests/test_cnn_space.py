@@ -14,7 +14,7 @@ from hpo.config import StudyConfig
 from hpo.data import Dataset
 from hpo.errors import UsageError
 from hpo.space.algorithms import check_dataset, suggest
-from hpo.space.tables import CONV_CHOICES, MAX_CONV_MACS, layer_fits, suggest_cnn, suggest_conv_layer
+from hpo.space.cnn import CONV_CHOICES, MAX_CONV_MACS, layer_fits, suggest_cnn, suggest_conv_layer
 from hpo.study.runner import make_sampler
 from models.networks import ConvLayer
 from models.rule_training import make_model

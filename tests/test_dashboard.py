@@ -149,3 +149,52 @@ def test_dashboard_names_the_objective(tmp_path):
         for s in wsgi_get(app, "/api/studies")["study_summaries"]
     }
     assert names == {"digits-mlp-bp": ["CV accuracy"], "sinreg-mlp-bp": ["CV MSE"]}
+
+
+def request(base: str, path: str, method: str = "GET", host: str | None = None, origin: str | None = None):
+    """The status of one real HTTP request to the dashboard, with the given Host and Origin headers."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    address = urlsplit(base)
+    connection = http.client.HTTPConnection(address.hostname, address.port, timeout=10)
+    headers = {"Host": host or address.netloc}
+    if origin is not None:
+        headers["Origin"] = origin
+    connection.request(method, path, headers=headers)
+    response = connection.getresponse()
+    response.read()
+    connection.close()
+    return response.status
+
+
+def test_answers_only_its_own_address_and_its_own_pages(server):
+    """DNS rebinding: a page of attacker.example whose name points at 127.0.0.1 reaches the port, but the Host
+    (and for a change, the Origin) it sends names it: refused. The dashboard's own page works as before."""
+    base = server.split(" on ", 1)[1].strip().removesuffix("/dashboard")
+    port = base.rsplit(":", 1)[1]
+    deadline = time.monotonic() + STARTUP_SECONDS
+    while True:
+        try:
+            studies = get_json(f"{base}/api/studies")["study_summaries"]
+            break
+        except OSError:
+            assert time.monotonic() < deadline, "dashboard did not answer"
+            time.sleep(0.5)
+    study = studies[0]["study_id"]
+    for name in ("127.0.0.1", "localhost", "[::1]"):
+        assert request(base, "/api/studies", host=f"{name}:{port}") == 200
+    assert request(base, "/api/studies", host=f"attacker.example:{port}") == 403
+    assert request(base, "/api/studies", host="127.0.0.1:1") == 403  # another port: another server's pages
+    assert request(base, f"/api/studies/{study}", "DELETE", origin=f"http://attacker.example:{port}") == 403
+    assert request(base, f"/api/studies/{study}", "DELETE", host=f"attacker.example:{port}",
+                   origin=f"http://attacker.example:{port}") == 403
+    assert len(get_json(f"{base}/api/studies")["study_summaries"]) == 1  # nothing was deleted
+    assert request(base, f"/api/studies/{study}", "DELETE", origin=f"http://127.0.0.1:{port}") in (200, 204)
+    assert get_json(f"{base}/api/studies")["study_summaries"] == []  # its own page may delete
+
+
+def test_allowed_hosts():
+    assert dashboard.allowed_hosts("127.0.0.1", 8080) == {"127.0.0.1:8080", "localhost:8080", "[::1]:8080"}
+    assert "lab-box:9000" in dashboard.allowed_hosts("127.0.0.1", 9000, ("Lab-Box",))
+    assert "10.0.0.5:80" in dashboard.allowed_hosts("10.0.0.5", 80) and "10.0.0.5" in dashboard.allowed_hosts("10.0.0.5", 80)

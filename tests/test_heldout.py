@@ -35,7 +35,8 @@ def test_a_diverged_retraining_is_stored_with_its_reason_and_shown(monkeypatch):
     monkeypatch.setattr(heldout, "fit_and_score", diverge)
     config = StudyConfig(algo="bp", dataset="digits", epochs=1, test_seeds=3)
     params = {"depth": 1, "width": 64, "activation": "relu", "optimizer": "adam", "lr_adam": 1e-3, "batch_size": 32}
-    record = retrain_and_score(config, load_dataset("digits"), params, 7)
+    record, model = retrain_and_score(config, load_dataset("digits"), params, 7)
+    assert model is None
     assert record.scores == () and record.n == 3 and "seed 2" in record.error
     assert TestScores.from_attr(record.to_attr()) == record
     columns = score_columns(record, best_trial=7)

@@ -16,6 +16,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pytest
 from optuna.distributions import FloatDistribution
@@ -578,3 +579,125 @@ def test_a_signal_inside_a_finaliser_is_kept_silently_and_other_finaliser_errors
         hook = sys.unraisablehook
     assert [type(e) for e in reported] == [ValueError]
     assert sys.unraisablehook is not hook and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Bounded workers, tied to their parent
+
+
+def test_more_workers_than_the_machine_holds_are_refused_before_anything_starts(tmp_path, capsys, monkeypatch):
+    from hpo.parallel import devices
+
+    storage, results = tmp_path / "s.journal", tmp_path / "results"
+    assert main([*TINY, "--trials", "1", "--workers", "100000", "--storage", str(storage),
+                 "--results-dir", str(results)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --workers 100000 is more than this machine can hold (") and err.count("\n") == 1
+    assert "cores" in err and "HPO_MAX_WORKERS" in err
+    assert not storage.exists() and not results.exists()
+    monkeypatch.setenv("HPO_MAX_WORKERS", "64")  # the explicit override allows more than the measured bound
+    devices.check_workers(64)
+    with pytest.raises(UsageError, match="at most 64"):
+        devices.check_workers(65)
+    monkeypatch.setenv("HPO_MAX_WORKERS", "many")
+    with pytest.raises(UsageError, match="HPO_MAX_WORKERS must be a whole number >= 1, got 'many'"):
+        devices.check_workers(2)
+
+
+@pytest.mark.slow  # two worker processes that start JAX: about a minute
+def test_workers_end_with_their_parent_even_when_it_is_killed(tmp_path):
+    """SIGKILL of the parent (or the out-of-memory killer) used to leave the workers training as orphans: they get
+    SIGTERM from the kernel (PR_SET_PDEATHSIG), re-queue their trials and exit; a rerun resumes the study."""
+    storage, results = tmp_path / "s.journal", tmp_path / "results"
+    process = start_study(storage, results, 6, "--workers", "2", "--epochs", "20")
+    wait_for_trial(storage, process, "training")
+    workers = [pid for pid in child_pids(process.pid) if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    assert len(workers) == 2
+    process.kill()
+    process.communicate(timeout=TIMEOUT)
+    deadline = time.monotonic() + 60
+    while any(Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text()
+              for pid in workers):
+        assert time.monotonic() < deadline, "workers outlived their killed parent"
+        time.sleep(0.2)
+    trials = journal_study(storage, "digits-mlp-fa").get_trials()
+    assert not [t for t in trials if t.state == TrialState.RUNNING]  # each re-queued its trial as it went
+    assert [t for t in trials if t.state == TrialState.FAIL and t.user_attrs.get("interrupted") == "stopped by SIGTERM"]
+    again = run_cli("--dataset", "digits", "--algo", "fa", "--folds", "2", "--pruner", "none", "--trials", "6",
+                    "--epochs", "20", "--storage", str(storage), "--results-dir", str(results))
+    assert again.returncode == 0, again.stderr
+
+
+@pytest.mark.slow  # two worker processes that start JAX: about a minute
+def test_a_study_its_other_worker_completed_ends_well_when_one_worker_dies(tmp_path):
+    """A worker killed mid-study while the other finishes every trial (it recovers the dead one's trial): the
+    parent says so in one line, then scores the best configuration on test and reports, and exits 0."""
+    storage, results = tmp_path / "s.journal", tmp_path / "results"
+    process = start_study(storage, results, 4, "--workers", "2", "--epochs", "2")
+    wait_for_trial(storage, process, "training")
+    workers = [pid for pid in child_pids(process.pid) if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    os.kill(workers[1], signal.SIGKILL)
+    out, err = process.communicate(timeout=TIMEOUT)
+    assert process.returncode == 0, err
+    assert "was killed by SIGKILL; the other workers completed the study" in out
+    assert "test " in out and (results / "summary.csv").is_file()
+    study = journal_study(storage, "digits-mlp-fa")
+    assert sum(t.state == TrialState.COMPLETE for t in study.get_trials()) == 4
+    assert study.user_attrs["test"]["scores"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Storages: refuse, never touch
+
+
+@pytest.mark.parametrize("content", [b"one line of notes\n", "random", "sqlite"])
+def test_a_storage_path_that_is_not_a_journal_is_refused_and_left_as_it_is(tmp_path, capsys, content):
+    path = tmp_path / "notes.txt"
+    if content == "random":
+        path.write_bytes(np.random.default_rng(0).integers(0, 256, 3000, dtype=np.uint8).tobytes())
+    elif content == "sqlite":
+        optuna.create_study(storage=f"sqlite:///{path}")
+    else:
+        path.write_bytes(content)
+    before = path.read_bytes()
+    assert main([*TINY, "--trials", "1", "--storage", str(path), "--results-dir", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    if content == "sqlite":
+        assert "is a SQLite database" in err and f"write sqlite:///{path}" in err
+    else:
+        assert "is not an Optuna journal" in err
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+    assert report.main(["--storage", str(path), "--results-dir", str(tmp_path / "r")]) == 2  # reading refuses too
+    assert path.read_bytes() == before
+
+
+def test_a_read_only_sqlite_file_is_unusable_not_lost_mid_study(tmp_path, capsys):
+    path = tmp_path / "s.db"
+    optuna.create_study(storage=f"sqlite:///{path}", study_name="other")
+    if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not available here (it makes a file read-only even for root)")
+    try:
+        before = path.read_bytes()
+        assert main([*TINY, "--trials", "1", "--storage", f"sqlite:///{path}",
+                     "--results-dir", str(tmp_path / "r")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: storage 'sqlite:///{path}' is read-only") and err.count("\n") == 1
+        assert path.read_bytes() == before
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], check=False)
+
+
+def test_a_full_disk_while_saving_the_best_network_is_one_line(tmp_path, full_filesystem, capsys):
+    storage = tmp_path / "s.journal"
+    results = full_filesystem / "results"
+    filler = full_filesystem / "filler"
+    free = os.statvfs(full_filesystem).f_bavail * os.statvfs(full_filesystem).f_frsize
+    filler.write_bytes(b"x" * max(0, free - 8_000))  # room for a folder or two, not for the network's file
+    assert main([*TINY, "--trials", "1", "--storage", str(storage), "--results-dir", str(results),
+                 "--test-seeds", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot write the best network to ") and "No space left on device" in err
+    assert err.count("\n") == 1 and "the test scores are stored" in err
+    assert journal_study(storage, "digits-mlp-bp").user_attrs["test"]["scores"]  # the result itself is kept
+    assert not [p for p in results.rglob(".*") if p.is_file() and p.name != OWNER_FILE]  # no temporary file

@@ -419,7 +419,9 @@ def test_kp_decay_per_step_shrinks_w_minus_b_by_exactly_that_factor_with_adam():
 
 
 def test_every_parameter_is_in_the_readme():
-    from hpo.space.tables import CNN_PARAMETERS, MLP_PARAMETERS, SD_PARAMETERS
+    from hpo.space.cnn import CNN_PARAMETERS
+    from hpo.space.sd import SD_PARAMETERS
+    from hpo.space.training import MLP_PARAMETERS
 
     readme = (ROOT / "README.md").read_text()
     missing = [p.name for p in (*MLP_PARAMETERS, *CNN_PARAMETERS, *SD_PARAMETERS) if f"`{p.name}`" not in readme]

@@ -39,7 +39,6 @@ def finished_trials(storage: Path) -> list[optuna.trial.FrozenTrial]:
 
 def test_mlflow_logs_every_trial(tmp_path):
     pytest.importorskip("mlflow", reason="the mlflow extra is not installed: pip install -e '.[mlflow]'")
-    pytest.importorskip("optuna_integration", reason="the mlflow extra is not installed: pip install -e '.[mlflow]'")
     import mlflow
 
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -144,7 +143,7 @@ def test_wandb_logs_every_trial_offline(tmp_path):
         assert [h["epoch"] for h in steps] == [1.0, 2.0] and all("update_angle/total" in h for h in steps)
 
 
-@pytest.mark.parametrize("tracker,module", [("mlflow", "mlflow"), ("mlflow", "optuna_integration"), ("wandb", "wandb")])
+@pytest.mark.parametrize("tracker,module", [("mlflow", "mlflow"), ("wandb", "wandb")])
 def test_missing_extra_is_one_line_before_anything_is_created(tmp_path, monkeypatch, capsys, tracker, module):
     monkeypatch.setattr(trackers, "installed", lambda name: name != module)  # only ``module`` is missing
     storage, results = tmp_path / "s.journal", tmp_path / "results"
@@ -164,5 +163,6 @@ def test_unknown_tracker_is_one_line(tmp_path, capsys):
 
 def test_every_missing_package_of_an_extra_is_named(monkeypatch):
     monkeypatch.setattr(trackers, "installed", lambda name: False)
-    with pytest.raises(UsageError, match=r"^--tracker mlflow needs mlflow and optuna-integration, which are not installed; "):
-        trackers.check_tracker("mlflow")
+    monkeypatch.setitem(trackers.EXTRAS, "both", ("first_package", "second_package"))
+    with pytest.raises(UsageError, match=r"^--tracker both needs first-package and second-package, which are not "):
+        trackers.check_tracker("both")

@@ -8,16 +8,19 @@ Never fork after JAX has started: a forked child inherits XLA's threads in an un
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import multiprocessing
 import os
 import signal
+import sys
 from typing import Any, Callable, Iterator
 
-from hpo.errors import ReportedError, UsageError
-from hpo.parallel.devices import visible_gpus, worker_environment
+from hpo.errors import ReportedError, WorkerError
+from hpo.parallel.devices import check_workers, visible_gpus, worker_environment
 from hpo.parallel.interrupts import SIGNALS, Interrupted
 
 REPORTED_EXIT_CODES = (2, 3)  # a worker that exits with these has printed its one-line error itself
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal this process gets when the thread that created it ends
 
 Printer = Callable[[str], None]
 
@@ -37,16 +40,39 @@ def environment(settings: dict[str, str]) -> Iterator[None]:
                 os.environ[name] = value
 
 
-def run_local_workers(target: Callable[[Any, int], Any], config: Any, workers: int, out: Printer) -> None:
+def die_with_parent(parent: int) -> None:
+    """Make this worker end when its parent does, however the parent ends (SIGKILL and the out-of-memory killer
+    included): on Linux the kernel sends it SIGTERM (``PR_SET_PDEATHSIG``), which fails and re-queues its running
+    trial like any SIGTERM. A parent that died before this ran is noticed at once."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(128 + signal.SIGTERM)
+
+
+def _worker(target: Callable[[Any, int], Any], config: Any, index: int, parent: int) -> None:
+    """What a spawned worker process runs: tied to its parent's life first, then ``target(config, index)``."""
+    die_with_parent(parent)
+    target(config, index)
+
+
+def run_local_workers(
+    target: Callable[[Any, int], Any], config: Any, workers: int, out: Printer, complete: Callable[[], bool]
+) -> None:
     """Run ``target(config, i)`` for ``i`` in ``range(workers)``, each in its own spawned process, and wait.
 
     ``target`` must be a module-level function (spawn pickles it by name). Each worker prints its own progress
-    lines. Raises ReportedError when the first worker that failed said why itself (bad input: exit code 2, a
-    failed storage: 3), else UsageError naming it and its exit code.
+    lines and dies with this process (``die_with_parent``). Raises ReportedError when the first worker that failed
+    said why itself (bad input: exit code 2, a failed storage: 3) and Interrupted when a signal stopped one. A
+    worker that died otherwise (killed, out of memory) is said in one line: if the others still completed the study
+    (``complete()``) that is all, else WorkerError.
     """
+    check_workers(workers)
     context = multiprocessing.get_context("spawn")
     processes = [
-        context.Process(target=target, args=(config, i), name=f"hpo-worker-{i}") for i in range(workers)
+        context.Process(target=_worker, args=(target, config, i, os.getpid()), name=f"hpo-worker-{i}")
+        for i in range(workers)
     ]
     gpus = visible_gpus()
     out(f"[{config.name}] starting {workers} worker processes" + (f" on {len(gpus)} GPUs" if gpus else ""))
@@ -76,4 +102,11 @@ def run_local_workers(target: Callable[[Any, int], Any], config: Any, workers: i
             raise ReportedError(code)  # the worker printed its own one-line error
         if code - 128 in SIGNALS:  # that worker alone was interrupted (and re-queued its trial): so is the study
             raise Interrupted(code - 128)
-        raise UsageError(f"worker w{i} of study {config.name!r} exited with code {code}")
+        how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+        if complete():
+            out(f"[{config.name}] worker w{i} {how}; the other workers completed the study")
+            return
+        raise WorkerError(
+            f"worker w{i} of study {config.name!r} {how} before the study was complete; rerun the same command to "
+            "resume it (its running trial is retried)"
+        )

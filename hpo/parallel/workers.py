@@ -62,12 +62,17 @@ def heartbeats_enabled(storage: BaseStorage) -> bool:
 
 
 def process_start(pid: int) -> str | None:
-    """When process ``pid`` started (clock ticks since boot, from /proc), to tell a reused pid from its owner."""
+    """When process ``pid`` started (clock ticks since boot, from /proc), to tell a reused pid from its owner;
+    None for a process that is gone, or a zombie (dead, not yet reaped by its parent: its trial is no longer
+    running, though /proc still lists it)."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
         return None
+    if len(fields) < 20 or fields[0] in ("Z", "X"):
+        return None
+    return fields[19]
 
 
 def owner_is_dead(owner: dict) -> bool:
@@ -83,8 +88,11 @@ def owner_is_dead(owner: dict) -> bool:
         return True
     except PermissionError:
         pass  # exists, owned by another user
+    if not os.path.exists("/proc/self/stat"):
+        return False  # no /proc (not Linux): the process exists, and nothing tells a reused pid or a zombie
     started = owner.get("started")
-    return started is not None and process_start(pid) not in (None, started)
+    now = process_start(pid)
+    return now is None if started is None else now != started
 
 
 def claimed_owner(trial: FrozenTrial) -> dict | None:

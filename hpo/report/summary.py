@@ -162,8 +162,8 @@ def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
         "test mean ± 95% CI": [_plus_minus(r.test_mean, r.test_ci95, r.test_n or None) for r in frame.itertuples()],
         "test vs bp ± 95% CI": [_plus_minus(r.delta_vs_bp, r.delta_vs_bp_ci95) for r in frame.itertuples()],
         "p vs bp": frame["p_vs_bp"].map(p_value),
-        "W-B angle (deg)": frame["wb_angle"].fillna(""),
-        "update vs bp (deg)": frame["update_angle"].fillna(""),
+        "W-B angle (deg)": frame["wb_angle"].map(lambda v: v if isinstance(v, str) else ""),
+        "update vs bp (deg)": frame["update_angle"].map(lambda v: v if isinstance(v, str) else ""),
     })
 
 

@@ -2,7 +2,10 @@
 
     algorithms.py  every --algo: the models it exists for, their spaces, known-good starting points
     parameters.py  what a parameter is: distribution, domain, condition; a study's effective space
-    tables.py      the parameter tables of MLPs, CNNs and segregated dendrites, and their suggest functions
+    training.py    the parameters every rule network shares, and multilayer perceptrons
+    cnn.py         convolutional networks, valid by construction for any choices a study allows
+    sd.py          segregated dendrites
+    tables.py      one Space per model family: its table, its suggest function, its checks against a dataset
     overrides.py   [space] tables of grids and --space files; the effective space stored with each study
 """
 

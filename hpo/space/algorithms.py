@@ -11,7 +11,9 @@ from typing import Any
 from hpo.data import Dataset
 from hpo.errors import UsageError
 from hpo.space.parameters import EffectiveSpace, contains
-from hpo.space.tables import CNN_SPACE, MLP_SPACE, SD_PAPER_START, SD_SPACE, Space, StudySettings
+from hpo.space.sd import SD_PAPER_START
+from hpo.space.tables import CNN_SPACE, MLP_SPACE, SD_SPACE, Space
+from hpo.space.training import StudySettings
 from models.rules import RULES
 
 

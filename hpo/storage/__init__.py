@@ -35,6 +35,18 @@ from hpo.storage.urls import (
 STORAGE_FAILURES = (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError)
 
 
+def writable(path: Path) -> bool:
+    """Whether ``path`` and its folder can really be written (opened for appending, a file created beside it; the
+    file itself is left as it is): permissions, read-only mounts and immutable files alike, for any user."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_APPEND))
+        with tempfile.TemporaryFile(dir=path.parent):
+            pass
+    except OSError:
+        return False
+    return True
+
+
 def check_storage(url: str) -> None:
     """Refuse an unusable storage before anything is created.
 
@@ -45,6 +57,10 @@ def check_storage(url: str) -> None:
     path = local_path(url)
     if not is_rdb_url(url):
         check_journal(path)
+    if path is not None and path.is_file() and not writable(path):
+        # a study writes every trial (and SQLite its journal file beside the database): unusable, not lost later
+        raise UsageError(f"storage {redact(url)!r} is read-only ({path} or its folder cannot be written): a study "
+                         "must write to it; copy it somewhere writable, or report from it with python -m hpo.report")
     if path is None or path.exists():
         open_storage(url)
         return

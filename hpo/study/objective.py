@@ -18,6 +18,7 @@ from hpo.config import StudyConfig
 from hpo.data import Dataset, Folds, make_folds
 from hpo.errors import UsageError
 from hpo.files import user_cache_dir
+from hpo.parallel.devices import usable_cores
 from hpo.record import encode_curves, final_diagnostics, write_trial
 from hpo.space.algorithms import study_space, suggest
 from hpo.study.population import mark_startup, startup_length
@@ -131,6 +132,16 @@ class Objective:
             if on_outcome is not None:
                 on_outcome(i, outcome)
 
+        if self.config.pruner == "wilcoxon":  # each trial's folds in turn, each fold's score reported
+            for i, trial in enumerate(trials):
+                start = time.perf_counter()
+                try:
+                    outcome: float | BaseException = self.finish(trial, self.run_folds_in_turn(trial, timings[i]))
+                except Exception as error:  # noqa: BLE001 -- pruned, diverged, or failed: the trial's outcome
+                    outcome = error
+                walls[i] += time.perf_counter() - start
+                settle(i, outcome)
+            return outcomes
         groups: dict[Hashable, list[tuple[int, PlannedTrial]]] = {}
         for i, trial in enumerate(trials):
             start = time.perf_counter()
@@ -255,6 +266,41 @@ class Objective:
                         lambda seconds: write_trial(trial, compile_seconds=seconds))
         return PlannedTrial(trial, member, group_key(config, self.data, self.dataset.out_features))
 
+    def run_folds_in_turn(self, trial: optuna.Trial, timing: Timing) -> CVResult:
+        """Cross-validate the trial one fold after another, reporting each fold's final validation score with the
+        fold's index as step, as Optuna's Wilcoxon pruner wants (one value per instance, paired across trials by
+        step): it compares the trial's folds with the best trial's same folds and may stop it before the next fold.
+        Each fold's runs are drawn from its own seeds (``trial_seed``), so a fold's result does not depend on the
+        folds before it."""
+        started = time.perf_counter()
+        mark_startup(trial, self.startup)
+        config = suggest(trial, self.config, self.dataset)
+        k, epochs = self.data.train_idx.shape[0], self.config.epochs
+        *run_seeds, order_seed = np.random.SeedSequence(trial_seed(self.config.seed, trial.number)).spawn(k + 1)
+        order_rngs = [np.random.default_rng(child) for child in order_seed.spawn(k)]
+        results: list[CVResult] = []
+        for fold in range(k):
+
+            def shown(epoch: int, metrics: EpochMetrics, fold: int = fold) -> None:
+                if self.on_epoch is not None:
+                    self.on_epoch(trial.number, fold * epochs + epoch + 1, k * epochs,
+                                  float(np.mean(metrics.val_score)), time.perf_counter() - started)
+
+            data = self.data._replace(train_idx=self.data.train_idx[fold:fold + 1],
+                                      val_idx=self.data.val_idx[fold:fold + 1], val_mask=self.data.val_mask[fold:fold + 1])
+            member = Member(config, [run_seeds[fold]], [order_rngs[fold]], shown, timing,
+                            lambda seconds: write_trial(trial, compile_seconds=seconds))
+            (result,) = train_group([member], data, self.dataset.out_features, self.config.fold_strategy,
+                                    self.config.evals_per_epoch, self.config.diagnostics, compiler=self.compiler)
+            if isinstance(result, BaseException):
+                raise result
+            results.append(result)
+            trial.report(float(result.fold_scores[0]), fold)
+            if fold + 1 < k and trial.should_prune():
+                write_trial(trial, pruned_reason=f"pruner stopped the trial after fold {fold + 1} of {k}")
+                raise optuna.TrialPruned(f"pruned after fold {fold + 1}")
+        return joined_folds(results)
+
     def finish(self, trial: optuna.Trial, outcome: CVResult | Exception) -> float:
         """Record a trained trial's results as user attributes and return its value (or raise how it ended)."""
         if isinstance(outcome, DivergedError):
@@ -272,6 +318,18 @@ class Objective:
         if self.config.diagnostics:
             write_trial(trial, diagnostics=final_diagnostics(outcome.points))
         return outcome.score
+
+
+def joined_folds(results: list[CVResult]) -> CVResult:
+    """One cross-validation's result from its folds trained one after another (one run each)."""
+    first = results[0]
+    joined = {name: np.concatenate([r.curves[name] for r in results], axis=1) for name in first.curves}
+    points = {name: np.concatenate([r.points[name] for r in results], axis=1) for name in first.points}
+    return CVResult(
+        np.concatenate([r.fold_scores for r in results]), joined, sum(r.compile_seconds for r in results),
+        sum(r.train_seconds for r in results), first.n_params, points, first.point_epochs, None, first.fold_strategy,
+        first.shared_program, sum(r.padding_seconds for r in results),
+    )
 
 
 class PlannedTrial(NamedTuple):
@@ -315,11 +373,6 @@ def training_order(groups: dict[Hashable, list], compiler: Compiler) -> tuple[li
 
 
 COMPILE_AHEAD_MIN_CORES = 4  # CPU cores from which compiling ahead leaves training cores of its own
-
-
-def usable_cores() -> int:
-    """CPU cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def compiles_ahead(config: StudyConfig) -> bool:

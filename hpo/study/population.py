@@ -31,7 +31,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpo.record import STARTUP_TRIALS, read_trial, write_trial
 from hpo.space.algorithms import starting_points
-from hpo.space.tables import StudySettings
+from hpo.space.training import StudySettings
 
 
 def startup_length(study: StudySettings) -> int:

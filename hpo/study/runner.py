@@ -17,7 +17,7 @@ from hpo.cli import plural
 from hpo.config import StudyConfig
 from hpo.data import Dataset, check_folds, load_dataset
 from hpo.errors import StorageError, UsageError
-from hpo.files import study_folder
+from hpo.files import atomic_write, study_folder
 from hpo.parallel.interrupts import exit_code_of, exit_now, handle_interrupts
 from hpo.parallel.launcher import run_local_workers
 from hpo.parallel.workers import run_trials, sampler_seed
@@ -231,7 +231,8 @@ def _run_study(
             f"({config.folds}-fold CV, {plural(config.epochs, 'epoch')}, {config.sampler} sampler, {config.pruner} pruner)"
         )
         if config.workers > 1:
-            run_local_workers(worker_main, config, config.workers, out)
+            run_local_workers(worker_main, config, config.workers, out,
+                              complete=lambda: count_finished(study) >= config.trials)
         else:
             trials = study.get_trials(deepcopy=False)
             busy = any(t.state == TrialState.RUNNING for t in trials)
@@ -295,9 +296,14 @@ def record_test_score(
     model_path = study_folder(results_dir_for(config.storage, config.results_dir), config.name) / MODEL_FILE
     if stored is not None and stored.trial == best.number and stored.n == config.test_seeds and model_path.exists():
         return
-    model_path.parent.mkdir(parents=True, exist_ok=True)
-    record = retrain_and_score(config, dataset, best.params, best.number, model_path, compiler, out)
-    write_study(study, test=record)
+    record, model = retrain_and_score(config, dataset, best.params, best.number, True, compiler, out)
+    write_study(study, test=record)  # the scores first: a full disk below loses the file, not the result
+    if model is not None:
+        try:
+            atomic_write(model_path, lambda handle: handle.write(model))
+        except OSError as error:
+            raise UsageError(f"cannot write the best network to {str(model_path)!r}: {error.strerror or error}; "
+                             "the test scores are stored, rerun to write it") from None
     cv = f"[{config.name}] best trial #{best.number}: CV {dataset.metric} {best.value:.4f}"
     if record.error is not None:
         out(f"{cv}, no test score: {record.error}")

@@ -13,7 +13,6 @@ Stored as the study's ``test`` field (``hpo.record.TestScores``). Seed 0 is the 
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Callable
 
 import jax
@@ -23,7 +22,6 @@ import optuna
 from hpo.cli import Steps
 from hpo.config import StudyConfig
 from hpo.data import Dataset
-from hpo.files import atomic_write
 from hpo.record import TestScores
 from hpo.space.algorithms import suggest
 from hpo.study.objective import programs_directory, trial_seed
@@ -40,9 +38,9 @@ def retraining_seeds(study_seed: int, trial_number: int, n: int) -> list[int]:
 
 
 def retrain_and_score(
-    config: StudyConfig, dataset: Dataset, params: dict[str, Any], trial_number: int, model_path: Path | None = None,
+    config: StudyConfig, dataset: Dataset, params: dict[str, Any], trial_number: int, keep_model: bool = False,
     compiler: Compiler | None = None, out: Callable[[str], None] = print,
-) -> TestScores:
+) -> tuple[TestScores, bytes | None]:
     """Retrain the configuration ``params`` of trial ``trial_number`` on the whole training split with
     ``config.test_seeds`` seeds in one program and score each on the test split.
 
@@ -65,17 +63,17 @@ def retrain_and_score(
         try:
             result = fit_and_score(
                 train_config, d.x_train, d.y_train, d.x_test, d.y_test, d.out_features, seeds,
-                fold_strategy=config.fold_strategy, keep_state=model_path is not None,
+                fold_strategy=config.fold_strategy, keep_state=keep_model,
                 compiler=compiler or Compiler(directory=programs_directory(config.cache_dir)), on_epoch=on_epoch,
             )
         except DivergedError as error:  # "fold k" of the message is the k-th seed here
             diverged = f"diverged: {error}".replace("fold", "seed")
-            return TestScores(trial_number, (), tuple(seeds), dataset.metric, diverged)
+            return TestScores(trial_number, (), tuple(seeds), dataset.metric, diverged), None
     scores = tuple(float(s) for s in result.fold_scores)
-    if model_path is not None:
+    model = None
+    if keep_model:
         state = jax.tree_util.tree_map(lambda a: a[0], result.state)  # seed 0's run
         metadata = {"study": config.name, "trial": trial_number, "seed": seeds[0], "dataset": dataset.name,
                     "metric": dataset.metric, "test_score": scores[0], "params": params}
-        data = save_model(train_config, state, d.out_features, d.x_train.shape[1:], metadata)
-        atomic_write(model_path, lambda handle: handle.write(data))
-    return TestScores(trial_number, scores, tuple(seeds), dataset.metric)
+        model = save_model(train_config, state, d.out_features, d.x_train.shape[1:], metadata)
+    return TestScores(trial_number, scores, tuple(seeds), dataset.metric), model

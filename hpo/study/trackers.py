@@ -8,9 +8,9 @@ has finished (complete or pruned), from the worker that ran it: its parameters, 
 fold scores, and the learning curves and diagnostics (mean over folds at every evaluation point; for a pruned
 trial, which stores no curves, its reported validation score per epoch).
 
-* **mlflow** goes through optuna-integration's ``MLflowCallback`` (one MLflow run per trial, in an experiment
-  named after the study; parameters, the CV score and the study's settings as tags), and this module adds the
-  fold scores and curves to the same run. The store is MLflow's default, the local SQLite file ``mlflow.db``
+* **mlflow** logs through MLflow's own client (one MLflow run per trial, named by its number, in an experiment
+  named after the study: parameters, the CV score, fold scores and curves as metrics, the study's settings, the
+  trial's state and pruning reason as tags). The store is MLflow's default, the local SQLite file ``mlflow.db``
   in the working directory (MLflow 3 refuses a plain-directory store), or ``$MLFLOW_TRACKING_URI``;
   ``mlflow ui`` in the same directory shows it.
 * **wandb** logs one W&B run per trial, grouped by study, in project ``$WANDB_PROJECT`` (default
@@ -28,7 +28,6 @@ import logging
 import os
 import sys
 import time
-import warnings
 from typing import Any, Callable
 
 import optuna
@@ -40,13 +39,13 @@ from hpo.storage import redact
 
 TrialCallback = Callable[[optuna.Study, FrozenTrial], None]
 
-EXTRAS = {"mlflow": ("mlflow", "optuna_integration"), "wandb": ("wandb",)}  # tracker -> modules its extra installs
+EXTRAS = {"mlflow": ("mlflow",), "wandb": ("wandb",)}  # tracker -> modules its extra installs
 WANDB_PROJECT = "bioplausible-hpo"  # default W&B project ($WANDB_PROJECT overrides)
 
 
 def installed(module: str) -> bool:
     """Whether ``module`` can be imported, without importing it (MLflow takes seconds)."""
-    if module in sys.modules:  # find_spec refuses modules such as optuna_integration once they are imported
+    if module in sys.modules:  # find_spec refuses some modules once they are imported
         return True
     return importlib.util.find_spec(module) is not None
 
@@ -104,45 +103,57 @@ def trial_summary(trial: FrozenTrial, metric: str) -> dict[str, Any]:
 
 
 class MLflowTracker:
-    """optuna-integration's MLflowCallback, plus the fold scores and curves logged into the run it made."""
+    """One MLflow run per trial (named by its number) in one experiment per study, through MLflow's own client:
+    parameters, the CV score, fold scores and the rest of ``trial_summary`` as metrics, the curves per evaluation
+    point, and the study's settings, the trial's state and pruning reason as tags."""
 
     def __init__(self, metric: str):
-        from optuna_integration import MLflowCallback
+        import mlflow
 
         # MLflow creating its database and each experiment: INFO lines that ask nothing of the user
         for logger in ("alembic", "mlflow"):
             logging.getLogger(logger).setLevel(logging.WARNING)
         self.metric = metric
-        with warnings.catch_warnings():
-            # optuna-integration 4.9 marks the callback deprecated (removal in 6.0; the extra pins < 6)
-            warnings.filterwarnings("ignore", message="MLflowCallback has been deprecated", category=FutureWarning)
-            self.callback = MLflowCallback(
-                metric_name=metric_key(metric), tag_study_user_attrs=True, tag_trial_user_attrs=False
-            )
+        self.client = mlflow.MlflowClient()
+        self.experiments: dict[str, str] = {}  # study name -> experiment id
 
     def where(self) -> str:
         import mlflow
 
         return f"MLflow at {redact(mlflow.get_tracking_uri())} (view with: mlflow ui)"
 
-    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        import mlflow
-        from mlflow.entities import Metric
+    def experiment(self, name: str) -> str:
+        """The id of the study's experiment, created by the first worker that logs to it."""
+        from mlflow.exceptions import MlflowException
 
-        self.callback(study, trial)
-        run = mlflow.last_active_run()  # the run the callback has just made and closed
+        if name not in self.experiments:
+            found = self.client.get_experiment_by_name(name)
+            if found is None:
+                try:
+                    self.experiments[name] = self.client.create_experiment(name)
+                except MlflowException:  # another worker created it in the meantime
+                    self.experiments[name] = self.client.get_experiment_by_name(name).experiment_id
+            else:
+                self.experiments[name] = found.experiment_id
+        return self.experiments[name]
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        from mlflow.entities import Metric, Param, RunTag
+
         now = int(time.time() * 1000)
         summary = trial_summary(trial, self.metric)
-        scalars = {k: float(v) for k, v in summary.items() if isinstance(v, int | float) and k != metric_key(self.metric)}
-        metrics = [Metric(k, v, now, 0) for k, v in scalars.items()]
+        tags = {**{k: str(v) for k, v in _plain(read_study(study)).items()},
+                **{k: str(summary[k]) for k in ("state", "pruned_reason") if k in summary}}
+        run = self.client.create_run(self.experiment(study.study_name), run_name=str(trial.number))
+        metrics = [Metric(k, float(v), now, 0) for k, v in summary.items() if isinstance(v, int | float)]
         for step, point in enumerate(trial_curves(trial), start=1):  # step: evaluation point (= epoch at 1 per epoch)
             metrics += [Metric(name, value, now, step) for name, value in point.items() if name != "epoch"]
-        client = mlflow.MlflowClient()
-        for start in range(0, len(metrics), 1000):  # MLflow takes at most 1000 metrics per batch
-            client.log_batch(run.info.run_id, metrics=metrics[start : start + 1000])
-        tags = {k: str(summary[k]) for k in ("state", "pruned_reason") if k in summary}
-        for key, value in tags.items():
-            client.set_tag(run.info.run_id, key, value)
+        params = [Param(k, str(v)) for k, v in trial.params.items()]
+        tag_list = [RunTag(k, v) for k, v in tags.items()]
+        for start in range(0, max(len(metrics), 1), 1000):  # MLflow takes at most 1000 metrics per batch
+            self.client.log_batch(run.info.run_id, metrics=metrics[start : start + 1000],
+                                  params=params if start == 0 else [], tags=tag_list if start == 0 else [])
+        self.client.set_terminated(run.info.run_id, "FINISHED" if trial.state.name == "COMPLETE" else "KILLED")
 
 
 class WandbTracker:
