@@ -22,6 +22,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m hpo.run", description=__doc__.split("\n")[0])
     parser.add_argument("--show-space", action="store_true", help="print the effective search space of each study "
                         "(with --config: its studies of --algo/--model) and exit, touching no storage")
+    parser.add_argument("--no-finish", dest="finish", action="store_false",
+                        help="run trials only, leaving the test scores and the reports to a later run of the same "
+                        "command (the tasks of a Slurm job array: python -m hpo.slurm)")
     add_study_flags(parser)
     return parser.parse_args(argv)
 
@@ -38,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
             return
         from hpo.study.pipeline import run_all
 
-        run_all(configs)
+        run_all(configs, finish=args.finish)
 
     return run_command(body)
 

@@ -15,9 +15,10 @@ from hpo.study.runner import run_study, validate_study
 from hpo.study.trackers import check_tracker
 
 
-def run_all(configs: list[StudyConfig], out=print) -> None:
+def run_all(configs: list[StudyConfig], out=print, finish: bool = True) -> None:
     """Run every study in sequence (each resumes where it stopped), then report each storage once, into its
-    own results folder (``hpo.report.folders``) unless a config names one.
+    own results folder (``hpo.report.folders``) unless a config names one. ``finish=False`` runs trials only,
+    leaving the test scores and the reports to a later run (a Slurm job array's tasks: ``hpo.slurm``).
 
     Every study of the grid is checked first (trackers, storages, results folders, and each study against its
     dataset), so bad input anywhere is refused before any storage, study or file is created.
@@ -42,7 +43,9 @@ def run_all(configs: list[StudyConfig], out=print) -> None:
             validate_study(config, dataset)
         del dataset
     for config in configs:
-        run_study(config, out)
+        run_study(config, out, test_score=finish)
+    if not finish:
+        return
     reported: set[tuple[str, str]] = set()
     for config in configs:
         key = (config.storage, str(results[config.name]))
