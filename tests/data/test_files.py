@@ -27,7 +27,7 @@ from hpo.data import DATASETS, FILE_DATASETS, load_dataset
 from hpo.data import files as data_files
 from hpo.errors import UsageError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 N_TRAIN, N_TEST = 80, 30
 MNIST_NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")

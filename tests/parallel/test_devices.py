@@ -54,8 +54,9 @@ def test_each_spawned_worker_starts_with_its_gpu_and_memory_share(tmp_path, monk
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
     for name in VARIABLES[1:]:
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HPO_MAX_WORKERS", "3")  # three workers on a machine of any size (they only record)
     lines = []
-    run_local_workers(record_environment, Probe("probe", str(tmp_path)), 3, lines.append)
+    run_local_workers(record_environment, Probe("probe", str(tmp_path)), 3, lines.append, complete=lambda: True)
     seen = [json.loads((tmp_path / f"w{i}.json").read_text()) for i in range(3)]
     assert [s["CUDA_VISIBLE_DEVICES"] for s in seen] == ["3", "5", "3"]
     assert {s["XLA_PYTHON_CLIENT_MEM_FRACTION"] for s in seen} == {"0.450"}
@@ -68,7 +69,7 @@ import sys
 import jax._src.xla_bridge as xla_bridge
 import hpo.study.runner
 
-def launch(target, config, workers, out):  # stands in for starting the workers: what has the parent started?
+def launch(target, config, workers, out, complete):  # stands in for starting the workers: what has the parent started?
     print("jax started in the parent" if xla_bridge.backends_are_initialized() else "jax not started", flush=True)
     raise SystemExit(0)
 
@@ -84,7 +85,7 @@ def test_the_parent_of_workers_checks_the_study_without_starting_jax(tmp_path):
     import subprocess
     import sys
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     for model in ("mlp", "cnn"):
         run = subprocess.run(
             [sys.executable, "-c", PARENT, "--algo", "fa", "--model", model, "--dataset", "digits", "--workers", "2",

@@ -12,12 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_report import add_study, index_targets
+from test_summary import add_study, index_targets
 
+from hpo.report import charts
 from hpo.report import summary as report
 from hpo.report.folders import PLOTLY_JS, results_dir_for, storage_label
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize(
@@ -172,7 +173,7 @@ def test_comparison_chart_draws_offline_in_a_real_browser(results, tmp_path):
     screenshot(results / "comparison.html", png)
     pixels = (matplotlib.image.imread(png) * 255).round().astype(np.uint8)
     assert pixels.shape[:2] == (800, 1200)
-    for stat, _, _, colour in report.BARS:  # every statistic's bars are drawn, in its colour
+    for stat, _, _, colour in charts.BARS:  # every statistic's bars are drawn, in its colour
         assert colour_share(pixels, colour) > 0.002, f"no {stat} bars ({colour}) on the screenshot"
 
     # the same page without its plotly.js draws nothing: the check above sees the chart, not the page's background
@@ -181,4 +182,4 @@ def test_comparison_chart_draws_offline_in_a_real_browser(results, tmp_path):
     (blank / PLOTLY_JS).unlink()
     screenshot(blank / "comparison.html", tmp_path / "blank.png")
     blank_pixels = (matplotlib.image.imread(tmp_path / "blank.png") * 255).round().astype(np.uint8)
-    assert all(colour_share(blank_pixels, colour) == 0 for *_, colour in report.BARS)
+    assert all(colour_share(blank_pixels, colour) == 0 for *_, colour in charts.BARS)

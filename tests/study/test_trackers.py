@@ -22,7 +22,7 @@ from hpo.errors import UsageError
 from hpo.storage import open_storage
 from hpo.study import trackers
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = ["--algo", "fa", "--dataset", "digits", "--trials", "2", "--epochs", "2", "--folds", "2"]
 
 

@@ -13,7 +13,7 @@ from nbclient import NotebookClient
 
 from hpo import run
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOK = ROOT / "notebooks" / "workspace.ipynb"
 CELL_SECONDS = 300  # per cell; generous for a busy machine (the whole notebook takes seconds on an idle one)
 

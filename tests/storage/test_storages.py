@@ -24,7 +24,7 @@ from hpo.errors import UsageError
 from hpo.parallel.workers import counted_below
 from hpo.storage import open_storage, redact
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 STUDY = "digits-mlp-bp"
 TINY = ["--dataset", "digits", "--algo", "bp", "--epochs", "1", "--folds", "2", "--pruner", "none"]
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)

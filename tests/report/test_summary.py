@@ -18,6 +18,7 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 from scipy import stats as scipy_stats
 
+from hpo.report import charts as report_charts
 from hpo.report import summary as report
 from hpo.storage import open_storage
 
@@ -147,9 +148,9 @@ def test_one_study_alone_still_draws(storage, tmp_path):
     assert report.main(["--storage", storage, "--results-dir", str(results), "--study", "mnist-*"]) == 0
     assert pd.read_csv(results / "summary.csv")["study"].tolist() == ["mnist-5k-mlp-kp"]
     assert_real_image(results / "comparison.png")
-    (title, group), = report._groups(report.summarize(report.load_studies(storage, "mnist-*")))
+    (title, group), = report_charts._groups(report.summarize(report.load_studies(storage, "mnist-*")))
     assert title == "mnist-5k / mlp" and group["label"].tolist() == ["kp"]
-    low, high = report._score_limits(group)
+    low, high = report_charts._score_limits(group)
     kp = group.iloc[0]
     assert 0.0 <= low < min(kp.startup_worst, kp.startup_mean - kp.startup_std)  # every bar and error bar in view
     assert max(kp.best, kp.startup_mean + kp.startup_std, kp.test_mean) < high <= 1.0
@@ -174,7 +175,7 @@ def test_bars_of_one_rule_in_two_studies_are_told_apart():
             "algo": ["fa", "fa", "bp", ""], "complete": [3, 3, 3, 1],
         }
     )
-    groups = dict(report._groups(frame))
+    groups = dict(report_charts._groups(frame))
     assert groups["digits / mlp"]["label"].tolist() == ["digits-fa-seed0", "digits-fa-seed1", "bp"]
     assert groups["studies"]["label"].tolist() == ["other"]
 
@@ -218,7 +219,7 @@ def test_error_bars_above_one_are_not_cut_off():
     """Accuracy whose mean + spread passes 1 (a skewed spread): the axis goes above 1 rather than clipping the bar."""
     group = pd.DataFrame({"best": [0.98], "startup_mean": [0.92], "startup_std": [0.16], "startup_worst": [0.13],
                           "test_mean": [0.97], "test_ci95": [0.05], "direction": ["maximize"]})
-    low, high = report._score_limits(group)
+    low, high = report_charts._score_limits(group)
     assert low == 0.0 and high > 0.92 + 0.16 and high > 0.97 + 0.05
 
 
@@ -273,10 +274,10 @@ def test_rules_are_compared_with_backprop_by_welch(tmp_path):
     markdown = (results / "summary.md").read_text()
     row = next(line for line in markdown.splitlines() if line.startswith("| mnist-5k-mlp-fa |"))
     assert f"{np.mean(fa_scores):.4f} ± {frame.loc['mnist-5k-mlp-fa', 'test_ci95']:.4f} (n=5)" in row
-    assert f"{fa.delta_vs_bp:.4f} ± " in row and report.p_value(fa.p_vs_bp) in row
+    assert f"{fa.delta_vs_bp:.4f} ± " in row and report_charts.p_value(fa.p_vs_bp) in row
     assert "## Best hyperparameters" in markdown and "| learning_rate |" in markdown.replace("trial | ", "")
     page = (results / "index.html").read_text()
-    assert "Best hyperparameters" in page and "p vs bp" in page and report.p_value(fa.p_vs_bp) in page
+    assert "Best hyperparameters" in page and "p vs bp" in page and report_charts.p_value(fa.p_vs_bp) in page
 
 
 def test_best_so_far_counts_pruned_trials_as_spent_budget():

@@ -35,7 +35,7 @@ def objective_of(config: StudyConfig, dataset, sharing: bool = True) -> Objectiv
     return objective
 
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 STUDY = "digits-mlp-bp"
 # every trial has the same program shape (one hidden layer of 32, batch 64), so a batch trains as one group
 SHARED_SHAPE = {"depth": 1, "width": [32], "batch_size": [64]}

@@ -28,7 +28,7 @@ from hpo.storage import open_storage
 from hpo.study.progress import EpochProgress, StudyClock
 from hpo.study.runner import Progress
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = ["--algo", "fa", "--dataset", "digits", "--trials", "3", "--epochs", "2", "--folds", "2"]
 TRIAL_LINE = re.compile(
     r"^\[digits-mlp-fa\] (\d)/3 trial #\d (complete|pruned): .* \| [\d.]+s \| elapsed (\d+:\d\d), (ETA \d+:\d\d|done)$"

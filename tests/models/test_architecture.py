@@ -15,7 +15,7 @@ from models.rule_training import TrainConfig
 from models.rules import Dense, DFADense, DirectFeedback
 from models.train import Static, traced_values
 
-MODELS = Path(__file__).resolve().parent.parent / "models"
+MODELS = Path(__file__).resolve().parents[2] / "models"
 
 
 def test_models_define_at_most_five_custom_vjps():

@@ -1,0 +1,51 @@
+"""A report is a function of the storage: written twice it is the same bytes, and the notebook draws its charts
+outside the committed results/ folders."""
+
+from pathlib import Path
+
+import optuna
+from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+from hpo.report import write_reports
+from hpo.report.workspace import notebook_settings
+from hpo.storage import open_storage
+
+
+def make_storage(path: str) -> None:
+    for algo in ("bp", "fa"):
+        study = optuna.create_study(study_name=f"digits-mlp-{algo}", storage=open_storage(path), direction="maximize")
+        for key, value in {"dataset": "digits", "model": "mlp", "algo": algo, "metric": "accuracy"}.items():
+            study.set_user_attr(key, value)
+        for i in range(12):
+            curve = {"epoch": [1.0, 2.0], "series": {"val_score": [[0.3, 0.5 + i / 100], [0.3, 0.52]],
+                                                      "update_angle/dense_0": [[40.0, 30.0], [41.0, 31.0]]}}
+            study.add_trial(optuna.trial.create_trial(
+                params={"lr": 10.0 ** -(1 + i % 4), "width": (64, 128)[i % 2]},
+                distributions={"lr": FloatDistribution(1e-5, 1.0, log=True),
+                               "width": CategoricalDistribution((64, 128))},
+                value=0.5 + i / 100 + (algo == "bp") / 10,
+                user_attrs={"curves": curve, "diagnostics": {"update_angle/dense_0": 30.5}, "startup": i < 10},
+            ))
+
+
+def contents(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_report_written_twice_is_the_same_bytes(tmp_path):
+    storage = str(tmp_path / "s.journal")
+    make_storage(storage)
+    write_reports(storage, tmp_path / "one", out=lambda line: None)
+    write_reports(storage, tmp_path / "two", out=lambda line: None)
+    one, two = contents(tmp_path / "one"), contents(tmp_path / "two")
+    assert one.keys() == two.keys() and len(one) > 10
+    assert [name for name in one if one[name] != two[name]] == []
+
+
+def test_the_notebook_draws_outside_the_committed_results(monkeypatch):
+    monkeypatch.delenv("HPO_RESULTS_DIR", raising=False)
+    monkeypatch.setenv("HPO_STORAGE", "studies/bundled.journal")
+    storage, results = notebook_settings()
+    assert storage == "studies/bundled.journal" and results == str(Path("notebooks") / "output" / "bundled")
+    monkeypatch.setenv("HPO_RESULTS_DIR", "/somewhere")
+    assert notebook_settings()[1] == "/somewhere"
