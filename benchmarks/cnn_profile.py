@@ -8,7 +8,7 @@ Each JAX piece runs as ``lax.scan`` over ``--steps`` different inputs inside one
 training epoch) and is timed per step, median of ``--repeats``; the PyTorch ops (``F.conv2d``,
 ``torch.nn.grad.conv2d_input`` / ``conv2d_weight``, ``F.max_pool2d`` and its backward) run in a Python loop over
 the same inputs on 2 threads and on 1, timed in turn with the JAX ones so a changing load hits both alike.
-The CPU path is ours (``models.rules.conv``: ``_cpu_conv2d``, ``_cpu_conv2d_vjp``); XLA's own transpose rules
+The CPU path is ours (``models.rules.convolution``: ``_cpu_conv2d``, ``_cpu_conv2d_vjp``); XLA's own transpose rules
 (``_xla_conv2d_vjp``) are timed beside it.
 """
 
@@ -27,7 +27,7 @@ import numpy as np
 
 from benchmarks.objective import machine, matmul_peak
 from models.networks import pool
-from models.rules import conv as conv_module
+from models.rules import convolution as conv_module
 
 BATCH = 64
 LAYERS = (("conv1", (28, 28, 1), 16), ("conv2", (14, 14, 16), 32))  # name, input (h, w, c), features; k5 SAME

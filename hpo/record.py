@@ -59,6 +59,7 @@ class TrialRecord:
     train_seconds: float | None = None  # running its compiled epochs
     overhead_seconds: float | None = None  # the rest: sampling, initialisation, transfers, storage writes
     padding_seconds: float | None = None  # of train_seconds, spent on a larger program's padding (shared_program)
+    peak_memory_mb: float | None = None  # the worker process's peak resident memory when it ended (ru_maxrss)
     background_compile_seconds: float | None = None  # its programs compiled by a background thread meanwhile
     shared_program: str | None = None  # the larger network's program it trained in (models.compile.sharing)
     pruned_reason: str | None = None  # why it ended pruned: the pruner, a divergence, no valid architecture

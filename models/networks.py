@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from models.initializers import FanIn, Ones, declare
-from models.rules.conv import PADDINGS
+from models.rules.convolution import PADDINGS
 from models.rules.layers import Conv, Dense, Initializer, direct_tap_layer
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {

@@ -48,6 +48,7 @@ def test_cli_runs_a_study_writes_results_and_resumes(tmp_path):
     for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):
         assert len(t.user_attrs["fold_scores"]) == 2
         assert {"fold_std", "wall_seconds", "compile_seconds", "n_params"} <= set(t.user_attrs)
+        assert 50 < t.user_attrs["peak_memory_mb"] < 24 * 1024  # a process with JAX loaded, within this machine
 
     again = run_cli("--algo", "fa", "--trials", "3", *TINY, "--storage", str(storage), "--results-dir", str(results))
     assert again.returncode == 0 and "nothing to run" in again.stdout

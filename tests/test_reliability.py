@@ -1,7 +1,7 @@
 """Reliability and security (issue 15, issue 16 items 4-5), each case as a hostile or unlucky user meets it.
 
 Real files, real subprocesses, real signals; the PostgreSQL cases (a database lost or frozen mid-study, passwords
-in every URL form) are in tests/test_storage.py next to the server they start.
+in every URL form) are in tests/storage/test_storages.py next to the server they start.
 """
 
 from __future__ import annotations
@@ -164,7 +164,7 @@ def test_study_name_flag_refuses_paths_and_control_characters(tmp_path, capsys, 
 
 
 # ---------------------------------------------------------------------------------------------------------
-# 15.3 No password anywhere (the forms SQLAlchemy accepts; the real server's cases are in test_storage.py)
+# 15.3 No password anywhere (the forms SQLAlchemy accepts; the real server's cases are in tests/storage/test_storages.py)
 
 URLS = [  # (url, secret, what must still be shown)
     ("postgresql://hpo:Secret-1@db.lab:5432/hpo", "Secret-1", "db.lab:5432/hpo"),

@@ -15,7 +15,7 @@ from hpo.space.parameters import Choices, Domain, EffectiveSpace, Fixed, Paramet
 from hpo.space.training import TRAINING_PARAMETERS, WIDTH, StudySettings, suggest_training
 from models.networks import ACTIVATIONS, POOLS, ConvLayer
 from models.rule_training import TrainConfig
-from models.rules.conv import PADDINGS
+from models.rules.convolution import PADDINGS
 
 CONV_LAYERS = (1, 3)  # inclusive range of convolutional layers
 CONV_CHOICES: dict[str, tuple] = {  # ConvLayer field -> default choices, asked in this order

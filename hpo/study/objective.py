@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import resource
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -340,12 +342,20 @@ class PlannedTrial(NamedTuple):
     key: Hashable  # models.train.group_key of its configuration
 
 
+def peak_memory_mb() -> float:
+    """This process's peak resident memory in MB (Linux reports ``ru_maxrss`` in KiB, macOS in bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1 << 20) if sys.platform == "darwin" else peak / 1024
+
+
 def record_timing(trial: optuna.Trial, wall_seconds: float, timing: Timing) -> None:
     """Every second of a finished trial, pruned or not: compiling, training, and everything else (sampling,
-    initialisation, transfers, storage writes), so a study's benchmark can account for its whole time; and, for a
-    trial trained in a wider network's program, which one and about how many training seconds its padding took."""
+    initialisation, transfers, storage writes), so a study's benchmark can account for its whole time; the worker
+    process's peak memory so far (the study's peak is the largest over its trials); and, for a trial trained in a
+    wider network's program, which one and about how many training seconds its padding took."""
     write_trial(
         trial,
+        peak_memory_mb=round(peak_memory_mb(), 1),
         wall_seconds=wall_seconds,
         compile_seconds=timing.compile_seconds,
         train_seconds=timing.train_seconds,

@@ -18,7 +18,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-from models.rules.conv import conv
+from models.rules.convolution import conv
 from models.rules.registry import Rule
 
 Array = jax.Array

@@ -44,7 +44,7 @@ TINY = ["--dataset", "digits", "--algo", "bp", "--epochs", "1", "--folds", "2", 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 TIMEOUT = 240
 LONE_ATTRS = {"fold_scores", "fold_std", "n_params", "curves", "diagnostics", "wall_seconds", "compile_seconds",
-              "train_seconds", "overhead_seconds", "worker"}
+              "train_seconds", "overhead_seconds", "peak_memory_mb", "worker"}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -89,7 +89,8 @@ def test_a_batch_trains_its_trials_as_one_group_and_prunes_each_on_its_own(monke
         assert LONE_ATTRS - {"worker"} <= set(t.user_attrs)
         assert t.user_attrs["compile_seconds"] + t.user_attrs["train_seconds"] <= t.user_attrs["wall_seconds"] + 1e-6
     # the batch's seconds add up: each trial's share is recorded, pruned ones too
-    assert all({"wall_seconds", "compile_seconds", "train_seconds", "overhead_seconds"} <= set(t.user_attrs) for t in done)
+    assert all({"wall_seconds", "compile_seconds", "train_seconds", "overhead_seconds", "peak_memory_mb"}
+               <= set(t.user_attrs) for t in done)
 
 
 def test_a_trial_in_a_batch_trains_as_it_would_alone():
