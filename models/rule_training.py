@@ -23,7 +23,7 @@ from models import diagnostics
 from models.initializers import FanIn, host_init
 from models.networks import CNN, MLP, SWITCHES, ConvLayer, get_activation, switchable
 from models.rules.registry import FEEDBACK, get_rule
-from models.train import HOST, TRACED, FoldData, Static, chosen_among, traced_values
+from models.train import HOST, TRACED, FoldData, Static, chosen_among, masked_means, traced_values
 
 Array = jax.Array
 
@@ -280,10 +280,13 @@ class RuleNetworks:
 
     def evaluate(self, spec: Spec, hyper: dict, state: LayerState, key, x, y, val_idx, val_mask):
         model = make_model(spec.config, spec.out_features)
-        outputs = model.apply({"params": state.params, **state.fixed}, x[val_idx], activation_index=hyper["activation"])
-        val_loss, val_score = per_example_loss(spec.config.loss)(outputs, y[val_idx])
-        weight = val_mask.astype(val_loss.dtype) / val_mask.sum()
-        return (val_loss * weight).sum(), (val_score * weight).sum()
+        loss = per_example_loss(spec.config.loss)
+
+        def per_example(idx):
+            return loss(model.apply({"params": state.params, **state.fixed}, x[idx], activation_index=hyper["activation"]),
+                        y[idx])
+
+        return masked_means(per_example, val_idx, val_mask)
 
     def strategy_class(self, spec: Spec) -> str:
         return "conv" if spec.config.conv else "dense"  # with the data's rank (1-D or 2-D convolutions): the class

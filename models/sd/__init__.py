@@ -34,8 +34,8 @@ from models.sd.dynamics import (
     zero_neurons,
 )
 from models.sd.family import (
-    EVAL_CHUNK,
     SEGREGATED_DENDRITES,
+    SPIKING_EVAL_CHUNK,
     SDConfig,
     SDState,
     SegregatedDendrites,
@@ -46,7 +46,7 @@ from models.sd.family import (
 )
 
 __all__ = [
-    "EVAL_CHUNK", "MAX_RATE_PER_STEP", "POISSON_MAX_SPIKES", "SEGREGATED_DENDRITES", "UNROLL", "Neurons",
+    "SPIKING_EVAL_CHUNK", "MAX_RATE_PER_STEP", "POISSON_MAX_SPIKES", "SEGREGATED_DENDRITES", "UNROLL", "Neurons",
     "PhaseAverages", "SDConfig", "SDParams", "SDState", "SegregatedDendrites", "Structure", "apical_potential",
     "basal_potential", "evaluate", "fast_uniform", "hidden_soma_step", "hyperparameters", "init_params",
     "input_rates01", "output_loss", "output_soma_step", "plateau", "poisson_spikes", "psp_decays", "psp_step", "rate",

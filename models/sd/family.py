@@ -20,9 +20,10 @@ from models.sd.dynamics import (
     train_example,
     zero_neurons,
 )
-from models.train import FoldData
+from models.train import EVAL_CHUNK as TRAIN_EVAL_CHUNK
+from models.train import FoldData, masked_means
 
-EVAL_CHUNK = 64  # validation examples simulated together when input spikes are generated (bounds memory)
+SPIKING_EVAL_CHUNK = 64  # validation examples simulated together when input spikes are generated (bounds memory)
 
 
 @dataclass(frozen=True)
@@ -225,19 +226,10 @@ class SegregatedDendrites:
 
     def evaluate(self, spec: Structure, hyper: dict, state: SDState, key, x01, y, val_idx, val_mask):
         """The test-length forward phase of every validation example, ``EVAL_CHUNK`` examples at a time when input
-        spike trains are generated (they are held for a whole phase: this bounds memory)."""
-        chunk = EVAL_CHUNK if spec.spiking_feedforward else val_idx.shape[0]
-        n_chunks = -(-val_idx.shape[0] // chunk)
-        pad = n_chunks * chunk - val_idx.shape[0]
-        idx = jnp.pad(val_idx, (0, pad)).reshape(n_chunks, chunk)
-        keys = jax.random.split(key, n_chunks)
+        spike trains are generated (they are held for a whole phase: this bounds memory), else ``models.train``'s."""
         x_rate = x01 * hyper["phi_max"]
-        val_loss, val_correct = jax.lax.map(
-            lambda a: evaluate(spec, hyper, state.params, x_rate[a[0]], y[a[0]], a[1]), (idx, keys)
-        )
-        mask = jnp.pad(val_mask, (0, pad)).reshape(n_chunks, chunk).astype(val_loss.dtype)
-        mask = mask / mask.sum()
-        return (val_loss * mask).sum(), (val_correct * mask).sum()
+        return masked_means(lambda idx, k: evaluate(spec, hyper, state.params, x_rate[idx], y[idx], k), val_idx,
+                            val_mask, SPIKING_EVAL_CHUNK if spec.spiking_feedforward else TRAIN_EVAL_CHUNK, key)
 
     def strategy_class(self, spec: Structure) -> str:
         return "spiking" if spec.spiking_feedforward else "rates"

@@ -8,7 +8,7 @@
 How programs are stored, compiled, shared and their fold strategy decided is ``models.compile``.
 """
 
-from models.train.epoch import map_runs, run_epoch, segment_layout
+from models.train.epoch import EVAL_CHUNK, map_runs, masked_means, run_epoch, segment_layout
 from models.train.fields import HOST, TRACED, Static, chosen_among, traced_values
 from models.train.loop import (
     batch_orders,
@@ -39,8 +39,8 @@ from models.train.types import (
 )
 
 __all__ = [
-    "FOLD_STRATEGIES", "HOST", "MAPPINGS", "TRACED", "CVResult", "DivergedError", "EpochCallback", "EpochMetrics",
+    "EVAL_CHUNK", "FOLD_STRATEGIES", "HOST", "MAPPINGS", "TRACED", "CVResult", "DivergedError", "EpochCallback", "EpochMetrics",
     "FoldData", "Member", "ModelFamily", "Plan", "RunState", "Static", "Timing", "batch_orders", "chosen_among",
-    "could_host", "cross_validate", "fit_and_score", "group_key", "group_mapping", "map_runs", "precompile",
+    "could_host", "cross_validate", "fit_and_score", "group_key", "group_mapping", "map_runs", "masked_means", "precompile",
     "run_epoch", "segment_layout", "split_as_runs", "stack", "traced_values", "train_group", "train_runs",
 ]

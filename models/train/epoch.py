@@ -28,6 +28,27 @@ def map_runs(fold_strategy: str, f: Callable) -> Callable:
     raise ValueError(f"map_runs needs vmap or sequential (auto is resolved first), got {fold_strategy!r}")
 
 
+EVAL_CHUNK = 2048  # validation examples a network evaluates together: bounds an evaluation's activations
+
+
+def masked_means(per_example: Callable, idx: Array, mask: Array, chunk: int = EVAL_CHUNK, key=None) -> tuple:
+    """The ``mask``-weighted means over ``idx`` of the per-example arrays ``per_example(idx_chunk[, key])``
+    returns, computed ``chunk`` examples at a time (``jax.lax.map``): an evaluation's memory is a chunk's, not the
+    split's -- a CNN's first layer on 20000 validation images would hold gigabytes, on every vmapped fold. Padding
+    examples (index 0) carry weight 0. With ``key`` each chunk gets its own key of ``jax.random.split(key, chunks)``.
+    """
+    n_chunks = -(-idx.shape[0] // chunk)
+    pad = n_chunks * chunk - idx.shape[0]
+    chunks = jnp.pad(idx, (0, pad)).reshape(n_chunks, chunk)
+    if key is None:
+        values = jax.lax.map(per_example, chunks)
+    else:
+        values = jax.lax.map(lambda a: per_example(*a), (chunks, jax.random.split(key, n_chunks)))
+    weight = jnp.pad(mask, (0, pad)).reshape(n_chunks, chunk).astype(values[0].dtype)
+    weight = weight / weight.sum()
+    return tuple((v * weight).sum() for v in values)
+
+
 def segment_layout(n_batches: int, n_segments: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Cut an epoch's ``n_batches`` batches, in order, into ``n_segments`` segments of near-equal length.
 

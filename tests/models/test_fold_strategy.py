@@ -40,6 +40,7 @@ def fake_timer(seconds, calls, results=None):
 
 
 MEASURED = len(train.MAPPINGS) * AUTO_REPEATS  # timed epochs of one decision
+UNLIMITED = float("inf")  # measuring budget of the tests that count rounds
 
 
 def strategies_compiled(cache):
@@ -49,8 +50,8 @@ def strategies_compiled(cache):
 @pytest.fixture
 def compiler(tmp_path):
     """A compiler with an empty program store, deciding at the first program of a kind (``payback`` 0) unless a
-    test says otherwise."""
-    return Compiler(directory=tmp_path, payback=0.0)
+    test says otherwise, and timing every round (a loaded machine's compilations would exhaust the real budget)."""
+    return Compiler(directory=tmp_path, payback=0.0, budget_seconds=UNLIMITED)
 
 
 @pytest.mark.parametrize("faster", ["vmap", "sequential"])
@@ -100,7 +101,7 @@ def test_a_stored_decision_is_reused_by_a_new_store_without_measuring(compiler, 
     data = folds()
     cross_validate(CONFIG, data, 10, seed=1, fold_strategy="auto", compiler=compiler)
     assert len(calls) == MEASURED
-    compiler = Compiler(directory=compiler.store.directory, payback=0.0)  # as a new process finds it
+    compiler = Compiler(directory=compiler.store.directory, payback=0.0, budget_seconds=UNLIMITED)  # a new process
     again = compiler.store
     compiler.timer = lambda strategy, run: pytest.fail("measured twice")
     result = cross_validate(CONFIG, data, 10, seed=2, fold_strategy="auto", compiler=compiler)
@@ -144,8 +145,7 @@ def work_of(config, data):
 
 
 def test_without_a_store_auto_decides_in_memory(monkeypatch):
-    compiler = Compiler(payback=0.0)
-    compiler.payback = 0.0
+    compiler = Compiler(payback=0.0, budget_seconds=UNLIMITED)
     calls = []
     compiler.timer = fake_timer({"vmap": 1.0, "sequential": 2.0}, calls)
     data = folds()
@@ -214,7 +214,8 @@ def test_what_a_decision_would_be_worth_is_counted_by_every_process_with_the_sto
     compiler.timer = fake_timer({"vmap": 1.0, "sequential": 2.0}, calls)
     data = folds()
     first = cross_validate(CONFIG, data, 10, seed=1, fold_strategy="auto", compiler=compiler)
-    compiler = Compiler(directory=compiler.store.directory, payback=compiler.payback, timer=compiler.timer)
+    compiler = Compiler(directory=compiler.store.directory, payback=compiler.payback, timer=compiler.timer,
+                        budget_seconds=UNLIMITED)
     later = compiler.store
     ((trained, compile_cost),) = later._stored_training().values()
     assert trained == pytest.approx(first.train_seconds) and compile_cost > 0

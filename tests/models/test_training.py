@@ -11,7 +11,7 @@ from models.initializers import host_init
 from models.networks import MLP
 from models.rule_training import TrainConfig, make_optimizer
 from models.rules import RULES
-from models.train import DivergedError, FoldData, cross_validate, fit_and_score
+from models.train import DivergedError, FoldData, cross_validate, fit_and_score, masked_means
 
 
 def fold_data(name, k=2, seed=0):
@@ -196,3 +196,37 @@ def test_a_group_trains_each_member_as_alone_and_stops_members_on_their_own(fold
         alone = cross_validate(configs[i], folds, 10, seed=i)
         np.testing.assert_allclose(outcomes[i].fold_scores, alone.fold_scores, atol=1e-6)
         assert outcomes[i].curves["val_score"].shape == (3, 2)
+
+
+def test_evaluation_memory_does_not_grow_with_the_split():
+    """A CNN evaluated on 6 chunks of validation images (Fashion-MNIST's folds hold 20000) keeps one chunk of
+    activations: the compiled evaluation's temporaries are about those of a one-chunk split, not 6 times them."""
+    from benchmarks.cnn_reference import standard_cnn
+    from models.rule_training import RuleNetworks
+    from models.train import EVAL_CHUNK
+
+    family, config, rng = RuleNetworks(), standard_cnn("fa", epochs=1), np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((6 * EVAL_CHUNK, 28, 28, 1)).astype(np.float32))
+    y = jnp.asarray(rng.integers(0, 10, len(x)).astype(np.int32))
+    spec = family.program_spec(config, x[:1], 10)
+    state, hyper = family.init(config, spec, x[:1], rng), family.hyperparameters(config)
+
+    def temporary_bytes(n):
+        idx, mask = jnp.arange(n, dtype=jnp.int32), jnp.ones(n, bool)
+        evaluate = jax.jit(lambda i, m: family.evaluate(spec, hyper, state, None, x, y, i, m))
+        return evaluate.lower(idx, mask).compile().memory_analysis().temp_size_in_bytes
+
+    one_chunk, six_chunks = temporary_bytes(EVAL_CHUNK), temporary_bytes(6 * EVAL_CHUNK)
+    assert one_chunk > EVAL_CHUNK * 28 * 28 * 16 * 4  # it does hold a chunk's first-layer output
+    assert six_chunks < 1.5 * one_chunk, (one_chunk, six_chunks)
+
+
+@pytest.mark.parametrize("chunk", [100, 512, 5000])
+def test_masked_means_in_chunks_are_the_masked_means(chunk):
+    rng = np.random.default_rng(0)
+    values = rng.standard_normal(5000).astype(np.float32)
+    idx, mask = rng.permutation(5000)[:4321].astype(np.int32), rng.random(4321) > 0.1
+    table = jnp.asarray(values)
+    means = masked_means(lambda i: (table[i], table[i] ** 2), jnp.asarray(idx), jnp.asarray(mask), chunk)
+    chosen = values[idx][mask]
+    np.testing.assert_allclose(means, [chosen.mean(), (chosen ** 2).mean()], rtol=2e-5, atol=1e-6)
