@@ -646,6 +646,29 @@ def test_a_study_its_other_worker_completed_ends_well_when_one_worker_dies(tmp_p
     assert study.user_attrs["test"]["scores"]
 
 
+@pytest.mark.slow  # two worker processes that start JAX, then a rerun: about a minute and a half
+def test_a_study_left_incomplete_by_dead_workers_exits_4_and_a_rerun_completes_it(tmp_path):
+    """Every worker killed mid-trial (the out-of-memory killer): exit code 4 and one line that says to rerun; the
+    rerun retries the dead workers' trials and completes the study to its exact total."""
+    storage, results = tmp_path / "s.journal", tmp_path / "results"
+    process = start_study(storage, results, 4, "--workers", "2", "--epochs", "20")
+    wait_for_trial(storage, process, "training")
+    workers = [pid for pid in child_pids(process.pid) if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)
+    out, err = process.communicate(timeout=TIMEOUT)
+    assert process.returncode == 4, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "was killed by SIGKILL before the study was complete; rerun" in lines[0], err
+    assert not (results / "summary.csv").exists()
+    again = run_cli("--dataset", "digits", "--algo", "fa", "--folds", "2", "--pruner", "none", "--trials", "4",
+                    "--epochs", "20", "--storage", str(storage), "--results-dir", str(results))
+    assert again.returncode == 0, again.stderr
+    trials = journal_study(storage, "digits-mlp-fa").get_trials()
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 4
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Storages: refuse, never touch
 
