@@ -222,6 +222,31 @@ def test_mistyped_grid_values_are_one_line_and_leave_nothing(tmp_path, capsys, m
     assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.toml"]
 
 
+OVERSIZED = [
+    ("width = [20000]", "space parameter 'width': every choice must be an integer in [1, 16384], got 20000"),
+    ("depth = 40", "space parameter 'depth': its value must be an integer in [1, 32], got 40"),
+    ("batch_size = [100000]", "space parameter 'batch_size': every choice must be an integer in [1, 65536], got 100000"),
+    # within the bounds, but 784-4096x4-10 has 784*4096 + 3*4096**2 + 4096*10 = 5.36e7 weights, x 32 bytes x 3 folds =
+    # 4.79 GiB: more than the 1 GiB this machine "has"
+    ("width = [64, 4096]\ndepth = [1, 4]", "space parameters width [64, 4096], depth [1, 4] reach networks of 5.36e+07 "
+                                           "weights, which need about 4.79 GB to train 3 at once; this machine has 1 GB "
+                                           "available: allow smaller values"),
+]
+
+
+@pytest.mark.parametrize("space,message", OVERSIZED, ids=["width", "depth", "batch", "memory"])
+def test_a_space_whose_networks_could_not_be_built_is_one_line_and_leaves_nothing(tmp_path, capsys, monkeypatch,
+                                                                                   space, message):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("hpo.space.tables.available_memory", lambda: 2**30)
+    grid = tmp_path / "grid.toml"
+    grid.write_text(f'trials = 1\n[space]\n{space}\n[[grid]]\nalgos = ["fa"]\ndatasets = ["mnist-5k"]\n')
+    assert main(["--config", str(grid)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.toml"]
+
+
 def test_non_utf8_grid_file_is_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     grid = tmp_path / "grid.toml"
