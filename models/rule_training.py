@@ -281,10 +281,10 @@ class RuleNetworks:
     def evaluate(self, spec: Spec, hyper: dict, state: LayerState, key, x, y, val_idx, val_mask):
         model = make_model(spec.config, spec.out_features)
         loss = per_example_loss(spec.config.loss)
+        variables = {"params": state.params, **state.fixed}
 
         def per_example(idx):
-            return loss(model.apply({"params": state.params, **state.fixed}, x[idx], activation_index=hyper["activation"]),
-                        y[idx])
+            return loss(model.apply(variables, x[idx], activation_index=hyper["activation"]), y[idx])
 
         return masked_means(per_example, val_idx, val_mask)
 

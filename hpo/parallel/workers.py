@@ -311,18 +311,17 @@ def run_trials(
         # A batch asks no more trials than the study still needs (the exact-total rule fails any surplus anyway).
         room = max(1, total - finished - len(running))
         with contextlib.ExitStack() as beats:
-            asked: list[optuna.Trial] = []
+            asked: list[optuna.Trial] = []  # every trial this worker holds from the moment it is asked
             n_asked = 0
-            trial = None
             try:
                 while n_asked < room and (n_asked < batch or asked and asked[-1].number + 1 < startup):
                     n_asked += 1
-                    trial = None
                     with warnings.catch_warnings():
                         # Optuna warns that heartbeats expect study.optimize; this loop records them itself.
                         warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed",
                                                 category=UserWarning)
-                        trial = study.ask()
+                        asked.append(study.ask())
+                    trial = asked[-1]
                     beats.enter_context(heartbeat(storage, trial._trial_id))
                     claim(trial)
                     mine.add(trial.number)
@@ -332,15 +331,12 @@ def run_trials(
                     reason = surplus_reason(study, trial, total)
                     if reason is not None:
                         write_trial(trial, surplus=reason)
-                        surplus, trial = trial, None
-                        study.tell(surplus, state=TrialState.FAIL)
-                        continue
-                    asked.append(trial)
-                    trial = None
+                        asked.pop()
+                        study.tell(trial, state=TrialState.FAIL)
             except KeyboardInterrupt:
-                # Interrupted between asking and running: the trials already asked are running in the storage
-                # with nobody to finish them; re-queue them as run_one would have.
-                for held in [*asked, *([trial] if trial is not None else [])]:
+                # Interrupted between asking and running: the trials asked are running in the storage with nobody
+                # to finish them; re-queue them as run_one would have.
+                for held in asked:
                     requeue_interrupted(study, held)
                 raise
             alone = batch == 1 and len(asked) <= 1

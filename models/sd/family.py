@@ -225,8 +225,9 @@ class SegregatedDendrites:
         return SDState(params, neurons), (loss.mean(), correct.mean())
 
     def evaluate(self, spec: Structure, hyper: dict, state: SDState, key, x01, y, val_idx, val_mask):
-        """The test-length forward phase of every validation example, ``EVAL_CHUNK`` examples at a time when input
-        spike trains are generated (they are held for a whole phase: this bounds memory), else ``models.train``'s."""
+        """The test-length forward phase of every validation example, ``SPIKING_EVAL_CHUNK`` examples at a time when
+        input spike trains are generated (they are held for a whole phase: this bounds memory), else
+        ``models.train``'s ``EVAL_CHUNK``."""
         x_rate = x01 * hyper["phi_max"]
         return masked_means(lambda idx, k: evaluate(spec, hyper, state.params, x_rate[idx], y[idx], k), val_idx,
                             val_mask, SPIKING_EVAL_CHUNK if spec.spiking_feedforward else TRAIN_EVAL_CHUNK, key)

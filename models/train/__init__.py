@@ -39,8 +39,9 @@ from models.train.types import (
 )
 
 __all__ = [
-    "EVAL_CHUNK", "FOLD_STRATEGIES", "HOST", "MAPPINGS", "TRACED", "CVResult", "DivergedError", "EpochCallback", "EpochMetrics",
-    "FoldData", "Member", "ModelFamily", "Plan", "RunState", "Static", "Timing", "batch_orders", "chosen_among",
-    "could_host", "cross_validate", "fit_and_score", "group_key", "group_mapping", "map_runs", "masked_means", "precompile",
-    "run_epoch", "segment_layout", "split_as_runs", "stack", "traced_values", "train_group", "train_runs",
+    "EVAL_CHUNK", "FOLD_STRATEGIES", "HOST", "MAPPINGS", "TRACED", "CVResult", "DivergedError", "EpochCallback",
+    "EpochMetrics", "FoldData", "Member", "ModelFamily", "Plan", "RunState", "Static", "Timing", "batch_orders",
+    "chosen_among", "could_host", "cross_validate", "fit_and_score", "group_key", "group_mapping", "map_runs",
+    "masked_means", "precompile", "run_epoch", "segment_layout", "split_as_runs", "stack", "traced_values",
+    "train_group", "train_runs",
 ]

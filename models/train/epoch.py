@@ -34,10 +34,13 @@ EVAL_CHUNK = 2048  # validation examples a network evaluates together: bounds an
 def masked_means(per_example: Callable, idx: Array, mask: Array, chunk: int = EVAL_CHUNK, key=None) -> tuple:
     """The ``mask``-weighted means over ``idx`` of the per-example arrays ``per_example(idx_chunk[, key])``
     returns, computed ``chunk`` examples at a time (``jax.lax.map``): an evaluation's memory is a chunk's, not the
-    split's -- a CNN's first layer on 20000 validation images would hold gigabytes, on every vmapped fold. Padding
-    examples (index 0) carry weight 0. With ``key`` each chunk gets its own key of ``jax.random.split(key, chunks)``.
+    split's -- a CNN's first layer on 20000 validation images would hold gigabytes, on every vmapped fold. The
+    chunks are as even as they can be (at most ``chunk`` examples; a smaller split is one chunk of its own size), and
+    their padding examples (index 0) carry weight 0. With ``key`` each chunk gets its own key of
+    ``jax.random.split(key, chunks)``.
     """
     n_chunks = -(-idx.shape[0] // chunk)
+    chunk = -(-idx.shape[0] // n_chunks)  # fewer than n_chunks padding examples in all
     pad = n_chunks * chunk - idx.shape[0]
     chunks = jnp.pad(idx, (0, pad)).reshape(n_chunks, chunk)
     if key is None:
