@@ -2,10 +2,12 @@
 
 Inside ``with handle_interrupts():`` both signals raise ``Interrupted`` (a ``KeyboardInterrupt``, so every handler of
 Ctrl-C also handles SIGTERM): the running trial is failed and re-queued with the same parameters
-(``hpo.parallel.workers.run_one``), local worker processes are told too (``hpo.parallel.launcher``), and the process exits with
-``128 + signal`` (130, 143). Only the first signal interrupts; later ones, while the trial is being re-queued,
+(``hpo.parallel.workers.Held``), local worker processes are told too (``hpo.parallel.launcher``), and the process
+exits with ``128 + signal`` (130, 143). Only the first signal interrupts; later ones, while the trial is being re-queued,
 are noted and ignored, so a second Ctrl-C or a SIGTERM sent to every process of a job cannot cut the re-queue
-short.
+short. Inside ``with deferred():`` the first signal is held until the block ends and raised there: a storage
+call that creates or ends a trial is never cut between its write and the caller learning of it, so no trial is
+left running with nobody holding it.
 
 ``exit_now(code)`` ends an interrupted process without the interpreter's shutdown. JAX compiles on a thread
 pool of XLA's and the main thread waits for the result interruptibly, so a signal during a compilation leaves
@@ -43,12 +45,18 @@ class Interrupted(KeyboardInterrupt):
 
 
 _received: list[int] = []  # signals received inside handle_interrupts(), in order
+_state = {"deferring": 0, "raised": False}  # open deferred() blocks; whether the first signal has been raised
+
+
+def _raise_first() -> None:
+    _state["raised"] = True
+    raise Interrupted(_received[0])
 
 
 def _handler(signum: int, frame) -> None:
     _received.append(signum)
-    if len(_received) == 1:
-        raise Interrupted(signum)
+    if len(_received) == 1 and not _state["deferring"]:
+        _raise_first()
 
 
 def _quiet_unraisable(previous):
@@ -76,6 +84,7 @@ def handle_interrupts() -> Iterator[None]:
     previous = {signum: signal.getsignal(signum) for signum in SIGNALS}
     previous_hook = sys.unraisablehook
     _received.clear()
+    _state.update(deferring=0, raised=False)
     sys.unraisablehook = _quiet_unraisable(previous_hook)
     for signum, handler in previous.items():
         if handler is not signal.SIG_IGN:
@@ -87,6 +96,19 @@ def handle_interrupts() -> Iterator[None]:
             signal.signal(signum, handler)
         sys.unraisablehook = previous_hook
         _received.clear()
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """Hold an interrupt that arrives while the block runs and raise it when the block ends (if the block raised,
+    its own exception goes on; ``received()`` still says the signal came). Blocks nest."""
+    _state["deferring"] += 1
+    try:
+        yield
+    finally:
+        _state["deferring"] -= 1
+    if _received and not _state["raised"] and not _state["deferring"]:
+        _raise_first()
 
 
 def received() -> int | None:

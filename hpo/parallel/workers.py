@@ -16,6 +16,10 @@ by running trials of other workers it waits for them (polling) rather than leavi
 dies, its retry is picked up and the total is still reached. It leaves early only when it cannot learn
 whether those trials are alive (journal storage, trials of another machine): their own machine recovers them.
 
+**Interrupts.** SIGINT or SIGTERM fails every trial the worker holds (asked, not yet told) as interrupted and
+re-queues it with the same parameters, wherever the signal lands: ``Held`` keeps the storage's running trials and
+the worker's list in step.
+
 **Dead workers.** With a database server (PostgreSQL, MySQL) a running trial writes a heartbeat; any worker
 fails trials without a heartbeat for the grace period (``optuna.storages.fail_stale_trials``, before every
 trial and while waiting) and Optuna's ``RetryHeartbeatStaleTrialCallback`` re-queues each once with the same
@@ -185,67 +189,88 @@ def requeue_interrupted(study: optuna.Study, trial: optuna.Trial) -> None:
     retry_failed(study, study.tell(trial, state=TrialState.FAIL))
 
 
-def run_one(study: optuna.Study, trial: optuna.Trial, objective: Callable[[optuna.Trial], float]) -> FrozenTrial:
-    """Run the objective on ``trial`` and tell the storage how it ended (as ``study.optimize`` would)."""
+class Held:
+    """The trials a worker has asked and not yet told: exactly those it re-queues when interrupted.
+
+    Asking a trial creates it in the storage as running, and telling it ends it there; each happens together with
+    the change to this list, an interrupt held until both are done (``interrupts.deferred``). So wherever a signal
+    lands, a trial running in the storage for this worker is in the list, and one that has ended is not.
+    """
+
+    def __init__(self, study: optuna.Study):
+        self.study = study
+        self.trials: list[optuna.Trial] = []
+
+    def ask(self) -> optuna.Trial:
+        with interrupts.deferred(), warnings.catch_warnings():
+            # Optuna warns that heartbeats expect study.optimize; this loop records them itself.
+            warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed", category=UserWarning)
+            trial = self.study.ask()
+            self.trials.append(trial)
+        return trial
+
+    def tell(self, trial: optuna.Trial, **end: Any) -> FrozenTrial:
+        """``study.tell(trial, **end)``."""
+        with interrupts.deferred():
+            frozen = self.study.tell(trial, **end)
+            self.trials.remove(trial)
+        return frozen
+
+    def requeue(self) -> None:
+        """Fail every held trial as interrupted and re-queue it with its parameters (interrupted: a rerun resumes
+        it, as it does a crashed trial)."""
+        while self.trials:
+            requeue_interrupted(self.study, self.trials.pop(0))
+
+
+def run_one(held: Held, trial: optuna.Trial, objective: Callable[[optuna.Trial], float]) -> FrozenTrial:
+    """Run the objective on ``trial`` and tell the storage how it ended (as ``study.optimize`` would).
+    Interrupted, the trial stays held: the caller re-queues it."""
     try:
         value = objective(trial)
     except optuna.TrialPruned:
-        return study.tell(trial, state=TrialState.PRUNED)
-    except KeyboardInterrupt:
-        # Interrupted, not wrong: re-queue it with the same parameters like a crashed trial, so a rerun resumes it.
-        requeue_interrupted(study, trial)
+        return held.tell(trial, state=TrialState.PRUNED)
+    except (KeyboardInterrupt, *STORAGE_FAILURES, StorageError):
+        # a storage that failed cannot take a "failed" now: the trial stays running, recovered as a dead worker's
         raise
-    except STORAGE_FAILURES + (StorageError,):
-        raise  # the storage cannot take a "failed" now; the trial stays running, for recovery as a dead worker's
     except BaseException:
         if interrupts.received() is not None:  # an interrupt that library code turned into an error of its own
-            requeue_interrupted(study, trial)
             raise interrupts.Interrupted(interrupts.received()) from None
-        study.tell(trial, state=TrialState.FAIL)
+        held.tell(trial, state=TrialState.FAIL)
         raise
-    return study.tell(trial, value)
+    return held.tell(trial, values=value)
 
 
 def run_batch(
-    study: optuna.Study, trials: list[optuna.Trial], objective: Any, on_trial: Callable[[FrozenTrial], None]
+    held: Held, trials: list[optuna.Trial], objective: Any, on_trial: Callable[[FrozenTrial], None]
 ) -> list[FrozenTrial]:
     """Run ``trials`` together (``objective.run_batch``) and tell the storage how each ended as soon as it has:
-    what ``run_one`` does for one trial. Interrupted, every trial not yet told is failed and re-queued with the
-    same parameters; an unexpected error fails its trial and, after the others are told, stops the worker."""
+    what ``run_one`` does for one trial. Interrupted, the trials not yet told stay held (the caller re-queues
+    them); an unexpected error fails its trial and, after the others are told, stops the worker."""
     told: dict[int, FrozenTrial] = {}
     error: BaseException | None = None
 
-    def tell(i: int, outcome: float | BaseException) -> None:
+    def settle(i: int, outcome: float | BaseException) -> None:
         nonlocal error
-        trial = trials[i]
         if isinstance(outcome, optuna.TrialPruned):
-            told[i] = study.tell(trial, state=TrialState.PRUNED)
+            told[i] = held.tell(trials[i], state=TrialState.PRUNED)
         elif isinstance(outcome, BaseException):
-            told[i] = study.tell(trial, state=TrialState.FAIL)
+            told[i] = held.tell(trials[i], state=TrialState.FAIL)
             error = error or outcome
         else:
-            told[i] = study.tell(trial, outcome)
+            told[i] = held.tell(trials[i], values=outcome)
         on_trial(told[i])
 
-    def requeue_the_rest() -> None:
-        for i, trial in enumerate(trials):
-            if i not in told:
-                requeue_interrupted(study, trial)
-
     try:
-        objective.run_batch(trials, tell)
-    except KeyboardInterrupt:
-        requeue_the_rest()
+        objective.run_batch(trials, settle)
+    except (KeyboardInterrupt, *STORAGE_FAILURES, StorageError):
         raise
-    except STORAGE_FAILURES + (StorageError,):
-        raise  # the storage cannot take a "failed" now; the trials stay running, for recovery as a dead worker's
     except BaseException:
         if interrupts.received() is not None:
-            requeue_the_rest()
             raise interrupts.Interrupted(interrupts.received()) from None
-        for i, trial in enumerate(trials):
-            if i not in told:
-                study.tell(trial, state=TrialState.FAIL)
+        for trial in list(held.trials):
+            if trial in trials:
+                held.tell(trial, state=TrialState.FAIL)
         raise
     if error is not None:
         raise error
@@ -310,18 +335,14 @@ def run_trials(
         waiting_said = False
         # A batch asks no more trials than the study still needs (the exact-total rule fails any surplus anyway).
         room = max(1, total - finished - len(running))
+        held = Held(study)
         with contextlib.ExitStack() as beats:
-            asked: list[optuna.Trial] = []  # every trial this worker holds from the moment it is asked
+            asked: list[optuna.Trial] = []  # the trials to run (not those ended at once as surplus)
             n_asked = 0
             try:
                 while n_asked < room and (n_asked < batch or asked and asked[-1].number + 1 < startup):
                     n_asked += 1
-                    with warnings.catch_warnings():
-                        # Optuna warns that heartbeats expect study.optimize; this loop records them itself.
-                        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed",
-                                                category=UserWarning)
-                        asked.append(study.ask())
-                    trial = asked[-1]
+                    trial = held.ask()
                     beats.enter_context(heartbeat(storage, trial._trial_id))
                     claim(trial)
                     mine.add(trial.number)
@@ -331,19 +352,17 @@ def run_trials(
                     reason = surplus_reason(study, trial, total)
                     if reason is not None:
                         write_trial(trial, surplus=reason)
-                        asked.pop()
-                        study.tell(trial, state=TrialState.FAIL)
+                        held.tell(trial, state=TrialState.FAIL)
+                    else:
+                        asked.append(trial)
+                alone = batch == 1 and len(asked) <= 1
+                if alone:
+                    told = [run_one(held, trial, objective) for trial in asked]
+                else:
+                    told = run_batch(held, asked, objective, lambda frozen: on_trial(study, frozen))
             except KeyboardInterrupt:
-                # Interrupted between asking and running: the trials asked are running in the storage with nobody
-                # to finish them; re-queue them as run_one would have.
-                for held in asked:
-                    requeue_interrupted(study, held)
+                held.requeue()  # wherever the signal landed: asking, claiming, sampling, training or telling
                 raise
-            alone = batch == 1 and len(asked) <= 1
-            if alone:
-                told = [run_one(study, trial, objective) for trial in asked]
-            else:
-                told = run_batch(study, asked, objective, lambda frozen: on_trial(study, frozen))
         if alone:
             for frozen in told:
                 on_trial(study, frozen)
