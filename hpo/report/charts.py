@@ -59,11 +59,13 @@ def _score_limits(group: pd.DataFrame) -> tuple[float | None, float | None]:
     lows, highs = [], []
     for column, error, _, _ in BARS:
         spread = group[error].fillna(0) if error else 0
-        lows.append(np.nanmin(group[column] - spread))
-        highs.append(np.nanmax(group[column] + spread))
-    low, high = float(np.nanmin(lows)), float(np.nanmax(highs))
+        lows.append((group[column] - spread).min())  # pandas skips missing scores (a study with no test score)
+        highs.append((group[column] + spread).max())
+    low, high = float(pd.Series(lows).min()), float(pd.Series(highs).max())
     if group["direction"].iloc[0] != "maximize":
         return 0.0, None
+    if np.isnan(low):  # no score at all yet: matplotlib's own range
+        return None, None
     span = max(high - low, 0.05)
     values = group[[column for column, *_ in BARS]]
     bounded = bool(((values.min() >= 0) & (values.max() <= 1)).all())  # scores in [0, 1], e.g. accuracy

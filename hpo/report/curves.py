@@ -102,7 +102,8 @@ def learning_curves_png(
         ax.set_xlabel("epoch")
         ax.set_ylabel("loss" if kind == "loss" else metric_label(metric))
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:  # a study whose trials recorded no curve draws none
+            ax.legend(fontsize=8)
     fig.suptitle(f"{title}: learning curves (thin: folds, thick: mean)", fontsize=10)
     _save(fig, path)
 
