@@ -461,6 +461,20 @@ def test_a_pruned_trial_shows_why_it_was_pruned():
     )
 
 
+def test_reopening_a_study_leaves_its_journal_as_it_was(tmp_path):
+    """A resumed study writes nothing to open itself: before, every run appended two refused "create study" records
+    to the journal (``create_new_study`` and ``create_study(load_if_exists=True)`` each log their attempt), so a
+    committed journal grew with every resume of its grid."""
+    dataset = load_dataset("digits")
+    journal = tmp_path / "s.journal"
+    config = StudyConfig(algo="fa", dataset="digits", storage=str(journal))
+    open_study(config, dataset, open_storage(str(journal)))
+    written = journal.read_bytes()
+    study = open_study(config, dataset, open_storage(str(journal)))
+    assert journal.read_bytes() == written
+    assert study.study_name == config.name and len(study_names(open_storage(str(journal)))) == 1
+
+
 def test_two_processes_creating_a_new_sd_study_enqueue_its_warm_start_once(tmp_path):
     """The race: both see a new study (no attributes yet) and both enqueued the paper's configuration."""
     dataset = load_dataset("digits")

@@ -128,19 +128,17 @@ def open_study(config: StudyConfig, dataset: Dataset, storage: BaseStorage | Non
     enqueueing, the study just starts without them).
     """
     storage = storage if storage is not None else open_storage(config.storage)
+    created = False
     try:
-        storage.create_new_study([StudyDirection[dataset.direction.upper()]], config.name)
-        created = True
-    except optuna.exceptions.DuplicatedStudyError:
-        created = False
-    study = optuna.create_study(
-        storage=storage,
-        study_name=config.name,
-        direction=dataset.direction,
-        sampler=make_sampler(config),
-        pruner=make_pruner(config),
-        load_if_exists=True,
-    )
+        storage.get_study_id_from_name(config.name)
+    except KeyError:  # look first: a journal keeps every attempt to create a study, even a refused one
+        try:
+            storage.create_new_study([StudyDirection[dataset.direction.upper()]], config.name)
+            created = True
+        except optuna.exceptions.DuplicatedStudyError:
+            pass  # another process created it in between
+    study = optuna.load_study(study_name=config.name, storage=storage, sampler=make_sampler(config),
+                              pruner=make_pruner(config))
     record = read_study(study)
     for name in CREATION_KEYS:
         stored, value = getattr(record, name), getattr(config, name)
