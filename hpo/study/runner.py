@@ -282,8 +282,9 @@ def record_test_score(
     test split, store every seed's score on the study (``hpo.study.test_scores``) and save seed 0's network in the study's
     results folder (``MODEL_FILE``, ``models.saved.load_model`` reads it).
 
-    Recomputed only when the best trial or the number of seeds changed since it was stored, or the saved network
-    is missing.
+    Recomputed only when the best trial or the number of seeds changed since it was stored. When only the saved
+    network is missing (it is not committed: a fresh clone of a finished grid lacks it), seed 0 alone is retrained
+    to rebuild it and the stored scores are kept: every seed again would cost a finished grid hours for nothing.
     """
     try:
         best = study.best_trial
@@ -292,10 +293,18 @@ def record_test_score(
         return
     stored = read_study(study).test
     model_path = study_folder(results_dir_for(config.storage, config.results_dir), config.name) / MODEL_FILE
-    if stored is not None and stored.trial == best.number and stored.n == config.test_seeds and model_path.exists():
+    current = stored is not None and stored.trial == best.number and stored.n == config.test_seeds
+    if current and (model_path.exists() or stored.error is not None):  # a diverged retraining saved no network
         return
-    record, model = retrain_and_score(config, dataset, best.params, best.number, True, compiler, out)
-    write_study(study, test=record)  # the scores first: a full disk below loses the file, not the result
+    if current:
+        out(f"[{config.name}] the saved network of trial #{best.number} is missing: retraining seed 0 only, "
+            f"the {stored.n} stored test scores kept")
+        _, model = retrain_and_score(replace(config, test_seeds=1), dataset, best.params, best.number, True,
+                                     compiler, out)
+        record = stored
+    else:
+        record, model = retrain_and_score(config, dataset, best.params, best.number, True, compiler, out)
+        write_study(study, test=record)  # the scores first: a full disk below loses the file, not the result
     if model is not None:
         try:
             atomic_write(model_path, lambda handle: handle.write(model))
