@@ -85,12 +85,14 @@ def make_sampler(config: StudyConfig, seed: int | None = None) -> optuna.sampler
 
 def make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
     """The pruner of ``config``; none stops a random start-up trial (``hpo.study.population.SparesStartup``)."""
-    return {
-        "median": lambda: SparingMedianPruner(n_startup_trials=5, n_warmup_steps=max(1, config.epochs // 3)),
-        "hyperband": lambda: SparingHyperbandPruner(min_resource=1, max_resource=config.epochs),
-        "wilcoxon": lambda: SparingWilcoxonPruner(p_threshold=0.1),
-        "none": optuna.pruners.NopPruner,
-    }[config.pruner]()
+    with warnings.catch_warnings():  # WilcoxonPruner is "experimental": chosen knowingly, its use is tested
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return {
+            "median": lambda: SparingMedianPruner(n_startup_trials=5, n_warmup_steps=max(1, config.epochs // 3)),
+            "hyperband": lambda: SparingHyperbandPruner(min_resource=1, max_resource=config.epochs),
+            "wilcoxon": lambda: SparingWilcoxonPruner(p_threshold=0.1),
+            "none": optuna.pruners.NopPruner,
+        }[config.pruner]()
 
 
 def validate_study(config: StudyConfig, dataset: Dataset) -> Objective:
