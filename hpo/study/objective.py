@@ -51,7 +51,8 @@ def check_evaluation_points(config: StudyConfig, dataset: Dataset, folds: Folds)
         )
 
 
-# (trial number, epochs done, epochs, mean validation score, seconds since the trial started): progress display
+# (trial number, epochs done, epochs, mean validation score, seconds since the trial started): progress display;
+# epochs done 0 (score NaN) when the trial starts
 EpochListener = Callable[[int, int, int, float, float], None]
 
 
@@ -250,6 +251,8 @@ class Objective:
         started = time.perf_counter()
         mark_startup(trial, self.startup)  # before sampling: the spread's population (hpo.study.population)
         config = suggest(trial, self.config, self.dataset)
+        if self.on_epoch is not None:  # started: a long first epoch is shown while it runs
+            self.on_epoch(trial.number, 0, self.config.epochs, float("nan"), time.perf_counter() - started)
 
         def on_epoch(epoch: int, metrics: EpochMetrics) -> None:
             score = float(np.mean(metrics.val_score))
@@ -278,6 +281,8 @@ class Objective:
         mark_startup(trial, self.startup)
         config = suggest(trial, self.config, self.dataset)
         k, epochs = self.data.train_idx.shape[0], self.config.epochs
+        if self.on_epoch is not None:
+            self.on_epoch(trial.number, 0, k * epochs, float("nan"), time.perf_counter() - started)
         *run_seeds, order_seed = np.random.SeedSequence(trial_seed(self.config.seed, trial.number)).spawn(k + 1)
         order_rngs = [np.random.default_rng(child) for child in order_seed.spawn(k)]
         results: list[CVResult] = []

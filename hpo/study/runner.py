@@ -186,7 +186,7 @@ class Progress:
         self.epochs = EpochProgress(config.name, metric, out)
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        self.epochs.finish()
+        self.epochs.finish(trial.number)
         done = count_finished(study)
         try:
             best = f"best {study.best_value:.4f} (#{study.best_trial.number})"
@@ -258,6 +258,7 @@ def _run_study(
                     startup=objective.startup if objective.compiling_in_background else 0,
                 )
             finally:
+                progress.epochs.finish()  # a trial interrupted or failed in training has no result line
                 if ahead is not None:
                     ahead.stop()
     if test_score:

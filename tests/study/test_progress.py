@@ -12,6 +12,7 @@ import subprocess
 import sys
 import termios
 import threading
+import time
 import warnings
 from pathlib import Path
 
@@ -72,6 +73,51 @@ def test_epoch_lines_only_for_long_trials():
     progress(1, 1, 5, 0.4, 10.5)  # the next trial
     assert lines == ["[s] trial #0 epoch 2/5: accuracy 0.6000 | 11.0s", "[s] trial #0 epoch 4/5: accuracy 0.8000 | 21.5s",
                      "[s] trial #1 epoch 1/5: accuracy 0.4000 | 10.5s"]
+
+
+def test_a_long_epoch_is_never_silent_and_a_finished_trial_is_not_watched():
+    """While an epoch runs longer than the threshold, a line says which epoch it is in and for how long, once per
+    threshold; a trial shorter than the threshold says nothing; the watch ends with the trial."""
+    lines, after = [], 0.3
+    running = re.compile(r"\[s\] trial #1 running epoch (\d)/2 \| (\d+\.\d)s")
+
+    def wait_for(condition) -> None:  # a loaded machine may run the watch late, never early
+        deadline = time.monotonic() + 20
+        while not condition() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    progress = EpochProgress("s", "accuracy", lines.append, terminal=False, after=after)
+    progress(0, 0, 2, float("nan"), 0.0)  # a short trial: started, done before the threshold
+    progress(0, 1, 2, 0.5, 0.1)
+    progress(0, 2, 2, 0.6, 0.2)
+    progress.finish(0)
+    time.sleep(2 * after)
+    assert lines == []
+    progress(1, 0, 2, float("nan"), 0.0)  # a trial whose first epoch runs long
+    wait_for(lambda: len(lines) >= 2)
+    seconds = [float(running.fullmatch(line).group(2)) for line in lines if running.fullmatch(line).group(1) == "1"]
+    assert len(seconds) == len(lines) >= 2 and seconds[0] >= after and seconds[1] - seconds[0] >= after - 0.11, lines  # .1f rounding
+    progress(1, 1, 2, 0.7, 1.2)
+    assert lines[-1] == "[s] trial #1 epoch 1/2: accuracy 0.7000 | 1.2s"
+    wait_for(lambda: running.fullmatch(lines[-1]))
+    assert running.fullmatch(lines[-1]).group(1) == "2", lines
+    progress.finish()  # the study's trials are over: the watch ends and says nothing more
+    progress.thread.join(5)
+    count = len(lines)
+    time.sleep(2 * after)
+    assert not progress.thread.is_alive() and len(lines) == count
+
+
+def test_a_long_epoch_on_a_terminal_shows_in_the_trials_bar(capsys):
+    progress = EpochProgress("s", "accuracy", print, terminal=True, after=0.2)
+    progress(3, 0, 4, float("nan"), 0.0)
+    deadline = time.monotonic() + 20
+    while progress.bar is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    progress.finish(3)
+    screen = capsys.readouterr().out
+    assert re.search(r"\[s\] trial #3: +0%\|.*\| 0/4 \[.*epoch 1 running, \d+s\]", screen), screen
 
 
 def run_cli(args, cwd, env, terminal=False):
