@@ -16,8 +16,9 @@ short programs mispredicted the epoch by 10-20% and chose the slower mapping for
 source of ``models/``) and reused by every later process; without a store, by this process. It is made before
 the programs' key is formed, so stored programs are keyed by the concrete strategy.
 
-A decision is measured only once it pays: when programs of the kind have trained for ``payback`` compilations'
-worth of seconds on this machine (counted beside the stored decisions). Until then (and for a kind met once, such
+A decision is measured only once it pays: when programs of the kind have trained for ``payback`` times what
+measuring costs on this machine (a compilation and a timed epoch of each mapping; counted beside the stored
+decisions). Until then (and for a kind met once, such
 as the test-score retraining of a study) the runs are mapped the ``provisional_mapping`` way, and no decision is
 stored: a cold study of small networks would otherwise spend more on deciding than the decision gains.
 """
@@ -33,7 +34,7 @@ from typing import Any, Callable, Hashable, NamedTuple
 import jax
 import numpy as np
 
-from models.compile.folds import fold_kind, provisional_mapping, time_call, work_bucket
+from models.compile.folds import fold_kind, measuring_cost, provisional_mapping, time_call, work_bucket
 from models.compile.sharing import ProgramSharing
 from models.compile.store import MAX_PROGRAMS, ProgramStore
 from models.train.epoch import run_epoch
@@ -41,8 +42,10 @@ from models.train.types import MAPPINGS, FoldData, ModelFamily, Plan, RunState
 
 AUTO_REPEATS = 3  # timed epochs of each mapping, interleaved; the fastest counts
 AUTO_BUDGET_SECONDS = 20.0  # no further round of timed epochs once measuring has taken this long (one at least)
-# A decision is measured once its kind has trained this many compilations' worth of seconds on this machine (the
-# store's count, ``ProgramStore.training``; per process without a store). It costs about one compilation and gains
+# A decision is measured once its kind has trained this many times what measuring costs on this machine (the
+# store's count, ``ProgramStore.training``; per process without a store). Measuring costs a second compilation and
+# one timed epoch of each mapping, whose work is thrown away (two epochs of a segregated-dendrites network on 2 cores
+# took 15 minutes; an earlier rule that counted the compilation only measured it after one short trial), and gains
 # 0-25% of the kind's later training: a kind met for one program, such as the test-score retraining, or for a few
 # seconds, trains with the provisional mapping and is never measured.
 AUTO_PAYBACK = 10.0
@@ -104,16 +107,19 @@ class Compiler:
 
     def decision_status(self, family: ModelFamily, decision_key: tuple) -> tuple[dict | None, bool]:
         """The kind's decision if made already (here or stored), and whether, not made, it is due now: whether the
-        kind has trained long enough on this machine that measuring its mapping is worth a compilation (this
-        process's compile cost, or the one recorded with the count when this process compiled nothing)."""
+        kind has trained ``payback`` times what measuring its mapping costs on this machine: a compilation (this
+        process's compile cost, or the one recorded with the count when this process compiled nothing) and two of
+        the kind's epochs at their mean seconds so far."""
         known = self.store.known_decision(decision_key)
         if known is not None:
             return known, False
         if self.payback == 0:
             return None, True  # measured at once (what the objective benchmark and tests of the measurement ask for)
-        trained, compile_cost = self.store.training(decision_key)  # on this machine, where the store counts
+        trained, compile_cost, epochs = self.store.training(decision_key)  # on this machine, where the store counts
         compile_cost = self.sharing.compile_cost(family.name) or compile_cost
-        return None, compile_cost is not None and trained >= self.payback * compile_cost
+        if compile_cost is None or epochs == 0:
+            return None, False
+        return None, trained >= self.payback * measuring_cost(compile_cost, trained / epochs)
 
     def auto_kind(self, family: ModelFamily, spec: Hashable, plan: Plan, state, batches, data: FoldData) -> tuple:
         """``fold_kind`` of these arguments' program under an ``auto`` plan."""
@@ -168,11 +174,12 @@ class Compiler:
         return provisional_mapping() if decision is None else decision["strategy"]
 
     def count_training(self, family: ModelFamily, spec: Hashable, plan: Plan, state, batches, data: FoldData,
-                       seconds: float) -> None:
-        """Programs of this kind trained ``seconds`` more: what a measured decision would be worth (``payback``)."""
+                       seconds: float, epochs: int) -> None:
+        """Programs of this kind trained ``epochs`` more epochs in ``seconds``: what a measured decision would be
+        worth and what measuring it would cost (``payback``)."""
         kind = self.auto_kind(family, spec, plan, state, batches, data)
         if self.store.known_decision(kind) is None:
-            self.store.add_training(kind, seconds, self.sharing.compile_cost(family.name))
+            self.store.add_training(kind, seconds, self.sharing.compile_cost(family.name), epochs)
 
     # ------------------------------------------------------------------------------------------------------
     # Programs

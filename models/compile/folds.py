@@ -24,6 +24,13 @@ def provisional_mapping() -> str:
     return "sequential" if jax.default_backend() == "cpu" else "vmap"
 
 
+def measuring_cost(compile_seconds: float, epoch_seconds: float) -> float:
+    """Seconds measuring a kind's mapping costs beyond training: the second mapping's compilation and one timed
+    epoch of each mapping (more rounds only within ``Compiler.budget_seconds``), whose work is
+    thrown away."""
+    return compile_seconds + 2 * epoch_seconds
+
+
 def time_call(strategy: str, run: Callable[[], Any]) -> float:
     """Seconds ``run()``, one whole epoch of fold strategy ``strategy``, takes until its results are ready."""
     start = time.perf_counter()

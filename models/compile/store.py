@@ -114,7 +114,7 @@ class ProgramStore:
         self.loaded_from_disk = 0  # programs this process loaded instead of compiling
         self.built = 0  # programs this process compiled
         self._decisions: dict[str, dict] = {}  # name -> decision, this process's (see ``decide``)
-        self._training: dict[str, tuple] = {}  # name -> (seconds trained, compile seconds): see ``add_training``
+        self._training: dict[str, tuple] = {}  # name -> (seconds trained, compile seconds, epochs): ``add_training``
         self._deciding: dict[str, threading.Event] = {}
 
     def _disk(self) -> bytes | None:
@@ -261,14 +261,14 @@ class ProgramStore:
 
     TRAINING_FILE = "training.json"
 
-    def add_training(self, key: Any, seconds: float, compile_seconds: float | None = None) -> None:
-        """Programs of decision ``key``'s kind trained ``seconds`` more; ``compile_seconds``: the mean seconds of
-        this process's compilations of the family, if it compiled any."""
+    def add_training(self, key: Any, seconds: float, compile_seconds: float | None = None, epochs: int = 1) -> None:
+        """Programs of decision ``key``'s kind trained ``epochs`` more epochs in ``seconds``; ``compile_seconds``: the
+        mean seconds of this process's compilations of the family, if it compiled any."""
         name = self._decision_name(key)
 
         def add(counts: dict) -> dict:
-            trained, cost = counts.get(name, (0.0, None))
-            counts[name] = (trained + seconds, cost if compile_seconds is None else compile_seconds)
+            trained, cost, done = counts.get(name, (0.0, None, 0))
+            counts[name] = (trained + seconds, cost if compile_seconds is None else compile_seconds, done + epochs)
             return counts
 
         with self._lock:
@@ -276,21 +276,24 @@ class ProgramStore:
             if self._disk() is not None:
                 self._write_json(self.TRAINING_FILE, add(self._stored_training()))
 
-    def training(self, key: Any) -> tuple[float, float | None]:
-        """``(seconds programs of decision key's kind trained, the compile seconds last recorded with them)``:
-        this machine's (every process with the store) where the store has a count, else this process's."""
+    def training(self, key: Any) -> tuple[float, float | None, int]:
+        """``(seconds programs of decision key's kind trained, the compile seconds last recorded with them, the
+        epochs they trained)``: this machine's (every process with the store) where the store has a count, else
+        this process's."""
         name = self._decision_name(key)
         with self._lock:
-            mine = self._training.get(name, (0.0, None))
+            mine = self._training.get(name, (0.0, None, 0))
             stored = self._stored_training().get(name)
             return mine if stored is None or stored[0] < mine[0] else stored
 
     def _stored_training(self) -> dict[str, tuple[float, float | None]]:
-        """The stored counts that are well formed (``[seconds, compile seconds or null]``); others count again."""
+        """The stored counts that are well formed (``[seconds, compile seconds or null, epochs]``); others (and an
+        earlier version's pairs, which lack the epochs) count again."""
         counts = {}
         for name, value in self._read_json(self.TRAINING_FILE).items():
-            if isinstance(value, list) and len(value) == 2 and _number(value[0]) and (value[1] is None or _number(value[1])):
-                counts[name] = (float(value[0]), None if value[1] is None else float(value[1]))
+            if (isinstance(value, list) and len(value) == 3 and _number(value[0]) and (value[1] is None or _number(value[1]))
+                    and _number(value[2]) and float(value[2]).is_integer()):
+                counts[name] = (float(value[0]), None if value[1] is None else float(value[1]), int(value[2]))
         return counts
 
     def _read_json(self, file_name: str) -> dict[str, Any]:

@@ -288,7 +288,8 @@ def train_group(
             break
 
     if fold_strategy == "auto":  # what a measured decision for this kind would be worth (Compiler.payback)
-        compiler.count_training(family, program_spec, plan, state, batches, data, sum(epoch_seconds))
+        compiler.count_training(family, program_spec, plan, state, batches, data, sum(epoch_seconds),
+                                len(epoch_seconds))
     program_params = n_params if placement is None else family.count_params(
         program_spec, jax.tree_util.tree_map(lambda a: a[0], state))
     compiler.sharing.record_training(context, program_spec, state, program_params, epoch_seconds)

@@ -13,6 +13,7 @@ from models import train
 from models.compile import Compiler, provisional_mapping, work_bucket
 from models.compile import compiler as compiler_module
 from models.compile.compiler import AUTO_REPEATS
+from models.compile.folds import measuring_cost
 from models.rule_training import TrainConfig
 from models.train import FoldData, Plan, cross_validate
 
@@ -185,7 +186,8 @@ def test_a_bad_strategy_is_one_line_naming_the_choices():
 
 def test_a_decision_waits_until_the_kind_has_trained_enough_to_pay_for_it(compiler, monkeypatch):
     """By default a kind is measured only once this process has trained its programs for ``Compiler.payback``
-    compilations' worth of seconds: before, its runs are mapped the provisional way and nothing is stored."""
+    times what measuring costs (a compilation and two of the kind's epochs): before, its runs are mapped the
+    provisional way and nothing is stored."""
     compiler.payback = 1e6  # not in this test's lifetime
     calls = []
     compiler.timer = fake_timer({"vmap": 1.0, "sequential": 2.0}, calls)
@@ -193,12 +195,19 @@ def test_a_decision_waits_until_the_kind_has_trained_enough_to_pay_for_it(compil
     first = cross_validate(CONFIG, data, 10, seed=1, fold_strategy="auto", compiler=compiler)
     assert calls == [] and first.fold_strategy == provisional_mapping() == "sequential"  # on a CPU
     assert not (compiler.store.directory / compiler.store.DECISIONS_FILE).exists()
-    ((trained, compile_cost),) = compiler.store._training.values()
+    ((trained, compile_cost, epochs),) = compiler.store._training.values()
     assert trained == pytest.approx(first.train_seconds)  # what deciding would be worth so far
-    assert compile_cost == compiler.sharing.compile_cost("rule-networks") > 0
+    assert compile_cost == compiler.sharing.compile_cost("rule-networks") > 0 and epochs == CONFIG.epochs
 
-    # once the kind's training passes payback compilations, the next program of that kind is measured
-    compiler.payback = first.train_seconds / compiler.sharing.compile_cost("rule-networks") / 2
+    # a payback that counts the compilation alone would measure now, but two timed epochs are part of the cost
+    cost = measuring_cost(compile_cost, trained / epochs)
+    compiler.payback = trained / compile_cost * 0.99
+    assert trained < compiler.payback * cost
+    cross_validate(dataclasses.replace(CONFIG, hidden=(20,)), data, 10, seed=1, fold_strategy="auto", compiler=compiler)
+    assert calls == []
+    # once the kind's training passes payback times the measuring cost, the next program of that kind is measured
+    ((trained, compile_cost, epochs),) = compiler.store._training.values()
+    compiler.payback = trained / measuring_cost(compiler.sharing.compile_cost("rule-networks"), trained / epochs) / 2
     wider = cross_validate(dataclasses.replace(CONFIG, hidden=(24,)), data, 10, seed=1, fold_strategy="auto", compiler=compiler)
     assert len(calls) == MEASURED and wider.fold_strategy == "vmap"
     (decision,) = json.loads((compiler.store.directory / compiler.store.DECISIONS_FILE).read_text()).values()
@@ -217,19 +226,20 @@ def test_what_a_decision_would_be_worth_is_counted_by_every_process_with_the_sto
     compiler = Compiler(directory=compiler.store.directory, payback=compiler.payback, timer=compiler.timer,
                         budget_seconds=UNLIMITED)
     later = compiler.store
-    ((trained, compile_cost),) = later._stored_training().values()
-    assert trained == pytest.approx(first.train_seconds) and compile_cost > 0
+    ((trained, compile_cost, epochs),) = later._stored_training().values()
+    assert trained == pytest.approx(first.train_seconds) and compile_cost > 0 and epochs == CONFIG.epochs
 
     second = cross_validate(CONFIG, data, 10, seed=2, fold_strategy="auto", compiler=compiler)  # loads the stored program
     assert calls == [] and second.fold_strategy == "sequential" and later.loaded_from_disk == 1
-    ((trained, _),) = later._stored_training().values()
+    ((trained, _, epochs),) = later._stored_training().values()
     assert trained == pytest.approx(first.train_seconds + second.train_seconds)  # both processes' seconds
+    assert epochs == 2 * CONFIG.epochs
     assert compiler.sharing.compile_cost("rule-networks") is None  # this process compiled nothing ...
-    compiler.payback = trained / compile_cost * 0.99  # ... but the machine's count pays
+    compiler.payback = trained / measuring_cost(compile_cost, trained / epochs) * 0.99  # ... but the machine's count pays
     third = cross_validate(CONFIG, data, 10, seed=3, fold_strategy="auto", compiler=compiler)
     assert len(calls) == MEASURED and third.fold_strategy == "vmap"
     cross_validate(CONFIG, data, 10, seed=4, fold_strategy="auto", compiler=compiler)
-    ((after, _),) = later._stored_training().values()
+    ((after, _, _),) = later._stored_training().values()
     assert after == pytest.approx(trained)  # a decided kind is no longer counted
 
 
