@@ -163,7 +163,8 @@ def efficiency_png(studies: list[optuna.Study], results: Path) -> list[Path]:
             labels = [s.study_name for s, _ in curves]
         maximize = curves[0][0].direction == optuna.study.StudyDirection.MAXIMIZE
         after_startup = [c[min(STARTUP_TRIALS, len(c)) - 1] for _, c in curves]
-        zoom = maximize and np.isfinite(after_startup).all()
+        # (only once some study has run past its start-up: there is nothing after it to zoom on before)
+        zoom = maximize and np.isfinite(after_startup).all() and max(len(c) for _, c in curves) > STARTUP_TRIALS
         # left: every trial, nothing off the chart; right (maximised scores): from where the worst rule stands
         # after its random start-up, where the differences that remain between rules are visible
         fig, axes = plt.subplots(1, 2 if zoom else 1, figsize=(10.5 if zoom else 6.4, 4.0), squeeze=False)
@@ -171,10 +172,11 @@ def efficiency_png(studies: list[optuna.Study], results: Path) -> list[Path]:
             for (_, curve), label in zip(curves, labels):
                 ax.step(np.arange(1, len(curve) + 1), curve, where="post", lw=1.6, label=label)
             ax.axvspan(0.5, STARTUP_TRIALS + 0.5, color="grey", alpha=0.12, lw=0)
-            ax.text(STARTUP_TRIALS / 2 + 0.5, 0.02, "random start-up", transform=ax.get_xaxis_transform(),
-                    ha="center", fontsize=7, color="dimgrey")
             ax.set_xlabel("finished trials (complete or pruned), in order")
             ax.grid(alpha=0.3)
+        # labelled on the full panel only: on the zoomed one it would stand left of its axes, over the other panel
+        axes[0][0].text(STARTUP_TRIALS / 2 + 0.5, 0.02, "random start-up", transform=axes[0][0].get_xaxis_transform(),
+                        ha="center", fontsize=7, color="dimgrey")
         metric = read_study(curves[0][0]).metric or "score"
         title = " / ".join(part for part in (dataset, model) if part) or "studies"
         axes[0][0].set_ylabel(f"best CV {metric} so far")

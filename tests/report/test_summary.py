@@ -40,7 +40,7 @@ def add_study(storage_url: str, name: str, dataset: str, algo: str, values: list
                   "train_loss": losses, "val_loss": losses}
         study.add_trial(
             optuna.trial.create_trial(
-                params={"learning_rate": 10.0 ** -(i + 1)},
+                params={"learning_rate": 10.0 ** -(i % 6 + 1)},  # within the distribution for any number
                 distributions={"learning_rate": FloatDistribution(1e-6, 1.0, log=True)},
                 value=value,
                 intermediate_values={0: value / 2, 1: value},
@@ -155,6 +155,27 @@ def test_one_study_alone_still_draws(storage, tmp_path):
     assert 0.0 <= low < min(kp.startup_worst, kp.startup_mean - kp.startup_std)  # every bar and error bar in view
     assert max(kp.best, kp.startup_mean + kp.startup_std, kp.test_mean) < high <= 1.0
     assert charts(results) <= index_targets(results)
+
+
+@pytest.mark.parametrize("trials,panels", [(4, 1), (14, 2)])
+def test_the_efficiency_chart_zooms_only_past_the_start_up_and_draws_nothing_outside_its_panels(tmp_path, trials, panels):
+    """A study shorter than its random start-up (the 2-core grid's 8 segregated-dendrites trials) has nothing to zoom
+    on: one panel, no layout warning (its zoomed panel had an inverted, empty range and the image grew to 2044
+    pixels). Past the start-up, two panels, and nothing drawn far outside them."""
+    import warnings
+
+    from hpo.report.comparison import STARTUP_TRIALS, efficiency_png
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    values = list(np.linspace(0.5, 0.8, trials))
+    study = add_study(url, "fm-mlp-sd", "fashion-mnist", "sd", values, startup=min(trials, STARTUP_TRIALS))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib's "Tight layout not applied" among them
+        (path,) = efficiency_png([study], tmp_path)
+    assert_real_image(path)
+    width, height = png_size(path)
+    # 6.4 or 10.5 inches at 100 dpi, plus the legend beside the last panel: nothing further out
+    assert width < (900 if panels == 1 else 1200), width
 
 
 def test_regenerating_gives_the_same_numbers(storage, tmp_path):
