@@ -200,9 +200,9 @@ def test_a_decision_waits_until_the_kind_has_trained_enough_to_pay_for_it(compil
     assert compile_cost == compiler.sharing.compile_cost("rule-networks") > 0 and epochs == CONFIG.epochs
 
     # a payback that counts the compilation alone would measure now, but two timed epochs are part of the cost
-    cost = measuring_cost(compile_cost, trained / epochs)
-    compiler.payback = trained / compile_cost * 0.99
-    assert trained < compiler.payback * cost
+    epoch_cost = trained / epochs
+    compiler.payback = trained / (compile_cost + epoch_cost)  # between the two rules, however small an epoch is
+    assert compiler.payback * compile_cost < trained < compiler.payback * measuring_cost(compile_cost, epoch_cost)
     cross_validate(dataclasses.replace(CONFIG, hidden=(20,)), data, 10, seed=1, fold_strategy="auto", compiler=compiler)
     assert calls == []
     # once the kind's training passes payback times the measuring cost, the next program of that kind is measured
