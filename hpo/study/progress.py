@@ -66,7 +66,6 @@ class EpochProgress:
         self.after = long_trial_seconds() if after is None else after
         self.terminal = (out is print and sys.stdout.isatty()) if terminal is None else terminal
         self.bar, self.bar_trial = None, None
-        self.printed: dict[int, float] = {}  # trial number -> its seconds at its last plain epoch line
         self.running: dict[int, _Running] = {}  # trials started and not finished
         self.lock = threading.RLock()
         self.thread: threading.Thread | None = None
@@ -80,19 +79,19 @@ class EpochProgress:
             if epoch == 0:
                 self._keep_watch()
                 return
-            if self._epoch_done(trial_number, epoch, epochs, score, seconds):
+            if self._epoch_done(trial_number, run, epoch, epochs, score, seconds):
                 run.spoken = time.monotonic()
 
-    def _epoch_done(self, trial_number: int, epoch: int, epochs: int, score: float, seconds: float) -> bool:
+    def _epoch_done(self, trial_number: int, run: _Running, epoch: int, epochs: int, score: float,
+                    seconds: float) -> bool:
         """Show the epoch if the trial is long; whether it was shown."""
         if seconds < self.after and (self.bar is None or self.bar_trial != trial_number):
             return False
         if not self.terminal:
             # a line when the trial passes ``after`` seconds and then at most one per ``after`` seconds: epochs
             # that follow a long compilation within a second would otherwise fill a log with lines
-            last = self.printed.get(trial_number)
-            if last is None or seconds - last >= self.after:
-                self.printed = {trial_number: seconds}
+            if run.printed is None or seconds - run.printed >= self.after:
+                run.printed = seconds
                 self.out(
                     f"[{self.name}] trial #{trial_number} epoch {epoch}/{epochs}: {self.metric} {score:.4f} "
                     f"| {seconds:.1f}s"
@@ -169,3 +168,4 @@ class _Running:
     done: int = 0  # epochs done
     score: float = float("nan")  # after the last epoch done
     spoken: float = 0.0  # time.monotonic() at its last line (0: none yet)
+    printed: float | None = None  # the trial's seconds at its last plain epoch line

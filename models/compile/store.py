@@ -261,7 +261,7 @@ class ProgramStore:
 
     TRAINING_FILE = "training.json"
 
-    def add_training(self, key: Any, seconds: float, compile_seconds: float | None = None, epochs: int = 1) -> None:
+    def add_training(self, key: Any, seconds: float, compile_seconds: float | None, epochs: int) -> None:
         """Programs of decision ``key``'s kind trained ``epochs`` more epochs in ``seconds``; ``compile_seconds``: the
         mean seconds of this process's compilations of the family, if it compiled any."""
         name = self._decision_name(key)
@@ -286,7 +286,7 @@ class ProgramStore:
             stored = self._stored_training().get(name)
             return mine if stored is None or stored[0] < mine[0] else stored
 
-    def _stored_training(self) -> dict[str, tuple[float, float | None]]:
+    def _stored_training(self) -> dict[str, tuple[float, float | None, int]]:
         """The stored counts that are well formed (``[seconds, compile seconds or null, epochs]``); others (and an
         earlier version's pairs, which lack the epochs) count again."""
         counts = {}
