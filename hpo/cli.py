@@ -64,7 +64,7 @@ def add_study_flags(parser: argparse.ArgumentParser) -> None:
     for f in fields(StudyConfig):
         if not f.metadata.get("flag", True):
             continue
-        kind = _base_type(hints[f.name])
+        kind = f.metadata.get("parse") or _base_type(hints[f.name])
         help_text = f.metadata["help"].format(choices=", ".join(CHOICES.get(f.name, ())))
         default = f.default if f.default is not MISSING else None
         if default is not None and kind is not bool:

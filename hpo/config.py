@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import tomllib
 import unicodedata
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from hpo.data import DATASETS
 from hpo.errors import UsageError
@@ -16,16 +17,29 @@ from hpo.space.overrides import SpaceLayer, apply_spaces, parse_space
 from models.train import FOLD_STRATEGIES
 
 SAMPLERS = ("tpe", "random", "gp", "cmaes")
-PRUNERS = ("median", "hyperband", "wilcoxon", "none")
+PRUNERS = ("halving", "median", "hyperband", "wilcoxon", "none")
 TRACKERS = ("none", "mlflow", "wandb")  # hpo.study.trackers
 DEFAULT_STORAGE = "sqlite:///studies/studies.db"
 
 
-def setting(default: Any, group: str, help: str, flag: bool = True) -> Any:
+def setting(default: Any, group: str, help: str, flag: bool = True, parse: Callable[[str], Any] | None = None) -> Any:
     """A ``StudyConfig`` field with its command-line help and group (``hpo.cli`` makes the flags from these);
-    ``flag=False``: set in TOML grids only."""
+    ``flag=False``: set in TOML grids only; ``parse``: how the flag's text becomes a value (default: the type)."""
     kwargs = {"default_factory": default} if callable(default) else {"default": default}
-    return field(**kwargs, metadata={"group": group, "help": help, "flag": flag})
+    return field(**kwargs, metadata={"group": group, "help": help, "flag": flag, "parse": parse})
+
+
+AUTO = "auto"
+
+
+def worker_count(text: str) -> int | str:
+    """``--workers``: a whole number, or ``auto``."""
+    if text == AUTO:
+        return AUTO
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number or auto, got {text!r}") from None
 
 
 GROUPS = {  # the command line's groups of study flags, in order (nanodo's config groups)
@@ -71,8 +85,10 @@ class StudyConfig:
     tracker: str = setting("none", "storage", "also log every trial to an experiment tracker: {choices} (mlflow "
                            "and wandb need the extras .[mlflow] and .[wandb])")
     # how trials run
-    workers: int = setting(1, "compute", "local worker processes running each study together; workers on other "
-                           "machines run the same command with the same --storage")
+    workers: int | str = setting(AUTO, "compute", "local worker processes running each study together, each on "
+                                 "cores of its own: a number, or auto: one per core on a CPU, one per GPU, as memory "
+                                 "allows ($HPO_WORKERS replaces it); workers on other machines run the same command "
+                                 "with the same --storage", parse=worker_count)
     trial_batch: int = setting(1, "compute", "trials each worker runs at once: those that share programs train as "
                                "one group, each reported and pruned on its own")
     fold_strategy: str = setting("auto", "compute", "{choices}: folds vmapped in one program, one after another, "
@@ -109,7 +125,8 @@ class StudyConfig:
             raise UsageError(f"diagnostics must be true or false, got {self.diagnostics!r}")
         if self.compile_ahead is not None and not isinstance(self.compile_ahead, bool):
             raise UsageError(f"compile_ahead must be true or false, got {self.compile_ahead!r}")
-        _at_least("--workers", self.workers, 1)
+        if self.workers != AUTO:
+            _at_least("--workers", self.workers, 1)
         _at_least("--trial-batch", self.trial_batch, 1)
         _at_least("--test-seeds", self.test_seeds, 1)
         _at_least("--seed", self.seed, 0)

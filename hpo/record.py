@@ -184,6 +184,7 @@ class StudyRecord:
     folds: int | None = None
     epochs: int | None = None
     seed: int | None = None
+    pruner: str | None = None  # how hopeless trials were stopped (hpo.study.pruners); older studies lack it
     metric: str | None = None  # "accuracy" (maximised) or "mse" (minimised)
     space: dict[str, Any] | None = None  # the effective search space it was created with (hpo.space.overrides)
     test: TestScores | None = field(default=None)  # the best configuration's test scores over seeds
@@ -203,7 +204,7 @@ class StudyRecord:
 
 
 STUDY_KEYS = tuple(f.name for f in fields(StudyRecord))
-CREATION_KEYS = ("dataset", "model", "algo", "folds", "epochs", "seed")  # fixed when a study is created
+CREATION_KEYS = ("dataset", "model", "algo", "folds", "epochs", "seed", "pruner")  # fixed when a study is created
 
 
 def read_study(study: Any) -> StudyRecord:
@@ -228,17 +229,20 @@ def write_study(study: Any, **values: Any) -> None:
 class Spread:
     """The start-up population of one study, as the summaries report it."""
 
-    scores: np.ndarray  # final CV scores of the start-up trials that have one (complete), in trial order
-    unscored: int  # start-up trials that ended without a final score
+    scores: np.ndarray  # the start-up trials' scores where they have one, in trial order
+    unscored: int  # start-up trials that ended without a score
     marked: bool  # False: the study predates the mark; the population is reconstructed (module docstring)
+    read_at: int | None = None  # the step the scores were read at (the first fold's end); None: final CV scores
 
     @property
     def n(self) -> int:
         return len(self.scores)
 
 
-def startup_spread(trials: list[FrozenTrial]) -> Spread:
-    """The start-up population of a study's ``trials`` (random, never pruned; see the module docstring)."""
+def startup_spread(trials: list[FrozenTrial], read_at: int | None = None) -> Spread:
+    """The start-up population of a study's ``trials`` (random; see the module docstring), scored by their final
+    CV value, or, with ``read_at``, by the value each reported at that step: a study whose pruner may stop a
+    start-up trial after that step reads all of them there (``hpo.study.pruners``, ``spread_step``)."""
     records = {t.number: read_trial(t) for t in trials}
     marked = any(r.startup for r in records.values())
     if marked:
@@ -248,5 +252,14 @@ def startup_spread(trials: list[FrozenTrial]) -> Spread:
         population = sorted((t for t in trials if t.state != TrialState.FAIL), key=lambda t: t.number)[:STARTUP_TRIALS]
     population = [t for t in population if not records[t.number].starting_point]
     ended = [t for t in population if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-    scores = np.array([t.value for t in ended if t.state == TrialState.COMPLETE], dtype=float)
-    return Spread(scores, sum(t.state == TrialState.PRUNED for t in ended), marked)
+    if read_at is None:
+        scored = [t.value for t in ended if t.state == TrialState.COMPLETE]
+    else:
+        scored = [t.intermediate_values[read_at] for t in ended if read_at in t.intermediate_values]
+    return Spread(np.array(scored, dtype=float), len(ended) - len(scored), marked, read_at)
+
+
+def spread_step(study: StudyRecord) -> int | None:
+    """The step a study's start-up spread is read at: the end of the first fold for ``--pruner halving`` (its
+    start-up trials are spared until then and may be stopped there), else None (final CV scores)."""
+    return study.epochs if study.pruner == "halving" else None

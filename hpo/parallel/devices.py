@@ -33,12 +33,16 @@ def visible_gpus(environ: dict[str, str] | None = None, driver: Path = NVIDIA_GP
     return []
 
 
-def worker_environment(index: int, workers: int, gpus: list[str], environ: dict[str, str] | None = None) -> dict:
-    """Environment variables to set in worker ``index`` of ``workers`` on a machine with ``gpus`` (may be empty)."""
+def worker_environment(
+    index: int, workers: int, gpus: list[str], environ: dict[str, str] | None = None, cores: list[int] | None = None
+) -> dict:
+    """Environment variables to set in worker ``index`` of ``workers`` on a machine with ``gpus`` (may be empty),
+    running on ``cores`` (``worker_cores``): the BLAS thread counts of NumPy and SciPy, one per core it has."""
     environ = os.environ if environ is None else environ
+    settings = {name: str(len(cores)) for name in THREAD_VARIABLES if cores and name not in environ}
     if not gpus:
-        return {}
-    settings = {"CUDA_VISIBLE_DEVICES": gpus[index % len(gpus)]}
+        return settings
+    settings["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
     sharing = math.ceil(workers / len(gpus))  # workers on the busiest GPU
     if sharing > 1 and "XLA_PYTHON_CLIENT_MEM_FRACTION" not in environ and "XLA_PYTHON_CLIENT_PREALLOCATE" not in environ:
         share = MEMORY_IN_USE / sharing
@@ -91,6 +95,58 @@ def worker_limit(environ: dict[str, str] | None = None) -> tuple[int, str]:
         bounds.append((WORKERS_PER_GPU * len(gpus), f"{len(gpus)} GPUs at most {WORKERS_PER_GPU} workers each"))
     limit = min(bound for bound, _ in bounds)
     return limit, ", ".join(reason for _, reason in bounds)
+
+
+WORKERS_ENV = "HPO_WORKERS"  # what --workers auto means on this machine, where the measured choice is not wanted
+
+
+def auto_workers(trials_left: int, environ: dict[str, str] | None = None) -> tuple[int, str]:
+    """``--workers auto``: how many local workers, and why. One per GPU where there are GPUs, else one per core,
+    within what the machine holds (``worker_limit``) and the trials left to run; ``$HPO_WORKERS`` replaces it.
+
+    Measured on a 2-core CPU (``python -m benchmarks.workers``): one process uses its second core poorly (a
+    Fashion-MNIST epoch 2.12 s on both cores, 2.33 s pinned to one), so two workers pinned to a core each
+    (``worker_cores``) finish a fixed set of trials in about 0.7 of one worker's time, while two unpinned ones
+    fight over both cores and gain nothing."""
+    environ = os.environ if environ is None else environ
+    given = environ.get(WORKERS_ENV, "")
+    if given:
+        if not given.isdigit() or int(given) < 1:
+            raise UsageError(f"{WORKERS_ENV} must be a whole number >= 1, got {given!r}")
+        return int(given), f"{WORKERS_ENV}={given}"
+    gpus = visible_gpus(environ)
+    limit, bounds = worker_limit(environ)
+    wanted, unit = (len(gpus), "GPU") if gpus else (usable_cores(), "core")
+    count = max(1, min(wanted, limit, trials_left))
+    if count == wanted:
+        return count, f"one per {unit}"
+    if count == trials_left:
+        return count, f"one per trial left of {wanted} {unit}s"
+    return count, f"{count} of {wanted} {unit}s ({bounds})"
+
+
+def worker_cores(index: int, workers: int, cores: list[int] | None = None) -> list[int] | None:
+    """The CPU cores local worker ``index`` of ``workers`` runs on: the usable cores cut into disjoint runs of
+    (nearly) equal length, so that workers share the machine instead of each starting a thread per core and
+    fighting over all of them (XLA sizes its thread pool by the cores a process may use). None (no pinning) where
+    there are fewer cores than workers, which only ``$HPO_MAX_WORKERS`` allows."""
+    cores = sorted(os.sched_getaffinity(0)) if cores is None and hasattr(os, "sched_getaffinity") else cores
+    if not cores or workers > len(cores):
+        return None
+    size, extra = divmod(len(cores), workers)
+    start = index * size + min(index, extra)
+    return cores[start:start + size + (1 if index < extra else 0)]
+
+
+def describe_cores(workers: int) -> str:
+    """``cores 0 / 1`` or ``cores 0-7 / 8-15``: the layout of ``worker_cores``, for a study's first line."""
+    runs = [worker_cores(i, workers) for i in range(workers)]
+    if any(run is None for run in runs):
+        return "sharing every core"
+    return "cores " + " / ".join(str(run[0]) if len(run) == 1 else f"{run[0]}-{run[-1]}" for run in runs)
+
+
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")  # NumPy's and SciPy's BLAS
 
 
 def check_workers(workers: int, environ: dict[str, str] | None = None) -> None:

@@ -16,7 +16,7 @@ import sys
 from typing import Any, Callable, Iterator
 
 from hpo.errors import ReportedError, WorkerError
-from hpo.parallel.devices import check_workers, visible_gpus, worker_environment
+from hpo.parallel.devices import check_workers, visible_gpus, worker_cores, worker_environment
 from hpo.parallel.interrupts import SIGNALS, Interrupted
 
 REPORTED_EXIT_CODES = (2, 3)  # a worker that exits with these has printed its one-line error itself
@@ -51,9 +51,12 @@ def die_with_parent(parent: int) -> None:
         os._exit(128 + signal.SIGTERM)
 
 
-def _worker(target: Callable[[Any, int], Any], config: Any, index: int, parent: int) -> None:
-    """What a spawned worker process runs: tied to its parent's life first, then ``target(config, index)``."""
+def _worker(target: Callable[[Any, int], Any], config: Any, index: int, parent: int, cores: list[int] | None) -> None:
+    """What a spawned worker process runs: tied to its parent's life first, on its own ``cores`` (before JAX
+    starts its threads, whose number follows them), then ``target(config, index)``."""
     die_with_parent(parent)
+    if cores:
+        os.sched_setaffinity(0, cores)
     target(config, index)
 
 
@@ -70,15 +73,16 @@ def run_local_workers(
     """
     check_workers(workers)
     context = multiprocessing.get_context("spawn")
+    cores = [worker_cores(i, workers) for i in range(workers)]
     processes = [
-        context.Process(target=_worker, args=(target, config, i, os.getpid()), name=f"hpo-worker-{i}")
+        context.Process(target=_worker, args=(target, config, i, os.getpid(), cores[i]), name=f"hpo-worker-{i}")
         for i in range(workers)
     ]
     gpus = visible_gpus()
     out(f"[{config.name}] starting {workers} worker processes" + (f" on {len(gpus)} GPUs" if gpus else ""))
     for i, process in enumerate(processes):
         # a spawned interpreter starts with this process's environment: set each worker's GPU before it starts
-        with environment(worker_environment(i, workers, gpus)):
+        with environment(worker_environment(i, workers, gpus, cores=cores[i])):
             process.start()
     try:
         for process in processes:

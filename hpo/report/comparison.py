@@ -88,9 +88,13 @@ def score_columns(record: TestScores | None, best_trial: int | None) -> dict[str
     return row
 
 
-def startup_columns(trials: list[optuna.trial.FrozenTrial], maximize: bool) -> dict[str, Any]:
-    """The ``startup_*`` columns: the spread over the random start-up trials (``hpo.record.startup_spread``)."""
-    spread = startup_spread(trials)
+def startup_columns(
+    trials: list[optuna.trial.FrozenTrial], maximize: bool, read_at: int | None = None
+) -> dict[str, Any]:
+    """The ``startup_*`` columns: the spread over the random start-up trials (``hpo.record.startup_spread``), read
+    from their final CV scores or, for a study that stops them later (``hpo.record.spread_step``), at step
+    ``read_at``: the first fold's validation score after its last epoch, which the note says."""
+    spread = startup_spread(trials, read_at)
     scores = spread.scores
     return {
         "startup_n": spread.n,
@@ -98,7 +102,8 @@ def startup_columns(trials: list[optuna.trial.FrozenTrial], maximize: bool) -> d
         "startup_mean": float(scores.mean()) if spread.n else np.nan,
         "startup_std": float(scores.std(ddof=1)) if spread.n > 1 else np.nan,
         "startup_worst": (float(scores.min() if maximize else scores.max())) if spread.n else np.nan,
-        "startup_note": "" if spread.marked else PREDATES_STARTUP_MARK,
+        "startup_note": (PREDATES_STARTUP_MARK if not spread.marked else "" if read_at is None
+                         else f"read at the first fold's end (epoch {read_at}), where the pruner may stop them"),
     }
 
 

@@ -11,7 +11,7 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
-from hpo.record import STARTUP_TRIALS, read_study, read_trial
+from hpo.record import STARTUP_TRIALS, read_study, read_trial, spread_step
 from hpo.report.comparison import (
     ALIGNMENT_COLUMNS,
     PREDATES_STARTUP_MARK,
@@ -53,7 +53,7 @@ def study_row(study: optuna.Study) -> dict:
         "complete": len(complete),
         "pruned": sum(t.state == TrialState.PRUNED for t in trials),
         "best": np.nan, "best_trial": None, "best_fold_std": np.nan,
-        **startup_columns(trials, maximize),
+        **startup_columns(trials, maximize, spread_step(record)),
         **alignment_columns(None),
         "median_trial_seconds": np.nan, "train_seconds": 0.0, "compile_seconds": 0.0, "wall_seconds": 0.0,
         "best_params": "",

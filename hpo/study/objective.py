@@ -24,6 +24,7 @@ from hpo.parallel.devices import usable_cores
 from hpo.record import encode_curves, final_diagnostics, write_trial
 from hpo.space.algorithms import study_space, suggest
 from hpo.study.population import mark_startup, startup_length
+from hpo.study.pruners import trains_fold_major
 from models.compile import Compiler
 from models.train import (
     CVResult,
@@ -135,7 +136,7 @@ class Objective:
             if on_outcome is not None:
                 on_outcome(i, outcome)
 
-        if self.config.pruner == "wilcoxon":  # each trial's folds in turn, each fold's score reported
+        if trains_fold_major(self.config):  # each trial's folds in turn (hpo.study.pruners)
             for i, trial in enumerate(trials):
                 start = time.perf_counter()
                 try:
@@ -272,41 +273,54 @@ class Objective:
         return PlannedTrial(trial, member, group_key(config, self.data, self.dataset.out_features))
 
     def run_folds_in_turn(self, trial: optuna.Trial, timing: Timing) -> CVResult:
-        """Cross-validate the trial one fold after another, reporting each fold's final validation score with the
-        fold's index as step, as Optuna's Wilcoxon pruner wants (one value per instance, paired across trials by
-        step): it compares the trial's folds with the best trial's same folds and may stop it before the next fold.
-        Each fold's runs are drawn from its own seeds (``trial_seed``), so a fold's result does not depend on the
-        folds before it."""
+        """Cross-validate the trial one fold after another (``hpo.study.pruners.trains_fold_major``), so that it
+        can stop between folds as well as between epochs.
+
+        ``--pruner halving`` hears every epoch of every fold at its *fold-epoch* step (fold f's epoch e is step
+        ``f * E + e``, from 1), the folds in their fixed order, so that a step is the same measurement for every
+        trial (``hpo.study.pruners``). ``--pruner wilcoxon`` hears each fold's final score with the fold's index as
+        step, as Optuna's Wilcoxon pruner wants (one value per instance, paired across trials by step), the folds
+        in an order shuffled per trial, as its documentation advises. Each fold's runs are drawn from its own seeds
+        (``trial_seed``), so a fold's result does not depend on the folds trained before it."""
         started = time.perf_counter()
         mark_startup(trial, self.startup)
         config = suggest(trial, self.config, self.dataset)
         k, epochs = self.data.train_idx.shape[0], self.config.epochs
+        per_epoch = self.config.pruner == "halving"
         if self.on_epoch is not None:
             self.on_epoch(trial.number, 0, k * epochs, float("nan"), time.perf_counter() - started)
         *run_seeds, order_seed = np.random.SeedSequence(trial_seed(self.config.seed, trial.number)).spawn(k + 1)
         order_rngs = [np.random.default_rng(child) for child in order_seed.spawn(k)]
-        results: list[CVResult] = []
-        for fold in range(k):
+        folds = list(range(k)) if per_epoch else [int(f) for f in np.random.default_rng(run_seeds[0]).permutation(k)]
+        results: dict[int, CVResult] = {}
+        for done, fold in enumerate(folds):
 
-            def shown(epoch: int, metrics: EpochMetrics, fold: int = fold) -> None:
+            def on_epoch(epoch: int, metrics: EpochMetrics, done: int = done) -> None:
+                score, step = float(np.mean(metrics.val_score)), done * epochs + epoch + 1
                 if self.on_epoch is not None:
-                    self.on_epoch(trial.number, fold * epochs + epoch + 1, k * epochs,
-                                  float(np.mean(metrics.val_score)), time.perf_counter() - started)
+                    self.on_epoch(trial.number, step, k * epochs, score, time.perf_counter() - started)
+                if per_epoch:
+                    trial.report(score, step)
+                    if step < k * epochs and trial.should_prune():
+                        write_trial(trial, pruned_reason=f"pruner stopped the trial after epoch {epoch + 1} of "
+                                    f"fold {done + 1} of {k}")
+                        raise optuna.TrialPruned(f"pruned after epoch {epoch + 1} of fold {done + 1}")
 
             data = self.data._replace(train_idx=self.data.train_idx[fold:fold + 1],
                                       val_idx=self.data.val_idx[fold:fold + 1], val_mask=self.data.val_mask[fold:fold + 1])
-            member = Member(config, [run_seeds[fold]], [order_rngs[fold]], shown, timing,
+            member = Member(config, [run_seeds[fold]], [order_rngs[fold]], on_epoch, timing,
                             lambda seconds: write_trial(trial, compile_seconds=seconds))
             (result,) = train_group([member], data, self.dataset.out_features, self.config.fold_strategy,
                                     self.config.evals_per_epoch, self.config.diagnostics, compiler=self.compiler)
             if isinstance(result, BaseException):
                 raise result
-            results.append(result)
-            trial.report(float(result.fold_scores[0]), fold)
-            if fold + 1 < k and trial.should_prune():
-                write_trial(trial, pruned_reason=f"pruner stopped the trial after fold {fold + 1} of {k}")
-                raise optuna.TrialPruned(f"pruned after fold {fold + 1}")
-        return joined_folds(results)
+            results[fold] = result
+            if not per_epoch:
+                trial.report(float(result.fold_scores[0]), fold)
+                if done + 1 < k and trial.should_prune():
+                    write_trial(trial, pruned_reason=f"pruner stopped the trial after fold {done + 1} of {k}")
+                    raise optuna.TrialPruned(f"pruned after fold {done + 1}")
+        return joined_folds([results[fold] for fold in range(k)])
 
     def finish(self, trial: optuna.Trial, outcome: CVResult | Exception) -> float:
         """Record a trained trial's results as user attributes and return its value (or raise how it ended)."""

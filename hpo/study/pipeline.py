@@ -5,9 +5,9 @@ from __future__ import annotations
 import optuna
 
 from hpo.cli import long_trial_seconds
-from hpo.config import StudyConfig
+from hpo.config import AUTO, StudyConfig
 from hpo.data import load_dataset
-from hpo.parallel.devices import check_workers
+from hpo.parallel.devices import auto_workers, check_workers
 from hpo.report.folders import results_dir_for
 from hpo.report.summary import check_writable, print_summary, write_reports
 from hpo.storage import check_storage
@@ -28,7 +28,10 @@ def run_all(configs: list[StudyConfig], out=print, finish: bool = True) -> None:
         check_tracker(tracker)
     long_trial_seconds()  # so is a bad $HPO_EPOCH_PROGRESS_SECONDS
     for workers in dict.fromkeys(c.workers for c in configs):  # more workers than the machine holds
-        check_workers(workers)
+        if workers == AUTO:  # within the bound by construction; a bad $HPO_WORKERS is one line
+            auto_workers(1)
+        else:
+            check_workers(workers)
     results = {c.name: results_dir_for(c.storage, c.results_dir) for c in configs}
     for storage in dict.fromkeys(c.storage for c in configs):
         check_storage(storage)

@@ -14,10 +14,11 @@ from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
 from hpo.cli import plural
-from hpo.config import StudyConfig
+from hpo.config import AUTO, StudyConfig
 from hpo.data import Dataset, check_folds, load_dataset
 from hpo.errors import StorageError, UsageError
 from hpo.files import atomic_write, study_folder
+from hpo.parallel.devices import auto_workers, describe_cores, visible_gpus
 from hpo.parallel.interrupts import exit_code_of, exit_now, handle_interrupts
 from hpo.parallel.launcher import run_local_workers
 from hpo.parallel.workers import run_trials, sampler_seed
@@ -29,13 +30,9 @@ from hpo.space.overrides import record_space
 from hpo.storage import STORAGE_FAILURES, open_storage, redact, scrub
 from hpo.study.compile_ahead import compile_ahead
 from hpo.study.objective import Objective, compiles_ahead
-from hpo.study.population import (
-    SparingHyperbandPruner,
-    SparingMedianPruner,
-    SparingWilcoxonPruner,
-    startup_length,
-)
+from hpo.study.population import startup_length
 from hpo.study.progress import EpochProgress, StudyClock, outcome
+from hpo.study.pruners import make_pruner
 from hpo.study.test_scores import retrain_and_score
 from hpo.study.trackers import make_tracker
 from models.compile import Compiler
@@ -81,18 +78,6 @@ def make_sampler(config: StudyConfig, seed: int | None = None) -> optuna.sampler
     if importlib.util.find_spec("cmaes") is None:
         raise UsageError("--sampler cmaes needs the cmaes package; install it with: pip install cmaes")
     return optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=startup, warn_independent_sampling=False)
-
-
-def make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
-    """The pruner of ``config``; none stops a random start-up trial (``hpo.study.population.SparesStartup``)."""
-    with warnings.catch_warnings():  # WilcoxonPruner is "experimental": chosen knowingly, its use is tested
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return {
-            "median": lambda: SparingMedianPruner(n_startup_trials=5, n_warmup_steps=max(1, config.epochs // 3)),
-            "hyperband": lambda: SparingHyperbandPruner(min_resource=1, max_resource=config.epochs),
-            "wilcoxon": lambda: SparingWilcoxonPruner(p_threshold=0.1),
-            "none": optuna.pruners.NopPruner,
-        }[config.pruner]()
 
 
 def validate_study(config: StudyConfig, dataset: Dataset) -> Objective:
@@ -204,7 +189,7 @@ def run_study(config: StudyConfig, out: Printer = print, worker: int = 0, test_s
     """Run ``config`` until its study holds ``config.trials`` finished trials, then score the best on test.
 
     Any number of processes may run the same study at once (``hpo.parallel.workers`` keeps the total exact);
-    ``config.workers > 1`` starts that many local processes. ``worker`` numbers a local worker process
+    ``config.workers`` other than 1 may start local processes (``worker_layout``). ``worker`` numbers a local worker process
     (it seeds its sampler); ``test_score=False`` leaves the test score to the parent of local workers.
     """
     configure_jax()
@@ -226,13 +211,14 @@ def _run_study(
     if done >= config.trials:
         out(f"[{config.name}] already has {done} finished trials (asked for {config.trials}); nothing to run")
     else:
+        workers, layout = worker_layout(config, config.trials - done)
         out(
             f"[{config.name}] {done} finished trials in {redact(config.storage)}; running until {config.trials} "
-            f"({config.folds}-fold CV, {plural(config.epochs, 'epoch')}, {config.sampler} sampler, {config.pruner} pruner)"
+            f"({config.folds}-fold CV, {plural(config.epochs, 'epoch')}, {config.sampler} sampler, {config.pruner} pruner, "
+            f"{layout})"
         )
-        if config.workers > 1:
-            run_local_workers(worker_main, config, config.workers, out,
-                              complete=lambda: count_finished(study) >= config.trials)
+        if workers > 1:
+            run_local_workers(worker_main, config, workers, out, complete=lambda: count_finished(study) >= config.trials)
         else:
             trials = study.get_trials(deepcopy=False)
             busy = any(t.state == TrialState.RUNNING for t in trials)
@@ -264,6 +250,20 @@ def _run_study(
     if test_score:
         record_test_score(study, config, dataset, out, objective.compiler)
     return study
+
+
+def worker_layout(config: StudyConfig, trials_left: int) -> tuple[int, str]:
+    """How many local worker processes run ``config`` (``--workers``, ``auto``: ``hpo.parallel.devices.auto_workers``)
+    and the words that say it in the study's first line: which cores each worker has (``worker_cores``)."""
+    if config.workers == AUTO:
+        workers, why = auto_workers(trials_left)
+    else:
+        workers, why = config.workers, "--workers"
+    if workers == 1:
+        return 1, f"1 worker: {why}" if config.workers == AUTO else "1 worker"
+    gpus = visible_gpus()
+    where = f"{len(gpus)} GPUs, " if gpus else ""
+    return workers, f"{workers} workers, {why}: {where}{describe_cores(workers)}"
 
 
 def storage_failure(config: StudyConfig, error: BaseException) -> StorageError:

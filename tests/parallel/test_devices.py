@@ -1,4 +1,4 @@
-"""Which GPU each local worker uses, and how much of its memory: decided in the parent, before JAX starts in the
+"""Which GPU and cores each local worker uses, and how much of its memory: decided in the parent, before JAX starts in the
 worker (no GPU is needed to check what each worker receives)."""
 
 from __future__ import annotations
@@ -8,7 +8,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from hpo.parallel.devices import visible_gpus, worker_environment
+import pytest
+
+from hpo.errors import UsageError
+from hpo.parallel import devices
+from hpo.parallel.devices import auto_workers, visible_gpus, worker_cores, worker_environment
 from hpo.parallel.launcher import run_local_workers
 
 VARIABLES = ("CUDA_VISIBLE_DEVICES", "XLA_PYTHON_CLIENT_MEM_FRACTION", "XLA_PYTHON_CLIENT_PREALLOCATE")
@@ -45,8 +49,10 @@ class Probe:
 
 
 def record_environment(config: Probe, index: int) -> None:
-    """A worker's body for the test: write down the variables it started with."""
+    """A worker's body for the test: write down the variables it started with, and its cores."""
     seen = {name: os.environ.get(name) for name in VARIABLES}
+    seen["cores"] = sorted(os.sched_getaffinity(0))
+    seen["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS")
     Path(config.folder, f"w{index}.json").write_text(json.dumps(seen))
 
 
@@ -94,3 +100,45 @@ def test_the_parent_of_workers_checks_the_study_without_starting_jax(tmp_path):
         )
         assert run.returncode == 0, run.stderr[-2000:]
         assert run.stdout.strip().splitlines()[-1] == "jax not started", run.stdout
+
+
+def test_workers_get_disjoint_runs_of_cores():
+    assert [worker_cores(i, 2, [0, 1]) for i in range(2)] == [[0], [1]]
+    assert [worker_cores(i, 3, list(range(8))) for i in range(3)] == [[0, 1, 2], [3, 4, 5], [6, 7]]
+    assert [worker_cores(i, 2, [2, 5, 7]) for i in range(2)] == [[2, 5], [7]]  # the cores this process may use
+    assert worker_cores(0, 3, [0, 1]) is None  # more workers than cores (HPO_MAX_WORKERS): nobody is pinned
+    assert worker_environment(0, 2, [], {}, cores=[4, 5]) == {"OMP_NUM_THREADS": "2", "OPENBLAS_NUM_THREADS": "2",
+                                                               "MKL_NUM_THREADS": "2"}
+    assert "OMP_NUM_THREADS" not in worker_environment(0, 2, [], {"OMP_NUM_THREADS": "8"}, cores=[0])  # the user's
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 cores to give two workers one each")
+def test_each_spawned_worker_runs_on_cores_of_its_own(tmp_path, monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr(devices, "NVIDIA_GPUS", tmp_path / "no-driver")
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+    run_local_workers(record_environment, Probe("probe", str(tmp_path)), 2, lambda line: None, complete=lambda: True)
+    seen = [json.loads((tmp_path / f"w{i}.json").read_text()) for i in range(2)]
+    mine = sorted(os.sched_getaffinity(0))
+    assert [s["cores"] for s in seen] == [worker_cores(i, 2, mine) for i in range(2)]
+    assert not set(seen[0]["cores"]) & set(seen[1]["cores"])
+    assert [s["OMP_NUM_THREADS"] for s in seen] == [str(len(s["cores"])) for s in seen]
+    assert sorted(os.sched_getaffinity(0)) == mine  # the parent keeps every core (it retrains the test seeds)
+
+
+def test_auto_is_one_worker_per_core_or_gpu_within_memory_and_trials(monkeypatch, tmp_path):
+    monkeypatch.setattr(devices, "usable_cores", lambda: 4)
+    monkeypatch.setattr(devices, "available_memory", lambda: 64 * 2**30)
+    no_gpu = {}
+    monkeypatch.setattr(devices, "NVIDIA_GPUS", tmp_path / "no-driver")
+    assert auto_workers(50, no_gpu) == (4, "one per core")
+    assert auto_workers(3, no_gpu) == (3, "one per trial left of 4 cores")
+    monkeypatch.setattr(devices, "available_memory", lambda: 7 * 2**30)  # 3 GB per worker: room for 2
+    count, why = auto_workers(50, no_gpu)
+    assert count == 2 and why.startswith("2 of 4 cores (") and "GB of available memory" in why
+    monkeypatch.setattr(devices, "available_memory", lambda: 64 * 2**30)
+    assert auto_workers(50, {"CUDA_VISIBLE_DEVICES": "0,1"}) == (2, "one per GPU")
+    assert auto_workers(50, {"HPO_WORKERS": "1"}) == (1, "HPO_WORKERS=1")
+    with pytest.raises(UsageError, match="HPO_WORKERS must be a whole number >= 1, got 'two'"):
+        auto_workers(50, {"HPO_WORKERS": "two"})

@@ -9,7 +9,8 @@ from optuna.trial import TrialState, create_trial
 from hpo.config import StudyConfig
 from hpo.record import STARTUP_TRIALS, startup_spread
 from hpo.study.population import SparesStartup, is_startup, mark_startup, startup_length
-from hpo.study.runner import make_pruner, make_sampler
+from hpo.study.pruners import make_pruner
+from hpo.study.runner import make_sampler
 
 
 class AlwaysPrune(optuna.pruners.BasePruner):
