@@ -37,9 +37,8 @@ from hpo.storage import open_storage
 @dataclass(frozen=True)
 class Protocol:
     name: str
-    rungs: tuple[int, ...]  # fold-epoch steps at which a trial is judged
-    eta: int  # keep the top 1/eta at each rung
-    spare: int  # start-up trials are never stopped before this many fold-epochs
+    rungs: tuple[tuple[int, int], ...]  # (fold-epoch step, eta): at each, keep the top 1/eta; E stands for 10
+    spare: int = 10  # start-up trials are never stopped before this many fold-epochs (10: the first fold's end)
 
 
 @dataclass
@@ -87,7 +86,9 @@ def value_at(trial: Replayed, step: int, epochs: int) -> float:
 
 
 def replay(trials: list[Replayed], protocol: Protocol, folds: int, epochs: int) -> dict:
-    recorded: dict[int, list[float]] = {rung: [] for rung in protocol.rungs}
+    rungs = [(epochs * step // 10 if step % 10 == 0 else step, eta) for step, eta in protocol.rungs]
+    spare = epochs * protocol.spare // 10 if protocol.spare % 10 == 0 else protocol.spare
+    recorded: dict[int, list[float]] = {step: [] for step, _ in rungs}
     full_steps = folds * epochs
     cost = full_cost = 0.0
     finished: list[tuple[float, int]] = []
@@ -95,7 +96,7 @@ def replay(trials: list[Replayed], protocol: Protocol, folds: int, epochs: int) 
     for trial in trials:
         full_cost += full_steps * trial.seconds_per_fold_epoch
         stopped_at = full_steps
-        for rung in protocol.rungs:
+        for rung, eta in rungs:
             value = value_at(trial, rung, epochs)
             if math.isnan(value):  # the full protocol stopped it before: we cannot know, count it stopped here
                 unknown += 1
@@ -103,8 +104,8 @@ def replay(trials: list[Replayed], protocol: Protocol, folds: int, epochs: int) 
                 break
             competing = sorted(recorded[rung] + [value], reverse=True)
             recorded[rung].append(value)
-            keep = max(len(competing) // protocol.eta, 1)
-            spared = trial.startup and rung < protocol.spare
+            keep = max(len(competing) // eta, 1)
+            spared = trial.startup and rung < spare
             if value < competing[keep - 1] and not spared:
                 stopped_at = rung
                 break
@@ -117,20 +118,19 @@ def replay(trials: list[Replayed], protocol: Protocol, folds: int, epochs: int) 
 
 
 PROTOCOLS = (
-    Protocol("epochs 1,3,9 (epoch-major)", (), 3, 0),  # filled per study: see epoch_major
-    Protocol("fold-epochs 1,3,E", (1, 3, 10), 3, 10),
-    Protocol("fold-epochs 1,3,E, spare 3", (1, 3, 10), 3, 3),
-    Protocol("fold-epochs 1,3,E,2E", (1, 3, 10, 20), 3, 10),
-    Protocol("fold-epochs 1,3,9,E", (1, 3, 9, 10), 3, 10),
-    Protocol("fold-epochs 1,3,E, eta 2", (1, 3, 10), 2, 10),
-    Protocol("fold-epochs 2,E", (2, 10), 3, 10),
-    Protocol("fold-epochs E", (10,), 3, 10),
+    Protocol("fold-epochs 1, 3, E; a third kept at each", ((1, 3), (3, 3), (10, 3))),
+    Protocol("fold-epochs 1, 3, E; a third; start-up spared to 3", ((1, 3), (3, 3), (10, 3)), spare=3),
+    Protocol("fold-epochs 1, 3, E, 2E; a third", ((1, 3), (3, 3), (10, 3), (20, 3))),
+    Protocol("fold-epochs 1, 3, E; half kept at each", ((1, 2), (3, 2), (10, 2))),
+    Protocol("fold-epochs 3 (half), E (a third): --pruner halving", ((3, 2), (10, 3))),
+    Protocol("fold-epochs 2, E; a third", ((2, 3), (10, 3))),
+    Protocol("fold-epochs E; a third", ((10, 3),)),
 )
 
 
 def epoch_major(trials: list[Replayed], folds: int, epochs: int) -> dict:
-    """The committed notes' replay: epochs trained over all folds at once, rungs at epochs 1, 3, 9, top third
-    kept, the 10 start-up trials spared; for comparison with the fold-major protocols."""
+    """Epochs trained over all folds at once, rungs at epochs 1, 3, 9, top third kept, the 10 start-up trials
+    spared: epoch-level halving alone, for comparison with the fold-major protocols."""
     recorded: dict[int, list[float]] = {1: [], 3: [], 9: []}
     cost = full_cost = 0.0
     finished = []
@@ -167,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
         f"`python -m benchmarks.pruning_replay --storage {args.storage}`: each study's recorded trials in their order; "
         "cost = fold-epochs x each trial's measured seconds per fold-epoch, as a share of the full protocol's; "
         "best = the best CV among the trials the protocol lets finish, and the trial it is (full: the study's best).", "",
-        "| protocol | cost (all studies) | studies whose best trial is kept | worst loss of best CV | unknown |",
+        "| protocol (rungs in fold-epochs, E = the first fold's end) | cost (all studies) | studies whose best trial "
+        "is kept | worst loss of best CV | unknown |",
         "|---|---:|---:|---:|---:|",
     ]
     summaries = optuna.get_all_study_summaries(storage)
@@ -176,20 +177,18 @@ def main(argv: list[str] | None = None) -> int:
         study = optuna.load_study(study_name=summary.study_name, storage=storage)
         settings = read_study(study)
         loaded.append((study, settings.folds, settings.epochs, load_trials(study)))
-    for protocol in PROTOCOLS:
+    for protocol in (None, *PROTOCOLS):
         cost = full = 0.0
         kept, worst, unknown = 0, 0.0, 0
         for study, folds, epochs, trials in loaded:
-            rungs = tuple(epochs if r == 10 else 2 * epochs if r == 20 else r for r in protocol.rungs)
-            result = (epoch_major(trials, folds, epochs) if not protocol.rungs
-                      else replay(trials, Protocol(protocol.name, rungs, protocol.eta,
-                                                   epochs if protocol.spare == 10 else protocol.spare), folds, epochs))
+            result = (epoch_major(trials, folds, epochs) if protocol is None else replay(trials, protocol, folds, epochs))
             cost += result["cost"]
             full += result["full_cost"]
             kept += result["best_trial"] == study.best_trial.number
             worst = max(worst, study.best_value - result["best"])
             unknown += result["unknown"]
-        lines.append(f"| {protocol.name} | {cost / full:.0%} | {kept} / {len(loaded)} | {worst:.4f} | {unknown} |")
+        name = "epochs 1, 3, 9 over all folds at once; a third" if protocol is None else protocol.name
+        lines.append(f"| {name} | {cost / full:.0%} | {kept} / {len(loaded)} | {worst:.4f} | {unknown} |")
     text = "\n".join(lines) + "\n"
     print(text)
     Path(args.output).write_text(text)

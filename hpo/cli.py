@@ -5,19 +5,22 @@ Flags. Each field of ``hpo.config.StudyConfig`` declares its help text and group
 flags, their types, choices, defaults and help are made from those declarations, so there is one place to change.
 ``--config FILE`` reads a TOML grid whose values the flags override; ``--space FILE`` adds a ``[space]`` table.
 
-Exit codes (``run_command``): 0 done, 2 bad input (``UsageError``: one line naming the value), 3 a storage failed
-(``StorageError``, or a database error that escaped a study), 4 a local worker died before its study was complete
-(``WorkerError``), a ``ReportedError``'s own code (a worker already printed why), 130 Ctrl-C and 143 SIGTERM (one
-``interrupted`` line). Never a traceback for any of these.
+Exit codes (``run_command``; each error class of ``hpo.errors`` carries its own): 0 done, 2 bad input
+(``UsageError``, or a flag argparse refuses: one line naming the value), 3 a storage failed (``StorageError``, or a
+database error that escaped a study), 4 a local worker died before its study was complete (``WorkerError``), a
+``ReportedError``'s own code (a worker already printed why), 130 Ctrl-C and 143 SIGTERM (one ``interrupted``
+line). Never a traceback for any of these.
+
+This module is the top of the package: entry points (``hpo.run``, ``hpo.report.__main__``, ...) import it, and
+nothing below them does; what a long command prints lives in ``hpo.console``.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import sys
-import threading
-import time
 import types
 import typing
 from dataclasses import MISSING, fields
@@ -105,29 +108,23 @@ INTERRUPTED = "interrupted: finished trials are stored; rerun the same command t
 
 def run_command(body: Callable[[], int | None], interrupted: str = INTERRUPTED) -> int:
     """Run an entry point's ``body`` with Ctrl-C and SIGTERM handled, and map how it ended to an exit code
-    (module docstring), printing one line on stderr for every failure."""
+    (module docstring; each error class carries its own), printing one line on stderr for every failure."""
     from hpo.storage import STORAGE_FAILURES
 
     try:
         with handle_interrupts():
             return body() or 0
-    except UsageError as error:
+    except (UsageError, StorageError, WorkerError) as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
-    except StorageError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 3
+        return error.exit_code
     except STORAGE_FAILURES as error:  # a database error no study caught: name it, without a password
         from hpo.storage import first_line
 
         print(f"error: the storage failed: {first_line(error)}", file=sys.stderr)
-        return 3
+        return StorageError.exit_code
     except BrokenPipeError:  # the output's reader went away (``| head``): nothing more to say to it
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 -- so the interpreter's final flush is quiet too
         return 0
-    except WorkerError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 4
     except ReportedError as error:
         return error.exit_code
     except KeyboardInterrupt as error:
@@ -135,86 +132,22 @@ def run_command(body: Callable[[], int | None], interrupted: str = INTERRUPTED) 
         return exit_code_of(error)
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# What a long command tells its user
+class Parser(argparse.ArgumentParser):
+    """argparse, with bad input in one line (as every other error of the command line): the bad flag or value, the
+    closest known flag for an unknown one, and where the flags are listed; exit code 2."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        unknown = message.removeprefix("unrecognized arguments: ")
+        if unknown != message:
+            flag = unknown.split()[0]
+            known = [option for option in self._option_string_actions if option.startswith("--")]
+            close = difflib.get_close_matches(flag.split("=")[0], known, n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            message = f"unknown argument {flag}{hint} ({self.prog} --help lists them)"
+        self.exit(UsageError.exit_code, f"error: {message}\n")
 
 
-LONG_TRIAL_SECONDS = 10.0  # trials running longer than this show their epochs ($HPO_EPOCH_PROGRESS_SECONDS)
-
-
-def long_trial_seconds() -> float:
-    """Seconds after which a trial shows its epochs: ``$HPO_EPOCH_PROGRESS_SECONDS`` (0: always), else 10."""
-    text = os.environ.get("HPO_EPOCH_PROGRESS_SECONDS", "")
-    if not text:
-        return LONG_TRIAL_SECONDS
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = -1.0
-    if not seconds >= 0:
-        raise UsageError(f"HPO_EPOCH_PROGRESS_SECONDS must be a number of seconds >= 0, got {text!r}")
-    return seconds
-
-
-def clock(seconds: float) -> str:
-    """``m:ss`` or ``h:mm:ss``."""
-    seconds = max(0, round(seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, seconds = divmod(rest, 60)
-    return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"
-
-
-def plural(n: int, noun: str) -> str:
-    """``1 study``, ``2 studies``, ``1 epoch``, ``10 epochs``."""
-    if n == 1:
-        return f"1 {noun}"
-    return f"{n} {noun[:-1]}ies" if noun.endswith("y") else f"{n} {noun}s"
-
-
-class Steps:
-    """A long step's progress lines: ``report(text)`` prints ``[name] text | 12.3s`` once the step has taken
-    ``after`` seconds (and then whenever told something new after ``after`` more), and while one piece of work
-    runs longer than that, a background thread repeats the last state with the time, every ``after`` seconds: no
-    silent stretch longer than ``after``. A context manager: the thread ends with the block."""
-
-    def __init__(self, name: str, out: Printer, after: float | None = None):
-        self.name, self.out = name, out
-        self.after = long_trial_seconds() if after is None else after
-        self.started = time.monotonic()
-        self.state = "starting"
-        self.spoken = None  # seconds at the last line printed
-        self.lock = threading.Lock()
-        self.stopped = threading.Event()
-        self.thread = threading.Thread(target=self._keep_talking, name="progress", daemon=True)
-
-    def __enter__(self) -> Steps:
-        if self.after > 0:
-            self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stopped.set()
-        if self.thread.is_alive():
-            self.thread.join()
-
-    def elapsed(self) -> float:
-        return time.monotonic() - self.started
-
-    def report(self, state: str) -> None:
-        """The step is now at ``state``; said if the step is long and it has not spoken for ``after`` seconds."""
-        with self.lock:
-            self.state = state
-            seconds = self.elapsed()
-            if seconds >= self.after and (self.spoken is None or seconds - self.spoken >= self.after):
-                self._say(seconds)
-
-    def _say(self, seconds: float) -> None:
-        self.spoken = seconds
-        self.out(f"[{self.name}] {self.state} | {seconds:.1f}s")
-
-    def _keep_talking(self) -> None:
-        while not self.stopped.wait(min(1.0, self.after)):
-            with self.lock:
-                seconds = self.elapsed()
-                if seconds >= self.after and (self.spoken is None or seconds - self.spoken >= self.after):
-                    self._say(seconds)
+def command_parser(prog: str, doc: str | None) -> Parser:
+    """The parser of an entry point: its description is the first paragraph of the module's docstring, whole."""
+    first = (doc or "").strip().split("\n\n")[0]
+    return Parser(prog=prog, description=" ".join(first.split()))

@@ -10,7 +10,6 @@ its mean validation score per evaluation is the trial's intermediate values, plo
 
 from __future__ import annotations
 
-import argparse
 import errno
 import ipaddress
 import socket
@@ -19,7 +18,7 @@ from pathlib import Path
 from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from hpo.cli import run_command
+from hpo.cli import command_parser, run_command
 from hpo.config import DEFAULT_STORAGE
 from hpo.errors import UsageError
 from hpo.report.summary import missing_storage_hint
@@ -153,7 +152,7 @@ def url_of(host: str, port: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hpo.dashboard", description=__doc__.split("\n")[0])
+    parser = command_parser("python -m hpo.dashboard", __doc__)
     parser.add_argument("--storage", default=DEFAULT_STORAGE, help=f"study storage URL or journal file (default {DEFAULT_STORAGE})")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port to listen on; 0 picks a free one (default {DEFAULT_PORT})")
     parser.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST}: this machine only)")

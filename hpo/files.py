@@ -159,21 +159,22 @@ SLUG_CHARACTERS = 60  # of a mapped name, before its hash: folder names stay far
 HASH_CHARACTERS = 12  # hex digits of the name's SHA-256 that make a mapped folder name unique
 
 
-def study_folder(results: str | Path, name: str) -> Path:
-    """The folder of study ``name``'s files under ``results``: always ``results/studies/<one component>``.
-
-    A study name comes from a storage that other people can write to, so it is never used as a path: a name
-    made of letters, digits, ``.``, ``_`` and ``-`` (starting with a letter or digit, at most 100 characters) is
-    kept as it is (``digits-mlp-fa``), and any other name (``../../etc``, ``/tmp/x``, a name of 300 bytes,
-    control characters) becomes a slug of its safe characters, ``+`` and a hash of the whole name
-    (``etc+74ccf3c5b4c1``), so two different names never share a folder.
-    """
+def path_component(name: str) -> str:
+    """One safe path component for ``name``, which may come from a storage other people can write to (a study's
+    name, its ``dataset`` and ``model`` attributes), so it is never used as a path: a name made of letters, digits,
+    ``.``, ``_`` and ``-`` (starting with a letter or digit, at most 100 characters) is kept as it is
+    (``digits-mlp-fa``), and any other name (``../../etc``, ``/tmp/x``, a name of 300 bytes, control characters)
+    becomes a slug of its safe characters, ``+`` and a hash of the whole name (``etc+74ccf3c5b4c1``), so two
+    different names never share a component."""
     if _KEPT_NAME.fullmatch(name):
-        folder = name
-    else:
-        slug = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._-")[:SLUG_CHARACTERS].rstrip("._-") or "study"
-        folder = f"{slug}+{hashlib.sha256(name.encode('utf-8', 'surrogatepass')).hexdigest()[:HASH_CHARACTERS]}"
-    return Path(results) / "studies" / folder
+        return name
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._-")[:SLUG_CHARACTERS].rstrip("._-") or "study"
+    return f"{slug}+{hashlib.sha256(name.encode('utf-8', 'surrogatepass')).hexdigest()[:HASH_CHARACTERS]}"
+
+
+def study_folder(results: str | Path, name: str) -> Path:
+    """The folder of study ``name``'s files under ``results``: always ``results/studies/<path_component(name)>``."""
+    return Path(results) / "studies" / path_component(name)
 
 
 def pyplot():

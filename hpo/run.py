@@ -13,13 +13,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from hpo.cli import add_study_flags, run_command, study_configs
+from hpo.cli import add_study_flags, command_parser, run_command, study_configs
 from hpo.parallel.interrupts import exit_now
 from hpo.space.overrides import show_spaces
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m hpo.run", description=__doc__.split("\n")[0])
+    parser = command_parser("python -m hpo.run", __doc__)
     parser.add_argument("--show-space", action="store_true", help="print the effective search space of each study "
                         "(with --config: its studies of --algo/--model) and exit, touching no storage")
     parser.add_argument("--no-finish", dest="finish", action="store_false",

@@ -1,6 +1,9 @@
 """A study grid on a Slurm cluster: a job array whose tasks are workers of the same studies on one storage, and a
 job, started once every task has ended, that finishes them (any trial still missing, the test scores, the report).
 
+Writing the scripts needs no database (only ``--submit`` checks the storage); every value that enters a script is
+refused if it holds a control character, and, in an ``#SBATCH`` line, a space.
+
     export HPO_STORAGE=postgresql://hpo@db.lab:5432/hpo PGPASSWORD=...
     python -m hpo.slurm --config studies/fashion-mnist.toml --array 8 --storage "$HPO_STORAGE" --submit \\
         [--partition gpu --gpus-per-task 1 --time 12:00:00 --cpus-per-task 4 --mem 16G --sbatch=--qos=long]
@@ -26,12 +29,14 @@ import os
 import shlex
 import subprocess
 import sys
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
-from hpo.cli import add_study_flags, flag_of, run_command, study_configs, study_overrides
+from hpo.cli import add_study_flags, command_parser, flag_of, run_command, study_configs, study_overrides
 from hpo.config import StudyConfig
 from hpo.errors import UsageError
+from hpo.files import path_component, write_text
 from hpo.storage import check_storage, is_server_url, redact
 
 STORAGE_ENV = "HPO_STORAGE"  # the jobs read the storage URL from here: it is never written into a script
@@ -45,21 +50,36 @@ class Jobs:
     finish: Path  # after every task: missing trials, test scores, reports
 
 
-def sbatch_lines(args: argparse.Namespace, name: str, logs: Path) -> list[str]:
-    """The ``#SBATCH`` lines both jobs share (resources, logs, requeue)."""
-    lines = [f"--job-name={name}", f"--output={logs}/%x-%A_%a.out", "--requeue", "--open-mode=append",
-             f"--cpus-per-task={args.cpus_per_task}", "--export=ALL"]
+def script_value(what: str, value: str, spaces: bool = True) -> str:
+    """``value`` as it may enter a script: no control character (a newline would end the ``#SBATCH`` block or start
+    a shell line of its own) and, where it stands in an ``#SBATCH`` line (``spaces=False``), no whitespace, which
+    would split it into two options; else a UsageError naming it."""
+    bad = sorted({c for c in value if unicodedata.category(c).startswith("C") or (not spaces and c.isspace())})
+    if bad:
+        kinds = "control characters or spaces" if not spaces else "control characters"
+        raise UsageError(f"{what} must not contain {kinds} ({', '.join(repr(c) for c in bad)}), got {value!r}")
+    return value
+
+
+def sbatch_lines(args: argparse.Namespace, name: str, logs: Path, log_name: str) -> list[str]:
+    """The ``#SBATCH`` lines of a job (resources, logs, requeue); every value checked (``script_value``)."""
+    lines = [f"--job-name={name}", f"--output={script_value('--script-dir', str(logs), spaces=False)}/{log_name}",
+             "--requeue", "--open-mode=append", f"--cpus-per-task={args.cpus_per_task}", "--export=ALL"]
     for option, value in (("partition", args.partition), ("time", args.time), ("mem", args.mem),
                           ("gpus-per-task", args.gpus_per_task)):
         if value is not None:
-            lines.append(f"--{option}={value}")
-    lines += args.sbatch
+            lines.append(f"--{option}={script_value(f'--{option}', str(value), spaces=False)}")
+    lines += [script_value("--sbatch", option, spaces=False) for option in args.sbatch]
     return [f"#SBATCH {line}" for line in lines]
+
+
+ARRAY_LOG = "%x-%A_%a.out"  # job name, array job id, task index
+JOB_LOG = "%x-%j.out"  # job name, job id (the finishing job is not an array: %a would be 4294967294)
 
 
 def hpo_run_command(args: argparse.Namespace, finish: bool) -> str:
     """``python -m hpo.run`` with the grid, the study flags given here, one worker, and the storage from
-    ``$HPO_STORAGE``."""
+    ``$HPO_STORAGE``; every word checked (``script_value``) and quoted for bash."""
     words = [sys.executable, "-m", "hpo.run"]
     if args.config:
         words += ["--config", str(Path(args.config).resolve())]
@@ -68,18 +88,19 @@ def hpo_run_command(args: argparse.Namespace, finish: bool) -> str:
     for name, value in study_overrides(args, ("storage", "workers")).items():
         words += [flag_of(name), str(value).lower() if isinstance(value, bool) else str(value)]
     words += ["--workers", "1"]
-    command = shlex.join(words) + f' --storage "${STORAGE_ENV}"'
+    command = shlex.join(script_value("a word of the command", word) for word in words)
+    command += f' --storage "${STORAGE_ENV}"'
     return command if finish else command + " --no-finish"
 
 
 def script(header: list[str], summary: str, command: str) -> str:
     return "\n".join([
         "#!/bin/bash",
-        f"# Written by python -m hpo.slurm: {summary}.",
+        f"# Written by python -m hpo.slurm: {script_value('a study name', summary)}.",
         f"# The storage URL comes from ${STORAGE_ENV} (exported to the job), never from this file.",
         *header,
         "set -euo pipefail",
-        f"cd {shlex.quote(str(Path.cwd()))}",
+        f"cd {shlex.quote(script_value('the working directory', str(Path.cwd())))}",
         f': "${{{STORAGE_ENV}:?set {STORAGE_ENV} to the study storage URL}}"',
         f"exec {command}",
         "",
@@ -87,18 +108,23 @@ def script(header: list[str], summary: str, command: str) -> str:
 
 
 def write_jobs(args: argparse.Namespace, configs: list[StudyConfig]) -> Jobs:
-    grid = Path(args.config).stem if args.config else configs[0].name
+    # the grid file's name becomes the job's name and folder: a component of our own making, whatever it holds
+    grid = path_component(Path(args.config).stem if args.config else configs[0].name)
     folder = Path(args.script_dir or Path("slurm") / grid)
     logs = (folder / "logs").resolve()
-    logs.mkdir(parents=True, exist_ok=True)
     names = ", ".join(c.name for c in configs)
+    texts = {  # every value is checked before anything is written
+        "workers.sbatch": script([*sbatch_lines(args, f"hpo-{grid}", logs, ARRAY_LOG),
+                                  f"#SBATCH --array=0-{args.array - 1}"],
+                                 f"{args.array} workers of {names}", hpo_run_command(args, finish=False)),
+        "finish.sbatch": script(sbatch_lines(args, f"hpo-{grid}", logs, JOB_LOG),
+                                f"finish {names} once every worker has ended (run with --dependency=afterany:<array "
+                                "job>)", hpo_run_command(args, finish=True)),
+    }
+    logs.mkdir(parents=True, exist_ok=True)
     jobs = Jobs(folder / "workers.sbatch", folder / "finish.sbatch")
-    header = sbatch_lines(args, f"hpo-{grid}", logs)
-    jobs.workers.write_text(script([*header, f"#SBATCH --array=0-{args.array - 1}"],
-                                   f"{args.array} workers of {names}", hpo_run_command(args, finish=False)))
-    jobs.finish.write_text(script(header, f"finish {names} once every worker has ended (run with "
-                                  "--dependency=afterany:<array job>)", hpo_run_command(args, finish=True)))
     for path in (jobs.workers, jobs.finish):
+        write_text(path, texts[path.name])
         path.chmod(0o755)
     return jobs
 
@@ -124,7 +150,7 @@ def submit(jobs: Jobs, storage: str, sbatch: str = "sbatch") -> tuple[str, str]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m hpo.slurm", description=__doc__.split("\n")[0])
+    parser = command_parser("python -m hpo.slurm", __doc__)
     parser.add_argument("--array", type=int, required=True, help="tasks of the job array: workers of the studies")
     parser.add_argument("--submit", action="store_true", help="submit both jobs with sbatch (else write them)")
     parser.add_argument("--script-dir", help="where the scripts and the jobs' logs go (default slurm/<grid>)")
@@ -159,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"storage {redact(storage)!r} is a file, but a job array's tasks may run on several nodes: give a "
                 "database server URL (postgresql://...), or --local-storage if every task runs on this host"
             )
-        check_storage(storage)
+        if args.submit:  # writing the scripts needs no database: it may not be reachable from here
+            check_storage(storage)
         jobs = write_jobs(args, configs)
         print(f"wrote {jobs.workers} ({args.array} workers) and {jobs.finish} (test scores and report, after them)")
         if args.submit:

@@ -13,13 +13,12 @@ train groups of trials in programs of their own, which are compiled when a group
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 
 import optuna
 
-from hpo.cli import add_study_flags, run_command, study_configs
+from hpo.cli import add_study_flags, command_parser, run_command, study_configs
 from hpo.config import StudyConfig
 from hpo.data import load_dataset
 from hpo.errors import UsageError
@@ -51,7 +50,7 @@ def warm_up(config: StudyConfig, out=print) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hpo.warmup", description=__doc__.split("\n")[0])
+    parser = command_parser("python -m hpo.warmup", __doc__)
     add_study_flags(parser)
     args = parser.parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)

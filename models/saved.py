@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from pathlib import Path
@@ -29,6 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import serialization
 
+from models.machine import gib, memory_budget
+from models.networks import trunk_shape
 from models.rule_training import RULE_NETWORKS, TrainConfig
 from models.sd import SDConfig, SegregatedDendrites
 from models.train import split_as_runs
@@ -102,9 +105,7 @@ def load_model(path: str | Path) -> SavedModel:
         raise ValueError(f"{path}: cannot read it ({error.strerror or error})") from None
     except Exception as error:  # noqa: BLE001 -- msgpack's errors share no base class: any is "not readable"
         raise ValueError(f"{path}: not a readable model file ({type(error).__name__}: {error})") from None
-    needed = dense_weights(config, input_shape, out_features)
-    if needed > stored:
-        raise ValueError(f"{path}: its configuration needs at least {needed} weights but the file holds {stored}")
+    check_size(path, config, input_shape, out_features, stored)
     family = config.family
     sample = np.zeros((1, *input_shape), np.float32)
     try:
@@ -119,13 +120,46 @@ def load_model(path: str | Path) -> SavedModel:
     return SavedModel(config, state, out_features, input_shape, metadata)
 
 
-def dense_weights(config: Any, input_shape: tuple[int, ...], out_features: int) -> int:
-    """A lower bound on the weights of ``config``'s network: its dense layers (a conv trunk's output counted as
-    its channels alone), without building it."""
-    conv = getattr(config, "conv", ())
-    inputs = conv[-1].features if conv else int(np.prod(input_shape))
-    sizes = [inputs, *config.hidden, out_features]
-    return sum(int(a) * int(b) for a, b in zip(sizes, sizes[1:]))
+def network_size(config: Any, input_shape: tuple[int, ...], out_features: int) -> tuple[int, int]:
+    """(weights, activations of one example) of ``config``'s network in closed form, without building it: every
+    convolution's kernel and every dense layer's matrix and bias, the dense head's input being the conv trunk's
+    whole flattened output (``models.networks.trunk_shape``); activations are each layer's outputs."""
+    conv = tuple(getattr(config, "conv", ()))
+    *spatial, channels = input_shape if conv else (int(np.prod(input_shape)),)
+    weights, activations = 0, 0
+    for layer in conv:
+        weights += layer.kernel ** len(spatial) * channels * layer.features + layer.features
+        activations += math.prod(layer.conv_size(n) for n in spatial) * layer.features
+        spatial, channels = list(trunk_shape((layer,), tuple(spatial))), layer.features
+    sizes = [math.prod(spatial) * channels, *config.hidden, out_features]
+    for a, b in zip(sizes, sizes[1:]):
+        weights += int(a) * int(b) + int(b)
+        activations += int(b)
+    return weights, activations
+
+
+BYTES_PER_VALUE = 4  # float32
+COPIES = 3  # of the weights while loading: the stored arrays, the freshly initialised network, its feedback
+
+
+def check_size(path: Path, config: Any, input_shape: tuple[int, ...], out_features: int, stored: int) -> None:
+    """Refuse, before anything is built, a configuration whose network needs more weights than the file holds (an
+    edited configuration must not make loading allocate more than the file), or more memory than this process may
+    allocate (``models.machine.memory_budget``): its weights, one example and its activations."""
+    if not input_shape or any(n < 1 for n in input_shape):
+        raise ValueError(f"{path}: its input shape {input_shape} is not a shape")
+    try:
+        weights, activations = network_size(config, input_shape, out_features)
+    except ValueError as error:  # a layer that does not fit its input
+        raise ValueError(f"{path}: {error}") from None
+    biases = sum(layer.features for layer in getattr(config, "conv", ())) + sum(config.hidden) + out_features
+    if weights - biases > stored:
+        raise ValueError(f"{path}: its configuration needs {weights - biases} weights but the file holds {stored}")
+    needed = BYTES_PER_VALUE * (COPIES * weights + math.prod(input_shape) + activations)
+    budget = memory_budget()
+    if budget is not None and needed > budget:
+        raise ValueError(f"{path}: its network needs about {gib(needed)} to load; this process may allocate "
+                         f"{gib(budget)}")
 
 
 def _decode(hint: Any, value: Any) -> Any:

@@ -49,7 +49,7 @@ from urllib.error import URLError
 import numpy as np
 
 from hpo.data.dataset import Dataset, standardise
-from hpo.data.idx import read_idx
+from hpo.data.idx import file_kind, read_idx
 from hpo.errors import UsageError
 from hpo.files import atomic_write, user_cache_dir
 
@@ -127,8 +127,14 @@ def load_file_dataset(name: str, data_dir: str | os.PathLike | None = None) -> D
     the module docstring says, downloaded by torchvision where nothing is found), then write the cache."""
     spec = SPECS[name]
     root = resolve_data_dir(data_dir)
+    if data_dir is not None:
+        check_given_folder(root)
     folders = candidate_folders(spec, root)
+    for candidate in folders:
+        refuse_special_files(spec, candidate)
     folder = next((f for f in folders if not missing_files(spec, f)), None)
+    if data_dir is not None and folder is not None and folder not in (root, root / spec.folder):
+        print(f"note: {spec.name} is not in --data-dir {root}; reading it from {folder}", file=sys.stderr, flush=True)
     if folder is None:
         cached = next(((f, a) for f in folders if (a := read_cache(cache_path(spec, f), {})) is not None), None)
         if cached is not None:  # the source files were deleted after the cache was written
@@ -163,6 +169,29 @@ def source_file(spec: FileSpec, folder: Path, name: str) -> Path:
     if spec.idx and not plain.is_file() and (folder / f"{name}.gz").is_file():
         return folder / f"{name}.gz"
     return plain
+
+
+def check_given_folder(root: Path) -> None:
+    """A ``--data-dir`` that exists must be a folder this process can read (one that does not exist yet is where
+    a download would go)."""
+    if not os.path.lexists(root):
+        return
+    if not root.is_dir():
+        raise UsageError(f"--data-dir {root} is not a directory")
+    if not os.access(root, os.R_OK | os.X_OK):
+        raise UsageError(f"--data-dir {root} cannot be read (permission denied)")
+
+
+def refuse_special_files(spec: FileSpec, folder: Path) -> None:
+    """A dataset file that is there but is not a regular file (a FIFO, a link to ``/dev/zero``, a folder, a
+    dangling link) is an error naming it: skipping it would read another folder's files without a word, and
+    opening it could block or never end."""
+    for name in spec.files:
+        for path in (folder / name, folder / f"{name}.gz") if spec.idx else (folder / name,):
+            if os.path.lexists(path) and not path.is_file():
+                kind = file_kind(os.stat(path).st_mode) if path.exists() else "link to nothing"
+                raise UsageError(f"{spec.name}: {path} is not a regular file (it is a {kind}); replace it with the "
+                                 "data file or remove it")
 
 
 def missing_files(spec: FileSpec, folder: Path) -> list[str]:

@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 
 from hpo.errors import UsageError
+from models.machine import memory_budget
 
 NVIDIA_GPUS = Path("/proc/driver/nvidia/gpus")
 MEMORY_IN_USE = 0.9  # of a GPU's memory, shared out among the workers that use it
@@ -63,15 +64,10 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def available_memory(meminfo: Path = Path("/proc/meminfo")) -> int | None:
-    """Bytes of memory the kernel says new processes can have (``MemAvailable``), or None where it does not say."""
-    try:
-        for line in meminfo.read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
+def available_memory() -> int | None:
+    """Bytes of memory new processes can have (``models.machine.memory_budget``: ``MemAvailable``, within this
+    process's ``ulimit -v`` and cgroup limit), or None where the system does not say."""
+    return memory_budget()
 
 
 def worker_limit(environ: dict[str, str] | None = None) -> tuple[int, str]:

@@ -15,11 +15,11 @@ import signal
 import sys
 from typing import Any, Callable, Iterator
 
-from hpo.errors import ReportedError, WorkerError
+from hpo.errors import ReportedError, StorageError, UsageError, WorkerError
 from hpo.parallel.devices import check_workers, visible_gpus, worker_cores, worker_environment
 from hpo.parallel.interrupts import SIGNALS, Interrupted
 
-REPORTED_EXIT_CODES = (2, 3)  # a worker that exits with these has printed its one-line error itself
+REPORTED_EXIT_CODES = (UsageError.exit_code, StorageError.exit_code)  # a worker printed its one-line error
 PR_SET_PDEATHSIG = 1  # prctl(2): the signal this process gets when the thread that created it ends
 
 Printer = Callable[[str], None]

@@ -31,7 +31,7 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
-from hpo.files import atomic_path, pyplot
+from hpo.files import atomic_path, path_component, pyplot
 from hpo.record import STARTUP_TRIALS, TestScores, read_study, startup_spread
 from hpo.report.curves import final_angles, layer_order
 from hpo.report.stats import CONFIDENCE, summarize_scores, welch
@@ -194,7 +194,8 @@ def efficiency_png(studies: list[optuna.Study], results: Path) -> list[Path]:
         fig.suptitle(f"HPO efficiency: {title}", fontsize=10)
         axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
         fig.tight_layout()
-        name = "-".join(part for part in (dataset, model) if part) or "studies"
+        # the attributes come from the storage, which others may write: never a path of their own making
+        name = path_component("-".join(part for part in (dataset, model) if part) or "studies")
         path = results / "efficiency" / f"{name}.png"
         with atomic_path(path) as tmp:
             fig.savefig(tmp, dpi=100, format="png", bbox_inches="tight", pad_inches=0.1)

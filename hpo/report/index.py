@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from hpo.cli import plural
+from hpo.console import plural
 from hpo.files import study_folder, write_text
 from hpo.report.comparison import best_params_tables
 from hpo.report.folders import storage_argument

@@ -12,15 +12,14 @@ and renamed, so an interrupted report never leaves a half-written file. What the
 
 from __future__ import annotations
 
-import argparse
 import fnmatch
 from pathlib import Path
 
 import optuna
 import pandas as pd
 
-from hpo.cli import Steps, plural
 from hpo.config import DEFAULT_STORAGE
+from hpo.console import Steps, plural
 from hpo.errors import UsageError
 from hpo.files import atomic_path, check_writable, study_folder, write_text, written_together
 from hpo.record import read_study
@@ -102,27 +101,3 @@ def missing_storage_hint(storage_url: str) -> str:
     if storage_url == DEFAULT_STORAGE and not default_file.exists() and Path(BUNDLED_STORAGE).is_file():
         return f"; the committed run is in {BUNDLED_STORAGE}: add --storage {BUNDLED_STORAGE}"
     return ""
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m hpo.report``; the exit code (``hpo.cli.run_command``)."""
-    from hpo.cli import run_command
-
-    parser = argparse.ArgumentParser(prog="python -m hpo.report", description=__doc__.split("\n")[0])
-    parser.add_argument("--storage", default=DEFAULT_STORAGE, help="study storage URL or journal file")
-    parser.add_argument(
-        "--results-dir", help="where to write (default: results/<storage name>, e.g. results/bundled for "
-        "studies/bundled.journal)"
-    )
-    parser.add_argument("--study", default="*", help="only studies whose name matches this glob pattern")
-    args = parser.parse_args(argv)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-    def body() -> None:
-        try:
-            frame = write_reports(args.storage, args.results_dir, args.study)
-        except UsageError as error:
-            raise UsageError(f"{error}{missing_storage_hint(args.storage)}") from None
-        print_summary(frame)
-
-    return run_command(body, interrupted="interrupted: the previous reports are kept as they were")

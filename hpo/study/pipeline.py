@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import optuna
 
-from hpo.cli import long_trial_seconds
 from hpo.config import AUTO, StudyConfig
+from hpo.console import long_trial_seconds
 from hpo.data import load_dataset
 from hpo.parallel.devices import auto_workers, check_workers
 from hpo.report.folders import results_dir_for

@@ -19,7 +19,7 @@ from typing import Callable
 
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo.cli import clock, long_trial_seconds
+from hpo.console import clock, long_trial_seconds
 from hpo.record import read_trial
 
 Printer = Callable[[str], None]
@@ -57,7 +57,7 @@ class EpochProgress:
     Called by the objective when a trial starts (epoch 0) and after every epoch (``hpo.study.objective.Objective``'s
     ``on_epoch``); ``finish(trial)`` ends a trial's bar before its result line is printed. While a trial's epoch runs
     longer than ``after`` seconds (a CNN or segregated-dendrites epoch on a CPU takes minutes), a background thread
-    says which epoch it is in and for how long, every ``after`` seconds, as ``hpo.cli.Steps`` does for other long
+    says which epoch it is in and for how long, every ``after`` seconds, as ``hpo.console.Steps`` does for other long
     steps: a quiet log is then a stopped process, never a slow epoch.
     """
 

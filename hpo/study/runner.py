@@ -13,8 +13,8 @@ from optuna.storages import BaseStorage
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
-from hpo.cli import plural
 from hpo.config import AUTO, StudyConfig
+from hpo.console import plural
 from hpo.data import Dataset, check_folds, load_dataset
 from hpo.errors import StorageError, UsageError
 from hpo.files import atomic_write, study_folder
@@ -333,11 +333,8 @@ def worker_main(config: StudyConfig, index: int) -> None:
     try:
         with handle_interrupts():
             run_study(replace(config, workers=1), out, worker=index, test_score=False)
-    except UsageError as error:
+    except (UsageError, StorageError) as error:  # said here in one line; the parent exits with the same code
         print(f"[w{index}] error: {error}", file=sys.stderr, flush=True)
-        exit_now(2)
-    except StorageError as error:
-        print(f"[w{index}] error: {error}", file=sys.stderr, flush=True)
-        exit_now(3)
+        exit_now(error.exit_code)
     except KeyboardInterrupt as error:  # its trial is re-queued; the parent prints the one "interrupted" line
         exit_now(exit_code_of(error))

@@ -19,8 +19,8 @@ import jax
 import numpy as np
 import optuna
 
-from hpo.cli import Steps
 from hpo.config import StudyConfig
+from hpo.console import Steps
 from hpo.data import Dataset
 from hpo.record import TestScores
 from hpo.space.algorithms import suggest

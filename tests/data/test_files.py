@@ -524,3 +524,101 @@ def test_paper_grid():
     assert names == expected
     assert {(c.trials, c.epochs, c.folds) for c in configs} == {(50, 10, 3)}
     assert len({c.storage for c in configs}) == 1 and len({c.results_dir for c in configs}) == 1
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# What a data folder cannot make this process do: allocate without bound, block, or read another folder silently
+
+
+def gzip_bomb(path: Path, images: int) -> None:
+    """A gzipped IDX images file whose header announces ``images`` 28x28 images and whose data are zeros: a few
+    MB that expand to the announced size (written in pieces: the expanded file never exists)."""
+    with gzip.open(path, "wb", compresslevel=1) as handle:
+        handle.write(struct.pack(">4i", 2051, images, 28, 28))
+        zeros = bytes(1 << 24)
+        left = images * 784
+        while left:
+            handle.write(zeros[: min(left, len(zeros))])
+            left -= min(left, len(zeros))
+
+
+@pytest.fixture(scope="module")
+def bomb(tmp_path_factory) -> Path:
+    """2 GiB of images once expanded, 2 MB on disk: written once for the tests that place it."""
+    path = tmp_path_factory.mktemp("bomb") / "train-images-idx3-ubyte.gz"
+    gzip_bomb(path, 2_739_200)
+    return path
+
+
+def test_an_idx_file_announcing_more_than_memory_allows_is_refused_before_reading(tmp_path, no_network, monkeypatch,
+                                                                                  bomb):
+    write_mnist(tmp_path, folder=None)
+    (tmp_path / bomb.name).write_bytes(bomb.read_bytes())
+    bomb = tmp_path / bomb.name
+    monkeypatch.setattr("hpo.data.idx.memory_budget", lambda: 3 * 10**9)  # a 3 GB process
+    with pytest.raises(UsageError, match=rf"{bomb} announces images of shape \(2739200, 28, 28\) \(2.0 GiB\), which "
+                       r"needs about 10.0 GiB once loaded; this process may allocate 2.8 GiB"):
+        load_dataset("mnist", str(tmp_path))
+
+
+def test_an_idx_file_longer_than_its_header_says_is_read_no_further(tmp_path, no_network):
+    write_mnist(tmp_path, folder=None)
+    labels = tmp_path / "train-labels-idx1-ubyte.gz"
+    content = gzip.decompress(labels.read_bytes())
+    with gzip.open(labels, "wb", compresslevel=1) as handle:  # the header's 80 labels, then 256 MB more
+        handle.write(content)
+        for _ in range(16):
+            handle.write(bytes(1 << 24))
+    with pytest.raises(UsageError, match=rf"{labels} is truncated or corrupt: its header announces labels of shape "
+                       r"\(80,\) \(88 bytes\), the file holds more bytes than that"):
+        load_dataset("mnist", str(tmp_path))
+
+
+def test_a_2gib_gzip_bomb_under_a_3gb_limit_is_one_line_and_exit_2(tmp_path, bomb):
+    """The whole command under ``ulimit -v`` 3 GB: refused by its header, no MemoryError, nothing created."""
+    import subprocess
+
+    data = tmp_path / "data"
+    write_mnist(data, folder=None)
+    (data / bomb.name).write_bytes(bomb.read_bytes())
+    command = (f"ulimit -v 3000000; exec {sys.executable} -m hpo.run --dataset mnist --data-dir {data} --trials 1 "
+               f"--storage {tmp_path / 's.journal'} --results-dir {tmp_path / 'r'} --cache-dir none")
+    run = subprocess.run(["bash", "-c", command], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")})
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert run.stderr.count("\n") == 1 and "announces images of shape (2739200, 28, 28)" in run.stderr
+    assert not (tmp_path / "s.journal").exists() and not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero", "dangling"])
+def test_a_data_file_that_is_not_a_regular_file_is_refused_by_name(tmp_path, no_network, monkeypatch, kind):
+    """A FIFO would block the reader, /dev/zero never ends; skipping either would read Debian's folder silently."""
+    debian = tmp_path / "debian"
+    write_mnist(debian / "mnist", folder=None)
+    monkeypatch.setattr(data_files, "SYSTEM_DATASETS", debian)  # a complete folder the loader could fall back to
+    monkeypatch.setitem(data_files.SPECS, "mnist", data_files.SPECS["mnist"].__class__(
+        **{**data_files.SPECS["mnist"].__dict__, "system_package": "dataset-mnist"}))
+    given = tmp_path / "given"
+    write_mnist(given, folder=None)
+    special = given / "train-images-idx3-ubyte.gz"
+    special.unlink()
+    if kind == "fifo":
+        os.mkfifo(special)
+    else:
+        special.symlink_to("/dev/zero" if kind == "dev-zero" else tmp_path / "nothing")
+    what = {"fifo": "FIFO", "dev-zero": "character device", "dangling": "link to nothing"}[kind]
+    with pytest.raises(UsageError, match=rf"mnist: {special} is not a regular file \(it is a {what}\)"):
+        load_dataset("mnist", str(given))
+
+
+def test_a_data_dir_without_the_files_says_which_folder_was_read(tmp_path, no_network, monkeypatch, capsys):
+    debian = tmp_path / "debian"
+    write_mnist(debian / "fashion-mnist", folder=None)
+    monkeypatch.setattr(data_files, "SYSTEM_DATASETS", debian)
+    (tmp_path / "given").mkdir()
+    load_dataset("fashion-mnist", str(tmp_path / "given"))
+    assert capsys.readouterr().err == (f"note: fashion-mnist is not in --data-dir {tmp_path / 'given'}; reading it "
+                                       f"from {debian / 'fashion-mnist'}\n")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(UsageError, match=rf"--data-dir {tmp_path / 'file'} is not a directory"):
+        load_dataset("fashion-mnist", str(tmp_path / "file"))

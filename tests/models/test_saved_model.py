@@ -99,3 +99,43 @@ def test_a_file_that_does_not_fit_its_configuration_is_refused(tmp_path):
     path.write_bytes(serialization.msgpack_serialize(record))
     with pytest.raises(ValueError, match="not a model file of this version"):
         load_model(path)
+
+
+def conv_file(tmp_path, **changes):
+    """A real small CNN's model file with its stored configuration or input shape edited."""
+    import json
+
+    config = TrainConfig(rule="fa", hidden=(8,), learning_rate=0.1, conv=(ConvLayer(4, 3), ConvLayer(4, 3)))
+    sample = np.zeros((1, 8, 8, 1), np.float32)
+    state = config.family.init(config, config.family.program_spec(config, sample, 2), sample, np.random.default_rng(0))
+    record = serialization.msgpack_restore(save_model(config, state, 2, (8, 8, 1)))
+    stored = json.loads(record["config"])
+    if "conv" in changes:
+        stored["conv"] = [dataclasses.asdict(layer) for layer in changes["conv"]]
+    record["config"] = json.dumps(stored)
+    record["input_shape"] = list(changes.get("input_shape", (8, 8, 1)))
+    path = tmp_path / "m.msgpack"
+    path.write_bytes(serialization.msgpack_serialize(record))
+    return path
+
+
+def test_the_whole_network_is_counted_before_anything_is_built(tmp_path):
+    """The size check counted only the last convolution's channels: two unpooled 256-channel layers on 64x64
+    inputs (a dense head of 64*64*256 x 8 weights) took 5.7 GB before failing; 4096 channels asked for 512 GiB."""
+    wide = (ConvLayer(256, 3), ConvLayer(256, 3))
+    with pytest.raises(ValueError, match=r"m.msgpack: its configuration needs 8980752 weights but the file holds"):
+        load_model(conv_file(tmp_path, conv=wide, input_shape=(64, 64, 1)))
+    with pytest.raises(ValueError, match=r"its configuration needs 18911248 weights"):
+        load_model(conv_file(tmp_path, conv=(ConvLayer(4096, 3), ConvLayer(4096, 1))))
+    assert load_model(conv_file(tmp_path)).input_shape == (8, 8, 1)  # the file as it was saved loads
+
+
+def test_an_input_larger_than_memory_is_refused_before_anything_is_built(tmp_path, monkeypatch):
+    # a conv trunk's kernels do not grow with the input: the input and activations of one example must fit memory
+    monkeypatch.setattr("models.saved.memory_budget", lambda: 2 * 2**30)
+    pooled = (ConvLayer(4, 3, pool="max"), ConvLayer(4, 3, pool="max"))
+    with pytest.raises(ValueError, match=r"its (network needs about [\d.]+ GiB to load; this process may allocate "
+                       r"2.0 GiB|configuration needs)"):
+        load_model(conv_file(tmp_path, conv=pooled, input_shape=(100_000, 100_000, 1)))
+    with pytest.raises(ValueError, match=r"its input shape \(0, 8, 1\) is not a shape"):
+        load_model(conv_file(tmp_path, input_shape=(0, 8, 1)))

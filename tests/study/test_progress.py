@@ -22,8 +22,8 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
 
 from hpo import run
-from hpo.cli import clock
 from hpo.config import StudyConfig
+from hpo.console import clock
 from hpo.report import summary as report
 from hpo.storage import open_storage
 from hpo.study.progress import EpochProgress, StudyClock

@@ -27,17 +27,17 @@ def running(step, value, startup=False):
     return trial
 
 
-def test_rungs_are_one_and_three_epochs_and_the_first_fold():
-    assert halving_rungs(10) == (1, 3, 10)
-    assert halving_rungs(3) == (1, 3)
-    assert halving_rungs(2) == (1, 2)
-    assert halving_rungs(1) == (1,)
+def test_rungs_are_three_epochs_keeping_half_and_the_first_fold_keeping_a_third():
+    assert halving_rungs(10) == {3: 2, 10: 3}
+    assert halving_rungs(4) == {3: 2, 4: 3}
+    assert halving_rungs(3) == {3: 3}
+    assert halving_rungs(1) == {1: 3}
     pruner = make_pruner(StudyConfig(pruner="halving", epochs=10))
-    assert isinstance(pruner, HalvingPruner) and pruner.rungs == {1, 3, 10} and pruner.spare_until == 10
+    assert isinstance(pruner, HalvingPruner) and pruner.rungs == {3: 2, 10: 3} and pruner.spare_until == 10
 
 
 def test_a_trial_goes_on_only_in_the_top_third_of_the_values_at_its_rung():
-    pruner = HalvingPruner((1, 3, 10))
+    pruner = HalvingPruner({1: 3, 3: 3, 10: 3})
     # 8 values at step 3, with the trial's own: 9 // 3 = 3 go on: the trial must be at least the 3rd best (0.7)
     study = study_with([(3, v) for v in (0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 0.8, 0.9)])
     assert not pruner.prune(study, running(3, 0.7))
@@ -50,52 +50,54 @@ def test_a_trial_goes_on_only_in_the_top_third_of_the_values_at_its_rung():
     assert pruner.prune(study_with([(1, 0.5)]), running(1, 0.4))
     assert not pruner.prune(study_with([(1, 0.5)]), running(1, 0.5))
     assert pruner.prune(study, running(3, float("nan")))
+    half = HalvingPruner({3: 2})  # 9 // 2 = 4 go on: the 4th best (0.5) is the bar
+    assert not half.prune(study, running(3, 0.5)) and half.prune(study, running(3, 0.45))
 
 
 def test_minimised_metrics_keep_the_smallest():
     study = study_with([(1, v) for v in (1.0, 2.0, 3.0, 4.0, 5.0)], direction="minimize")
-    pruner = HalvingPruner((1,))
+    pruner = HalvingPruner({1: 3})
     assert not pruner.prune(study, running(1, 2.0))  # 6 // 3 = 2: the 2nd smallest goes on
     assert pruner.prune(study, running(1, 2.5))
 
 
 def test_startup_trials_are_spared_until_the_first_fold_ends_and_judged_there():
     pruner = make_pruner(StudyConfig(pruner="halving", epochs=10))
-    study = study_with([(1, 0.9), (3, 0.9), (10, 0.9), (10, 0.95), (10, 0.99)])
-    assert not pruner.prune(study, running(1, 0.1, startup=True))
+    study = study_with([(3, 0.9), (3, 0.8), (10, 0.9), (10, 0.95), (10, 0.99)])
     assert not pruner.prune(study, running(3, 0.1, startup=True))
     assert pruner.prune(study, running(10, 0.1, startup=True))
-    assert pruner.prune(study, running(1, 0.1))
+    assert pruner.prune(study, running(3, 0.1))
+    assert not pruner.prune(study, running(1, 0.1))  # no rung at one epoch
 
 
 def test_a_halving_study_trains_folds_in_turn_and_stops_trials_only_at_its_rungs(tmp_path):
     storage = tmp_path / "s.journal"
-    argv = ["--dataset", "digits", "--algo", "fa", "--folds", "3", "--epochs", "4", "--trials", "14",
+    argv = ["--dataset", "digits", "--algo", "fa", "--folds", "3", "--epochs", "5", "--trials", "16",
             "--pruner", "halving", "--test-seeds", "1", "--storage", str(storage), "--workers", "1",
             "--results-dir", str(tmp_path / "r"), "--cache-dir", "none"]
     assert main(argv) == 0
     study = optuna.load_study(study_name="digits-mlp-fa", storage=open_storage(str(storage), create=False))
-    assert read_study(study).pruner == "halving" and spread_step(read_study(study)) == 4
+    assert read_study(study).pruner == "halving" and spread_step(read_study(study)) == 5
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     pruned = [t for t in trials if t.state == TrialState.PRUNED]
     assert complete and pruned
     for trial in complete:  # every fold-epoch reported, fold by fold; the value is the mean of the folds' ends
-        assert sorted(trial.intermediate_values) == list(range(1, 13))
+        assert sorted(trial.intermediate_values) == list(range(1, 16))
         scores = read_trial(trial).fold_scores
-        assert [trial.intermediate_values[4 * f] for f in (1, 2, 3)] == pytest.approx(scores, abs=1e-6)
+        assert [trial.intermediate_values[5 * f] for f in (1, 2, 3)] == pytest.approx(scores, abs=1e-6)
         assert trial.value == pytest.approx(np.mean(scores))
     for trial in pruned:  # stopped at a rung, start-up trials only at the first fold's end
-        assert trial.last_step in (1, 3, 4), trial.intermediate_values
+        assert trial.last_step in (3, 5), trial.intermediate_values
         assert "of fold 1 of 3" in read_trial(trial).pruned_reason
         if read_trial(trial).startup:
-            assert trial.last_step == 4
-    spread = startup_spread(trials, 4)  # every start-up trial has its first fold's end
+            assert trial.last_step == 5
+    spread = startup_spread(trials, 5)  # every start-up trial has its first fold's end
     assert spread.n == 10 and spread.unscored == 0
     startup = [t for t in trials if read_trial(t).startup]
-    assert spread.scores.tolist() == [t.intermediate_values[4] for t in startup]
+    assert spread.scores.tolist() == [t.intermediate_values[5] for t in startup]
     summary = (tmp_path / "r" / "summary.md").read_text()
-    assert "start-up read at the first fold's end (epoch 4)" in summary
+    assert "start-up read at the first fold's end (epoch 5)" in summary
 
 
 def test_a_study_keeps_the_pruner_it_was_created_with(tmp_path, capsys):
