@@ -7,9 +7,11 @@ reader (a browser, another worker, the notebook) would find it.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
+import stat
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
@@ -40,6 +42,9 @@ def atomic_path(path: Path) -> Iterator[Path]:
     permissions of the umask: a shared results folder or a web server can read it. Inside ``written_together``
     the rename waits for the end of that block.
     """
+    kind = special_file(path)
+    if kind is not None:  # a folder or a FIFO where the file goes: refused before anything is written or renamed
+        raise OSError(errno.EEXIST, f"a {kind} stands where the file goes", str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temporary_name(path)
     try:
@@ -123,6 +128,43 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
     """Write ``path`` through ``write(handle)`` on a temporary file that is then renamed over it."""
     with atomic_path(path) as tmp, open(tmp, "xb") as handle:
         write(handle)
+
+
+def file_kind(mode: int) -> str:
+    """What a ``st_mode`` that is not a regular file's is: ``FIFO``, ``character device``, ..."""
+    for test, kind in ((stat.S_ISDIR, "directory"), (stat.S_ISFIFO, "FIFO"), (stat.S_ISCHR, "character device"),
+                       (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket"), (stat.S_ISLNK, "symbolic link")):
+        if test(mode):
+            return kind
+    return "special file"
+
+
+def special_file(path: Path) -> str | None:
+    """What ``path`` is if it exists and is not a regular file (following links; ``link to nothing`` for a
+    dangling one), else None. A FIFO would block whoever opens it and ``/dev/zero`` never ends: nothing the
+    project reads may be one."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "link to nothing" if os.path.islink(path) else None
+    except OSError:
+        return None
+    return None if stat.S_ISREG(mode) else file_kind(mode)
+
+
+def read_own_file(path: Path, limit: int) -> bytes | None:
+    """The bytes of a small file the project wrote itself (a results folder's marker, a cached bundle), or None
+    where ``path`` is missing, a symbolic link, not a regular file (a FIFO is never waited on) or longer than
+    ``limit`` bytes: such a file was not written by us, and its content must never be read or shown."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        data = handle.read(limit + 1)
+    return data if len(data) <= limit else None
 
 
 def write_text(path: Path, text: str) -> None:

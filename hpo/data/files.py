@@ -49,9 +49,9 @@ from urllib.error import URLError
 import numpy as np
 
 from hpo.data.dataset import Dataset, standardise
-from hpo.data.idx import file_kind, read_idx
+from hpo.data.idx import read_idx
 from hpo.errors import UsageError
-from hpo.files import atomic_write, user_cache_dir
+from hpo.files import atomic_write, special_file, user_cache_dir
 
 INSTALL_HINT = 'pip install -e ".[vision]"'
 CACHE_FORMAT = 2  # bump when the cache layout changes, so old caches are rebuilt
@@ -188,8 +188,8 @@ def refuse_special_files(spec: FileSpec, folder: Path) -> None:
     opening it could block or never end."""
     for name in spec.files:
         for path in (folder / name, folder / f"{name}.gz") if spec.idx else (folder / name,):
-            if os.path.lexists(path) and not path.is_file():
-                kind = file_kind(os.stat(path).st_mode) if path.exists() else "link to nothing"
+            kind = special_file(path)
+            if kind is not None:
                 raise UsageError(f"{spec.name}: {path} is not a regular file (it is a {kind}); replace it with the "
                                  "data file or remove it")
 

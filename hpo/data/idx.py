@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from hpo.errors import UsageError
+from hpo.files import file_kind
 from models.machine import gib, memory_budget
 
 UNSIGNED_BYTE = 0x08  # the only IDX type MNIST-style files use
@@ -41,14 +42,6 @@ def open_regular(path: Path):
         return open(path, "rb")  # noqa: SIM115 -- the caller closes it
     except OSError as error:
         raise UsageError(f"cannot read {path}: {error.strerror or error}") from None
-
-
-def file_kind(mode: int) -> str:
-    for test, kind in ((stat.S_ISDIR, "directory"), (stat.S_ISFIFO, "FIFO"), (stat.S_ISCHR, "character device"),
-                       (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket")):
-        if test(mode):
-            return kind
-    return "special file"
 
 
 def read_idx(path: Path, kind: str, budget: int | None = None) -> np.ndarray:

@@ -22,7 +22,7 @@ import re
 from pathlib import Path
 
 from hpo.errors import UsageError
-from hpo.files import atomic_path, write_text
+from hpo.files import atomic_path, read_own_file, write_text
 from hpo.storage import is_rdb_url, redact
 
 RESULTS_ROOT = Path("results")  # parent of the derived per-storage folders (relative to the working directory)
@@ -81,18 +81,36 @@ def results_dir_for(storage: str, results_dir: str | Path | None) -> Path:
     derived = RESULTS_ROOT / storage_label(storage)
     owner = recorded_owner(derived)
     if owner is not None and owner != storage_identity(storage):
+        whose = "an unknown storage: its .storage is not a file this project wrote" if owner == UNKNOWN_OWNER \
+            else f"storage {redact(owner)!r}"
         raise UsageError(
-            f"results folder {derived.as_posix()!r} holds the report of storage {owner!r}, not of "
-            f"{redact(storage)!r}; choose a folder for this storage with --results-dir"
+            f"results folder {derived.as_posix()!r} holds the report of {whose}, not of {redact(storage)!r}; choose "
+            "a folder for this storage with --results-dir"
         )
     return derived
 
 
+OWNER_LIMIT = 4096  # bytes: a storage identity is one line
+
+
 def recorded_owner(results: Path) -> str | None:
-    try:
-        return (results / OWNER_FILE).read_text().strip() or None
-    except OSError:
+    """The storage whose report ``results`` holds (its ``OWNER_FILE``), None where there is none. A marker this
+    project did not write (a link, a FIFO, a long or binary file, more than one line) is never read out: its owner
+    is ``UNKNOWN_OWNER``, which no storage is, so the folder is refused without showing what the file holds."""
+    path = results / OWNER_FILE
+    if not os.path.lexists(path):
         return None
+    data = read_own_file(path, OWNER_LIMIT)
+    try:
+        text = data.decode("utf-8").strip() if data is not None else ""
+    except UnicodeDecodeError:
+        text = ""
+    if not text or "\n" in text or not text.isprintable():
+        return UNKNOWN_OWNER
+    return text
+
+
+UNKNOWN_OWNER = "(a .storage file this project did not write)"
 
 
 def record_owner(results: Path, storage: str) -> None:
@@ -108,11 +126,8 @@ def plotly_bundle(results: Path) -> Path:
 
     path = results / PLOTLY_JS
     script = get_plotlyjs()
-    try:
-        current = path.read_text()
-    except OSError:
-        current = None
-    if current != script:
+    current = read_own_file(path, 2 * len(script.encode()))  # never a FIFO or a link waited on or read through
+    if current != script.encode():
         write_text(path, script)
     return path
 

@@ -74,8 +74,10 @@ def write_reports(storage_url: str, results_dir: str | Path | None = None, patte
             publish()  # the index lists the files found in place
             write_index(results, [s.study_name for s in studies], storage_url)
     except OSError as error:
+        where = error.filename or str(results)
         raise UsageError(
-            f"cannot write the reports to {str(results)!r}: {error.strerror or error}; the previous reports are kept"
+            f"cannot write the reports to {str(results)!r} ({where}: {error.strerror or error}); the previous reports "
+            "are kept"
         ) from None
     note = importance_note(sparse_params)
     if note:

@@ -17,6 +17,7 @@ import sqlalchemy.exc
 from optuna.storages import BaseStorage
 
 from hpo.errors import UsageError
+from hpo.files import special_file
 from hpo.storage.journal import TORN_SUFFIX, check_journal, open_journal
 from hpo.storage.rdb import MAX_RETRY, heartbeat_settings, open_rdb
 from hpo.storage.urls import (
@@ -47,6 +48,16 @@ def writable(path: Path) -> bool:
     return True
 
 
+def refuse_special(url: str) -> None:
+    """A local storage path that is there but is not a regular file (a FIFO would block the first read or write,
+    a device would be written to) is one line naming it; a directory is said by ``check_journal``."""
+    path = local_path(url)
+    kind = special_file(path) if path is not None else None
+    if kind not in (None, "directory"):
+        raise UsageError(f"storage {redact(url)!r} is a {kind}, not a file; give a journal file, sqlite:///FILE or a "
+                         "postgresql:// URL")
+
+
 def check_storage(url: str) -> None:
     """Refuse an unusable storage before anything is created.
 
@@ -55,6 +66,7 @@ def check_storage(url: str) -> None:
     """
     check_url(url)
     path = local_path(url)
+    refuse_special(url)
     if not is_rdb_url(url):
         check_journal(path)
     if path is not None and path.is_file() and not writable(path):
@@ -87,6 +99,7 @@ def open_storage(url: str, create: bool = True) -> BaseStorage:
     """
     check_url(url)
     local = local_path(url)
+    refuse_special(url)
     if not create and local is not None and not local.is_file():
         raise UsageError(f"storage {redact(url)!r} does not exist")
     try:

@@ -47,15 +47,20 @@ def _safe(info: os.stat_result) -> bool:
 def read_private(path: Path) -> bytes | None:
     """The content of ``path`` if it is a regular file (not a link) that only this user can have written, else
     None (absent, or not to be trusted)."""
-    try:
-        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    try:  # O_NONBLOCK: a FIFO planted where a file should be is never waited on
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
     except OSError:
         return None
-    with os.fdopen(descriptor, "rb") as handle:
-        info = os.fstat(handle.fileno())
-        if not stat.S_ISREG(info.st_mode) or not _safe(info):
+    try:
+        info = os.fstat(descriptor)
+        if not stat.S_ISREG(info.st_mode) or not _safe(info):  # a folder, a FIFO, another user's file
             return None
-        return handle.read()
+        with os.fdopen(descriptor, "rb", closefd=False) as handle:
+            return handle.read()
+    except OSError:
+        return None
+    finally:
+        os.close(descriptor)
 
 
 def write_private(path: Path, data: bytes) -> bool:
@@ -71,6 +76,22 @@ def write_private(path: Path, data: bytes) -> bool:
     except OSError:
         tmp.unlink(missing_ok=True)
         return False
+
+
+def create_private_once(path: Path, data: bytes) -> None:
+    """Create ``path`` (mode 0600) holding ``data`` unless it exists: written to a temporary file, then linked into
+    place, which fails if another process created it first; so every process that opens a new store at once ends
+    up reading the same key (a rename would let the last writer replace the key others already hold)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        descriptor = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(data)
+        os.link(tmp, path)
+    except OSError:
+        pass  # another process's key is in place (or the disk is full: then the key is missing, said below)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def open_store(directory: Path) -> bytes | None:
@@ -90,10 +111,9 @@ def open_store(directory: Path) -> bytes | None:
               "be a folder only its user can write to (docs: Security)")
         return None
     key_path = directory / KEY_FILE
+    if not os.path.lexists(key_path):
+        create_private_once(key_path, secrets.token_bytes(KEY_BYTES))
     key = read_private(key_path)
-    if key is None and not key_path.exists():
-        if write_private(key_path, secrets.token_bytes(KEY_BYTES)):
-            key = read_private(key_path)
     if key is not None:
         mode = stat.S_IMODE(os.stat(key_path, follow_symlinks=False).st_mode)
         if mode & (stat.S_IRWXG | stat.S_IRWXO):

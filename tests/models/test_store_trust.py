@@ -141,3 +141,49 @@ def test_a_failed_write_leaves_no_temporary_file(tmp_path):
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "['.key']"  # the key (32 bytes fit); no decisions.json, no .tmp files
+
+
+def test_every_process_opening_a_new_store_at_once_gets_the_stored_key(tmp_path):
+    """Opening a fresh store at once from many places must create its key once: with a rename, the last writer
+    replaced the key that earlier ones already held (30 of 200 simultaneous opens kept a key not stored)."""
+    import threading
+
+    from models.compile.trust import open_store
+
+    for attempt in range(5):
+        store = tmp_path / f"store{attempt}"
+        barrier, keys = threading.Barrier(40), []
+
+        def open_it():
+            barrier.wait()
+            keys.append(open_store(store))
+
+        threads = [threading.Thread(target=open_it) for _ in range(40)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        stored = (store / KEY_FILE).read_bytes()
+        assert keys == [stored] * 40
+        assert [p.name for p in store.iterdir()] == [KEY_FILE]  # no temporary file left
+
+
+@pytest.mark.parametrize("where", ["key", "entry"])
+def test_a_folder_or_fifo_where_a_file_should_be_is_not_a_crash(tmp_path, capfd, where):
+    from models.compile.trust import open_store, read_private
+
+    store = tmp_path / "store"
+    store.mkdir(mode=0o700)
+    if where == "key":
+        (store / KEY_FILE).mkdir()
+        assert open_store(store) is None
+        err = capfd.readouterr().err
+        assert err.count("\n") == 1 and "is missing, unreadable or not this user's alone" in err
+        os.rmdir(store / KEY_FILE)
+        os.mkfifo(store / KEY_FILE)
+        assert open_store(store) is None  # a FIFO is never waited on
+    else:
+        assert open_store(store) is not None
+        (store / "entry").mkdir()
+        os.mkfifo(store / "fifo")
+        assert read_private(store / "entry") is None and read_private(store / "fifo") is None

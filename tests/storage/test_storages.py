@@ -380,3 +380,15 @@ def test_frozen_database_stops_the_worker_within_the_documented_bound(fragile_po
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: study 'frozen' lost its storage '{redact(storage)}': ")
     assert waited < FROZEN_BOUND, waited
+
+
+@pytest.mark.parametrize("scheme", ["", "sqlite:///"])
+def test_a_fifo_as_storage_is_one_line_within_seconds(tmp_path, scheme):
+    """Opening a FIFO blocks until a writer comes: a --storage that is one hung for ever."""
+    fifo = tmp_path / "storage.fifo"
+    os.mkfifo(fifo)
+    run = subprocess.run([sys.executable, "-m", "hpo.run", "--dataset", "digits", "--trials", "1", "--storage",
+                          f"{scheme}{fifo}", "--results-dir", str(tmp_path / "r")], cwd=ROOT, capture_output=True,
+                         text=True, timeout=60)
+    assert run.returncode == 2 and run.stderr.count("\n") == 1
+    assert "is a FIFO, not a file" in run.stderr
