@@ -154,7 +154,7 @@ def test_every_process_opening_a_new_store_at_once_gets_the_stored_key(tmp_path)
         store = tmp_path / f"store{attempt}"
         barrier, keys = threading.Barrier(40), []
 
-        def open_it():
+        def open_it(barrier=barrier, keys=keys, store=store):
             barrier.wait()
             keys.append(open_store(store))
 
