@@ -16,14 +16,15 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from hpo.files import atomic_path, pyplot
-from hpo.record import STARTUP_TRIALS
 from hpo.report.comparison import SIGNIFICANCE
 from hpo.report.folders import write_html
 from hpo.report.tables import _plus_minus, p_value
 
+# The points of each rule: (column, interval column, legend label, colour); the start-up label is completed by
+# ``point_labels`` with the number of random trials the studies had
 BARS = (
     ("best", None, "best CV (all trials)", "#2a9d8f"),
-    ("startup_mean", "startup_std", f"start-up CV mean ± std ({STARTUP_TRIALS} random trials)", "#e9c46a"),
+    ("startup_mean", "startup_std", "start-up CV mean ± std", "#e9c46a"),
     ("startup_worst", None, "start-up CV worst", "#e76f51"),
     ("test_mean", "test_ci95", "test mean ± 95% CI over seeds (best config)", "#264653"),
 )
@@ -53,9 +54,9 @@ def _grid(n_panels: int) -> tuple[int, int]:
 
 
 def _score_limits(group: pd.DataFrame) -> tuple[float | None, float | None]:
-    """Y range that shows the differences between rules and every bar and error bar whole: from below the lowest
-    bar or error bar to above the highest. Scores in [0, 1] (accuracy) start at 0 at the lowest; the top is never
-    cut at 1, since a mean plus its spread can pass it. Losses start at 0."""
+    """Y range that shows the differences between rules with every point and interval whole. Points, not bars: a
+    bar's length says its value from zero, so bars on an axis that starts at 0.53 in one panel and 0 in another
+    mislead; a point with its interval reads the same on any range. Losses start at 0."""
     lows, highs = [], []
     for column, error, _, _ in BARS:
         spread = group[error].fillna(0) if error else 0
@@ -66,16 +67,23 @@ def _score_limits(group: pd.DataFrame) -> tuple[float | None, float | None]:
         return 0.0, None
     if np.isnan(low):  # no score at all yet: matplotlib's own range
         return None, None
-    span = max(high - low, 0.05)
-    values = group[[column for column, *_ in BARS]]
-    bounded = bool(((values.min() >= 0) & (values.max() <= 1)).all())  # scores in [0, 1], e.g. accuracy
-    lower, upper = low - 0.3 * span, high + 0.12 * span
-    return (max(0.0, lower), upper) if bounded else (lower, upper)
+    span = max(high - low, 0.02)
+    return low - 0.08 * span, high + 0.12 * span
+
+
+def point_labels(frame: pd.DataFrame) -> dict[str, str]:
+    """Each series' legend label; the start-up ones say how many random trials the studies had (one number where
+    they all had the same, else "n per study in the summary")."""
+    counts = {int(n) + int(u) for n, u in zip(frame["startup_n"], frame["startup_unscored"])}
+    population = f"{counts.pop()} random trials" if len(counts) == 1 else "random trials, n per study in the summary"
+    return {column: label.replace("start-up CV", f"start-up ({population}) CV") if column.startswith("startup")
+            else label for column, _, label, _ in BARS}
 
 
 def _differs_from_bp(group: pd.DataFrame) -> np.ndarray:
-    """Rules whose test mean differs from bp's (Welch p below ``SIGNIFICANCE``): marked on the charts."""
-    return (group["p_vs_bp"] < SIGNIFICANCE).to_numpy()
+    """Rules whose test mean differs from bp's (Welch's p, Holm-adjusted for the rules compared, below
+    ``SIGNIFICANCE``): marked on the charts."""
+    return (group["p_vs_bp_holm"] < SIGNIFICANCE).to_numpy()
 
 
 COMPARISON_TITLE = (
@@ -84,20 +92,21 @@ COMPARISON_TITLE = (
 
 
 def comparison_png(frame: pd.DataFrame, path: Path) -> None:
-    """Grouped bars per (dataset, model) and rule (``BARS``); * above a test bar: it differs from bp's."""
+    """Points with intervals per (dataset, model) and rule (``BARS``); * above a test point: it differs from bp's."""
     plt = pyplot()
     groups = _groups(frame)
     if not groups:
         return
+    labels = point_labels(frame)
     rows, cols = _grid(len(groups))
     fig, axes = plt.subplots(rows, cols, figsize=(max(5.0, 4.8 * cols), 4.4 * rows), squeeze=False)
-    width = 0.8 / len(BARS)
+    width = 0.7 / len(BARS)
     for ax, (title, group) in zip(axes.flat, groups, strict=False):  # spare axes of the last row stay empty
         x = np.arange(len(group))
-        for i, (column, error, label, colour) in enumerate(BARS):
+        for i, (column, error, _, colour) in enumerate(BARS):
             err = group[error].to_numpy(dtype=float) if error else None
-            ax.bar(x + (i - (len(BARS) - 1) / 2) * width, group[column], width, yerr=err, capsize=2, label=label,
-                   color=colour)
+            ax.errorbar(x + (i - (len(BARS) - 1) / 2) * width, group[column], yerr=err, fmt="o", ms=5, capsize=3,
+                        lw=1.2, label=labels[column], color=colour)
         test_x = x + (len(BARS) - 1) / 2 * width
         tops = group["test_mean"] + group["test_ci95"].fillna(0)
         for xi, top in zip(test_x[_differs_from_bp(group)], tops[_differs_from_bp(group)]):
@@ -107,14 +116,14 @@ def comparison_png(frame: pd.DataFrame, path: Path) -> None:
         ax.set_title(title)
         ax.set_ylabel(str(group["metric"].iloc[0]))
         ax.set_ylim(*_score_limits(group))
-        ax.set_xlim(-0.75, len(group) - 0.25)  # a lone rule keeps bars of the usual width
+        ax.set_xlim(-0.6, len(group) - 0.4)
         ax.grid(axis="y", alpha=0.3)
     for ax in axes.flat[len(groups):]:
         ax.set_visible(False)
-    # one legend for every panel, below them, where it can cover no bar
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=2 if cols > 1 else 1, fontsize=8, frameon=False)
-    title = f"{COMPARISON_TITLE};  *: test mean differs from bp's (Welch p < {SIGNIFICANCE})"
+    # one legend for every panel, below them, where it can cover no point
+    handles, legend = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, legend, loc="lower center", ncol=2 if cols > 1 else 1, fontsize=8, frameon=False)
+    title = f"{COMPARISON_TITLE};  *: test mean differs from bp's (Welch p, Holm-adjusted, < {SIGNIFICANCE})"
     fig.suptitle(textwrap.fill(title, width=int(fig.get_figwidth() * 12)), fontsize=10)
     fig.tight_layout(rect=(0, 0.08 if cols > 1 else 0.16, 1, 1))
     with atomic_path(path) as tmp:  # "tight": a title or legend wider than the panels is never cut off
@@ -131,6 +140,7 @@ def comparison_html(frame: pd.DataFrame, path: Path, bundle: Path) -> None:
     groups = _groups(frame)
     if not groups:
         return
+    labels = point_labels(frame)
     rows, cols = _grid(len(groups))
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=[t for t, _ in groups])
     for i, (_, group) in enumerate(groups):
@@ -139,19 +149,21 @@ def comparison_html(frame: pd.DataFrame, path: Path, bundle: Path) -> None:
         hover = group.assign(
             vs_bp=[_plus_minus(r.delta_vs_bp, r.delta_vs_bp_ci95) or "-" for r in group.itertuples()],
             p=[p_value(p) or "-" for p in group["p_vs_bp"]],
+            p_holm=[p_value(p) or "-" for p in group["p_vs_bp_holm"]],
         )
         stars = np.where(_differs_from_bp(group), "*", "").tolist()
-        for column, error, label, colour in BARS:
+        for column, error, _, colour in BARS:
             error_y = dict(type="data", array=group[error].fillna(0).tolist()) if error else None
             fig.add_trace(
-                go.Bar(
-                    name=label, x=group["label"].tolist(), y=group[column].tolist(), error_y=error_y,
-                    marker_color=colour, legendgroup=column, showlegend=i == 0,
-                    text=stars if column == "test_mean" else None, textposition="outside",
-                    customdata=hover[["study", "complete", "startup_n", "test_n", "vs_bp", "p"]].to_numpy(),
-                    hovertemplate="%{customdata[0]}<br>" + label + ": %{y:.4f}<br>complete trials %{customdata[1]}, "
-                    "start-up scored %{customdata[2]}, test seeds %{customdata[3]}<br>test vs bp %{customdata[4]} "
-                    "(p %{customdata[5]})<extra></extra>",
+                go.Scatter(
+                    name=labels[column], x=group["label"].tolist(), y=group[column].tolist(), error_y=error_y,
+                    mode="markers+text" if column == "test_mean" else "markers", marker=dict(color=colour, size=8),
+                    legendgroup=column, showlegend=i == 0, offsetgroup=column,
+                    text=stars if column == "test_mean" else None, textposition="top center",
+                    customdata=hover[["study", "complete", "startup_n", "test_n", "vs_bp", "p", "p_holm"]].to_numpy(),
+                    hovertemplate="%{customdata[0]}<br>" + labels[column] + ": %{y:.4f}<br>complete trials "
+                    "%{customdata[1]}, start-up scored %{customdata[2]}, test seeds %{customdata[3]}<br>test vs bp "
+                    "%{customdata[4]} (p %{customdata[5]}, Holm %{customdata[6]})<extra></extra>",
                 ),
                 row=row, col=col,
             )
@@ -159,7 +171,8 @@ def comparison_html(frame: pd.DataFrame, path: Path, bundle: Path) -> None:
         fig.update_yaxes(
             title_text=str(group["metric"].iloc[0]), range=None if None in limits else limits, row=row, col=col
         )
-    fig.update_layout(barmode="group", title=COMPARISON_TITLE + f"; *: differs from bp (Welch p < {SIGNIFICANCE})")
+    fig.update_layout(scattermode="group", title=COMPARISON_TITLE + f"; *: differs from bp (Welch p, Holm-adjusted, "
+                      f"< {SIGNIFICANCE})")
     write_html(fig, path, bundle)
 
 

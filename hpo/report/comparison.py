@@ -9,8 +9,10 @@ trial's numbers, and the figures and tables built on them:
   test seeds has one score (n = 1, no interval) and says so in ``test_note``.
 * ``startup_*``: the spread across trials over the random start-up trials (``hpo.study.population``): the same
   number of random configurations for every rule, none pruned.
-* ``delta_vs_bp``, ``delta_vs_bp_ci95``, ``p_vs_bp``: test mean minus backprop's (same dataset and model, in
-  the same storage), the half-width of Welch's 95% interval of that difference and Welch's two-sided p-value.
+* ``test_pi95``: the half-width of the 95% prediction interval of one new seed's test score (what a rerun lands in).
+* ``delta_vs_bp``, ``delta_vs_bp_ci95``, ``p_vs_bp``, ``p_vs_bp_holm``: test mean minus backprop's (same dataset and
+  model, in the same storage), the half-width of Welch's 95% interval of that difference, Welch's two-sided p-value
+  and that p adjusted by Holm's method for the number of rules compared with bp there.
   Empty for bp itself, where there is no (or more than one) bp study to compare with, and (interval and p)
   where either side has fewer than two seeds.
 * ``efficiency_png``: best cross-validated score so far against the number of finished trials, one line per
@@ -34,7 +36,7 @@ from optuna.trial import TrialState
 from hpo.files import atomic_path, path_component, pyplot
 from hpo.record import STARTUP_TRIALS, TestScores, read_study, startup_spread
 from hpo.report.curves import final_angles, layer_order
-from hpo.report.stats import CONFIDENCE, summarize_scores, welch
+from hpo.report.stats import CONFIDENCE, holm, summarize_scores, welch
 
 BACKPROP = "bp"  # the rule every other one is compared with
 PREDATES_TEST_SEEDS = "one seed: the run predates test seeds"
@@ -44,9 +46,9 @@ PREDATES_STARTUP_MARK = (
 )
 SIGNIFICANCE = 0.05  # p below which the chart marks a difference from backprop
 
-TEST_COLUMNS = ["test_n", "test_mean", "test_std", "test_ci95", "test_note", "test_scores"]
+TEST_COLUMNS = ["test_n", "test_mean", "test_std", "test_ci95", "test_pi95", "test_note", "test_scores"]
 STARTUP_COLUMNS = ["startup_n", "startup_unscored", "startup_mean", "startup_std", "startup_worst", "startup_note"]
-VS_BP_COLUMNS = ["delta_vs_bp", "delta_vs_bp_ci95", "p_vs_bp"]
+VS_BP_COLUMNS = ["delta_vs_bp", "delta_vs_bp_ci95", "p_vs_bp", "p_vs_bp_holm"]
 ALIGNMENT_COLUMNS = ["wb_angle", "update_angle", "wb_angle_mean", "update_angle_mean"]
 
 
@@ -68,7 +70,7 @@ def alignment_columns(diagnostics: dict[str, Any] | None) -> dict[str, Any]:
 def score_columns(record: TestScores | None, best_trial: int | None) -> dict[str, Any]:
     """The ``test_*`` columns of a study from its stored test scores and its best trial's number."""
     row: dict[str, Any] = {"test_n": 0, "test_mean": np.nan, "test_std": np.nan, "test_ci95": np.nan,
-                           "test_note": "", "test_scores": ""}
+                           "test_pi95": np.nan, "test_note": "", "test_scores": ""}
     if best_trial is None:
         return row
     if record is None:
@@ -82,7 +84,7 @@ def score_columns(record: TestScores | None, best_trial: int | None) -> dict[str
         return row
     summary = summarize_scores(record.scores)
     row.update(test_n=summary.n, test_mean=summary.mean, test_std=summary.std, test_ci95=summary.ci95,
-               test_scores=json.dumps(list(record.scores)))
+               test_pi95=summary.pi95, test_scores=json.dumps(list(record.scores)))
     if record.predates_seeds:
         row["test_note"] = PREDATES_TEST_SEEDS
     return row
@@ -124,11 +126,11 @@ def add_vs_bp(frame: pd.DataFrame) -> pd.DataFrame:
         if len(bp) != 1:
             continue  # none to compare with, or ambiguous (two bp studies, e.g. two seeds or samplers)
         reference = seed_scores(bp["test_scores"].iloc[0])
-        for index, row in group.iterrows():
-            if row["algo"] == BACKPROP:
-                continue
-            comparison = welch(seed_scores(row["test_scores"]), reference, CONFIDENCE)
-            frame.loc[index, VS_BP_COLUMNS] = [comparison.delta, comparison.ci95, comparison.p]
+        others = [index for index, row in group.iterrows() if row["algo"] != BACKPROP]
+        for index in others:
+            comparison = welch(seed_scores(frame.loc[index, "test_scores"]), reference, CONFIDENCE)
+            frame.loc[index, VS_BP_COLUMNS[:3]] = [comparison.delta, comparison.ci95, comparison.p]
+        frame.loc[others, "p_vs_bp_holm"] = holm(frame.loc[others, "p_vs_bp"].astype(float).tolist())
     return frame
 
 

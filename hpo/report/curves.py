@@ -57,16 +57,26 @@ def layer_label(layer: str) -> str:
     return "all layers" if layer == "total" else layer
 
 
-LAYER_COLOURS = ("#264653", "#2a9d8f", "#8ab17d", "#e9c46a", "#f4a261", "#e76f51", "#9b5de5", "#457b9d")
+HIDDEN_COLOURS = ("#264653", "#2a9d8f", "#8ab17d", "#e9c46a", "#f4a261")  # hidden 1, 2, ... (dense_0, ...)
+CONV_COLOURS = ("#457b9d", "#9b5de5", "#c77dff", "#5e548e")  # conv 1, 2, ...
+OUTPUT_COLOUR = "#e76f51"
 TOTAL_COLOUR = "#a0a0a0"
 
 
+def layer_colour(layer: str) -> str:
+    """A layer's colour in every chart of every report: fixed by its name (``hidden 2`` is always the same green,
+    whichever layers a network or a figure has), never by its place among the layers a figure happens to show."""
+    kind, _, index = layer.rpartition("_") if layer[-1:].isdigit() else (layer, "", "")
+    if kind == "dense" and index.isdigit():
+        return HIDDEN_COLOURS[int(index) % len(HIDDEN_COLOURS)]
+    if kind == "conv" and index.isdigit():
+        return CONV_COLOURS[int(index) % len(CONV_COLOURS)]
+    return TOTAL_COLOUR if layer == "total" else OUTPUT_COLOUR
+
+
 def layer_colours(layers) -> dict[str, str]:
-    """One colour per layer name for every panel of a figure, so a colour means the same layer everywhere."""
-    layers = set(layers)
-    ordered = sorted(layers - {"total"}, key=layer_order)
-    colours = {layer: LAYER_COLOURS[i % len(LAYER_COLOURS)] for i, layer in enumerate(ordered)}
-    return {**colours, "total": TOTAL_COLOUR} if "total" in layers else colours
+    """The colour of each layer (``layer_colour``), in network order, for a figure's legend."""
+    return {layer: layer_colour(layer) for layer in sorted(set(layers), key=layer_order)}
 
 
 def first_layer(layers) -> str | None:

@@ -41,7 +41,8 @@ def _result_files(results: Path, studies: list[str] | None = None) -> dict[str, 
     return dict(sorted(sections.items(), key=order))
 
 
-def index_html(results: Path, studies: list[str] | None = None, storage: str | None = None) -> str:
+def index_html(results: Path, studies: list[str] | None = None, storage: str | None = None,
+               frame: pd.DataFrame | None = None) -> str:
     """A page that embeds every image and links every page and table found under ``results``: of the
     ``studies`` only, where given (the storage's; see ``_result_files``)."""
     from html import escape
@@ -63,7 +64,8 @@ def index_html(results: Path, studies: list[str] | None = None, storage: str | N
         + " is shown below; click a chart for its interactive version where one exists.</p>",
     ]
     summary = results / "summary.csv"
-    frame = read_summary(summary) if summary.is_file() else None
+    if frame is None and summary.is_file():
+        frame = read_summary(summary)
     if frame is not None:
         parts.append(summary_table(frame).to_html(index=False, border=0))
         parts += [f"<p>{escape(SPREAD_NOTE)}</p>", f"<p>{escape(TEST_NOTE)}</p>"]
@@ -100,12 +102,14 @@ def index_html(results: Path, studies: list[str] | None = None, storage: str | N
     return "\n".join(parts) + "\n"
 
 
-def write_index(results_dir: str | Path, studies: list[str] | None = None, storage: str | None = None) -> Path:
+def write_index(results_dir: str | Path, studies: list[str] | None = None, storage: str | None = None,
+                frame: pd.DataFrame | None = None) -> Path:
     """Write ``index.html`` (atomically) linking every chart under ``results_dir`` (of ``studies`` only, where
-    given); return its path."""
+    given); return its path. ``frame``: the summary as computed (else read back from ``summary.csv``, whose values
+    are rounded to 6 digits: rounding them again to 4 could show 0.7126 where ``summary.md`` shows 0.7125)."""
     results = Path(results_dir)
     path = results / "index.html"
-    write_text(path, index_html(results, studies, storage))
+    write_text(path, index_html(results, studies, storage, frame))
     return path
 
 

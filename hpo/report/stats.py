@@ -1,4 +1,5 @@
-"""Statistics of test scores over seeds: Student-t intervals and Welch's comparison with backprop.
+"""Statistics of test scores over seeds: Student-t intervals of the mean and for one new seed, Welch's comparison with
+backprop, and Holm's correction for the several rules compared with it.
 
 Pure functions of score arrays; the report (``hpo.report.summary``) applies them to the per-seed test scores a study
 stores (``hpo.study.test_scores``). Only the t distribution's quantile and survival functions come from scipy; the
@@ -29,6 +30,7 @@ class SeedSummary:
     mean: float  # their mean (NaN without scores)
     std: float  # sample standard deviation (n - 1 in the denominator); NaN for n < 2
     ci95: float  # half-width of the Student-t interval of the mean (n - 1 degrees of freedom); NaN for n < 2
+    pi95: float  # half-width of the Student-t prediction interval of one new seed's score; NaN for n < 2
 
 
 @dataclass(frozen=True)
@@ -53,14 +55,24 @@ def t_half_width(std: float, n: int, confidence: float = CONFIDENCE) -> float:
     return t_quantile(confidence, n - 1) * std / math.sqrt(n)
 
 
+def prediction_half_width(std: float, n: int, confidence: float = CONFIDENCE) -> float:
+    """Half-width of the Student-t prediction interval of one more value drawn like ``n`` values with sample
+    standard deviation ``std``: ``t * std * sqrt(1 + 1/n)``. What a rerun with one new seed should land in; the
+    interval of the mean (``t_half_width``) is ``sqrt(n + 1)`` times narrower and says nothing about one seed."""
+    if n < 2 or not math.isfinite(std):
+        return math.nan
+    return t_quantile(confidence, n - 1) * std * math.sqrt(1 + 1 / n)
+
+
 def summarize_scores(scores: Sequence[float], confidence: float = CONFIDENCE) -> SeedSummary:
-    """Mean, sample std and t-interval half-width of ``scores`` (see ``SeedSummary``)."""
+    """Mean, sample std and the half-widths of the t intervals of the mean and of one new seed (``SeedSummary``)."""
     values = np.asarray(scores, dtype=float)
     n = len(values)
     if n == 0:
-        return SeedSummary(0, math.nan, math.nan, math.nan)
+        return SeedSummary(0, math.nan, math.nan, math.nan, math.nan)
     std = float(values.std(ddof=1)) if n >= 2 else math.nan
-    return SeedSummary(n, float(values.mean()), std, t_half_width(std, n, confidence))
+    return SeedSummary(n, float(values.mean()), std, t_half_width(std, n, confidence),
+                       prediction_half_width(std, n, confidence))
 
 
 def welch(a: Sequence[float], b: Sequence[float], confidence: float = CONFIDENCE) -> Comparison:
@@ -84,3 +96,17 @@ def welch(a: Sequence[float], b: Sequence[float], confidence: float = CONFIDENCE
     se = math.sqrt(variance)
     p = float(2 * special.stdtr(dof, -abs(delta) / se))
     return Comparison(delta, t_quantile(confidence, dof) * se, p, dof)
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjustment of ``p_values`` (NaN kept as NaN, not counted): the family-wise error rate of
+    several rules each compared with backprop stays at the threshold, less conservatively than Bonferroni. The
+    adjusted p of the i-th smallest of m is ``max over j <= i of min(1, (m - j + 1) p_(j))``."""
+    values = np.asarray(p_values, dtype=float)
+    known = np.flatnonzero(np.isfinite(values))
+    adjusted = np.full(len(values), math.nan)
+    running = 0.0
+    for rank, index in enumerate(known[np.argsort(values[known], kind="stable")]):
+        running = max(running, min(1.0, (len(known) - rank) * values[index]))
+        adjusted[index] = running
+    return adjusted.tolist()

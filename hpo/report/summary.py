@@ -72,7 +72,7 @@ def write_reports(storage_url: str, results_dir: str | Path | None = None, patte
             steps.report("learning and alignment curves")
             write_curve_plots(studies, results)
             publish()  # the index lists the files found in place
-            write_index(results, [s.study_name for s in studies], storage_url)
+            write_index(results, [s.study_name for s in studies], storage_url, frame)
     except OSError as error:
         where = error.filename or str(results)
         raise UsageError(

@@ -29,7 +29,7 @@ from hpo.report.comparison import (
 
 SUMMARY_COLUMNS = [
     "study", "dataset", "model", "algo", "metric", "direction", "complete", "pruned", "failed", "best",
-    "best_trial", "best_fold_std", *STARTUP_COLUMNS, *TEST_COLUMNS[:5], *VS_BP_COLUMNS, *ALIGNMENT_COLUMNS,
+    "best_trial", "best_fold_std", *STARTUP_COLUMNS, *TEST_COLUMNS[:6], *VS_BP_COLUMNS, *ALIGNMENT_COLUMNS,
     "interrupted", "surplus", "median_trial_seconds", "train_seconds", "compile_seconds", "wall_seconds",
     "test_scores", "best_params",
 ]
@@ -114,8 +114,10 @@ SPREAD_NOTE = (
 )
 TEST_NOTE = (
     "Test: the best configuration retrained on the whole training split with n seeds and scored on the test "
-    "split: mean ± half-width of the Student-t 95% interval. vs bp: test mean minus bp's on the same dataset "
-    "and model ± Welch's 95% interval, and Welch's two-sided p."
+    "split: mean ± half-width of the Student-t 95% interval of the mean; one new seed: the half-width of the 95% "
+    "prediction interval of one more seed's score around that mean (what a rerun lands in). vs bp: test mean minus "
+    "bp's on the same dataset and model ± Welch's 95% interval, Welch's two-sided p, and that p adjusted by Holm's "
+    "method for the number of rules compared with bp on that dataset and model."
 )
 
 
@@ -128,8 +130,10 @@ def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
         "start-up CV mean ± std": [_plus_minus(r.startup_mean, r.startup_std, r.startup_n) for r in frame.itertuples()],
         "start-up worst": frame["startup_worst"].map(_number),
         "test mean ± 95% CI": [_plus_minus(r.test_mean, r.test_ci95, r.test_n or None) for r in frame.itertuples()],
+        "one new seed (95% PI)": [f"± {_number(v)}" if _number(v) else "" for v in frame["test_pi95"]],
         "test vs bp ± 95% CI": [_plus_minus(r.delta_vs_bp, r.delta_vs_bp_ci95) for r in frame.itertuples()],
         "p vs bp": frame["p_vs_bp"].map(p_value),
+        "p (Holm)": frame["p_vs_bp_holm"].map(p_value),
         "W-B angle (deg)": frame["wb_angle"].map(lambda v: v if isinstance(v, str) else ""),
         "update vs bp (deg)": frame["update_angle"].map(lambda v: v if isinstance(v, str) else ""),
     })

@@ -285,9 +285,11 @@ def record_test_score(
     test split, store every seed's score on the study (``hpo.study.test_scores``) and save seed 0's network in the study's
     results folder (``MODEL_FILE``, ``models.saved.load_model`` reads it).
 
-    Recomputed only when the best trial or the number of seeds changed since it was stored. When only the saved
-    network is missing (it is not committed: a fresh clone of a finished grid lacks it), seed 0 alone is retrained
-    to rebuild it and the stored scores are kept: every seed again would cost a finished grid hours for nothing.
+    Recomputed only when the best trial changed since it was stored, or the number of seeds. More seeds than
+    stored extend the stored scores: only the new seeds are trained (a seed's index fixes it:
+    ``retraining_seeds``), and the stored scores stay as they were measured. When only the saved network is missing
+    (it is not committed: a fresh clone of a finished grid lacks it), seed 0 alone is retrained to rebuild it and
+    the stored scores are kept: every seed again would cost a finished grid hours for nothing.
     """
     try:
         best = study.best_trial
@@ -296,18 +298,30 @@ def record_test_score(
         return
     stored = read_study(study).test
     model_path = study_folder(results_dir_for(config.storage, config.results_dir), config.name) / MODEL_FILE
-    current = stored is not None and stored.trial == best.number and stored.n == config.test_seeds
+    same = stored is not None and stored.trial == best.number
+    extendable = same and stored.error is None and not stored.predates_seeds and 0 < stored.n < config.test_seeds
+    current = same and stored.n == config.test_seeds
     if current and (model_path.exists() or stored.error is not None):  # a diverged retraining saved no network
         return
-    if current:
-        out(f"[{config.name}] the saved network of trial #{best.number} is missing: retraining seed 0 only, "
-            f"the {stored.n} stored test scores kept")
-        _, model = retrain_and_score(replace(config, test_seeds=1), dataset, best.params, best.number, True,
-                                     compiler, out)
+    model = None
+    if extendable:
+        new = f"seed {config.test_seeds}" if stored.n + 1 == config.test_seeds else \
+            f"seeds {stored.n + 1}-{config.test_seeds}"
+        out(f"[{config.name}] trial #{best.number}: the {stored.n} stored test scores kept, retraining {new}")
+        extra, _ = retrain_and_score(config, dataset, best.params, best.number, False, compiler, out, first=stored.n)
+        scores = () if extra.error is not None else stored.scores + extra.scores  # a diverged seed: as a full retraining
+        record = replace(extra, scores=scores, seeds=stored.seeds + extra.seeds)
+        write_study(study, test=record)
+    elif current:
         record = stored
     else:
         record, model = retrain_and_score(config, dataset, best.params, best.number, True, compiler, out)
         write_study(study, test=record)  # the scores first: a full disk below loses the file, not the result
+    if model is None and not model_path.exists() and record.error is None:
+        out(f"[{config.name}] the saved network of trial #{best.number} is missing: retraining seed 0 only, "
+            f"the {record.n} stored test scores kept")
+        _, model = retrain_and_score(replace(config, test_seeds=1), dataset, best.params, best.number, True,
+                                     compiler, out)
     if model is not None:
         try:
             atomic_write(model_path, lambda handle: handle.write(model))

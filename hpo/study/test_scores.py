@@ -39,10 +39,11 @@ def retraining_seeds(study_seed: int, trial_number: int, n: int) -> list[int]:
 
 def retrain_and_score(
     config: StudyConfig, dataset: Dataset, params: dict[str, Any], trial_number: int, keep_model: bool = False,
-    compiler: Compiler | None = None, out: Callable[[str], None] = print,
+    compiler: Compiler | None = None, out: Callable[[str], None] = print, first: int = 0,
 ) -> tuple[TestScores, bytes | None]:
     """Retrain the configuration ``params`` of trial ``trial_number`` on the whole training split with
-    ``config.test_seeds`` seeds in one program and score each on the test split.
+    ``config.test_seeds`` seeds in one program and score each on the test split; with ``first``, only the seeds
+    from that index on (the scores of the earlier ones are stored: ``hpo.study.runner.record_test_score``).
 
     Needs no folds: the seeds and the fixed split are all it uses. Never tunes anything: the configuration is
     the one cross-validation chose, and the test split is seen only here. With ``model_path``, the network of
@@ -50,7 +51,8 @@ def retrain_and_score(
     has taken 10 s it says how far it is (``hpo.study.progress.Steps``) through ``out``.
     """
     train_config = suggest(optuna.trial.FixedTrial(params), config, dataset)
-    seeds = retraining_seeds(config.seed, trial_number, config.test_seeds)
+    seeds = retraining_seeds(config.seed, trial_number, config.test_seeds)[first:]
+    keep_model = keep_model and first == 0  # the saved network is seed 0's
     d = dataset
     what = f"retraining trial #{trial_number} with {len(seeds)} seed{'s' if len(seeds) > 1 else ''}"
     with Steps(config.name, out) as steps:

@@ -19,6 +19,7 @@ from hpo.record import read_study, write_study
 from hpo.space.algorithms import suggest
 from hpo.storage import open_storage
 from hpo.study.runner import MODEL_FILE, record_test_score
+from hpo.study.test_scores import retraining_seeds
 from models.networks import ConvLayer
 from models.rule_training import TrainConfig
 from models.saved import load_model, save_model
@@ -63,6 +64,14 @@ def test_a_study_saves_its_best_network_and_it_scores_the_test_split_as_the_stud
     assert rebuilt.metadata["seed"] == stored.seeds[0] and rebuilt.metadata["trial"] == stored.trial
     # seed 0 alone trains the network seed 0 trained beside seed 1, up to the order of floating-point sums
     assert rebuilt.metadata["test_score"] == pytest.approx(stored.scores[0], abs=2 / len(dataset.y_test))
+
+    # more seeds extend the stored scores: only the new seed is trained, the stored ones stay as measured
+    lines.clear()
+    record_test_score(study, dataclasses.replace(config, test_seeds=3), dataset, lines.append)
+    extended = read_study(study).test
+    assert extended.scores[:2] == (0.25, 0.5) and len(extended.scores) == 3 and 0 < extended.scores[2] <= 1
+    assert extended.seeds == tuple(retraining_seeds(0, stored.trial, 3))
+    assert lines[0] == (f"[digits-mlp-fa] trial #{stored.trial}: the 2 stored test scores kept, retraining seed 3")
 
 
 @pytest.mark.parametrize("config,input_shape", [
