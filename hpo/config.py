@@ -105,10 +105,10 @@ class StudyConfig:
                             ("--storage", self.storage), ("--sampler", self.sampler), ("--pruner", self.pruner),
                             ("--fold-strategy", self.fold_strategy), ("--tracker", self.tracker)):
             _text(flag, value)
-        for flag, value in (("--study-name", self.study_name), ("--cache-dir", self.cache_dir),
-                            ("--data-dir", self.data_dir), ("--results-dir", self.results_dir)):
-            if value is not None:
-                _text(flag, value)
+        for flag, optional in (("--study-name", self.study_name), ("--cache-dir", self.cache_dir),
+                               ("--data-dir", self.data_dir), ("--results-dir", self.results_dir)):
+            if optional is not None:
+                _text(flag, optional)
         _choice("--algo", self.algo, tuple(ALGORITHMS))
         _choice("--dataset", self.dataset, list(DATASETS))
         _choice("--model", self.model, MODELS)
@@ -132,9 +132,9 @@ class StudyConfig:
         _at_least("--seed", self.seed, 0)
         if self.study_name is not None:
             check_study_name(self.study_name)
-        for flag, value in (("--storage", self.storage), ("--results-dir", self.results_dir),
-                            ("--data-dir", self.data_dir), ("--cache-dir", self.cache_dir)):
-            if value is not None and not value.strip():
+        for flag, path in (("--storage", self.storage), ("--results-dir", self.results_dir),
+                           ("--data-dir", self.data_dir), ("--cache-dir", self.cache_dir)):
+            if path is not None and not path.strip():
                 raise UsageError(f"{flag} must not be empty")
         if not isinstance(self.space, dict):
             raise UsageError(f"space must be a table of parameter overrides, got {self.space!r}")

@@ -56,7 +56,7 @@ class Steps:
         self.after = long_trial_seconds() if after is None else after
         self.started = time.monotonic()
         self.state = "starting"
-        self.spoken = None  # seconds at the last line printed
+        self.spoken: float | None = None  # seconds at the last line printed
         self.lock = threading.Lock()
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._keep_talking, name="progress", daemon=True)

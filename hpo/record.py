@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial, Trial, TrialState
 
 LEARNING = ("train_loss", "train_score", "val_loss", "val_score")  # the learning curves among a trial's series
 SIGNIFICANT = 4  # digits kept in storage: angles to 0.01 degree, losses to 0.1 %
@@ -81,7 +81,7 @@ class TrialRecord:
 TRIAL_KEYS = frozenset(f.name for f in fields(TrialRecord))
 
 
-def read_trial(trial: FrozenTrial) -> TrialRecord:
+def read_trial(trial: FrozenTrial | Trial) -> TrialRecord:
     return TrialRecord.from_attrs(trial.user_attrs)
 
 

@@ -55,7 +55,8 @@ class FanIn:
             raise ValueError(f"distribution must be one of {', '.join(DISTRIBUTIONS)}, got {self.distribution!r}")
 
     def __call__(self, key: Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> Array:
-        return nn.initializers.variance_scaling(self.gain**2, "fan_in", self.distribution)(key, shape, dtype)
+        distribution: Any = self.distribution  # "normal", "truncated_normal" or "uniform", checked at construction
+        return nn.initializers.variance_scaling(self.gain**2, "fan_in", distribution)(key, shape, dtype)
 
     def host(self, rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
         std = 1.0 / np.sqrt(fan_in(shape))

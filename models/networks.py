@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -172,7 +172,8 @@ def pool(h: jax.Array, kind: str) -> jax.Array:
     h = h[(slice(None), *(slice(0, n // w * w) for n in spatial))]
     split = [h.shape[0]] + [d for n in spatial for d in (n // w, w)] + [h.shape[-1]]
     axes = tuple(range(2, 2 * len(spatial) + 1, 2))
-    return {"max": jnp.max, "avg": jnp.mean}[kind](h.reshape(split), axis=axes)
+    reduce: Callable[..., jax.Array] = jnp.max if kind == "max" else jnp.mean
+    return reduce(h.reshape(split), axis=axes)
 
 
 def trunk_shape(layers: tuple[ConvLayer, ...], spatial: tuple[int, ...]) -> tuple[int, ...]:
@@ -210,7 +211,7 @@ class CNN(nn.Module):
         if x.ndim not in (3, 4):
             raise ValueError(f"CNN inputs must be (batch, length, channels) or (batch, h, w, channels), got {x.shape}")
         trunk_shape(self.conv, x.shape[1:-1])
-        shared = {"rule": self.rule, "feedback_init": self.feedback_init, "check_error": False}
+        shared: dict[str, Any] = {"rule": self.rule, "feedback_init": self.feedback_init, "check_error": False}
         h, taps = x, []
 
         def tap(hidden: jax.Array) -> None:

@@ -91,7 +91,7 @@ def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
 def make_model(config: TrainConfig | Static, out_features: int) -> nn.Module:
     """The network ``config`` describes. From a full config its feedback matrices are initialised as the config
     says; from its static part (what programs are built from) with the default, which the programs never read."""
-    kwargs = {}
+    kwargs: dict[str, Any] = {}
     if isinstance(config, TrainConfig):
         distribution = FEEDBACK_DISTRIBUTIONS[config.feedback_distribution]
         kwargs["feedback_init"] = FanIn(config.feedback_scale, distribution)
@@ -125,7 +125,7 @@ def _sgd(learning_rate, momentum, weight_decay):
     )
 
 
-_OPTIMIZERS = {"adam": _adam, "sgd": _sgd}
+_OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {"adam": _adam, "sgd": _sgd}
 _OPTIMIZER_ARGS = {"adam": ("learning_rate", "weight_decay"), "sgd": ("learning_rate", "momentum", "weight_decay")}
 
 

@@ -164,7 +164,7 @@ def check_size(path: Path, config: Any, input_shape: tuple[int, ...], out_featur
 
 def _decode(hint: Any, value: Any) -> Any:
     """``value`` (from JSON) as the type ``hint`` describes: dataclasses and tuples rebuilt, the rest as it is."""
-    if dataclasses.is_dataclass(hint) and isinstance(value, dict):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint) and isinstance(value, dict):
         hints = typing.get_type_hints(hint)
         return hint(**{f.name: _decode(hints[f.name], value[f.name]) for f in dataclasses.fields(hint) if f.name in value})
     origin, args = typing.get_origin(hint), typing.get_args(hint)

@@ -27,6 +27,7 @@ from hpo.dashboard import exposure_warning
 from hpo.data import load_dataset
 from hpo.errors import UsageError
 from hpo.files import atomic_path, study_folder, write_text, written_together
+from hpo.report import __main__ as report_command
 from hpo.report import summary as report
 from hpo.report.folders import OWNER_FILE
 from hpo.run import main
@@ -94,7 +95,7 @@ def test_rerun_after_a_crash_mid_append_resumes_and_reports(tmp_path):
     assert "cut off" in again.stderr and "bytes of an unfinished last record" in again.stderr
     finished = journal_study(journal, "digits-mlp-bp").get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
     assert len(finished) == 2
-    assert report.main(["--storage", str(journal), "--results-dir", str(tmp_path / "again")]) == 0
+    assert report_command.main(["--storage", str(journal), "--results-dir", str(tmp_path / "again")]) == 0
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -143,7 +144,7 @@ def test_report_of_hostile_study_names_writes_only_under_results(tmp_path):
         add_complete_study(storage, name)
     before = files_under(tmp_path)
 
-    assert report.main(["--storage", storage, "--results-dir", str(results)]) == 0
+    assert report_command.main(["--storage", storage, "--results-dir", str(results)]) == 0
 
     written = files_under(tmp_path) - before
     assert written and all(results in p.parents for p in written)
@@ -522,7 +523,7 @@ def test_a_full_disk_keeps_the_previous_report_set_whole(tmp_path, full_filesyst
     storage = str(tmp_path / "s.journal")
     add_complete_study(storage, "digits-mlp-fa")
     results = full_filesystem / "results"
-    assert report.main(["--storage", storage, "--results-dir", str(results)]) == 0
+    assert report_command.main(["--storage", storage, "--results-dir", str(results)]) == 0
     previous = {p: p.read_bytes() for p in files_under(results)}
     for i in range(12):  # more studies: a report set larger than the space left
         add_complete_study(storage, f"digits-mlp-fa-{i}", values=[0.1 * (i % 9), 0.5])
@@ -531,7 +532,7 @@ def test_a_full_disk_keeps_the_previous_report_set_whole(tmp_path, full_filesyst
     filler.write_bytes(b"x" * max(0, free - 120_000))  # leave a little room: the first few files fit, not all
     capsys.readouterr()
 
-    assert report.main(["--storage", storage, "--results-dir", str(results)]) == 2
+    assert report_command.main(["--storage", storage, "--results-dir", str(results)]) == 2
 
     err = capsys.readouterr().err
     assert err.startswith(f"error: cannot write the reports to {str(results)!r}: No space left on device")
@@ -730,7 +731,7 @@ def test_a_storage_path_that_is_not_a_journal_is_refused_and_left_as_it_is(tmp_p
     else:
         assert "is not an Optuna journal" in err
     assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
-    assert report.main(["--storage", str(path), "--results-dir", str(tmp_path / "r")]) == 2  # reading refuses too
+    assert report_command.main(["--storage", str(path), "--results-dir", str(tmp_path / "r")]) == 2  # reading refuses too
     assert path.read_bytes() == before
 
 

@@ -298,7 +298,7 @@ def read_cifar(spec: FileSpec, root: Path) -> dict[str, np.ndarray]:
     return arrays
 
 
-def check_md5(spec: FileSpec, folder: Path, cls: type) -> None:
+def check_md5(spec: FileSpec, folder: Path, cls: Any) -> None:
     """torchvision refuses CIFAR files whose MD5 differs from the official one, without saying which: find it."""
     from torchvision.datasets.utils import check_integrity
 

@@ -75,7 +75,7 @@ def _read_idx(handle, kind: str, path: Path, budget: int | None) -> np.ndarray:
             f"once loaded; this process may allocate {gib(budget)}; replace it, or run where memory allows it"
         )
     data = np.empty(size, np.uint8)
-    view, done = memoryview(data), 0
+    view, done = memoryview(data.data), 0
     while done < size:
         got = handle.readinto(view[done:done + CHUNK])
         if not got:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 from hpo.errors import UsageError
@@ -23,7 +24,7 @@ MEMORY_IN_USE = 0.9  # of a GPU's memory, shared out among the workers that use 
 SMALLEST_SHARE = 0.1  # below this share, grow memory on demand instead of preallocating a slice
 
 
-def visible_gpus(environ: dict[str, str] | None = None, driver: Path = NVIDIA_GPUS) -> list[str]:
+def visible_gpus(environ: Mapping[str, str] | None = None, driver: Path = NVIDIA_GPUS) -> list[str]:
     """The GPUs this process may use, as ``CUDA_VISIBLE_DEVICES`` entries (ordinals or UUIDs)."""
     environ = os.environ if environ is None else environ
     listed = environ.get("CUDA_VISIBLE_DEVICES")
@@ -35,7 +36,7 @@ def visible_gpus(environ: dict[str, str] | None = None, driver: Path = NVIDIA_GP
 
 
 def worker_environment(
-    index: int, workers: int, gpus: list[str], environ: dict[str, str] | None = None, cores: list[int] | None = None
+    index: int, workers: int, gpus: list[str], environ: Mapping[str, str] | None = None, cores: list[int] | None = None
 ) -> dict:
     """Environment variables to set in worker ``index`` of ``workers`` on a machine with ``gpus`` (may be empty),
     running on ``cores`` (``worker_cores``): the BLAS thread counts of NumPy and SciPy, one per core it has."""
@@ -70,7 +71,7 @@ def available_memory() -> int | None:
     return memory_budget()
 
 
-def worker_limit(environ: dict[str, str] | None = None) -> tuple[int, str]:
+def worker_limit(environ: Mapping[str, str] | None = None) -> tuple[int, str]:
     """How many local worker processes this machine can hold, and why: at most one per core, one per
     ``WORKER_MEMORY_BYTES`` of available memory and ``WORKERS_PER_GPU`` per GPU; ``$HPO_MAX_WORKERS`` replaces the
     measured bound."""
@@ -96,7 +97,7 @@ def worker_limit(environ: dict[str, str] | None = None) -> tuple[int, str]:
 WORKERS_ENV = "HPO_WORKERS"  # what --workers auto means on this machine, where the measured choice is not wanted
 
 
-def auto_workers(trials_left: int, environ: dict[str, str] | None = None) -> tuple[int, str]:
+def auto_workers(trials_left: int, environ: Mapping[str, str] | None = None) -> tuple[int, str]:
     """``--workers auto``: how many local workers, and why. One per GPU where there are GPUs, else one per core,
     within what the machine holds (``worker_limit``) and the trials left to run; ``$HPO_WORKERS`` replaces it.
 
@@ -137,15 +138,16 @@ def worker_cores(index: int, workers: int, cores: list[int] | None = None) -> li
 def describe_cores(workers: int) -> str:
     """``cores 0 / 1`` or ``cores 0-7 / 8-15``: the layout of ``worker_cores``, for a study's first line."""
     runs = [worker_cores(i, workers) for i in range(workers)]
-    if any(run is None for run in runs):
+    pinned = [run for run in runs if run]
+    if len(pinned) < len(runs):
         return "sharing every core"
-    return "cores " + " / ".join(str(run[0]) if len(run) == 1 else f"{run[0]}-{run[-1]}" for run in runs)
+    return "cores " + " / ".join(str(run[0]) if len(run) == 1 else f"{run[0]}-{run[-1]}" for run in pinned)
 
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")  # NumPy's and SciPy's BLAS
 
 
-def check_workers(workers: int, environ: dict[str, str] | None = None) -> None:
+def check_workers(workers: int, environ: Mapping[str, str] | None = None) -> None:
     """Refuse, before anything starts, more local workers than the machine can hold (``worker_limit``)."""
     if workers <= 1:
         return

@@ -93,18 +93,18 @@ def run_local_workers(
         # re-queues its running trial and exits; wait for all of them, so none is left training as an orphan.
         signum = getattr(interrupt, "signum", signal.SIGINT)
         for process in processes:
-            if process.is_alive():
+            if process.is_alive() and process.pid is not None:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(process.pid, signum)
         for process in processes:
             process.join()
         raise
-    failed = [(i, p.exitcode) for i, p in enumerate(processes) if p.exitcode != 0]
+    failed = [(i, p.exitcode) for i, p in enumerate(processes) if p.exitcode is not None and p.exitcode != 0]
     if failed:
         i, code = failed[0]
         if code in REPORTED_EXIT_CODES:
             raise ReportedError(code)  # the worker printed its own one-line error
-        if code - 128 in SIGNALS:  # that worker alone was interrupted (and re-queued its trial): so is the study
+        if any(code - 128 == s for s in SIGNALS):  # that worker alone was interrupted (and re-queued its trial): so is the study
             raise Interrupted(code - 128)
         how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
         if complete():

@@ -136,7 +136,8 @@ def recover(study: optuna.Study, storage: BaseStorage, check_pids: bool, out: Pr
 @contextlib.contextmanager
 def heartbeat(storage: BaseStorage, trial_id: int) -> Iterator[None]:
     """Record the trial's heartbeat every interval while the block runs (what ``study.optimize`` does)."""
-    if not heartbeats_enabled(storage):
+    interval = storage.get_heartbeat_interval() if isinstance(storage, optuna.storages.RDBStorage) else None
+    if interval is None or not isinstance(storage, optuna.storages.RDBStorage):
         yield
         return
     stop = threading.Event()
@@ -144,7 +145,7 @@ def heartbeat(storage: BaseStorage, trial_id: int) -> Iterator[None]:
     storage.record_heartbeat(trial_id)  # before the trial starts, so a worker killed at once is still noticed
 
     def beat() -> None:
-        while not stop.wait(storage.get_heartbeat_interval()):
+        while not stop.wait(interval):
             try:
                 storage.record_heartbeat(trial_id)
             except STORAGE_FAILURES:
@@ -234,8 +235,9 @@ def run_one(held: Held, trial: optuna.Trial, objective: Callable[[optuna.Trial],
         # a storage that failed cannot take a "failed" now: the trial stays running, recovered as a dead worker's
         raise
     except BaseException:
-        if interrupts.received() is not None:  # an interrupt that library code turned into an error of its own
-            raise interrupts.Interrupted(interrupts.received()) from None
+        # an interrupt that library code turned into an error of its own
+        if (signum := interrupts.received()) is not None:
+            raise interrupts.Interrupted(signum) from None
         held.tell(trial, state=TrialState.FAIL)
         raise
     return held.tell(trial, values=value)
@@ -266,8 +268,8 @@ def run_batch(
     except (KeyboardInterrupt, *STORAGE_FAILURES, StorageError):
         raise
     except BaseException:
-        if interrupts.received() is not None:
-            raise interrupts.Interrupted(interrupts.received()) from None
+        if (signum := interrupts.received()) is not None:
+            raise interrupts.Interrupted(signum) from None
         for trial in list(held.trials):
             if trial in trials:
                 held.tell(trial, state=TrialState.FAIL)
@@ -310,8 +312,8 @@ def run_trials(
     waiting_said = False
     mine: set[int] = set()
     while True:
-        if interrupts.received() is not None:  # a signal whose exception library code swallowed is not lost
-            raise interrupts.Interrupted(interrupts.received())
+        if (signum := interrupts.received()) is not None:  # a signal whose exception library code swallowed is not lost
+            raise interrupts.Interrupted(signum)
         recover(study, storage, check_pids, out)
         trials = study.get_trials(deepcopy=False)
         finished = sum(t.state in FINISHED for t in trials)

@@ -3,9 +3,6 @@ parameter importances."""
 
 from __future__ import annotations
 
-import functools
-import json
-import re
 import textwrap
 import warnings
 from pathlib import Path
@@ -18,6 +15,7 @@ from optuna.trial import TrialState
 from hpo.files import atomic_path, pyplot
 from hpo.report.comparison import SIGNIFICANCE
 from hpo.report.folders import write_html
+from hpo.report.importance import BOOTSTRAPS, FEW_TRIALS, Importance
 from hpo.report.tables import _plus_minus, p_value
 
 # The points of each rule: (column, interval column, legend label, colour); the start-up label is completed by
@@ -176,62 +174,62 @@ def comparison_html(frame: pd.DataFrame, path: Path, bundle: Path) -> None:
     write_html(fig, path, bundle)
 
 
-# Optuna's PED-ANOVA importance warns once per conditional parameter (lr_sgd, momentum, conv2_kernel[3], ...)
-# that is active in only a few trials, for each of the two charts of every study: 8-13 lines per report that
-# ask nothing of the user. They are caught here and summed up in one line (see ``importance_note``).
-REGIMES_WARNING = re.compile(r"Some regimes for parameter `(?P<param>[^`]+)` have less than (?P<n>\d+) trials")
-
-
-def study_plots(study: optuna.Study, directory: Path, bundle: Path, sparse_params: set[str] | None = None) -> None:
-    """Optuna's optimisation history and parameter importances (html, and png for the README).
-
-    Parameters whose importance Optuna could only estimate roughly (active in too few trials) are added to
-    ``sparse_params`` instead of being printed as warnings.
-    """
+def study_plots(study: optuna.Study, directory: Path, bundle: Path, importance: dict[str, Importance]) -> None:
+    """Optuna's optimisation history, and the parameter importances with their bootstrap spread
+    (``hpo.report.importance``), each as an interactive page and a PNG for the README."""
     plt = pyplot()
     from optuna.visualization import matplotlib as opt_mpl
 
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not complete:
         return
-    plots = {"history": (optuna.visualization.plot_optimization_history, opt_mpl.plot_optimization_history)}
-    if len(complete) >= 2 and len({json.dumps(t.params, sort_keys=True) for t in complete}) >= 2:
-        # the parameters in a fixed order: Optuna lists them from a set, so equal importances would swap places
-        # from run to run and a regenerated report would differ from the last one
-        names = sorted({name for t in complete for name in t.distributions})
-        plots["importance"] = (
-            functools.partial(optuna.visualization.plot_param_importances, params=names),
-            functools.partial(opt_mpl.plot_param_importances, params=names),
-        )
-    for name, (plotly_fn, mpl_fn) in plots.items():
-        # optuna's matplotlib plots switch the global style to ggplot; the context keeps that to these charts
-        with warnings.catch_warnings(record=True) as caught, plt.rc_context():
-            warnings.simplefilter("always")
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # optuna's matplotlib backend
-            figure = plotly_fn(study)
-            write_html(figure, directory / f"{name}.html", bundle)
-            ax = mpl_fn(study)
-            fig = ax.figure
-            fig.set_size_inches(7, 4.2)
-            fig.tight_layout()
-            with atomic_path(directory / f"{name}.png") as tmp:
-                fig.savefig(tmp, dpi=90, format="png")
-            plt.close(fig)
-        for warning in caught:
-            match = REGIMES_WARNING.search(str(warning.message))
-            if match and sparse_params is not None:
-                sparse_params.add(match["param"])
-            elif not match:  # anything else is news: pass it on as it came
-                warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    with warnings.catch_warnings(), plt.rc_context():  # optuna's matplotlib plots switch the style to ggplot
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # optuna's matplotlib backend
+        write_html(optuna.visualization.plot_optimization_history(study), directory / "history.html", bundle)
+        ax = opt_mpl.plot_optimization_history(study)
+        _save(ax.figure, directory / "history.png")
+    if importance:
+        importance_html(importance, len(complete), directory / "importance.html", bundle)
+        importance_chart(importance, len(complete), directory / "importance.png")
 
 
-def importance_note(sparse_params: set[str]) -> str | None:
-    """One line in place of Optuna's per-parameter warnings about rough importance estimates."""
-    if not sparse_params:
-        return None
-    names = sorted(sparse_params)
-    shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
-    return (
-        f"note: parameter importances of conditional parameters active in few trials ({shown}) are rough "
-        "estimates (Optuna's PED-ANOVA)"
-    )
+def _save(fig, path: Path) -> None:
+    fig.set_size_inches(7, 4.2)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
+    pyplot().close(fig)
+
+
+def importance_title(n_complete: int) -> str:
+    """The importance chart's title; a study of few complete trials says its estimate is rough."""
+    title = f"Parameter importances (PED-ANOVA, ± std over {BOOTSTRAPS} bootstraps of {n_complete} complete trials)"
+    if n_complete < FEW_TRIALS:
+        title += f": rough, from fewer than {FEW_TRIALS} trials"
+    return title
+
+
+def importance_chart(importance: dict[str, Importance], n_complete: int, path: Path) -> None:
+    plt = pyplot()
+    names = list(importance)[::-1]  # most important on top
+    fig, ax = plt.subplots()
+    ax.barh(names, [importance[n].mean for n in names], xerr=[importance[n].std for n in names], color="#2a9d8f",
+            capsize=3)
+    ax.set_xlabel("importance (each study's sum to 1)")
+    ax.set_xlim(0, None)
+    ax.set_title(textwrap.fill(importance_title(n_complete), 70), fontsize=9)
+    ax.grid(axis="x", alpha=0.3)
+    _save(fig, path)
+
+
+def importance_html(importance: dict[str, Importance], n_complete: int, path: Path, bundle: Path) -> None:
+    import plotly.graph_objects as go
+
+    names = list(importance)[::-1]
+    figure = go.Figure(go.Bar(
+        x=[importance[n].mean for n in names], y=names, orientation="h", marker_color="#2a9d8f",
+        error_x=dict(type="data", array=[importance[n].std for n in names]),
+        hovertemplate="%{y}: %{x:.3f}<extra></extra>",
+    ))
+    figure.update_layout(title=importance_title(n_complete), xaxis_title="importance (each study's sum to 1)")
+    write_html(figure, path, bundle)

@@ -82,17 +82,17 @@ def welch(a: Sequence[float], b: Sequence[float], confidence: float = CONFIDENCE
     distribution with ``v**2 / ((var(a)/n_a)**2/(n_a-1) + (var(b)/n_b)**2/(n_b-1))`` degrees of freedom; the
     interval is ``delta +- t_crit * sqrt(v)`` and the p-value ``2 P(T > |t|)``.
     """
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    if not len(a) or not len(b):
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if not len(x) or not len(y):
         return Comparison(math.nan, math.nan, math.nan, math.nan)
-    delta = float(a.mean() - b.mean())
-    if len(a) < 2 or len(b) < 2:
+    delta = float(x.mean() - y.mean())
+    if len(x) < 2 or len(y) < 2:
         return Comparison(delta, math.nan, math.nan, math.nan)
-    share_a, share_b = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    share_a, share_b = x.var(ddof=1) / len(x), y.var(ddof=1) / len(y)
     variance = share_a + share_b
     if variance == 0:
         return Comparison(delta, math.nan, math.nan, math.nan)
-    dof = float(variance**2 / (share_a**2 / (len(a) - 1) + share_b**2 / (len(b) - 1)))
+    dof = float(variance**2 / (share_a**2 / (len(x) - 1) + share_b**2 / (len(y) - 1)))
     se = math.sqrt(variance)
     p = float(2 * special.stdtr(dof, -abs(delta) / se))
     return Comparison(delta, t_quantile(confidence, dof) * se, p, dof)

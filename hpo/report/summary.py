@@ -23,13 +23,14 @@ from hpo.console import Steps, plural
 from hpo.errors import UsageError
 from hpo.files import atomic_path, check_writable, study_folder, write_text, written_together
 from hpo.record import read_study
-from hpo.report.charts import comparison_html, comparison_png, importance_note, study_plots
+from hpo.report.charts import comparison_html, comparison_png, study_plots
 from hpo.report.comparison import (
     best_params_tables,
     efficiency_png,
 )
 from hpo.report.curves import write_curve_plots
 from hpo.report.folders import plotly_bundle, record_owner, results_dir_for
+from hpo.report.importance import cross_rule_importance, study_importance
 from hpo.report.index import write_index
 from hpo.report.tables import summarize, summary_table, to_markdown
 from hpo.space.overrides import space_table
@@ -50,7 +51,6 @@ def write_reports(storage_url: str, results_dir: str | Path | None = None, patte
         raise UsageError(f"no study matching {pattern!r} in storage {redact(storage_url)!r}")
     results = check_writable(results_dir_for(storage_url, results_dir))
     record_owner(results, storage_url)
-    sparse_params: set[str] = set()
     try:
         # a full disk mid-report keeps the previous report set whole; a long report says how far it is
         with written_together() as publish, Steps("report", out) as steps:
@@ -64,10 +64,13 @@ def write_reports(storage_url: str, results_dir: str | Path | None = None, patte
             bundle = plotly_bundle(results)
             comparison_html(frame, results / "comparison.html", bundle)
             efficiency_png(studies, results)
+            steps.report("parameter importances")
+            importances = {s.study_name: study_importance(s) for s in studies}
+            cross_rule_importance(studies, results, importances)
             for i, study in enumerate(studies, 1):
                 steps.report(f"charts of study {i}/{len(studies)}, {study.study_name}")
                 folder = study_folder(results, study.study_name)
-                study_plots(study, folder, bundle, sparse_params)
+                study_plots(study, folder, bundle, importances[study.study_name])
                 write_text(folder / "space.md", space_table(read_study(study).space))
             steps.report("learning and alignment curves")
             write_curve_plots(studies, results)
@@ -79,9 +82,6 @@ def write_reports(storage_url: str, results_dir: str | Path | None = None, patte
             f"cannot write the reports to {str(results)!r} ({where}: {error.strerror or error}); the previous reports "
             "are kept"
         ) from None
-    note = importance_note(sparse_params)
-    if note:
-        out(note)
     out(f"wrote summaries and charts of {plural(len(studies), 'study')} to {results}/ (browse {results / 'index.html'})")
     return frame
 

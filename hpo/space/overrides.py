@@ -27,7 +27,7 @@ from __future__ import annotations
 import tomllib
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Mapping, Protocol, TypeVar
+from typing import Any, Protocol, Sequence, TypeVar
 
 import optuna
 
@@ -35,15 +35,15 @@ from hpo.errors import UsageError
 from hpo.record import read_study, write_study
 from hpo.space.algorithms import ALGORITHMS, MODELS, get_algorithm, study_effective_space
 from hpo.space.parameters import Parameter, parameters_of, parse_override, show
+from hpo.space.training import StudySettings
 
 
-class StudySpace(Protocol):
-    """What this module reads of a study's configuration (``hpo.config.StudyConfig``, which imports this module)."""
+class StudySpace(StudySettings, Protocol):
+    """What this module reads of a study's configuration (``hpo.config.StudyConfig``, which imports this module;
+    frozen: read-only here): what a space reads, and the study's name."""
 
-    algo: str
-    model: str
-    name: str
-    space: Mapping[str, Any]
+    @property
+    def name(self) -> str: ...
 
 
 Config = TypeVar("Config", bound=StudySpace)
@@ -170,10 +170,13 @@ def resolve(layers: list[SpaceLayer], algo: str, model: str) -> tuple[dict[str, 
 def apply_spaces(placed: list[tuple[Config, list[SpaceLayer]]]) -> list[Config]:
     """Each ``(study configuration, its layers)`` with its overrides set; an entry that selects studies but applies to none
     of them is an error (a generic ``kp_decay_per_step`` with no kp study, say)."""
-    configs, used, selected = [], set(), {}
+    configs: list[Config] = []
+    used: set[SpaceEntry] = set()
+    selected: dict[SpaceEntry, list[str]] = {}
     for config, layers in placed:
         overrides, applied = resolve(layers, config.algo, config.model)
-        configs.append(replace(config, space=overrides) if overrides else config)
+        settable: Any = config  # a frozen dataclass (StudyConfig): replace() makes the one with these overrides
+        configs.append(replace(settable, space=overrides) if overrides else config)
         used |= applied
         for layer in layers:
             for entry in layer.entries:
@@ -282,13 +285,13 @@ def space_table(space: dict[str, Any] | None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def text_table(rows: list[tuple[str, ...]]) -> str:
+def text_table(rows: Sequence[tuple[str, ...]]) -> str:
     widths = [max(len(r[i]) for r in [COLUMNS, *rows]) for i in range(len(COLUMNS))]
     lines = [COLUMNS, tuple("-" * w for w in widths), *rows]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines) + "\n"
 
 
-def show_spaces(configs: list[StudySpace]) -> str:
+def show_spaces(configs: Sequence[StudySpace]) -> str:
     """The effective space of each study as a text table; studies with the same space share one table."""
     groups: dict[str, tuple[StudySpace, dict[str, Any], list[str]]] = {}
     for config in configs:

@@ -240,18 +240,18 @@ class EffectiveSpace:
 
     def largest(self, name: str) -> Any:
         distribution = self.distributions[name]
-        return distribution.high if isinstance(distribution, Range) else max(distribution_values(distribution))
+        return distribution.high if isinstance(distribution, Range) else max(self.values(name))
 
     def smallest(self, name: str) -> Any:
         distribution = self.distributions[name]
-        return distribution.low if isinstance(distribution, Range) else min(distribution_values(distribution))
+        return distribution.low if isinstance(distribution, Range) else min(self.values(name))
 
     def shown(self, name: str) -> str:
         """The values of ``name`` as errors write them: ``[3, 5]`` or ``0.05..0.6``."""
         distribution = self.distributions[name]
         if isinstance(distribution, Range):
             return f"{show(distribution.low)}..{show(distribution.high)}"
-        return "[" + ", ".join(show(v) for v in distribution_values(distribution)) + "]"
+        return "[" + ", ".join(show(v) for v in self.values(name)) + "]"
 
     def parameter_of(self, optuna_name: str) -> Parameter | None:
         """The parameter a trial's Optuna parameter belongs to (``conv2_kernel[3|5]`` -> conv_kernel), if asked."""

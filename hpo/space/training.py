@@ -21,13 +21,23 @@ from models.rule_training import OPTIMIZERS, TrainConfig
 
 
 class StudySettings(Protocol):
-    """What a space reads of the study's configuration (``hpo.config.StudyConfig``)."""
+    """What a space reads of the study's configuration (``hpo.config.StudyConfig``, frozen: read-only here)."""
 
-    algo: str
-    model: str
-    epochs: int
-    folds: int
-    space: Mapping[str, Any]  # the study's overrides: parameter name -> value, [choices] or {low, high, log}
+    @property
+    def algo(self) -> str: ...
+
+    @property
+    def model(self) -> str: ...
+
+    @property
+    def epochs(self) -> int: ...
+
+    @property
+    def folds(self) -> int: ...
+
+    @property
+    def space(self) -> Mapping[str, Any]:  # the study's overrides: parameter name -> value, [choices] or {low, high, log}
+        ...
 
 
 # The default spaces. The constants are the default ranges and choices; the tables below say what each one is.

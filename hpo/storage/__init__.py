@@ -68,7 +68,7 @@ def check_storage(url: str) -> None:
     path = local_path(url)
     refuse_special(url)
     if not is_rdb_url(url):
-        check_journal(path)
+        check_journal(Path(url))
     if path is not None and path.is_file() and not writable(path):
         # a study writes every trial (and SQLite its journal file beside the database): unusable, not lost later
         raise UsageError(f"storage {redact(url)!r} is read-only ({path} or its folder cannot be written): a study "

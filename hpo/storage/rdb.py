@@ -110,7 +110,9 @@ def postgres_connect_args(url: str, timeout: int) -> dict:
         "tcp_user_timeout": timeout * 1000,
     }
     args: dict = {key: value for key, value in defaults.items() if key not in parsed.query}
-    args["options"] = " ".join(filter(None, [f"-c statement_timeout={timeout * 1000}", parsed.query.get("options")]))
+    given = parsed.query.get("options")
+    given = " ".join(given) if isinstance(given, tuple) else given  # a query key given twice
+    args["options"] = " ".join(filter(None, [f"-c statement_timeout={timeout * 1000}", given]))
     if parsed.get_driver_name() == "psycopg":  # psycopg 3 (SQLAlchemy's default driver): bound the client's wait too
         _install_answer_deadline()
         args[ANSWER_TIMEOUT_ARG] = timeout + ANSWER_MARGIN_SECONDS

@@ -10,7 +10,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Hashable, Iterator, NamedTuple
+from typing import Callable, Iterator, NamedTuple
 
 import jax.numpy as jnp
 import numpy as np
@@ -31,6 +31,7 @@ from models.train import (
     DivergedError,
     EpochMetrics,
     FoldData,
+    GroupKey,
     Member,
     Timing,
     could_host,
@@ -145,8 +146,8 @@ class Objective:
                     outcome = error
                 walls[i] += time.perf_counter() - start
                 settle(i, outcome)
-            return outcomes
-        groups: dict[Hashable, list[tuple[int, PlannedTrial]]] = {}
+            return [o for o in outcomes if o is not None]  # each trial settled
+        groups: dict[GroupKey, list[tuple[int, PlannedTrial]]] = {}
         for i, trial in enumerate(trials):
             start = time.perf_counter()
             try:
@@ -171,7 +172,7 @@ class Objective:
                     self.config.fold_strategy, self.config.evals_per_epoch, self.config.diagnostics,
                     compiler=self.compiler,
                 )
-                finished = []
+                finished: list[tuple[int, float | BaseException]] = []
                 for (i, planned), result in zip(part, results):
                     try:
                         finished.append((i, self.finish(planned.trial, result)))
@@ -184,11 +185,12 @@ class Objective:
                 for (i, outcome), mine in zip(finished, own):
                     walls[i] += mine + rest
                     settle(i, outcome)
-        return outcomes
+        return [o for o in outcomes if o is not None]  # each trial settled
 
     @contextlib.contextmanager
     def compiling_ahead(
-        self, parts: list[list[tuple[int, PlannedTrial]]], timings: list[Timing], hostable: set[Hashable] = frozenset()
+        self, parts: list[list[tuple[int, PlannedTrial]]], timings: list[Timing],
+        hostable: frozenset[GroupKey] | set[GroupKey] = frozenset(),
     ) -> Iterator[Callable[[int], float]]:
         """While a batch's parts train one after another, the programs of its groups compile in background
         threads, in the order they will train (``compile_threads`` of them), except those of ``hostable`` groups,
@@ -199,7 +201,7 @@ class Objective:
         compile seconds; the thread's own seconds are the part's trials' ``background_compile_seconds``. A
         batch of one group (every part in one program), or a study that does not compile ahead
         (``compiles_ahead``), compiles as it trains."""
-        firsts: dict[Hashable, int] = {}  # a group's first part, which meets the group's program first
+        firsts: dict[GroupKey, int] = {}  # a group's first part, which meets the group's program first
         for j, part in enumerate(parts):
             if part[0][1].key not in hostable:
                 firsts.setdefault(part[0][1].key, j)
@@ -358,7 +360,7 @@ class PlannedTrial(NamedTuple):
 
     trial: optuna.Trial
     member: Member
-    key: Hashable  # models.train.group_key of its configuration
+    key: GroupKey  # models.train.group_key of its configuration
 
 
 def peak_memory_mb() -> float:
@@ -387,7 +389,7 @@ def record_timing(trial: optuna.Trial, wall_seconds: float, timing: Timing) -> N
         write_trial(trial, shared_program=timing.shared_program)
 
 
-def training_order(groups: dict[Hashable, list], compiler: Compiler) -> tuple[list[list], set[Hashable]]:
+def training_order(groups: dict[GroupKey, list], compiler: Compiler) -> tuple[list[list], set[GroupKey]]:
     """A batch's groups in the order they train, every group that could host another's networks in its program
     (``models.train.could_host``) before them, and the keys of the groups that another could host. So a
     narrower network meets its host trained, with the cost of padding into it measured (``models.sharing``)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import optuna
 
-from hpo.config import AUTO, StudyConfig
+from hpo.config import StudyConfig
 from hpo.console import long_trial_seconds
 from hpo.data import load_dataset
 from hpo.parallel.devices import auto_workers, check_workers
@@ -28,10 +28,10 @@ def run_all(configs: list[StudyConfig], out=print, finish: bool = True) -> None:
         check_tracker(tracker)
     long_trial_seconds()  # so is a bad $HPO_EPOCH_PROGRESS_SECONDS
     for workers in dict.fromkeys(c.workers for c in configs):  # more workers than the machine holds
-        if workers == AUTO:  # within the bound by construction; a bad $HPO_WORKERS is one line
-            auto_workers(1)
-        else:
+        if isinstance(workers, int):
             check_workers(workers)
+        else:  # auto: within the bound by construction; a bad $HPO_WORKERS is one line
+            auto_workers(1)
     results = {c.name: results_dir_for(c.storage, c.results_dir) for c in configs}
     for storage in dict.fromkeys(c.storage for c in configs):
         check_storage(storage)

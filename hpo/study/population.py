@@ -52,7 +52,7 @@ def mark_startup(trial: optuna.Trial, n_startup: int) -> None:
         write_trial(trial, startup=True)
 
 
-class SparesStartup:
+class SparesStartup(optuna.pruners.BasePruner):
     """Mixin for an Optuna pruner: never stop a start-up trial, ask the pruner about every other one.
 
     A mixin rather than a wrapper, so the pruner keeps its class: Optuna shows a sampler only the trials of the
@@ -62,7 +62,7 @@ class SparesStartup:
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
         if read_trial(trial).startup:
             return False
-        return super().prune(study, trial)
+        return super().prune(study, trial)  # type: ignore[safe-super]  # the pruner class mixed in after this one
 
 
 class SparingMedianPruner(SparesStartup, optuna.pruners.MedianPruner):

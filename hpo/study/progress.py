@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from optuna.trial import FrozenTrial, TrialState
 
@@ -65,7 +65,8 @@ class EpochProgress:
         self.name, self.metric, self.out = name, metric, out
         self.after = long_trial_seconds() if after is None else after
         self.terminal = (out is print and sys.stdout.isatty()) if terminal is None else terminal
-        self.bar, self.bar_trial = None, None
+        self.bar: Any = None  # tqdm's bar of the trial shown on a terminal
+        self.bar_trial: int | None = None
         self.running: dict[int, _Running] = {}  # trials started and not finished
         self.lock = threading.RLock()
         self.thread: threading.Thread | None = None

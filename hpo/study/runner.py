@@ -255,10 +255,10 @@ def _run_study(
 def worker_layout(config: StudyConfig, trials_left: int) -> tuple[int, str]:
     """How many local worker processes run ``config`` (``--workers``, ``auto``: ``hpo.parallel.devices.auto_workers``)
     and the words that say it in the study's first line: which cores each worker has (``worker_cores``)."""
-    if config.workers == AUTO:
-        workers, why = auto_workers(trials_left)
-    else:
+    if isinstance(config.workers, int):
         workers, why = config.workers, "--workers"
+    else:
+        workers, why = auto_workers(trials_left)
     if workers == 1:
         return 1, f"1 worker: {why}" if config.workers == AUTO else "1 worker"
     gpus = visible_gpus()
@@ -298,22 +298,21 @@ def record_test_score(
         return
     stored = read_study(study).test
     model_path = study_folder(results_dir_for(config.storage, config.results_dir), config.name) / MODEL_FILE
-    same = stored is not None and stored.trial == best.number
-    extendable = same and stored.error is None and not stored.predates_seeds and 0 < stored.n < config.test_seeds
-    current = same and stored.n == config.test_seeds
-    if current and (model_path.exists() or stored.error is not None):  # a diverged retraining saved no network
+    mine = stored if stored is not None and stored.trial == best.number else None  # of the best trial
+    current = mine is not None and mine.n == config.test_seeds
+    if mine is not None and current and (model_path.exists() or mine.error is not None):  # diverged: no network
         return
     model = None
-    if extendable:
-        new = f"seed {config.test_seeds}" if stored.n + 1 == config.test_seeds else \
-            f"seeds {stored.n + 1}-{config.test_seeds}"
-        out(f"[{config.name}] trial #{best.number}: the {stored.n} stored test scores kept, retraining {new}")
-        extra, _ = retrain_and_score(config, dataset, best.params, best.number, False, compiler, out, first=stored.n)
-        scores = () if extra.error is not None else stored.scores + extra.scores  # a diverged seed: as a full retraining
-        record = replace(extra, scores=scores, seeds=stored.seeds + extra.seeds)
+    if mine is not None and mine.error is None and not mine.predates_seeds and 0 < mine.n < config.test_seeds:
+        new = f"seed {config.test_seeds}" if mine.n + 1 == config.test_seeds else \
+            f"seeds {mine.n + 1}-{config.test_seeds}"
+        out(f"[{config.name}] trial #{best.number}: the {mine.n} stored test scores kept, retraining {new}")
+        extra, _ = retrain_and_score(config, dataset, best.params, best.number, False, compiler, out, first=mine.n)
+        scores = () if extra.error is not None else mine.scores + extra.scores  # a diverged seed: as a full retraining
+        record = replace(extra, scores=scores, seeds=mine.seeds + extra.seeds)
         write_study(study, test=record)
-    elif current:
-        record = stored
+    elif mine is not None and current:
+        record = mine
     else:
         record, model = retrain_and_score(config, dataset, best.params, best.number, True, compiler, out)
         write_study(study, test=record)  # the scores first: a full disk below loses the file, not the result

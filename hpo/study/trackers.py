@@ -142,8 +142,8 @@ class MLflowTracker:
 
         now = int(time.time() * 1000)
         summary = trial_summary(trial, self.metric)
-        tags = {**{k: str(v) for k, v in _plain(read_study(study)).items()},
-                **{k: str(summary[k]) for k in ("state", "pruned_reason") if k in summary}}
+        tags: dict[str, str] = {**{k: str(v) for k, v in _plain(read_study(study)).items()},
+                                **{k: str(summary[k]) for k in ("state", "pruned_reason") if k in summary}}
         run = self.client.create_run(self.experiment(study.study_name), run_name=str(trial.number))
         metrics = [Metric(k, float(v), now, 0) for k, v in summary.items() if isinstance(v, int | float)]
         for step, point in enumerate(trial_curves(trial), start=1):  # step: evaluation point (= epoch at 1 per epoch)
@@ -200,7 +200,8 @@ def _plain(record: StudyRecord) -> dict[str, Any]:
     return {k: v for k, v in record.to_attrs().items() if isinstance(v, str | int | float | bool)}
 
 
-TRACKER_CLASSES = {"mlflow": MLflowTracker, "wandb": WandbTracker}
+TRACKER_CLASSES: dict[str, type[MLflowTracker] | type[WandbTracker]] = {"mlflow": MLflowTracker,
+                                                                         "wandb": WandbTracker}
 
 
 def make_tracker(name: str, metric: str, out: Callable[[str], None] = print) -> TrialCallback | None:

@@ -156,7 +156,7 @@ class Compiler:
                     timed[strategy].append(self.timer(strategy, run))
             fastest = {strategy: min(times) for strategy, times in timed.items()}
             return {
-                "strategy": min(MAPPINGS, key=fastest.get), "seconds": fastest, "rounds": len(timed[MAPPINGS[0]]),
+                "strategy": min(MAPPINGS, key=lambda strategy: fastest[strategy]), "seconds": fastest, "rounds": len(timed[MAPPINGS[0]]),
                 "epoch_steps": int(batches.shape[1]), "family": family.name, "runs": int(batches.shape[0]),
                 "work_bucket": bucket, "measure_seconds": time.perf_counter() - start,
             }

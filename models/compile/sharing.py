@@ -133,9 +133,9 @@ def pad_state(state: Any, template: Any) -> Any:
     ``jax.ShapeDtypeStruct`` leaves. A leaf of ``state`` goes where the same path is in ``template``, zero-padded
     at the end of every axis; a path of ``template`` that ``state`` lacks (a deeper host's extra layers, their
     optimiser moments) is all zeros."""
-    native, _ = jax.tree_util.tree_flatten_with_path(state)
-    runs = np.shape(native[0][1])[0] if native else 1
-    native = {path: np.asarray(leaf) for path, leaf in native}
+    flat, _ = jax.tree_util.tree_flatten_with_path(state)
+    runs = np.shape(flat[0][1])[0] if flat else 1
+    native = {path: np.asarray(leaf) for path, leaf in flat}
     targets, treedef = jax.tree_util.tree_flatten_with_path(template)
     placed = []
     for path, target in targets:

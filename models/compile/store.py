@@ -126,11 +126,17 @@ class ProgramStore:
                 self.directory = None
         return self._key
 
+    def _place(self) -> tuple[Path, bytes] | None:
+        """The store's folder and key, or None where programs are kept in memory only (``_disk``)."""
+        key = self._disk()
+        return None if key is None or self.directory is None else (self.directory, key)
+
     def _path(self, key: Any) -> Path | None:
-        if self._disk() is None:
+        place = self._place()
+        if place is None:
             return None
         name = hashlib.sha256(f"{fingerprint()}\0{key!r}".encode()).hexdigest()
-        return self.directory / f"{name}.programs"
+        return place[0] / f"{name}.programs"
 
     def __contains__(self, key: Any) -> bool:
         """Whether ``key``'s programs are in memory, on disk or being built now (by another thread: ``get`` waits
@@ -175,10 +181,10 @@ class ProgramStore:
 
     def _load(self, key: Any) -> Any | None:
         """The entry's programs if its file is this user's and its seal checks, else None (then compiled again)."""
-        path = self._path(key)
-        if path is None or not path.exists():
+        path, place = self._path(key), self._place()
+        if path is None or place is None or not path.exists():
             return None
-        payload = unseal(self._key, path.name, read_private(path) or b"")
+        payload = unseal(place[1], path.name, read_private(path) or b"")
         if payload is None:
             if path.name not in self._rejected:
                 self._rejected.add(path.name)
@@ -191,14 +197,14 @@ class ProgramStore:
             return None
 
     def _store(self, key: Any, value: Any) -> None:
-        path = self._path(key)
-        if path is None:
+        path, place = self._path(key), self._place()
+        if path is None or place is None:
             return
         try:
             data = _serialise(value)
         except Exception:  # noqa: BLE001 -- a program that cannot be serialised is kept in memory only
             return
-        write_private(path, seal(self._key, path.name, data))  # a failed write only costs a later recompile
+        write_private(path, seal(place[1], path.name, data))  # a failed write only costs a later recompile
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -298,10 +304,11 @@ class ProgramStore:
 
     def _read_json(self, file_name: str) -> dict[str, Any]:
         """A JSON object file of the store, or {} when there is none or it is damaged or not to be trusted."""
-        if self._disk() is None:
+        place = self._place()
+        if place is None:
             return {}
         try:
-            stored = json.loads(read_private(self.directory / file_name) or b"{}")
+            stored = json.loads(read_private(place[0] / file_name) or b"{}")
         except ValueError:
             return {}
         return stored if isinstance(stored, dict) else {}
@@ -332,8 +339,9 @@ class ProgramStore:
     def _write_json(self, file_name: str, value: dict) -> None:
         """``value`` as ``<directory>/<file_name>``, by atomic replace (read, merged and written by the caller); a
         failed write only costs a later measurement."""
-        if self._disk() is not None:
-            write_private(self.directory / file_name, json.dumps(value, indent=1, sort_keys=True).encode())
+        place = self._place()
+        if place is not None:
+            write_private(place[0] / file_name, json.dumps(value, indent=1, sort_keys=True).encode())
 
 
 def _number(value: Any) -> bool:

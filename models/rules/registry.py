@@ -80,6 +80,8 @@ def _weights(kernel: Array, stored: Array | None, key: Array | None) -> Array:
 
 
 def _stored(kernel: Array, stored: Array | None, key: Array | None) -> Array:
+    if stored is None:
+        raise ValueError("this rule's feedback matrix is a stored variable, and none was given")
     return stored
 
 
@@ -88,7 +90,7 @@ def _uniform_signs(kernel: Array, stored: Array | None, key: Array | None) -> Ar
 
 
 def _fixed_magnitude_signs(kernel: Array, stored: Array | None, key: Array | None) -> Array:
-    return frsf_feedback(kernel, stored)
+    return frsf_feedback(kernel, _stored(kernel, stored, key))
 
 
 def _random_magnitude_signs(kernel: Array, stored: Array | None, key: Array | None) -> Array:

@@ -86,7 +86,7 @@ def apical_potential(feedback: Array, y: Array, c: Array) -> Array:
 def hidden_soma_step(c: Array, basal: Array, apical: Array | None, h: dict, g_a: float) -> Array:
     """Forward-Euler step of dC/dt = -g_l C + g_b (B - C) + g_a (A - C)."""
     dc = -h["g_l"] * c + h["g_b"] * (basal - c)
-    if g_a:
+    if g_a and apical is not None:
         dc = dc + g_a * (apical - c)
     return c + h["dt"] * dc
 
@@ -350,18 +350,18 @@ def run_phases(
     # Every step's variates in one call per layer: random-number generation inside the loop costs more than
     # the step's arithmetic for small layers.
     layer_keys = jax.random.split(key_net, depth + 1)
-    uniform = {
+    variates = {
         i: fast_uniform(layer_keys[i], (n_steps, batch, s.sizes[i + 1])) for i in range(depth + 1) if s.spikes(i)
     }
-    xs = (weight_f, weight_t, nudge, uniform, drive_xs)
+    xs = (weight_f, weight_t, nudge, variates, drive_xs)
     carry = (neurons.soma, tuple(slow), tuple(fast), acc0, acc0_t)
-    (soma, slow, fast, acc, acc_t), _ = jax.lax.scan(step, carry, xs, unroll=UNROLL)
+    (soma, slow_end, fast_end, acc, acc_t), _ = jax.lax.scan(step, carry, xs, unroll=UNROLL)
     forward = PhaseAverages(acc[0], (mean_input,) + acc[1][1:], acc[2], acc[3], acc[4][0])
     target_avg = None
     if n_target:
         # only what the updates read from the target phase
         target_avg = PhaseAverages((), (), acc_t[0], (), acc_t[1][0])
-    return Neurons(soma, slow, fast), forward, target_avg
+    return Neurons(soma, slow_end, fast_end), forward, target_avg
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -418,6 +418,7 @@ def train_example(
     """
     one_hot = jax.nn.one_hot(labels, s.sizes[-1])
     neurons, forward, target = run_phases(s, h, params, neurons, x_rate, one_hot, key, s.forward_steps, s.target_steps)
+    assert target is not None  # a target phase of s.target_steps > 0 steps ran
     metrics = output_loss(forward, labels, h["phi_max"])
     return update(s, h, params, forward, target), neurons, metrics
 

@@ -104,7 +104,7 @@ def structure_of(config: SDConfig, n_in: int, out_features: int) -> Structure:
 def hyperparameters(config: SDConfig) -> dict[str, np.ndarray]:
     """The traced scalars: changing them never recompiles."""
     names = ("dt", "phi_max", "tau_s", "tau_l", "g_l", "g_b", "g_d", "e_exc", "e_inh")
-    h = {n: np.float32(getattr(config, n)) for n in names}
+    h = {n: np.asarray(getattr(config, n), np.float32) for n in names}
     h["forward_lr"] = np.asarray(config.forward_learning_rates, np.float32)
     h["feedback_lr"] = np.asarray(config.feedback_learning_rates or (0.0,) * len(config.hidden), np.float32)
     return h
@@ -121,8 +121,10 @@ def init_params(config: SDConfig, n_in: int, out_features: int, rng: np.random.G
     nu = config.phi_max * config.dt * 0.25  # the code's rates are per step (phi_max * dt)
     v_sm = v_sd**2 + v_avg**2
     spread = np.sqrt(12.0)  # uniform(-0.5, 0.5) * sqrt(12) has unit variance (the code writes 3.465)
-    w, b = [None] * (depth + 1), [None] * (depth + 1)
-    y, c = [None] * depth, [None] * depth
+    w: list[np.ndarray] = [np.empty(0)] * (depth + 1)  # each filled below, output layer first
+    b: list[np.ndarray] = [np.empty(0)] * (depth + 1)
+    y: list[np.ndarray] = [np.empty(0)] * depth
+    c: list[np.ndarray] = [np.empty(0)] * depth
     y_above = np.eye(out_features)
     for m in range(depth, -1, -1):
         n, fan_in = sizes[m + 1], sizes[m]
@@ -150,7 +152,9 @@ def init_params(config: SDConfig, n_in: int, out_features: int, rng: np.random.G
             y[i] = matrix * masks[i] * 5.0
     if not config.feedback_bias:
         c = [np.zeros_like(v) for v in c]
-    as32 = lambda arrays: tuple(np.asarray(a, np.float32) for a in arrays)
+    def as32(arrays: list[np.ndarray]) -> Any:  # host arrays, as the other families initialise; the program takes them
+        return tuple(np.asarray(a, np.float32) for a in arrays)
+
     return SDParams(as32(w), as32(b), as32(y), as32(c), as32(masks))
 
 
@@ -242,7 +246,7 @@ class SegregatedDendrites:
         return points  # never hosted (``hosting``)
 
     def saved_state(self, state: SDState) -> SDState:
-        return state._replace(neurons=None)  # the weights; the neurons' traces are reset for every example anyway
+        return state._replace(neurons=None)  # type: ignore[arg-type]  # the weights; the neurons' traces are reset for every example anyway
 
     def diagnose(self, spec, hyper, state, before, key, x, y, idx) -> dict:
         return {}

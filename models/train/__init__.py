@@ -11,6 +11,7 @@ How programs are stored, compiled, shared and their fold strategy decided is ``m
 from models.train.epoch import EVAL_CHUNK, map_runs, masked_means, run_epoch, segment_layout
 from models.train.fields import HOST, TRACED, Static, chosen_among, traced_values
 from models.train.loop import (
+    GroupKey,
     batch_orders,
     could_host,
     cross_validate,
@@ -40,7 +41,7 @@ from models.train.types import (
 
 __all__ = [
     "EVAL_CHUNK", "FOLD_STRATEGIES", "HOST", "MAPPINGS", "TRACED", "CVResult", "DivergedError", "EpochCallback",
-    "EpochMetrics", "FoldData", "Member", "ModelFamily", "Plan", "RunState", "Static", "Timing", "batch_orders",
+    "EpochMetrics", "FoldData", "GroupKey", "Member", "ModelFamily", "Plan", "RunState", "Static", "Timing", "batch_orders",
     "chosen_among", "could_host", "cross_validate", "fit_and_score", "group_key", "group_mapping", "map_runs",
     "masked_means", "precompile", "run_epoch", "segment_layout", "split_as_runs", "stack", "traced_values",
     "train_group", "train_runs",

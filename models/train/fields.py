@@ -33,12 +33,12 @@ def choices_of(config: Any, f) -> tuple:
 def traced_values(config: Any) -> dict[str, np.ndarray]:
     """The traced fields of a configuration dataclass as float32 program inputs, and each choice field's index
     among its choices as an int32 input."""
-    values: dict[str, np.ndarray] = {}
+    values: dict[str, np.ndarray] = {}  # 0-d arrays
     for f in fields(config):
         if field_kind(f) == "traced":
-            values[f.name] = np.float32(getattr(config, f.name))
+            values[f.name] = np.asarray(getattr(config, f.name), np.float32)
         elif field_kind(f) == "choice":
-            values[f.name] = np.int32(choices_of(config, f).index(getattr(config, f.name)))
+            values[f.name] = np.asarray(choices_of(config, f).index(getattr(config, f.name)), np.int32)
     return values
 
 

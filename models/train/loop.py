@@ -107,14 +107,17 @@ def train_runs(
     return outcome
 
 
-def group_key(config: Any, data: FoldData, out_features: int) -> Hashable:
+GroupKey = tuple[Any, ...]  # family name, program spec, batch size, epochs
+
+
+def group_key(config: Any, data: FoldData, out_features: int) -> GroupKey:
     """Configurations with equal keys compile to the same programs and can be trained as one group."""
     family: ModelFamily = config.family
     spec = family.program_spec(config, data.x[:1], out_features)
     return family.name, spec, family.batch_size(config), family.epochs(config)
 
 
-def could_host(host: Hashable, key: Hashable, family: ModelFamily, compiler: Compiler | None = None) -> bool:
+def could_host(host: GroupKey, key: GroupKey, family: ModelFamily, compiler: Compiler | None = None) -> bool:
     """Whether the networks of group ``key`` (``group_key``) could train in the program of group ``host``'s, a
     larger network's (``models.compile.sharing``; whether they will is decided as they train,
     ``ProgramSharing.choose``)."""
@@ -280,8 +283,9 @@ def train_group(
             mine = EpochMetrics(*(m[slots[i]] for m in metrics))
             try:
                 _check_finite(mine, epoch)
-                if members[i].on_epoch is not None:
-                    members[i].on_epoch(epoch, mine)
+                callback = members[i].on_epoch
+                if callback is not None:
+                    callback(epoch, mine)
             except Exception as error:  # noqa: BLE001 -- the member's outcome; the group goes on
                 outcomes[i] = error
         if all(outcome is not None for outcome in outcomes):
@@ -307,13 +311,13 @@ def train_group(
             points = {name: np.concatenate([p[name][slots[i]] for p in point_history], axis=1).T for name in point_names}
         else:  # one plain evaluation per epoch: the points are the epoch metrics
             points = dict(curves)
-        mine = None if final is None else jax.tree_util.tree_map(lambda a, s=slots[i]: a[s], final)
+        run_state_i = None if final is None else jax.tree_util.tree_map(lambda a, s=slots[i]: a[s], final)
         timing = timings[i]
         outcomes[i] = CVResult(
             curves["val_score"][-1], curves, timing.compile_seconds, timing.train_seconds, n_params, points,
-            point_epochs, mine, plan.fold_strategy, timing.shared_program, timing.padding_seconds,
+            point_epochs, run_state_i, plan.fold_strategy, timing.shared_program, timing.padding_seconds,
         )
-    return outcomes
+    return [outcome for outcome in outcomes if outcome is not None]  # every member has one by now
 
 
 def _check_finite(metrics: EpochMetrics, epoch: int) -> None:

@@ -28,12 +28,12 @@ class FoldData(NamedTuple):
 
 
 class EpochMetrics(NamedTuple):
-    """Per-run metrics of one epoch, each of shape (k,)."""
+    """Per-run metrics of one epoch, each of shape (k,): device arrays in a program, NumPy arrays on the host."""
 
-    train_loss: Array
-    train_score: Array
-    val_loss: Array
-    val_score: Array
+    train_loss: Array | np.ndarray
+    train_score: Array | np.ndarray
+    val_loss: Array | np.ndarray
+    val_score: Array | np.ndarray
 
 
 class DivergedError(RuntimeError):

@@ -310,6 +310,7 @@ def test_nothing_found_without_torchvision_names_the_package_and_the_layouts(tmp
     assert not data_dir.exists()
 
 
+@pytest.mark.torch  # the vision extra: CI runs these in a step of their own
 def test_failed_download_says_which_files_go_where_and_leaves_no_folder(tmp_path, no_network):
     needs_torchvision()
     data_dir = tmp_path / "data"
@@ -383,6 +384,7 @@ def test_swapped_idx_files_and_bad_labels_are_reported(tmp_path, no_network):
 # CIFAR-10 through torchvision
 
 
+@pytest.mark.torch  # the vision extra: CI runs these in a step of their own
 def test_cifar10_pickles_load_through_torchvision_with_md5_check(tmp_path, no_network, monkeypatch):
     raw = write_cifar(tmp_path, monkeypatch)
     data = load_dataset("cifar10", str(tmp_path))
@@ -395,6 +397,7 @@ def test_cifar10_pickles_load_through_torchvision_with_md5_check(tmp_path, no_ne
     check_standardised(data.x_train)
 
 
+@pytest.mark.torch  # the vision extra: CI runs these in a step of their own
 def test_corrupt_cifar_batch_is_reported_by_name(tmp_path, no_network, monkeypatch):
     write_cifar(tmp_path, monkeypatch)
     batch = tmp_path / "cifar-10-batches-py" / "data_batch_3"

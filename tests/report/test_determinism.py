@@ -49,3 +49,20 @@ def test_the_notebook_draws_outside_the_committed_results(monkeypatch):
     assert storage == "studies/bundled.journal" and results == str(Path("notebooks") / "output" / "bundled")
     monkeypatch.setenv("HPO_RESULTS_DIR", "/somewhere")
     assert notebook_settings()[1] == "/somewhere"
+
+
+ROOT = Path(__file__).resolve().parents[2]
+TEXT_SUFFIXES = (".csv", ".md", ".html")  # a PNG's bytes also depend on the installed matplotlib and FreeType
+
+
+def test_the_committed_fashion_mnist_report_regenerates_byte_for_byte(tmp_path, monkeypatch):
+    """Every table and page of results/fashion-mnist/ is what the report writes from the committed journal, on
+    any machine: no float printed to its last digit, no unseeded estimate (parameter importances are bootstrapped
+    from a fixed seed and rounded)."""
+    monkeypatch.chdir(ROOT)  # the index names the storage as the README's command does: relative to the project
+    committed = ROOT / "results" / "fashion-mnist"
+    write_reports("studies/fashion-mnist.journal", tmp_path, out=lambda line: None)
+    written = contents(tmp_path)
+    expected = {name: data for name, data in contents(committed).items() if name.endswith(TEXT_SUFFIXES)}
+    assert len(expected) > 20 and set(expected) <= set(written)
+    assert [name for name in expected if written[name] != expected[name]] == []

@@ -24,7 +24,7 @@ from optuna.trial import TrialState
 from hpo import run
 from hpo.config import StudyConfig
 from hpo.console import clock
-from hpo.report import summary as report
+from hpo.report import __main__ as report_command
 from hpo.storage import open_storage
 from hpo.study.progress import EpochProgress, StudyClock
 from hpo.study.runner import Progress
@@ -177,8 +177,9 @@ def test_bad_threshold_is_one_line(tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "s.journal").exists()
 
 
-def test_report_sums_up_optunas_importance_warnings(tmp_path, capsys):
-    """Conditional parameters seen in few trials: Optuna warns for each, per chart; the report says it once."""
+def test_rough_importances_say_so_on_their_chart_and_print_no_warnings(tmp_path, capsys):
+    """Conditional parameters seen in few trials: Optuna's PED-ANOVA warns for each, per estimate; the report shows
+    each importance with its bootstrap spread and says on the chart that 8 trials give a rough estimate."""
     storage = str(tmp_path / "s.journal")
     study = optuna.create_study(study_name="digits-mlp-fa", storage=open_storage(storage), direction="maximize")
     for key, value in {"dataset": "digits", "model": "mlp", "algo": "fa", "metric": "accuracy"}.items():
@@ -193,8 +194,8 @@ def test_report_sums_up_optunas_importance_warnings(tmp_path, capsys):
         study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions, value=0.5 + i / 20))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        assert report.main(["--storage", storage, "--results-dir", str(tmp_path / "results")]) == 0
+        assert report_command.main(["--storage", storage, "--results-dir", str(tmp_path / "results")]) == 0
     assert not [w for w in caught if "Some regimes" in str(w.message)]
-    out = capsys.readouterr().out
-    notes = [line for line in out.splitlines() if line.startswith("note: parameter importances")]
-    assert len(notes) == 1 and "(lr_adam, lr_sgd, momentum)" in notes[0], out
+    assert "Some regimes" not in capsys.readouterr().err
+    page = (tmp_path / "results" / "studies" / "digits-mlp-fa" / "importance.html").read_text()
+    assert "bootstraps of 8 complete trials): rough, from fewer than 20 trials" in page
