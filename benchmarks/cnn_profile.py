@@ -1,4 +1,4 @@
-"""Where a CNN training step's time goes on XLA:CPU: every convolution of the issue-17 CNN, split into forward,
+"""Where a CNN training step's time goes on XLA:CPU: every convolution of the benchmark CNN, split into forward,
 input error and kernel gradient, and its max-pooling, each timed on its own against PyTorch's op on the same
 shapes.
 
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name} {piece:32s} jax {ours * 1e3:7.2f} ms  torch2 {t2 * 1e3:7.2f} ms  torch1 {t1 * 1e3:7.2f} ms"
                   f"  {flops / ours / 1e9 if flops else float('nan'):6.1f} GFLOP/s", flush=True)
     lines = [
-        "# Where a CNN step's time goes on XLA:CPU (issue 17)",
+        "# Where a CNN step's time goes on XLA:CPU",
         "",
         f"Machine: {machine()}. Matmul peak (float32, 2048x2048, JAX, this run): **{peak:.1f} GFLOP/s**. Load "
         f"average before: {'/'.join(f'{x:.1f}' for x in load_before)}, after: "

@@ -13,7 +13,7 @@ Measures, in one process and one run, with medians over repeats (compilation exc
                sliced on the host, one fold after another;
 * torch     -- the second seed's way: PyTorch, a Python loop over folds and mini-batches, FA as a
                ``torch.autograd.Function``, Adam;
-* CNN rows  -- the issue-17 CNN (conv 16 k5 SAME + relu + max-pool, conv 32 k5 SAME + relu + max-pool, dense
+* CNN rows  -- the benchmark CNN (conv 16 k5 SAME + relu + max-pool, conv 32 k5 SAME + relu + max-pool, dense
                128, 10 outputs; batch 64, Adam 1e-3, 3 folds x 1 epoch) on mnist-5k (2-D) and on mnist1d (1-D),
                for bp, fa, kp and dfa: ours with the study default (``auto``) and each strategy, the jit-step
                loop and the seed-style PyTorch loop (``benchmarks.cnn_reference``), timed round-robin;
@@ -379,7 +379,7 @@ def targets_table(rows, group_key, mlp: bool) -> list[str]:
 
 CNN_RULES = ("bp", "fa", "kp", "dfa")
 CNN_DATA = (("mnist-5k", "2-D"), ("mnist1d", "1-D"))
-# x the PyTorch loop on 2 threads (issue 35): 2-D bp and fa 1.5, kp and dfa 1.2 (their feedback costs a third
+# x the PyTorch loop on 2 threads: 2-D bp and fa 1.5, kp and dfa 1.2 (their feedback costs a third
 # matrix product per layer, or a projection per layer); every 1-D row 1.5
 CNN_TARGETS = {("2-D", "bp"): 1.5, ("2-D", "fa"): 1.5, ("2-D", "kp"): 1.2, ("2-D", "dfa"): 1.2}
 
@@ -461,7 +461,7 @@ def cnn_table(rows, peak, repeats, load_before) -> str:
     lines += ["", DECISIONS_INTRO, ""]
     lines += [f"- {r['data']} {r['rule']}: {r['decision'] or REUSED.format(r['chosen'])}" for r in rows
               if r["implementation"] == "ours (auto)"]
-    lines += ["", "Targets (issue 35), from the table above:", "", "| target | measured | met |", "|---|---|---|"]
+    lines += ["", "Targets, from the table above:", "", "| target | measured | met |", "|---|---|---|"]
     for r in rows:
         if r["implementation"] != "ours (auto)":
             continue

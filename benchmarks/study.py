@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", default="results/benchmarks/study.md")
     parser.add_argument("--targets", default="results/benchmarks/objective.md", help="file whose study section gets the targets")
     parser.add_argument("--cnn-study", action="store_true",
-                        help="only the whole CNN study (issue 17): 20 trials, 5 epochs, here and in --before")
+                        help="only the whole CNN study: 20 trials, 5 epochs, here and in --before")
     parser.add_argument("--before", type=Path,
                         help="a checkout of an earlier commit to run the cold studies (or the CNN study) in too")
     parser.add_argument("--pairs", type=int, default=1,
@@ -316,7 +316,7 @@ def write_cnn_study(rows: list[dict], path: Path) -> None:
 
 
 STUDY_MARK = "<!-- study benchmarks below -->"  # benchmarks.objective keeps what follows it in results/benchmarks/objective.md
-CNN_STUDY_MARK = "<!-- cnn study below -->"  # after the study targets: the whole CNN study (issue 17), kept by both
+CNN_STUDY_MARK = "<!-- cnn study below -->"  # after the study targets: the whole CNN study, kept by both
 
 
 def write_cnn_study_section(study: Path, path: Path) -> None:
@@ -325,13 +325,13 @@ def write_cnn_study_section(study: Path, path: Path) -> None:
     body = study.read_text().split("\n", 1)[1].strip("\n")  # without its title
     existing = path.read_text() if path.exists() else ""
     kept = existing[: existing.index(CNN_STUDY_MARK)] if CNN_STUDY_MARK in existing else existing
-    section = [CNN_STUDY_MARK, "", "## A whole CNN study, before and after (issue 17)", "", body]
+    section = [CNN_STUDY_MARK, "", "## A whole CNN study, before and after", "", body]
     path.write_text(kept.rstrip("\n") + "\n\n" + "\n".join(section) + "\n")
     print(f"wrote the CNN study to {path}")
 
 
 def write_targets(rows: list[dict], batches: list[dict], size: int, path: Path) -> None:
-    """The whole-study targets (issue 18) after ``STUDY_MARK`` in ``path``, the objective benchmark's part kept."""
+    """The whole-study targets after ``STUDY_MARK`` in ``path``, the objective benchmark's part kept."""
     lines = [
         STUDY_MARK,
         "",

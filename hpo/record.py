@@ -133,7 +133,7 @@ def final_diagnostics(points: dict[str, np.ndarray]) -> dict[str, float | None]:
 
 @dataclass(frozen=True)
 class TestScores:
-    """The test scores of a study's best configuration, retrained once per seed (``hpo.study.test_scores``).
+    """The test scores of a study's best configuration, retrained once per seed (``hpo.study.heldout``).
 
     Stored as ``{"trial", "seeds", "scores", "metric"}`` (and ``"error"`` with no scores when retraining diverged).
     Studies run before test seeds hold ``{"trial", "score", "metric"}``: read as one score of unknown seed.

@@ -204,7 +204,7 @@ class Spec(NamedTuple):
 def initial_optimizer_state(spec: Spec, hyper: dict, params: Any) -> Any:
     """The optimiser's initial state, made on the host without running (or compiling) its ``init``: every optimiser
     here starts from zeros (moments, traces, step counts), so zeros of the state's abstract shapes are exact
-    (``tests/models/test_training.py`` compares them with ``init``)."""
+    (``tests/models/train/test_training.py`` compares them with ``init``)."""
     shapes = _optimizer_state_shapes(spec, *(_abstract(tree) for tree in (hyper, params)))
     return jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), shapes)
 

@@ -1,6 +1,6 @@
 """A trained network in one file: its configuration, trained parameters and feedback matrices, and how to score it.
 
-A study retrains its best configuration on the whole training split (``hpo.study.test_scores``) and saves the run of the
+A study retrains its best configuration on the whole training split (``hpo.study.heldout``) and saves the run of the
 best trial's own seed with ``save_model`` next to its charts. ``load_model`` gives it back as a ``SavedModel``
 whose ``score`` evaluates it on data exactly as training scored it (the family's ``prepare`` and ``evaluate``):
 

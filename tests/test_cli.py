@@ -146,8 +146,8 @@ def test_changed_settings_on_resume_are_refused(tmp_path, capsys):
 
 @pytest.mark.slow  # 30-50 s of study processes or eager training; run with -m slow
 def test_test_seeds_are_stored_summarised_and_recomputed_only_when_needed(tmp_path, capsys):
+    from hpo.study.heldout import retraining_seeds
     from hpo.study.objective import trial_seed
-    from hpo.study.test_scores import retraining_seeds
 
     storage, results = tmp_path / "s.journal", tmp_path / "results"
     argv = ["--algo", "bp", "--trials", "3", *TINY, "--storage", str(storage), "--results-dir", str(results)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import select
+import signal
 import socket
 import subprocess
 import sys
@@ -14,8 +15,10 @@ from pathlib import Path
 import optuna
 import pytest
 from optuna.distributions import FloatDistribution
+from study_processes import add_complete_study
 
 from hpo import dashboard
+from hpo.dashboard import exposure_warning
 from hpo.storage import open_storage
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -198,3 +201,30 @@ def test_allowed_hosts():
     assert dashboard.allowed_hosts("127.0.0.1", 8080) == {"127.0.0.1:8080", "localhost:8080", "[::1]:8080"}
     assert "lab-box:9000" in dashboard.allowed_hosts("127.0.0.1", 9000, ("Lab-Box",))
     assert "10.0.0.5:80" in dashboard.allowed_hosts("10.0.0.5", 80) and "10.0.0.5" in dashboard.allowed_hosts("10.0.0.5", 80)
+
+
+def test_dashboard_on_a_network_address_warns_in_one_line(tmp_path):
+    assert exposure_warning("127.0.0.1", 8080) is None and exposure_warning("localhost", 8080) is None
+    assert exposure_warning("::1", 8080) is None
+    warning = exposure_warning("0.0.0.0", 8080)
+    assert warning.startswith("warning: --host 0.0.0.0 publishes the study storage to the network without "
+                              "authentication") and "\n" not in warning
+    storage = str(tmp_path / "s.journal")
+    add_complete_study(storage, "digits-mlp-fa")
+    # a child inherits an ignored SIGINT (as background jobs do), and pytest-xdist's workers can have it ignored:
+    # the dashboard, like any program, then keeps ignoring Ctrl-C, so the child starts with the default
+    process = subprocess.Popen([sys.executable, "-m", "hpo.dashboard", "--storage", storage, "--host", "0.0.0.0",
+                                "--port", "0"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        banner = process.stdout.readline()
+        assert banner.startswith("optuna-dashboard of ")
+        assert process.stdout.readline() == "press Ctrl-C to stop\n"  # serving (or about to): Ctrl-C stops it
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            _, err = process.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()  # a dashboard that ignores Ctrl-C fails the test and is not left serving
+            raise
+    assert err.splitlines()[0].startswith("warning: --host 0.0.0.0 publishes the study storage")

@@ -5,7 +5,7 @@ tuned by a study ever sees the test split; it scores the best configuration once
 natural shape (images ``(n, h, w, c)``, sequences ``(n, length, 1)``); MLPs flatten them.
 
     from hpo.data import load_dataset, make_folds
-    data = load_dataset("fashion-mnist")          # files found as hpo.data.files says; bundled ones need none
+    data = load_dataset("fashion-mnist")          # files found as hpo.data.sources says; bundled ones need none
     folds = make_folds(data, k=3, seed=0)
 """
 
@@ -16,8 +16,8 @@ from typing import Callable
 
 from hpo.data.bundled import BUNDLED
 from hpo.data.dataset import Dataset, standardise, standardise_split
-from hpo.data.files import SPECS, default_data_dir, load_file_dataset
 from hpo.data.folds import Folds, check_folds, make_folds
+from hpo.data.sources import SPECS, default_data_dir, load_file_dataset
 from hpo.errors import UsageError
 
 # Datasets read from files (--data-dir, Debian's package folder, or downloaded by torchvision): name -> loader.
@@ -34,7 +34,7 @@ def check_dataset_name(name: str) -> None:
 
 def load_dataset(name: str, data_dir: str | os.PathLike | None = None) -> Dataset:
     """Load a registered dataset by name; ``data_dir`` is where file datasets are looked for first
-    (``hpo.data.files``); the bundled ones ignore it."""
+    (``hpo.data.sources``); the bundled ones ignore it."""
     check_dataset_name(name)
     if name in FILE_DATASETS:
         return FILE_DATASETS[name](data_dir)

@@ -4,7 +4,7 @@ from backprop, HPO efficiency and the best hyperparameters.
 The summary (``hpo.report.summary``) is one row per study; this module computes the columns that need more than one
 trial's numbers, and the figures and tables built on them:
 
-* ``test_*``: the best configuration's test scores over seeds (``hpo.study.test_scores``): ``test_n`` seeds, their mean,
+* ``test_*``: the best configuration's test scores over seeds (``hpo.study.heldout``): ``test_n`` seeds, their mean,
   sample std and the half-width of the Student-t 95% interval of the mean (``hpo.report.stats``). A study run before
   test seeds has one score (n = 1, no interval) and says so in ``test_note``.
 * ``startup_*``: the spread across trials over the random start-up trials (``hpo.study.population``): the same

@@ -2,7 +2,7 @@
 backprop, and Holm's correction for the several rules compared with it.
 
 Pure functions of score arrays; the report (``hpo.report.summary``) applies them to the per-seed test scores a study
-stores (``hpo.study.test_scores``). Only the t distribution's quantile and survival functions come from scipy; the
+stores (``hpo.study.heldout``). Only the t distribution's quantile and survival functions come from scipy; the
 formulas are written out here, so the tests can check them against closed forms and against
 ``scipy.stats.ttest_ind``.
 

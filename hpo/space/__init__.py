@@ -5,7 +5,7 @@
     training.py    the parameters every rule network shares, and multilayer perceptrons
     cnn.py         convolutional networks, valid by construction for any choices a study allows
     sd.py          segregated dendrites
-    tables.py      one Space per model family: its table, its suggest function, its checks against a dataset
+    families.py    one Space per model family: its table, its suggest function, its checks against a dataset
     overrides.py   [space] tables of grids and --space files; the effective space stored with each study
 """
 

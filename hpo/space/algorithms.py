@@ -10,9 +10,9 @@ from typing import Any
 
 from hpo.data import Dataset
 from hpo.errors import UsageError
+from hpo.space.families import CNN_SPACE, MLP_SPACE, SD_SPACE, Space
 from hpo.space.parameters import EffectiveSpace, contains
 from hpo.space.sd import SD_PAPER_START
-from hpo.space.tables import CNN_SPACE, MLP_SPACE, SD_SPACE, Space
 from hpo.space.training import StudySettings
 from models.rules import RULES
 

@@ -1,7 +1,7 @@
 """Search spaces as configuration: ``[space]`` tables in study grids and ``--space`` files, their precedence, and
 the effective space stored with every study (refused on resume when it differs) and shown in reports.
 
-A ``[space]`` table maps parameter names (``hpo.space.tables``'s tables, ``--show-space`` lists them) to an override:
+A ``[space]`` table maps parameter names (``hpo.space.families``'s tables, ``--show-space`` lists them) to an override:
 
     [space]                      # every study of the file
     optimizer = "sgd"            # fixed: not searched, not a trial parameter

@@ -1,7 +1,7 @@
 """Search-space parameters as data: distributions, domains, conditions, and a study's effective space.
 
 A ``Parameter`` says what one hyperparameter is (type, default distribution, the values a network can be built
-with, when it is asked, which rules have it); ``hpo.space.tables`` lists the parameters of every model family. A study's
+with, when it is asked, which rules have it); ``hpo.space.families`` lists the parameters of every model family. A study's
 ``[space]`` overrides (``hpo.space.overrides``) are parsed against these parameters by ``parse_override`` and applied
 by ``effective_space``; the suggest functions then ask every question through ``EffectiveSpace.ask``.
 """

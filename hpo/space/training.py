@@ -66,7 +66,7 @@ POSITIVE = Domain(low=0.0, low_open=True)
 AT_LEAST_ONE = Domain(low=1)
 # Sizes beyond these build no network a study could train (the largest fits no machine's memory, or takes days per
 # epoch): a [space] value above one is refused at once, with one line, before anything is created. Within them, the
-# memory the largest network of a space needs is checked against the machine's (``hpo.space.tables``).
+# memory the largest network of a space needs is checked against the machine's (``hpo.space.families``).
 MAX_WIDTH = 16384  # units of a hidden layer
 MAX_DEPTH = 32  # hidden layers
 MAX_BATCH = 65536  # examples per mini-batch

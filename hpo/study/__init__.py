@@ -3,8 +3,9 @@
     runner.py         one study: open or create it, run its trials (here or in local workers), test scores
     pipeline.py       a grid of studies: every check before anything is created, then each study, then reports
     objective.py      the Optuna objective: sample, train in groups, record each trial
-    test_scores.py    the best configuration retrained over seeds and scored on the test split
+    heldout.py        the best configuration retrained over seeds and scored on the held-out test split
     population.py     the random start-up trials (the spread's population) and pruners that spare them
+    pruners.py        --pruner: Optuna's pruners, and successive halving over fold-epochs (halving)
     compile_ahead.py  a space's programs compiled before trials need them
     progress.py       what a running study prints
     trackers.py       MLflow and Weights & Biases

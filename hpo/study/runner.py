@@ -29,11 +29,11 @@ from hpo.space.algorithms import check_dataset, starting_points, suggest
 from hpo.space.overrides import record_space
 from hpo.storage import STORAGE_FAILURES, open_storage, redact, scrub
 from hpo.study.compile_ahead import compile_ahead
+from hpo.study.heldout import retrain_and_score
 from hpo.study.objective import Objective, compiles_ahead
 from hpo.study.population import startup_length
 from hpo.study.progress import EpochProgress, StudyClock, outcome
 from hpo.study.pruners import make_pruner
-from hpo.study.test_scores import retrain_and_score
 from hpo.study.trackers import make_tracker
 from models.compile import Compiler
 
@@ -282,7 +282,7 @@ def record_test_score(
     study: optuna.Study, config: StudyConfig, dataset: Dataset, out: Printer, compiler: Compiler | None = None
 ) -> None:
     """Retrain the best configuration on the whole training split with ``config.test_seeds`` seeds, score the
-    test split, store every seed's score on the study (``hpo.study.test_scores``) and save seed 0's network in the study's
+    test split, store every seed's score on the study (``hpo.study.heldout``) and save seed 0's network in the study's
     results folder (``MODEL_FILE``, ``models.saved.load_model`` reads it).
 
     Recomputed only when the best trial changed since it was stored, or the number of seeds. More seeds than

@@ -3,7 +3,7 @@
 On XLA:CPU the convolution and its VJP are written for the CPU (a gather of windows and matrix products, and
 stride-1 forward convolutions where XLA's transpose rules are many times slower inside ``lax.scan``); elsewhere
 XLA's own convolution and transpose rules run (cuDNN's kernels on a GPU). The choice is made when a program is
-lowered, for the backend it is lowered for (``jax.lax.platform_dependent``). ``tests/models/test_conv.py`` checks every
+lowered, for the backend it is lowered for (``jax.lax.platform_dependent``). ``tests/models/rules/test_conv.py`` checks every
 path against ``jax.vjp`` of ``lax.conv_general_dilated``.
 """
 
@@ -163,7 +163,7 @@ def _cpu_conv2d_vjp(strides, padding, x, kernel, dy):
       than the same sum written as a correlation with the batch as the contracted channel axis, which remains
       for layers whose columns would not fit in ``MAX_WINDOW_COLUMNS`` values (``benchmarks/objective.py``).
 
-    ``tests/models/test_conv.py`` checks both against ``jax.vjp`` of ``lax.conv_general_dilated``.
+    ``tests/models/rules/test_conv.py`` checks both against ``jax.vjp`` of ``lax.conv_general_dilated``.
     """
     zero = jnp.zeros((), dy.dtype)
     pads = _pads(x, kernel, strides, padding)

@@ -18,8 +18,8 @@ from hpo.files import study_folder
 from hpo.record import read_study, write_study
 from hpo.space.algorithms import suggest
 from hpo.storage import open_storage
+from hpo.study.heldout import retraining_seeds
 from hpo.study.runner import MODEL_FILE, record_test_score
-from hpo.study.test_scores import retraining_seeds
 from models.networks import ConvLayer
 from models.rule_training import TrainConfig
 from models.saved import load_model, save_model

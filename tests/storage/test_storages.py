@@ -252,7 +252,7 @@ def test_heartbeat_settings_are_validated(monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Issue 15: passwords in every URL form, a database lost or frozen mid-study
+# Passwords in every URL form, a database lost or frozen mid-study
 
 
 def spawn(storage: str, results: Path, trials: int, *extra: str, **environment: str) -> subprocess.Popen:

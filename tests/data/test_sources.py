@@ -24,7 +24,7 @@ import pytest
 
 from hpo.config import StudyConfig, load_grid
 from hpo.data import DATASETS, FILE_DATASETS, load_dataset
-from hpo.data import files as data_files
+from hpo.data import sources as data_files
 from hpo.errors import UsageError
 
 ROOT = Path(__file__).resolve().parents[2]

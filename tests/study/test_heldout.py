@@ -1,4 +1,4 @@
-"""hpo.study.test_scores: the seeds of the test retraining, the stored attribute in both formats, a diverged retraining."""
+"""hpo.study.heldout: the seeds of the test retraining, the stored attribute in both formats, a diverged retraining."""
 
 import numpy as np
 import pytest
@@ -7,9 +7,9 @@ from hpo.config import StudyConfig
 from hpo.data import load_dataset
 from hpo.record import TestScores
 from hpo.report.comparison import score_columns
-from hpo.study import test_scores as heldout
+from hpo.study import heldout
+from hpo.study.heldout import retrain_and_score, retraining_seeds
 from hpo.study.objective import trial_seed
-from hpo.study.test_scores import retrain_and_score, retraining_seeds
 from models.train import DivergedError
 
 

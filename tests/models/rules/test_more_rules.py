@@ -1,9 +1,9 @@
 """Sign-concordant feedback (usf, brsf, frsf) and direct random target projection (drtp), dense and conv.
 
-The MLP closed-form updates of these rules are checked with every other rule in tests/models/test_rules.py (its numpy
+The MLP closed-form updates of these rules are checked with every other rule in tests/models/rules/test_rules.py (its numpy
 reference covers them); here: the layer functions against numpy / lax references, exact equivalences with
 backprop, brsf's random magnitudes (distribution, redrawn per update, signs of W), drtp in a CNN, the missing-
-input errors, and training with the compiled trainer (MLP training of every rule is in tests/models/test_training.py).
+input errors, and training with the compiled trainer (MLP training of every rule is in tests/models/train/test_training.py).
 """
 
 import jax

@@ -19,7 +19,7 @@ from models.rule_training import TrainConfig
 from models.train import FoldData, cross_validate
 
 CONFIG = TrainConfig(rule="fa", hidden=(12,), learning_rate=3e-3, epochs=1)
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 class Marker:

@@ -1,0 +1,136 @@
+"""Two protocols of one grid side by side: what each cost and what each answered, per study.
+
+    python -m benchmarks.protocols                     # the full Fashion-MNIST MLP grid against the halving one
+    python -m benchmarks.protocols --reference studies/fashion-mnist.journal \\
+        --cheaper studies/fashion-mnist-halving.journal --output results/benchmarks/protocols.md
+
+Per study of the same name in both storages: busy hours (the union of the trials' time intervals, from each trial's
+start to its end as the storage recorded them: pauses between sittings do not count, and trials that ran at once on
+parallel workers count once), finished trials and how many completed, best CV, the chosen configuration, the test
+mean ± 95% CI over its seeds, and the cheaper protocol's test mean minus the reference's with Welch's p. Nothing is
+trained: both storages hold what their grids measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from hpo.files import write_text
+from hpo.record import read_study
+from hpo.report.stats import summarize_scores, welch
+from hpo.storage import open_storage, study_names
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def busy_seconds(intervals: list[tuple[datetime, datetime]]) -> float:
+    """Seconds covered by the union of ``intervals`` (start, end)."""
+    total, end_of_union = 0.0, None
+    for start, end in sorted(intervals):
+        if end_of_union is None or start > end_of_union:
+            total += (end - start).total_seconds()
+            end_of_union = end
+        elif end > end_of_union:
+            total += (end - end_of_union).total_seconds()
+            end_of_union = end
+    return total
+
+
+def intervals(study: optuna.Study) -> list[tuple[datetime, datetime]]:
+    return [(t.datetime_start, t.datetime_complete) for t in study.get_trials(deepcopy=False, states=FINISHED)
+            if t.datetime_start is not None and t.datetime_complete is not None]
+
+
+def row(study: optuna.Study) -> dict:
+    trials = study.get_trials(deepcopy=False, states=FINISHED)
+    test = read_study(study).test
+    scores = list(test.scores) if test is not None else []
+    return {"busy_s": busy_seconds(intervals(study)), "finished": len(trials),
+            "complete": sum(t.state == TrialState.COMPLETE for t in trials), "best": study.best_value,
+            "params": study.best_params, "test": scores, "pruner": read_study(study).pruner or "median"}
+
+
+def configuration(params: dict) -> str:
+    """The chosen configuration in a few words: ``3x512 relu, adam 1.4e-04, batch 32``."""
+    parts = []
+    if "depth" in params:
+        parts.append(f"{params['depth']}x{params['width']} {params.get('activation', '')}".strip())
+    lr = params.get("lr_adam", params.get("lr_sgd"))
+    if lr is not None:
+        parts.append(f"{params.get('optimizer', '')} {lr:.1e}".strip())
+    parts.append(f"batch {params.get('batch_size')}")
+    if "feedback_scale" in params:
+        parts.append(f"B {params.get('feedback_distribution')} x{params['feedback_scale']:.2g}")
+    if "kp_decay_per_step" in params:
+        parts.append(f"decay {params['kp_decay_per_step']:.1e}")
+    return ", ".join(parts)
+
+
+def compare(reference: str, cheaper: str) -> tuple[list[tuple[str, dict, dict]], float, float]:
+    """Rows of the studies in both storages, and each grid's busy seconds (the union over all its trials)."""
+    stores = open_storage(reference, create=False), open_storage(cheaper, create=False)
+    names = sorted(set(study_names(stores[0])) & set(study_names(stores[1])))
+    rows, spans = [], ([], [])
+    for name in names:
+        studies = [optuna.load_study(study_name=name, storage=store) for store in stores]
+        rows.append((name, row(studies[0]), row(studies[1])))
+        for span, study in zip(spans, studies):
+            span.extend(intervals(study))
+    return rows, busy_seconds(spans[0]), busy_seconds(spans[1])
+
+
+def text(reference: str, cheaper: str, rows: list[tuple[str, dict, dict]], busy: tuple[float, float]) -> str:
+    def test(r: dict) -> str:
+        s = summarize_scores(r["test"])
+        return f"{s.mean:.4f} ± {s.ci95:.4f} (n={s.n})" if s.n else ""
+
+    lines = [
+        "# One grid, two protocols: cost and answers", "",
+        f"`python -m benchmarks.protocols --reference {reference} --cheaper {cheaper}`. Busy hours: the union of the "
+        "trials' time intervals (parallel workers and pauses counted honestly); test: the chosen configuration "
+        "retrained with every stored seed, mean ± 95% CI; Δ test: cheaper minus reference, Welch's p.", "",
+        f"**Whole grid: {busy[0] / 3600:.2f} h against {busy[1] / 3600:.2f} h busy "
+        f"({busy[1] / busy[0]:.0%} of the reference's, {busy[0] / busy[1]:.1f}x cheaper).**", "",
+        "| study | busy h (ref / cheaper) | complete / finished (ref / cheaper) | best CV (ref / cheaper) | "
+        "test, reference | test, cheaper | Δ test | p |",
+        "|---|---|---|---|---|---|---:|---:|",
+    ]
+    for name, ref, new in rows:
+        comparison = welch(new["test"], ref["test"])
+        lines.append(
+            f"| {name} | {ref['busy_s'] / 3600:.2f} / {new['busy_s'] / 3600:.2f} | {ref['complete']}/{ref['finished']}"
+            f" / {new['complete']}/{new['finished']} | {ref['best']:.4f} / {new['best']:.4f} | {test(ref)} | "
+            f"{test(new)} | {comparison.delta:+.4f} | {comparison.p:.3f} |"
+        )
+    lines += ["", "Chosen configurations (reference / cheaper):", ""]
+    for name, ref, new in rows:
+        lines.append(f"- `{name}`: {configuration(ref['params'])} / {configuration(new['params'])}")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reference", default="studies/fashion-mnist.journal")
+    parser.add_argument("--cheaper", default="studies/fashion-mnist-halving.journal")
+    parser.add_argument("--output", default="results/benchmarks/protocols.md")
+    parser.add_argument("--json", help="also write the rows as JSON here")
+    args = parser.parse_args(argv)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    rows, *busy = compare(args.reference, args.cheaper)
+    output = text(args.reference, args.cheaper, rows, (busy[0], busy[1]))
+    write_text(Path(args.output), output)
+    if args.json:
+        write_text(Path(args.json), json.dumps(rows, indent=1, default=str) + "\n")
+    print(output)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
