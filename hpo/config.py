@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import tomllib
 import unicodedata
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Any, Callable
 
 from hpo.data import DATASETS
 from hpo.errors import UsageError
+from hpo.files import read_toml
 from hpo.space.algorithms import ALGORITHMS, MODELS, get_algorithm, study_effective_space
 from hpo.space.overrides import SpaceLayer, apply_spaces, parse_space
 from models.train import FOLD_STRATEGIES
@@ -204,17 +204,7 @@ def load_grid(
     ``space_layers`` (``--space`` files) set each study's search-space overrides (``hpo.space.overrides``).
     """
     path = Path(path)
-    try:
-        document = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as error:
-        raise UsageError(f"cannot read config file {str(path)!r}: {error.strerror or error}") from None
-    except UnicodeDecodeError as error:
-        raise UsageError(
-            f"config file {str(path)!r} is not UTF-8 text (byte {error.object[error.start]:#04x} at offset "
-            f"{error.start}); TOML files must be UTF-8"
-        ) from None
-    except tomllib.TOMLDecodeError as error:
-        raise UsageError(f"config file {str(path)!r} is not valid TOML: {error}") from None
+    document = read_toml(path, "config file")
 
     grids = document.pop("grid", None)
     top_space = parse_space(document.pop("space", {}), str(path))

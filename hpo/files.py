@@ -13,6 +13,7 @@ import os
 import re
 import stat
 import tempfile
+import tomllib
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -165,6 +166,26 @@ def read_own_file(path: Path, limit: int) -> bytes | None:
             return None
         data = handle.read(limit + 1)
     return data if len(data) <= limit else None
+
+
+def read_toml(path: str | Path, what: str) -> dict:
+    """The document of a TOML file the user gave (``what``: "config file", "space file"), or one line saying why
+    not: unreadable, a FIFO or device, not UTF-8 (with the byte and its offset), or not TOML."""
+    path = Path(path)
+    kind = special_file(path)
+    if kind is not None:
+        raise UsageError(f"{what} {str(path)!r} is a {kind}, not a file")
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise UsageError(f"cannot read {what} {str(path)!r}: {error.strerror or error}") from None
+    except UnicodeDecodeError as error:
+        raise UsageError(
+            f"{what} {str(path)!r} is not UTF-8 text (byte {error.object[error.start]:#04x} at offset "
+            f"{error.start}); TOML files must be UTF-8"
+        ) from None
+    except tomllib.TOMLDecodeError as error:
+        raise UsageError(f"{what} {str(path)!r} is not valid TOML: {error}") from None
 
 
 def write_text(path: Path, text: str) -> None:

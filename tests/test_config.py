@@ -60,13 +60,16 @@ def test_a_space_whose_networks_could_not_be_built_is_one_line_and_leaves_nothin
     assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.toml"]
 
 
-def test_non_utf8_grid_file_is_one_line(tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("flag,what", [("--config", "config file"), ("--space", "space file")])
+def test_non_utf8_grid_or_space_file_is_one_line(tmp_path, capsys, monkeypatch, flag, what):
+    """One TOML reader for grids and --space files (a non-UTF-8 space file ended in a traceback)."""
     monkeypatch.chdir(tmp_path)
     grid = tmp_path / "grid.toml"
-    grid.write_bytes(b'study_name = "caf\xe9"\n[[grid]]\nalgos = ["fa"]\n')  # Latin-1, not UTF-8
-    assert main(["--config", str(grid)]) == 2
+    grid.write_bytes(b'study_name = "caf\xe9"\n[[grid]]\nalgos = ["fa"]\n' if flag == "--config"
+                     else b'[space]\nactivation = "caf\xe9"\n')  # Latin-1, not UTF-8
+    assert main([flag, str(grid)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: config file") and "is not UTF-8 text (byte 0xe9" in err and err.count("\n") == 1
+    assert err.startswith(f"error: {what}") and "is not UTF-8 text (byte 0xe9" in err and err.count("\n") == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.toml"]
 
 

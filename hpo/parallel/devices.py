@@ -71,16 +71,25 @@ def available_memory() -> int | None:
     return memory_budget()
 
 
+def count_variable(environ: Mapping[str, str], name: str) -> int | None:
+    """The whole number >= 1 that environment variable ``name`` holds, None where it is unset or empty, else a
+    UsageError naming it."""
+    given = environ.get(name, "")
+    if not given:
+        return None
+    if not given.isdigit() or int(given) < 1:
+        raise UsageError(f"{name} must be a whole number >= 1, got {given!r}")
+    return int(given)
+
+
 def worker_limit(environ: Mapping[str, str] | None = None) -> tuple[int, str]:
     """How many local worker processes this machine can hold, and why: at most one per core, one per
     ``WORKER_MEMORY_BYTES`` of available memory and ``WORKERS_PER_GPU`` per GPU; ``$HPO_MAX_WORKERS`` replaces the
     measured bound."""
     environ = os.environ if environ is None else environ
-    given = environ.get(MAX_WORKERS_ENV, "")
-    if given:
-        if not given.isdigit() or int(given) < 1:
-            raise UsageError(f"{MAX_WORKERS_ENV} must be a whole number >= 1, got {given!r}")
-        return int(given), f"{MAX_WORKERS_ENV}={given}"
+    given = count_variable(environ, MAX_WORKERS_ENV)
+    if given is not None:
+        return given, f"{MAX_WORKERS_ENV}={given}"
     cores = usable_cores()
     bounds = [(cores, f"{cores} cores")]
     memory = available_memory()
@@ -106,11 +115,9 @@ def auto_workers(trials_left: int, environ: Mapping[str, str] | None = None) -> 
     (``worker_cores``) finish a fixed set of trials in about 0.7 of one worker's time, while two unpinned ones
     fight over both cores and gain nothing."""
     environ = os.environ if environ is None else environ
-    given = environ.get(WORKERS_ENV, "")
-    if given:
-        if not given.isdigit() or int(given) < 1:
-            raise UsageError(f"{WORKERS_ENV} must be a whole number >= 1, got {given!r}")
-        return int(given), f"{WORKERS_ENV}={given}"
+    given = count_variable(environ, WORKERS_ENV)
+    if given is not None:
+        return given, f"{WORKERS_ENV}={given}"
     gpus = visible_gpus(environ)
     limit, bounds = worker_limit(environ)
     wanted, unit = (len(gpus), "GPU") if gpus else (usable_cores(), "core")

@@ -24,7 +24,6 @@ serves any ``--algo``.
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol, Sequence, TypeVar
@@ -32,6 +31,7 @@ from typing import Any, Protocol, Sequence, TypeVar
 import optuna
 
 from hpo.errors import UsageError
+from hpo.files import read_toml
 from hpo.record import read_study, write_study
 from hpo.space.algorithms import ALGORITHMS, MODELS, get_algorithm, study_effective_space
 from hpo.space.parameters import Parameter, parameters_of, parse_override, show
@@ -139,12 +139,7 @@ def _entry(where: str, algo: str | None, model: str | None, key: str, value: Any
 def read_space_file(path: str | Path) -> SpaceLayer:
     """The [space] table of a ``--space`` file (the file holds nothing else)."""
     path = Path(path)
-    try:
-        document = tomllib.loads(path.read_text())
-    except OSError as error:
-        raise UsageError(f"cannot read space file {str(path)!r}: {error.strerror or error}") from None
-    except tomllib.TOMLDecodeError as error:
-        raise UsageError(f"space file {str(path)!r} is not valid TOML: {error}") from None
+    document = read_toml(path, "space file")
     other = sorted(set(document) - {"space"})
     if other or "space" not in document:
         raise UsageError(

@@ -63,14 +63,27 @@ def read_private(path: Path) -> bytes | None:
         os.close(descriptor)
 
 
+def _temporary(path: Path, data: bytes) -> Path:
+    """``data`` in a new file (mode 0600) beside ``path``, to be renamed or linked into place."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    descriptor = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(data)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
 def write_private(path: Path, data: bytes) -> bool:
     """Write ``path`` (mode 0600) through a temporary file beside it and a rename; False (and no temporary file
     left behind) when the write fails, for example on a full disk."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
-        descriptor = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(data)
+        tmp = _temporary(path, data)
+    except OSError:
+        return False
+    try:
         os.replace(tmp, path)
         return True
     except OSError:
@@ -82,14 +95,14 @@ def create_private_once(path: Path, data: bytes) -> None:
     """Create ``path`` (mode 0600) holding ``data`` unless it exists: written to a temporary file, then linked into
     place, which fails if another process created it first; so every process that opens a new store at once ends
     up reading the same key (a rename would let the last writer replace the key others already hold)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
-        descriptor = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(data)
+        tmp = _temporary(path, data)
+    except OSError:
+        return  # a full disk: the key is missing, which open_store says
+    try:
         os.link(tmp, path)
     except OSError:
-        pass  # another process's key is in place (or the disk is full: then the key is missing, said below)
+        pass  # another process's key is in place
     finally:
         tmp.unlink(missing_ok=True)
 
