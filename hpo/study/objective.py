@@ -293,7 +293,8 @@ class Objective:
             self.on_epoch(trial.number, 0, k * epochs, float("nan"), time.perf_counter() - started)
         *run_seeds, order_seed = np.random.SeedSequence(trial_seed(self.config.seed, trial.number)).spawn(k + 1)
         order_rngs = [np.random.default_rng(child) for child in order_seed.spawn(k)]
-        folds = list(range(k)) if per_epoch else [int(f) for f in np.random.default_rng(run_seeds[0]).permutation(k)]
+        shuffle = np.random.default_rng(order_seed.spawn(1)[0])  # a child of its own, after the k batch orders
+        folds = list(range(k)) if per_epoch else [int(f) for f in shuffle.permutation(k)]
         results: dict[int, CVResult] = {}
         for done, fold in enumerate(folds):
 

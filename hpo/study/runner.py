@@ -13,7 +13,7 @@ from optuna.storages import BaseStorage
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
-from hpo.config import AUTO, StudyConfig
+from hpo.config import StudyConfig
 from hpo.console import plural
 from hpo.data import Dataset, check_folds, load_dataset
 from hpo.errors import StorageError, UsageError
@@ -254,16 +254,17 @@ def _run_study(
 
 def worker_layout(config: StudyConfig, trials_left: int) -> tuple[int, str]:
     """How many local worker processes run ``config`` (``--workers``, ``auto``: ``hpo.parallel.devices.auto_workers``)
-    and the words that say it in the study's first line: which cores each worker has (``worker_cores``)."""
+    and the words that say it in the study's first line: why that many, and which cores each has (``worker_cores``)."""
     if isinstance(config.workers, int):
-        workers, why = config.workers, "--workers"
+        workers, why = config.workers, ""
     else:
         workers, why = auto_workers(trials_left)
+        why = f", {why}"
     if workers == 1:
-        return 1, f"1 worker: {why}" if config.workers == AUTO else "1 worker"
+        return 1, f"1 worker{why.replace(',', ':', 1)}"
     gpus = visible_gpus()
     where = f"{len(gpus)} GPUs, " if gpus else ""
-    return workers, f"{workers} workers, {why}: {where}{describe_cores(workers)}"
+    return workers, f"{workers} workers{why}: {where}{describe_cores(workers)}"
 
 
 def storage_failure(config: StudyConfig, error: BaseException) -> StorageError:

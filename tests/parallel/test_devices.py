@@ -142,3 +142,17 @@ def test_auto_is_one_worker_per_core_or_gpu_within_memory_and_trials(monkeypatch
     assert auto_workers(50, {"HPO_WORKERS": "1"}) == (1, "HPO_WORKERS=1")
     with pytest.raises(UsageError, match="HPO_WORKERS must be a whole number >= 1, got 'two'"):
         auto_workers(50, {"HPO_WORKERS": "two"})
+
+
+def test_the_first_line_says_the_worker_layout(monkeypatch):
+    from hpo.config import StudyConfig
+    from hpo.study import runner
+
+    monkeypatch.delenv("HPO_WORKERS", raising=False)
+    monkeypatch.setattr(runner, "visible_gpus", lambda: [])
+    monkeypatch.setattr(runner, "auto_workers", lambda left: (min(2, left), "one per core"))
+    monkeypatch.setattr(devices.os, "sched_getaffinity", lambda pid: {0, 1})
+    assert runner.worker_layout(StudyConfig(), 50) == (2, "2 workers, one per core: cores 0 / 1")
+    assert runner.worker_layout(StudyConfig(), 1) == (1, "1 worker: one per core")
+    assert runner.worker_layout(StudyConfig(workers=1), 50) == (1, "1 worker")
+    assert runner.worker_layout(StudyConfig(workers=2), 50) == (2, "2 workers: cores 0 / 1")
