@@ -51,7 +51,7 @@ OVERSIZED = [
 def test_a_space_whose_networks_could_not_be_built_is_one_line_and_leaves_nothing(tmp_path, capsys, monkeypatch,
                                                                                    space, message):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr("hpo.space.tables.available_memory", lambda: 2**30)
+    monkeypatch.setattr("hpo.space.families.available_memory", lambda: 2**30)
     grid = tmp_path / "grid.toml"
     grid.write_text(f'trials = 1\n[space]\n{space}\n[[grid]]\nalgos = ["fa"]\ndatasets = ["mnist-5k"]\n')
     assert main(["--config", str(grid)]) == 2

@@ -75,7 +75,7 @@ def test_a_study_is_written_and_read_back_typed_in_the_stored_format():
     record = read_study(study)
     assert record.test == scores and record.dataset == "digits" and record.model is None
     assert StudyRecord.from_attrs(record.to_attrs()) == record
-    assert set(CREATION_KEYS) <= {"dataset", "model", "algo", "folds", "epochs", "seed"}
+    assert set(CREATION_KEYS) <= {"dataset", "model", "algo", "folds", "epochs", "seed", "pruner"}
     # a study of a version before test seeds: one score of unknown seed
     old = StudyRecord.from_attrs({"test": {"trial": 4, "score": 0.8, "metric": "accuracy"}})
     assert old.test.scores == (0.8,) and old.test.predates_seeds and old.test.n == 1
