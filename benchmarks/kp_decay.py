@@ -48,28 +48,37 @@ def best_configuration(storage: str, study_name: str) -> tuple[dict, int]:
     return study.best_params, study.best_trial.number
 
 
-def train(args: argparse.Namespace) -> dict:
-    """Every (decay, rule) of the sweep, each seed's test score and final angles per layer."""
+def train(args: argparse.Namespace, stored: Path) -> dict:
+    """Every (decay, rule) of the sweep, each seed's test score and final angles per layer. Each finished run is
+    written to ``stored`` at once, and a rerun trains only the runs it lacks: a stopped sweep resumes."""
     params, number = best_configuration(args.storage, args.study)
     dataset = load_dataset(args.dataset)
     study = StudyConfig(algo="kp", dataset=args.dataset, epochs=args.epochs)
     base = suggest(optuna.trial.FixedTrial(params), study, dataset)
     seeds = [trial_seed(1000 + i, number) for i in range(args.seeds)]  # fresh seeds, not the study's test seeds
     steps = args.epochs * math.ceil(len(dataset.y_train) / base.batch_size)
-    runs = []
+    sweep = {"study": args.study, "storage": args.storage, "trial": number, "params": params, "epochs": args.epochs,
+             "steps": steps, "train_examples": len(dataset.y_train), "test_examples": len(dataset.y_test), "runs": []}
+    if stored.exists():
+        previous = json.loads(stored.read_text())
+        if {k: v for k, v in previous.items() if k != "runs"} == {k: v for k, v in sweep.items() if k != "runs"}:
+            sweep["runs"] = [r for r in previous["runs"] if r["seeds"] == seeds]
+    done = {(r["decay_per_step"], r["rule"]) for r in sweep["runs"]}
     for decay in DECAYS:
         for rule in RULES:
+            if (decay, rule) in done:
+                continue
             config = dataclasses.replace(base, rule=rule, weight_decay=decay / base.learning_rate)
             result = fit_and_score(config, dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test,
                                    dataset.out_features, seeds, diagnostics=True)
             angles = {name: [float(v) for v in values[-1]] for name, values in result.points.items()
                       if name.startswith(("wb_angle/", "update_angle/"))}
-            runs.append({"rule": rule, "decay_per_step": decay, "seeds": seeds,
+            sweep["runs"].append({"rule": rule, "decay_per_step": decay, "seeds": seeds,
                          "test": [float(s) for s in result.fold_scores], "final_angles": angles,
                          "w_minus_b_left": (1 - decay) ** steps})
+            write_text(stored, json.dumps(sweep, indent=1, sort_keys=True) + "\n")
             print(f"decay {decay:g} {rule}: test {np.mean(result.fold_scores):.4f}", flush=True)
-    return {"study": args.study, "storage": args.storage, "trial": number, "params": params, "epochs": args.epochs,
-            "steps": steps, "train_examples": len(dataset.y_train), "test_examples": len(dataset.y_test), "runs": runs}
+    return sweep
 
 
 def angle_cell(run: dict, kind: str) -> str:
@@ -84,6 +93,7 @@ def angle_cell(run: dict, kind: str) -> str:
 
 def table(sweep: dict) -> str:
     runs = {(r["decay_per_step"], r["rule"]): r for r in sweep["runs"]}
+    # runs are stored in the order they finished; the table and chart read them in the sweep's order
     lines = [
         "# Kolen-Pollack's decay: alignment against accuracy", "",
         f"`python -m benchmarks.kp_decay`: trial #{sweep['trial']} of `{sweep['study']}` ({sweep['storage']}), "
@@ -151,8 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     folder = Path(args.output)
     stored = folder / "sweep.json"
     if not args.report:
-        sweep = train(args)
-        write_text(stored, json.dumps(sweep, indent=1, sort_keys=True) + "\n")
+        train(args, stored)
     sweep = json.loads(stored.read_text())
     write_text(folder / "sweep.md", table(sweep))
     chart(sweep, folder / "sweep.png")

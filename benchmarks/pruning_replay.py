@@ -1,7 +1,8 @@
 """Which pruning protocol reaches a full study's answer cheapest: a replay over a committed full-protocol grid.
 
     python -m benchmarks.pruning_replay                                 # studies/fashion-mnist.journal
-    python -m benchmarks.pruning_replay --storage studies/fashion-mnist.journal --output results/benchmarks/pruning_replay.md
+    python -m benchmarks.pruning_replay --storage studies/fashion-mnist.journal \
+        --output results/benchmarks/pruning_replay.md
 
 Each study's trials are replayed in their recorded order under a protocol that trains folds one after another
 (fold-major) and asks asynchronous successive halving at *rungs* counted in fold-epochs (fold 0's epochs 1..E are
@@ -166,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
         "# Pruning protocols replayed over a full-protocol grid", "",
         f"`python -m benchmarks.pruning_replay --storage {args.storage}`: each study's recorded trials in their order; "
         "cost = fold-epochs x each trial's measured seconds per fold-epoch, as a share of the full protocol's; "
-        "best = the best CV among the trials the protocol lets finish, and the trial it is (full: the study's best).", "",
+        "best = the best CV among the trials the protocol lets finish, and the trial it is (full: the study's "
+        "best).", "",
         "| protocol (rungs in fold-epochs, E = the first fold's end) | cost (all studies) | studies whose best trial "
         "is kept | worst loss of best CV | unknown |",
         "|---|---:|---:|---:|---:|",
@@ -181,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
         cost = full = 0.0
         kept, worst, unknown = 0, 0.0, 0
         for study, folds, epochs, trials in loaded:
-            result = (epoch_major(trials, folds, epochs) if protocol is None else replay(trials, protocol, folds, epochs))
+            result = (epoch_major(trials, folds, epochs) if protocol is None
+                      else replay(trials, protocol, folds, epochs))
             cost += result["cost"]
             full += result["full_cost"]
             kept += result["best_trial"] == study.best_trial.number

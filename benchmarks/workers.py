@@ -108,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     for layout in LAYOUTS:
         wall = statistics.median(w for w, _ in results[layout])
         trial = statistics.median(t for _, t in results[layout])
-        lines.append(f"| {layout.replace('N', str(args.workers))} | {wall:.1f} s | {trial:.2f} s | {single / wall:.2f}x |")
+        name = layout.replace("N", str(args.workers))
+        lines.append(f"| {name} | {wall:.1f} s | {trial:.2f} s | {single / wall:.2f}x |")
     text = "\n".join(lines) + "\n"
     print(text)
     Path(args.output).write_text(text)

@@ -82,10 +82,11 @@ def test_a_job_array_runs_one_study_with_its_exact_total_and_finishes_once(clust
     assert len({read_trial(t).worker["pid"] for t in trials if read_trial(t).worker}) >= 2  # several tasks worked
     assert len(read_study(study_of(database)).test.scores) == 2
     assert (tmp_path / "results" / "summary.csv").is_file()
-    written = logs(tmp_path)  # one log per task, named <job>-<array job>_<task>.out
+    written = logs(tmp_path)  # one log per task: <job>-<array job>_<task>.out, and the finishing job's <job>-<id>.out
     reporting = [name for name, text in written.items() if "wrote summaries and charts" in text]
     retraining = [name for name, text in written.items() if "best trial #" in text]
-    assert len(written) == 4 and reporting == retraining == [f"hpo-grid-{finish}_4294967294.out"], written.keys()
+    assert len(written) == 4 and reporting == retraining == [f"hpo-grid-{finish}.out"], written.keys()
+    assert sorted(written) == sorted([f"hpo-grid-{finish}.out"] + [f"hpo-grid-{array}_{task}.out" for task in range(3)])
 
 
 @pytest.mark.slow  # a second array whose tasks train longer, so that one can be cancelled mid-trial

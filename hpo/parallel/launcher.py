@@ -104,7 +104,8 @@ def run_local_workers(
         i, code = failed[0]
         if code in REPORTED_EXIT_CODES:
             raise ReportedError(code)  # the worker printed its own one-line error
-        if any(code - 128 == s for s in SIGNALS):  # that worker alone was interrupted (and re-queued its trial): so is the study
+        # that worker alone was interrupted (and re-queued its trial): so is the study
+        if any(code - 128 == s for s in SIGNALS):
             raise Interrupted(code - 128)
         how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
         if complete():

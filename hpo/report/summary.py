@@ -81,7 +81,9 @@ def write_reports(storage_url: str, results_dir: str | Path | None = None, patte
         # the file, where one in particular failed (a folder where index.html goes), else the folder
         named = error.filename and str(error.filename) != str(results)
         where = f" ({error.filename}: {detail})" if named else f": {detail}"
-        raise UsageError(f"cannot write the reports to {str(results)!r}{where}; the previous reports are kept") from None
+        raise UsageError(
+            f"cannot write the reports to {str(results)!r}{where}; the previous reports are kept"
+        ) from None
     out(f"wrote summaries and charts of {plural(len(studies), 'study')} to {results}/ (browse {results / 'index.html'})")
     return frame
 

@@ -173,8 +173,9 @@ def test_comparison_chart_draws_offline_in_a_real_browser(results, tmp_path):
     screenshot(results / "comparison.html", png)
     pixels = (matplotlib.image.imread(png) * 255).round().astype(np.uint8)
     assert pixels.shape[:2] == (800, 1200)
-    for stat, _, _, colour in charts.BARS:  # every statistic's bars are drawn, in its colour
-        assert colour_share(pixels, colour) > 0.002, f"no {stat} bars ({colour}) on the screenshot"
+    marker = 30 / (800 * 1200)  # a size-8 marker covers about 50 pixels
+    for stat, _, _, colour in charts.BARS:  # every statistic's points are drawn, in its colour
+        assert colour_share(pixels, colour) > marker, f"no {stat} points ({colour}) on the screenshot"
 
     # the same page without its plotly.js draws nothing: the check above sees the chart, not the page's background
     blank = tmp_path / "blank"
