@@ -78,8 +78,7 @@ def run(repeats: int, epochs: int, note: str, out_path: Path) -> str:
 
     def trial(evals: int, diagnostics: bool):
         start, cpu = time.perf_counter(), time.process_time()
-        result = cross_validate(config, data, dataset.out_features, seed=0, evals_per_epoch=evals,
-                                diagnostics=diagnostics)
+        result = cross_validate(config, data, dataset.out_features, seed=0, plan=Plan("sequential", evals_per_epoch=evals, diagnostics=diagnostics))
         return time.perf_counter() - start, time.process_time() - cpu, result
 
     compile_seconds = {}

@@ -37,7 +37,7 @@ from hpo.record import read_trial
 from hpo.storage import open_storage
 from models.compile import Compiler
 from models.rule_training import TrainConfig
-from models.train import FoldData, cross_validate
+from models.train import FoldData, Plan, cross_validate
 
 
 def fold_data(name: str) -> FoldData:
@@ -50,11 +50,11 @@ def fold_data(name: str) -> FoldData:
 def time_cv(config, data: FoldData, strategy: str, repeats: int) -> tuple[float, float]:
     """(median seconds of a cross-validation after the first, the first's compile seconds)."""
     compiler = Compiler()
-    first = cross_validate(config, data, 10, seed=0, fold_strategy=strategy, compiler=compiler)
+    first = cross_validate(config, data, 10, seed=0, plan=Plan(strategy), compiler=compiler)
     seconds = []
     for seed in range(1, repeats + 1):
         start = time.perf_counter()
-        cross_validate(config, data, 10, seed=seed, fold_strategy=strategy, compiler=compiler)
+        cross_validate(config, data, 10, seed=seed, plan=Plan(strategy), compiler=compiler)
         seconds.append(time.perf_counter() - start)
     return float(np.median(seconds)), first.compile_seconds
 

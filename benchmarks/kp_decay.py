@@ -36,7 +36,7 @@ from hpo.report.stats import summarize_scores, welch
 from hpo.space.algorithms import suggest
 from hpo.storage import open_storage
 from hpo.study.objective import trial_seed
-from models.train import fit_and_score
+from models.train import Plan, fit_and_score
 
 DECAYS = (0.0, 1.4e-5, 1e-4, 3.2e-4, 6.4e-4, 1.5e-3)  # per step; 1.4e-5 is what the kp study chose
 RULES = ("kp", "bp")
@@ -69,8 +69,7 @@ def train(args: argparse.Namespace, stored: Path) -> dict:
             if (decay, rule) in done:
                 continue
             config = dataclasses.replace(base, rule=rule, weight_decay=decay / base.learning_rate)
-            result = fit_and_score(config, dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test,
-                                   dataset.out_features, seeds, diagnostics=True)
+            result = fit_and_score(config, dataset, seeds, plan=Plan("vmap", diagnostics=True))
             angles = {name: [float(v) for v in values[-1]] for name, values in result.points.items()
                       if name.startswith(("wb_angle/", "update_angle/"))}
             sweep["runs"].append({"rule": rule, "decay_per_step": decay, "seeds": seeds,

@@ -42,7 +42,7 @@ from hpo.data import load_dataset, make_folds
 from models.compile import Compiler
 from models.rule_training import TrainConfig
 from models.rules import DenseForward, get_rule, rule_op
-from models.train import FoldData, cross_validate
+from models.train import FoldData, Plan, cross_validate
 
 BATCH = 64
 FOLDS = 3
@@ -121,7 +121,7 @@ class OursRun:
         self.decision = new[0] if new else None  # None: a decision made for an earlier row of the same kind
 
     def __call__(self):
-        return cross_validate(self.config, self.data, 10, seed=0, fold_strategy=self.strategy, compiler=COMPILER)
+        return cross_validate(self.config, self.data, 10, seed=0, plan=Plan(self.strategy), compiler=COMPILER)
 
 
 def ours_config(config, data: FoldData, strategy: str):

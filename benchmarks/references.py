@@ -46,6 +46,7 @@ learning rate 0.05, batch 32.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import platform
 import time
@@ -61,7 +62,7 @@ from hpo.files import write_text
 from models.networks import ConvLayer
 from models.rule_training import TrainConfig
 from models.sd import SDConfig
-from models.train import fit_and_score
+from models.train import Plan, fit_and_score
 
 SEEDS = 10  # seeds of every full run: enough for the seed-to-seed spread, not one lucky draw
 MNIST1D_EPOCHS = 150  # 6000 steps of batch 100 on 4000 examples
@@ -102,10 +103,9 @@ class Run:
         n_train, n_test = budget.subset(len(data.x_train)), budget.subset(len(data.x_test))
         seeds = list(range(budget.seeds))
         start = time.perf_counter()
-        result = fit_and_score(
-            self.config, data.x_train[:n_train], data.y_train[:n_train], data.x_test[:n_test], data.y_test[:n_test],
-            data.out_features, seeds, diagnostics=self.diagnostics,
-        )
+        subset = dataclasses.replace(data, x_train=data.x_train[:n_train], y_train=data.y_train[:n_train],
+                                     x_test=data.x_test[:n_test], y_test=data.y_test[:n_test])
+        result = fit_and_score(self.config, subset, seeds, plan=Plan("vmap", diagnostics=self.diagnostics))
         self.seconds = time.perf_counter() - start
         self.scores = np.asarray(result.fold_scores, dtype=float)
         self.final = {name: np.asarray(values[-1], dtype=float) for name, values in result.points.items()}

@@ -123,7 +123,7 @@ def trial_table(repeats: int) -> str:
     from hpo.data import load_dataset, make_folds
     from models.compile import Compiler
     from models.rule_training import TrainConfig
-    from models.train import FoldData, cross_validate
+    from models.train import FoldData, Plan, cross_validate
 
     width, epochs = 256, 10
     dataset = load_dataset("fashion-mnist")
@@ -135,7 +135,7 @@ def trial_table(repeats: int) -> str:
     compiler = Compiler()
 
     def ours():
-        return cross_validate(config, data, 10, seed=0, fold_strategy="auto", diagnostics=True, compiler=compiler)
+        return cross_validate(config, data, 10, seed=0, plan=Plan("auto", diagnostics=True), compiler=compiler)
 
     print("compiling ours ...", flush=True)
     first = ours()

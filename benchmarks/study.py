@@ -38,7 +38,7 @@ from hpo.data import load_dataset, make_folds
 from hpo.storage import open_storage
 from models.networks import ConvLayer
 from models.rule_training import TrainConfig
-from models.train import FoldData, cross_validate
+from models.train import FoldData, Plan, cross_validate
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -198,17 +198,17 @@ def batch_gain(repeats: int, size: int = 8) -> list[dict]:
         configs = [TrainConfig(rule="fa", hidden=(width, width), learning_rate=1e-3 * (1 + i), epochs=5,
                                activation_choices=("relu", "tanh"), optimizer_choices=("adam", "sgd"))
                    for i in range(size)]
-        strategy = "vmap"
-        train_group([member(configs[0], 0)], data, 10, strategy)  # compile the lone and the group's program
-        train_group([member(c, i) for i, c in enumerate(configs)], data, 10, strategy)
+        strategy = Plan("vmap")
+        train_group([member(configs[0], 0)], data, 10, plan=strategy)  # compile the lone and the group's program
+        train_group([member(c, i) for i, c in enumerate(configs)], data, 10, plan=strategy)
         lone, grouped = [], []
         for _ in range(max(2, repeats)):
             start = time.perf_counter()
             for i, c in enumerate(configs):
-                train_group([member(c, i)], data, 10, strategy)
+                train_group([member(c, i)], data, 10, plan=strategy)
             lone.append(time.perf_counter() - start)
             start = time.perf_counter()
-            train_group([member(c, i) for i, c in enumerate(configs)], data, 10, strategy)
+            train_group([member(c, i) for i, c in enumerate(configs)], data, 10, plan=strategy)
             grouped.append(time.perf_counter() - start)
         row = {"width": width, "strategy": strategy, "lone": min(lone), "grouped": min(grouped), "load": load()}
         row["gain"] = row["lone"] / row["grouped"]

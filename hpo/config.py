@@ -14,7 +14,7 @@ from hpo.errors import UsageError
 from hpo.files import read_toml
 from hpo.space.algorithms import ALGORITHMS, MODELS, get_algorithm, study_effective_space
 from hpo.space.overrides import SpaceLayer, apply_spaces, parse_space
-from models.train import FOLD_STRATEGIES
+from models.train import FOLD_STRATEGIES, Plan
 
 SAMPLERS = ("tpe", "random", "gp", "cmaes")
 PRUNERS = ("halving", "median", "hyperband", "wilcoxon", "none")
@@ -143,6 +143,11 @@ class StudyConfig:
     @property
     def name(self) -> str:
         return self.study_name or f"{self.dataset}-{self.model}-{self.algo}"
+
+    @property
+    def plan(self) -> Plan:
+        """How every trial's epoch program is laid out: the fold strategy, evaluation points and diagnostics."""
+        return Plan(self.fold_strategy, self.evals_per_epoch, self.diagnostics)
 
 
 MAX_STUDY_NAME = 200  # characters; Optuna's database column holds 512, a results folder name 255 bytes

@@ -40,10 +40,8 @@ def warm_up(config: StudyConfig, out=print) -> int:
         out(f"[{config.name}] the space has more programs than {len(proposals)} proposals found; compiling those")
     start = time.perf_counter()
     for i, proposed in enumerate(proposals, 1):
-        seconds = precompile(
-            proposed, objective.data, dataset.out_features, config.fold_strategy, config.evals_per_epoch,
-            config.diagnostics, compiler=objective.compiler,
-        )
+        seconds = precompile(proposed, objective.data, dataset.out_features, plan=config.plan,
+                             compiler=objective.compiler)
         out(f"[{config.name}] program {i}/{len(proposals)}: {seconds:.1f}s")
     out(f"[{config.name}] {len(proposals)} programs ready in {time.perf_counter() - start:.0f}s")
     return len(proposals)

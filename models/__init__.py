@@ -5,9 +5,9 @@ from models.networks import CNN, MLP, ConvLayer
 from models.rule_training import TrainConfig
 from models.rules import RULES, Rule, get_rule
 from models.sd import SDConfig
-from models.train import CVResult, FoldData, cross_validate, fit_and_score
+from models.train import CVResult, FoldData, Plan, cross_validate, fit_and_score
 
 __all__ = [
     "CNN", "MLP", "ConvLayer", "TrainConfig", "RULES", "Rule", "get_rule", "SDConfig", "CVResult", "FoldData",
-    "cross_validate", "fit_and_score",
+    "Plan", "cross_validate", "fit_and_score",
 ]

@@ -40,7 +40,7 @@ import threading
 import time
 import warnings
 import zlib
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, NamedTuple
 
 import numpy as np
 import optuna
@@ -279,6 +279,15 @@ def run_batch(
     return [told[i] for i in range(len(trials))]
 
 
+class Company(NamedTuple):
+    """What a worker does when it first meets a trial that another worker created: ``reseed()``, once, on seeing
+    such a trial numbered from ``since`` (the trial count when the worker chose its sampler seed), so that workers
+    started together do not propose alike."""
+
+    since: int
+    reseed: Callable[[], None]
+
+
 def run_trials(
     study: optuna.Study,
     storage: BaseStorage,
@@ -287,9 +296,7 @@ def run_trials(
     total: int,
     out: Printer,
     on_trial: TrialCallback,
-    on_company: Callable[[], None] | None = None,
-    seeded_at: int = 0,
-    poll_seconds: float = POLL_SECONDS,
+    company: Company | None = None,
     batch: int = 1,
     startup: int = 0,
 ) -> None:
@@ -304,9 +311,8 @@ def run_trials(
     result, so asking them together changes nothing in them; several workers share them out, each asking one at
     a time.
 
-    ``on_company`` is called once, before sampling, when this worker first sees a trial numbered from
-    ``seeded_at`` (the trial count when the caller chose its sampler seed) that another worker created: the
-    caller reseeds its sampler so that workers started together do not propose alike.
+    ``company`` reseeds the caller's sampler once, before sampling, when this worker first meets another worker's
+    trial (``Company``).
     """
     check_pids = not is_server_url(storage_url)
     waiting_said = False
@@ -332,7 +338,7 @@ def run_trials(
             if not waiting_said:
                 out(f"waiting for {len(running)} running trial(s) of other workers to finish")
                 waiting_said = True
-            time.sleep(poll_seconds)
+            time.sleep(POLL_SECONDS)
             continue
         waiting_said = False
         # A batch asks no more trials than the study still needs (the exact-total rule fails any surplus anyway).
@@ -348,9 +354,9 @@ def run_trials(
                     beats.enter_context(heartbeat(storage, trial._trial_id))
                     claim(trial)
                     mine.add(trial.number)
-                    if on_company is not None and any(n not in mine for n in range(seeded_at, trial.number)):
-                        on_company()
-                        on_company = None
+                    if company is not None and any(n not in mine for n in range(company.since, trial.number)):
+                        company.reseed()
+                        company = None
                     reason = surplus_reason(study, trial, total)
                     if reason is not None:
                         write_trial(trial, surplus=reason)

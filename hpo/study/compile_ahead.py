@@ -80,10 +80,8 @@ def compile_ahead(config: StudyConfig, objective: Objective) -> CompileAhead | N
             for proposed in proposals:
                 if stopping.is_set():
                     return
-                precompile(
-                    proposed, objective.data, objective.dataset.out_features, config.fold_strategy,
-                    config.evals_per_epoch, config.diagnostics, compiler=objective.compiler,
-                )
+                precompile(proposed, objective.data, objective.dataset.out_features, plan=config.plan,
+                           compiler=objective.compiler)
         except Exception:  # noqa: BLE001 -- compiling ahead is an optimisation: a trial compiles what it needs
             return
 

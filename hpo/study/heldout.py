@@ -27,7 +27,7 @@ from hpo.space.algorithms import suggest
 from hpo.study.objective import programs_directory, trial_seed
 from models.compile import Compiler
 from models.saved import save_model
-from models.train import DivergedError, EpochMetrics, fit_and_score
+from models.train import DivergedError, EpochMetrics, Plan, fit_and_score
 
 
 def retraining_seeds(study_seed: int, trial_number: int, n: int) -> list[int]:
@@ -64,9 +64,8 @@ def retrain_and_score(
 
         try:
             result = fit_and_score(
-                train_config, d.x_train, d.y_train, d.x_test, d.y_test, d.out_features, seeds,
-                fold_strategy=config.fold_strategy, keep_state=keep_model,
-                compiler=compiler or Compiler(directory=programs_directory(config.cache_dir)), on_epoch=on_epoch,
+                train_config, d, seeds, plan=Plan(config.fold_strategy), on_epoch=on_epoch, keep_state=keep_model,
+                compiler=compiler or Compiler(directory=programs_directory(config.cache_dir)),
             )
         except DivergedError as error:  # "fold k" of the message is the k-th seed here
             diverged = f"diverged: {error}".replace("fold", "seed")

@@ -39,6 +39,7 @@ from models.train import (
     group_mapping,
     precompile,
     train_group,
+    train_member,
 )
 
 
@@ -167,11 +168,8 @@ class Objective:
                 waited = compiled_ahead(j)
                 for i, _ in part:
                     timings[i].compile_seconds += waited / len(part)
-                results = train_group(
-                    [planned.member for _, planned in part], self.data, self.dataset.out_features,
-                    self.config.fold_strategy, self.config.evals_per_epoch, self.config.diagnostics,
-                    compiler=self.compiler,
-                )
+                results = train_group([planned.member for _, planned in part], self.data, self.dataset.out_features,
+                                      plan=self.config.plan, compiler=self.compiler)
                 finished: list[tuple[int, float | BaseException]] = []
                 for (i, planned), result in zip(part, results):
                     try:
@@ -227,10 +225,8 @@ class Objective:
 
     def _compile_part(self, part: list[tuple[int, PlannedTrial]], timings: list[Timing]) -> None:
         try:
-            seconds = precompile(
-                part[0][1].member.config, self.data, self.dataset.out_features, self.config.fold_strategy,
-                self.config.evals_per_epoch, self.config.diagnostics, members=len(part), compiler=self.compiler,
-            )
+            seconds = precompile(part[0][1].member.config, self.data, self.dataset.out_features,
+                                 plan=self.config.plan, members=len(part), compiler=self.compiler)
         except Exception:  # noqa: BLE001 -- an optimisation only: the part compiles for itself and meets the error
             return
         for i, _ in part:
@@ -242,8 +238,7 @@ class Objective:
         trials' work in a program compiled for this group size; trained as lone trials, in the lone program, each
         is told to the storage as soon as it ends, so the pruner and the sampler hear of it before the next."""
         members = [planned.member for _, planned in group]
-        if len(group) > 1 and group_mapping(members, self.data, self.dataset.out_features, self.config.fold_strategy,
-                                            self.config.evals_per_epoch, self.config.diagnostics,
+        if len(group) > 1 and group_mapping(members, self.data, self.dataset.out_features, self.config.plan,
                                             self.compiler) == "sequential":
             return [[entry] for entry in group]
         return [group]
@@ -313,13 +308,10 @@ class Objective:
                                       val_idx=self.data.val_idx[fold:fold + 1], val_mask=self.data.val_mask[fold:fold + 1])
             member = Member(config, [run_seeds[fold]], [order_rngs[fold]], on_epoch, timing,
                             lambda seconds: write_trial(trial, compile_seconds=seconds))
-            (result,) = train_group([member], data, self.dataset.out_features, self.config.fold_strategy,
-                                    self.config.evals_per_epoch, self.config.diagnostics, compiler=self.compiler)
-            if isinstance(result, BaseException):
-                raise result
-            results[fold] = result
+            results[fold] = train_member(member, data, self.dataset.out_features, self.config.plan,
+                                         compiler=self.compiler)
             if not per_epoch:
-                trial.report(float(result.fold_scores[0]), fold)
+                trial.report(float(results[fold].fold_scores[0]), fold)
                 if done + 1 < k and trial.should_prune():
                     write_trial(trial, pruned_reason=f"pruner stopped the trial after fold {done + 1} of {k}")
                     raise optuna.TrialPruned(f"pruned after fold {done + 1}")

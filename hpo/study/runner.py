@@ -21,7 +21,7 @@ from hpo.files import atomic_write, study_folder
 from hpo.parallel.devices import auto_workers, describe_cores, visible_gpus
 from hpo.parallel.interrupts import exit_code_of, exit_now, handle_interrupts
 from hpo.parallel.launcher import run_local_workers
-from hpo.parallel.workers import run_trials, sampler_seed
+from hpo.parallel.workers import Company, run_trials, sampler_seed
 from hpo.record import CREATION_KEYS, TrialRecord, read_study, read_trial, write_study
 from hpo.report.folders import results_dir_for
 from hpo.report.stats import summarize_scores
@@ -224,7 +224,7 @@ def _run_study(
             busy = any(t.state == TrialState.RUNNING for t in trials)
             study.sampler = make_sampler(config, sampler_seed(config.seed, len(trials), busy, worker))
 
-            def company() -> None:  # another worker started alongside: never propose what it proposes
+            def reseed() -> None:  # another worker started alongside: never propose what it proposes
                 study.sampler = make_sampler(config, sampler_seed(config.seed, len(trials), True, worker))
 
             progress = Progress(config, dataset.metric, out, done)
@@ -240,7 +240,7 @@ def _run_study(
             try:
                 run_trials(
                     study, storage, config.storage, objective, config.trials, out, on_trial,
-                    None if busy else company, len(trials), batch=config.trial_batch,
+                    None if busy else Company(len(trials), reseed), batch=config.trial_batch,
                     startup=objective.startup if objective.compiling_in_background else 0,
                 )
             finally:

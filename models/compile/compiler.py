@@ -29,7 +29,7 @@ import time
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Hashable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import numpy as np
@@ -38,7 +38,7 @@ from models.compile.folds import fold_kind, measuring_cost, provisional_mapping,
 from models.compile.sharing import ProgramSharing
 from models.compile.store import MAX_PROGRAMS, ProgramStore
 from models.train.epoch import run_epoch
-from models.train.types import MAPPINGS, FoldData, ModelFamily, Plan, RunState
+from models.train.types import MAPPINGS, EpochProgram, FoldData, ModelFamily, RunState
 
 AUTO_REPEATS = 3  # timed epochs of each mapping, interleaved; the fastest counts
 AUTO_BUDGET_SECONDS = 20.0  # no further round of timed epochs once measuring has taken this long (one at least)
@@ -68,12 +68,17 @@ def device_arrays(data: FoldData) -> tuple:
     return data.x, data.y, data.val_idx, data.val_mask
 
 
-def compile_epoch(family: ModelFamily, spec: Hashable, plan: Plan, state, key, batches, data: FoldData, hyper):
-    """Trace, lower and compile the epoch program of these arguments (its fold strategy concrete)."""
-    epoch_fn = partial(run_epoch, family, spec, plan)
+def compile_epoch(program: EpochProgram):
+    """Trace, lower and compile the epoch program ``program`` (its fold strategy concrete)."""
+    epoch_fn = partial(run_epoch, program.family, program.spec, program.plan)
     return jax.jit(epoch_fn, donate_argnums=0).lower(
-        RunState(state, key), batches, *device_arrays(data), hyper
+        RunState(program.state, program.key), program.batches, *device_arrays(program.data), program.hyper
     ).compile()
+
+
+def with_strategy(program: EpochProgram, fold_strategy: str) -> EpochProgram:
+    """``program`` with ``fold_strategy`` in its plan."""
+    return program._replace(plan=replace(program.plan, fold_strategy=fold_strategy))
 
 
 class Compiler:
@@ -121,30 +126,31 @@ class Compiler:
             return None, False
         return None, trained >= self.payback * measuring_cost(compile_cost, trained / epochs)
 
-    def auto_kind(self, family: ModelFamily, spec: Hashable, plan: Plan, state, batches, data: FoldData) -> tuple:
-        """``fold_kind`` of these arguments' program under an ``auto`` plan."""
+    @staticmethod
+    def auto_kind(program: EpochProgram) -> tuple:
+        """``fold_kind`` of ``program`` under an ``auto`` plan."""
+        family, spec, plan, state, _, batches, data, _ = program
         plan = replace(plan, fold_strategy="auto")
         return fold_kind(family, spec, plan, work_bucket(family, spec, state, batches), batches, data)
 
-    def decide_fold_strategy(self, family: ModelFamily, spec: Hashable, plan: Plan, state, key, batches,
-                             data: FoldData, hyper) -> tuple[Plan, float, Any]:
-        """``plan`` with a concrete fold strategy, the seconds spent deciding it (0 unless measured now), and the
-        chosen mapping's compiled epoch program when it was compiled to decide (else None)."""
+    def decide_fold_strategy(self, program: EpochProgram) -> tuple[EpochProgram, float, Any]:
+        """``program`` with a concrete fold strategy in its plan, the seconds spent deciding it (0 unless measured
+        now), and the chosen mapping's compiled epoch program when it was compiled to decide (else None)."""
+        family, spec, plan, state, key, batches, data, hyper = program
         if plan.fold_strategy != "auto":
-            return plan, 0.0, None
+            return program, 0.0, None
         bucket = work_bucket(family, spec, state, batches)
         decision_key = fold_kind(family, spec, plan, bucket, batches, data)
         known, due = self.decision_status(family, decision_key)
         if known is None and not due:
-            return replace(plan, fold_strategy=provisional_mapping()), 0.0, None
+            return with_strategy(program, provisional_mapping()), 0.0, None
         programs = {}
 
         def measure() -> dict:
             start = time.perf_counter()
             for strategy in MAPPINGS:
                 compiling = time.perf_counter()
-                programs[strategy] = compile_epoch(family, spec, replace(plan, fold_strategy=strategy), state, key,
-                                                   batches, data, hyper)
+                programs[strategy] = compile_epoch(with_strategy(program, strategy))
                 self.sharing.record_compile(family.name, time.perf_counter() - compiling)
             timed: dict[str, list[float]] = {strategy: [] for strategy in MAPPINGS}
             for rounds in range(1, self.repeats + 1):
@@ -163,61 +169,59 @@ class Compiler:
 
         decision, measured = self.store.decide(decision_key, measure)
         chosen = decision["strategy"]
-        return replace(plan, fold_strategy=chosen), decision["measure_seconds"] if measured else 0.0, programs.get(chosen)
+        return with_strategy(program, chosen), decision["measure_seconds"] if measured else 0.0, programs.get(chosen)
 
-    def mapping_of(self, family: ModelFamily, spec: Hashable, plan: Plan, state, batches, data: FoldData) -> str:
-        """How the runs of these arguments' program would be mapped now, found without compiling or measuring: the
-        fold strategy, or for ``auto`` the kind's decision or, undecided, the provisional mapping."""
-        if plan.fold_strategy != "auto":
-            return plan.fold_strategy
-        decision = self.store.known_decision(self.auto_kind(family, spec, plan, state, batches, data))
+    def mapping_of(self, program: EpochProgram) -> str:
+        """How the runs of ``program`` would be mapped now, found without compiling or measuring (its keys and
+        hyperparameters are not read): the fold strategy, or for ``auto`` the kind's decision or, undecided, the
+        provisional mapping."""
+        if program.plan.fold_strategy != "auto":
+            return program.plan.fold_strategy
+        decision = self.store.known_decision(self.auto_kind(program))
         return provisional_mapping() if decision is None else decision["strategy"]
 
-    def count_training(self, family: ModelFamily, spec: Hashable, plan: Plan, state, batches, data: FoldData,
-                       seconds: float, epochs: int) -> None:
-        """Programs of this kind trained ``epochs`` more epochs in ``seconds``: what a measured decision would be
-        worth and what measuring it would cost (``payback``)."""
-        kind = self.auto_kind(family, spec, plan, state, batches, data)
+    def count_training(self, program: EpochProgram, seconds: float, epochs: int) -> None:
+        """Programs of ``program``'s kind trained ``epochs`` more epochs in ``seconds``: what a measured decision
+        would be worth and what measuring it would cost (``payback``)."""
+        kind = self.auto_kind(program)
         if self.store.known_decision(kind) is None:
-            self.store.add_training(kind, seconds, self.sharing.compile_cost(family.name), epochs)
+            self.store.add_training(kind, seconds, self.sharing.compile_cost(program.family.name), epochs)
 
     # ------------------------------------------------------------------------------------------------------
     # Programs
 
     @staticmethod
-    def program_key(family: ModelFamily, spec: Hashable, plan: Plan, state, key, batches, data: FoldData,
-                    hyper) -> tuple:
-        """The program store's key of these arguments' epoch program (``plan``'s fold strategy concrete)."""
+    def program_key(program: EpochProgram) -> tuple:
+        """The program store's key of ``program`` (its plan's fold strategy concrete)."""
+        family, spec, plan, state, key, batches, data, hyper = program
         return family.name, spec, plan, shapes((state, key, batches, device_arrays(data), hyper))
 
-    def program_exists(self, family: ModelFamily, spec: Hashable, plan: Plan, state, key, batches, data: FoldData,
-                       hyper) -> bool:
-        """Whether these arguments' program is compiled already (in this process or in the store on disk) or being
-        compiled by another thread, found without compiling or measuring anything: under an ``auto`` plan not yet
-        decided for its kind and due for measuring, it is not."""
-        if plan.fold_strategy == "auto":
-            decision, due = self.decision_status(family, self.auto_kind(family, spec, plan, state, batches, data))
+    def program_exists(self, program: EpochProgram) -> bool:
+        """Whether ``program`` is compiled already (in this process or in the store on disk) or being compiled by
+        another thread, found without compiling or measuring anything: under an ``auto`` plan not yet decided for
+        its kind and due for measuring, it is not."""
+        if program.plan.fold_strategy == "auto":
+            decision, due = self.decision_status(program.family, self.auto_kind(program))
             if due:
                 return False  # measuring it compiles both mappings anyway
-            plan = replace(plan, fold_strategy=provisional_mapping() if decision is None else decision["strategy"])
-        return self.program_key(family, spec, plan, state, key, batches, data, hyper) in self.store
+            program = with_strategy(program, provisional_mapping() if decision is None else decision["strategy"])
+        return self.program_key(program) in self.store
 
-    def compiled_programs(self, family: ModelFamily, spec: Hashable, plan: Plan, state, key, batches,
-                          data: FoldData, hyper) -> tuple[Compiled, float, Plan]:
-        """Compiled programs for these arguments' shapes, the seconds spent compiling (or loading) them, with those
-        spent deciding an ``auto`` fold strategy, and the plan they follow (its fold strategy concrete)."""
-        plan, deciding, decided = self.decide_fold_strategy(family, spec, plan, state, key, batches, data, hyper)
+    def compiled_programs(self, program: EpochProgram) -> tuple[Compiled, float, EpochProgram]:
+        """Compiled programs for ``program``'s shapes, the seconds spent compiling (or loading) them, with those
+        spent deciding an ``auto`` fold strategy, and the program they run (its plan's fold strategy concrete)."""
+        program, deciding, decided = self.decide_fold_strategy(program)
 
         def build() -> Compiled:
             if decided is not None:  # compiled (and timed) to decide the fold strategy: not compiled again
                 return Compiled(decided)
             start = time.perf_counter()
-            compiled = Compiled(compile_epoch(family, spec, plan, state, key, batches, data, hyper))
-            self.sharing.record_compile(family.name, time.perf_counter() - start)  # what not compiling would save
+            compiled = Compiled(compile_epoch(program))
+            self.sharing.record_compile(program.family.name, time.perf_counter() - start)  # what not compiling saves
             return compiled
 
-        programs, seconds = self.store.get(self.program_key(family, spec, plan, state, key, batches, data, hyper), build)
-        return programs, seconds + deciding, plan
+        programs, seconds = self.store.get(self.program_key(program), build)
+        return programs, seconds + deciding, program
 
 
 _DEFAULT: Compiler | None = None

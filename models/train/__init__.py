@@ -22,7 +22,7 @@ from models.train.loop import (
     split_as_runs,
     stack,
     train_group,
-    train_runs,
+    train_member,
 )
 from models.train.types import (
     FOLD_STRATEGIES,
@@ -31,18 +31,20 @@ from models.train.types import (
     DivergedError,
     EpochCallback,
     EpochMetrics,
+    EpochProgram,
     FoldData,
     Member,
     ModelFamily,
     Plan,
     RunState,
+    Split,
     Timing,
 )
 
 __all__ = [
     "EVAL_CHUNK", "FOLD_STRATEGIES", "HOST", "MAPPINGS", "TRACED", "CVResult", "DivergedError", "EpochCallback",
-    "EpochMetrics", "FoldData", "GroupKey", "Member", "ModelFamily", "Plan", "RunState", "Static", "Timing", "batch_orders",
+    "EpochMetrics", "EpochProgram", "FoldData", "GroupKey", "Member", "ModelFamily", "Plan", "RunState", "Split", "Static", "Timing", "batch_orders",
     "chosen_among", "could_host", "cross_validate", "fit_and_score", "group_key", "group_mapping", "map_runs",
     "masked_means", "precompile", "run_epoch", "segment_layout", "split_as_runs", "stack", "traced_values",
-    "train_group", "train_runs",
+    "train_group", "train_member",
 ]

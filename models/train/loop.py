@@ -5,13 +5,15 @@ A *model family* (networks of rule layers, ``models.rule_training``; segregated 
 only what is its own (``models.train.types.ModelFamily``). Everything else lives here, once: seeds and per-run
 initialisation, batch orders, the epoch loop with its evaluation points, the divergence check, learning curves and
 ``CVResult``. How the programs come to exist (stored, compiled, shared, fold strategy measured) is the
-``models.compile.Compiler`` passed in (``compiler``; None: the process's ``default_compiler()``).
+``models.compile.Compiler`` passed in (``compiler``; None: the process's ``default_compiler()``). How the epoch
+program is laid out (fold strategy, evaluation points, diagnostics) is one ``Plan``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from typing import Any, Hashable, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -25,13 +27,18 @@ from models.train.types import (
     DivergedError,
     EpochCallback,
     EpochMetrics,
+    EpochProgram,
     FoldData,
     Member,
     ModelFamily,
     Plan,
     RunState,
+    Split,
     Timing,
 )
+
+SEQUENTIAL = Plan("sequential")  # cross-validation's default: runs mapped one after another, one evaluation an epoch
+VMAPPED = Plan("vmap")  # fit_and_score's default: its runs are seeds of one configuration, batched as one
 
 
 def stack(trees: list) -> Any:
@@ -54,54 +61,34 @@ def cross_validate(
     data: FoldData,
     out_features: int,
     seed: int,
+    *,
+    plan: Plan = SEQUENTIAL,
     on_epoch: EpochCallback | None = None,
-    fold_strategy: str = "sequential",
-    timing: Timing | None = None,
-    evals_per_epoch: int = 1,
-    diagnostics: bool = False,
     keep_state: bool = False,
     compiler: Compiler | None = None,
 ) -> CVResult:
     """Train one fresh network per run (fold) of ``data`` and score each run's validation part.
 
     ``config`` is any model family's configuration (``config.family`` says which). All randomness
-    (initialisation, batch order, random keys) derives from ``seed``. ``on_epoch(epoch, metrics)`` is called
-    after every epoch with per-run metrics (numpy arrays); it may raise to stop training early (the study's
-    pruner does this). A non-finite training or validation loss raises ``DivergedError`` naming epoch and run.
-    ``timing`` is kept up to date with the compile and training seconds as training goes (so they are known even
-    when training is stopped early). ``evals_per_epoch`` evaluation points per epoch give the learning curves in
-    ``CVResult.points``; ``diagnostics`` adds the family's diagnostics to them (off, the compiled program is
-    exactly the one without them). Neither changes the training itself. ``keep_state`` returns the runs'
-    final states (``CVResult.state``). ``compiler`` keeps and makes the programs (``models.compile``).
+    (initialisation, batch order, random keys) derives from ``seed``. ``plan`` lays out the epoch program: its
+    fold strategy, and its evaluation points per epoch, which give the learning curves in ``CVResult.points``,
+    with the family's diagnostics where it asks for them (off, the compiled program is exactly the one without
+    them); neither changes the training itself. ``on_epoch(epoch, metrics)`` is called after every epoch with
+    per-run metrics (numpy arrays); it may raise to stop training early (the study's pruner does this). A
+    non-finite training or validation loss raises ``DivergedError`` naming epoch and run. ``keep_state`` returns
+    the runs' final states (``CVResult.state``). ``compiler`` keeps and makes the programs (``models.compile``).
     """
     n_runs = data.train_idx.shape[0]
     *run_seeds, order_seed = np.random.SeedSequence(seed).spawn(n_runs + 1)
     order_rng = np.random.default_rng(order_seed)  # one generator draws every fold's batch order in turn
-    return train_runs(
-        config, data, out_features, run_seeds, [order_rng] * n_runs, on_epoch, fold_strategy, timing,
-        evals_per_epoch, diagnostics, keep_state, compiler,
-    )
+    return train_member(Member(config, run_seeds, [order_rng] * n_runs, on_epoch), data, out_features, plan,
+                        keep_state, compiler)
 
 
-def train_runs(
-    config: Any,
-    data: FoldData,
-    out_features: int,
-    run_seeds: list[np.random.SeedSequence],
-    order_rngs: list[np.random.Generator],
-    on_epoch: EpochCallback | None = None,
-    fold_strategy: str = "sequential",
-    timing: Timing | None = None,
-    evals_per_epoch: int = 1,
-    diagnostics: bool = False,
-    keep_state: bool = False,
-    compiler: Compiler | None = None,
-) -> CVResult:
-    """``cross_validate`` with the randomness of every run given: run i is initialised from ``run_seeds[i]``
-    (and its random key from a child of it) and its batches are drawn from ``order_rngs[i]``."""
-    member = Member(config, run_seeds, order_rngs, on_epoch, timing)
-    (outcome,) = train_group([member], data, out_features, fold_strategy, evals_per_epoch, diagnostics, keep_state,
-                             compiler)
+def train_member(member: Member, data: FoldData, out_features: int, plan: Plan, keep_state: bool = False,
+                 compiler: Compiler | None = None) -> CVResult:
+    """``train_group`` of one member: its result, or the exception that stopped it, raised."""
+    (outcome,) = train_group([member], data, out_features, plan=plan, keep_state=keep_state, compiler=compiler)
     if isinstance(outcome, BaseException):
         raise outcome
     return outcome
@@ -126,27 +113,14 @@ def could_host(host: GroupKey, key: GroupKey, family: ModelFamily, compiler: Com
             and family.hosting(host[1], key[1]) is not None)
 
 
-class _Group(NamedTuple):
-    """What a group's programs are compiled for: its family, plan and spec, and its first epoch's arguments."""
-
-    family: ModelFamily
-    plan: Plan
-    spec: Hashable
-    data: FoldData  # prepared by the family, one run per member and fold
-    state: Any  # host state of every run
-    key: Any  # raw PRNG key of every run, or None
-    hyper: dict  # traced hyperparameters of every run
-    batches: np.ndarray  # the first epoch's mini-batches of every run
-
-
-def _setup_group(members: list[Member], data: FoldData, out_features: int, fold_strategy: str, evals_per_epoch: int,
-                 diagnostics: bool) -> _Group:
+def _setup_group(members: list[Member], data: FoldData, out_features: int, plan: Plan) -> EpochProgram:
+    """The program that trains every run of ``members`` together, with its first epoch's arguments."""
     first = members[0].config
     family: ModelFamily = first.family
     key_of_group = group_key(first, data, out_features)
     if any(group_key(m.config, data, out_features) != key_of_group for m in members[1:]):
         raise ValueError("members of a group must share their programs (models.train.group_key)")
-    plan = Plan(fold_strategy, evals_per_epoch, diagnostics and family.has_diagnostics)
+    plan = dataclasses.replace(plan, diagnostics=plan.diagnostics and family.has_diagnostics)
     data = family.prepare(first, data)
     n_members, k = len(members), data.train_idx.shape[0]
     if n_members > 1:  # every member runs on the same folds, in its own slots
@@ -163,12 +137,12 @@ def _setup_group(members: list[Member], data: FoldData, out_features: int, fold_
     hyper = stack([family.hyperparameters(m.config) for m in members for _ in range(k)])  # one value per run
     batches = batch_orders([rng for m in members for rng in m.order_rngs], np.asarray(data.train_idx),
                            family.batch_size(first))
-    return _Group(family, plan, spec, data, state, key, hyper, batches)
+    return EpochProgram(family, spec, plan, state, key, batches, data, hyper)
 
 
 def precompile(
-    config: Any, data: FoldData, out_features: int, fold_strategy: str = "sequential", evals_per_epoch: int = 1,
-    diagnostics: bool = False, members: int = 1, compiler: Compiler | None = None,
+    config: Any, data: FoldData, out_features: int, *, plan: Plan = SEQUENTIAL, members: int = 1,
+    compiler: Compiler | None = None,
 ) -> float:
     """Compile (or load from disk) the programs a group of ``members`` configurations like ``config`` trains with,
     without training; the seconds it took (0 when they were in memory already).
@@ -181,42 +155,39 @@ def precompile(
     compiler.store.wait_for_measurements()
     k = data.train_idx.shape[0]
     member = Member(config, np.random.SeedSequence(0).spawn(k), [np.random.default_rng(0)] * k)
-    group = _setup_group([member] * members, data, out_features, fold_strategy, evals_per_epoch, diagnostics)
-    if group.plan.fold_strategy == "auto":
-        kind = compiler.auto_kind(group.family, group.spec, group.plan, group.state, group.batches, group.data)
-        if compiler.decision_status(group.family, kind)[1]:
-            return 0.0
-    _, seconds, _ = compiler.compiled_programs(
-        group.family, group.spec, group.plan, group.state, group.key, group.batches, group.data, group.hyper
-    )
+    program = _setup_group([member] * members, data, out_features, plan)
+    if program.plan.fold_strategy == "auto" and compiler.decision_status(program.family,
+                                                                         compiler.auto_kind(program))[1]:
+        return 0.0
+    _, seconds, _ = compiler.compiled_programs(program)
     return seconds
 
 
-def group_mapping(members: list[Member], data: FoldData, out_features: int, fold_strategy: str,
-                  evals_per_epoch: int, diagnostics: bool, compiler: Compiler | None = None) -> str:
+def group_mapping(members: list[Member], data: FoldData, out_features: int, plan: Plan,
+                  compiler: Compiler | None = None) -> str:
     """How the runs of one program for all ``members`` would be mapped (``train_group``): the fold strategy, or
     for ``auto`` the decision for the group's kind (its number of runs included, ``fold_kind``) or, undecided,
     the provisional mapping. Found without compiling, measuring or drawing from the members' generators."""
-    if fold_strategy != "auto":
-        return fold_strategy
+    if plan.fold_strategy != "auto":
+        return plan.fold_strategy
     first = members[0].config
     family: ModelFamily = first.family
-    plan = Plan("auto", evals_per_epoch, diagnostics and family.has_diagnostics)
+    plan = dataclasses.replace(plan, diagnostics=plan.diagnostics and family.has_diagnostics)
     data = family.prepare(first, data)
     spec = family.program_spec(first, data.x[:1], out_features)
     one_run = stack([family.init(first, spec, data.x[:1], np.random.default_rng(0))])
     runs = len(members) * data.train_idx.shape[0]
     layout = np.empty((runs, 0, family.batch_size(first)), np.int32)  # all a kind reads of the batches: their shape
-    return (compiler or default_compiler()).mapping_of(family, spec, plan, one_run, layout, data)
+    program = EpochProgram(family, spec, plan, one_run, None, layout, data, {})
+    return (compiler or default_compiler()).mapping_of(program)
 
 
 def train_group(
     members: list[Member],
     data: FoldData,
     out_features: int,
-    fold_strategy: str = "sequential",
-    evals_per_epoch: int = 1,
-    diagnostics: bool = False,
+    *,
+    plan: Plan = SEQUENTIAL,
     keep_state: bool = False,
     compiler: Compiler | None = None,
 ) -> list[CVResult | Exception]:
@@ -231,8 +202,9 @@ def train_group(
     seconds are shared equally by its members, each epoch's seconds equally by the members still training.
     """
     compiler = compiler or default_compiler()
-    group = _setup_group(members, data, out_features, fold_strategy, evals_per_epoch, diagnostics)
-    family, plan, spec, data, state, key, hyper, batches = group
+    fold_strategy, evals_per_epoch = plan.fold_strategy, plan.evals_per_epoch
+    group = _setup_group(members, data, out_features, plan)
+    family, spec, plan, state, key, batches, data, hyper = group
     n_members, k = len(members), len(members[0].run_seeds)
     order_rngs = [rng for m in members for rng in m.order_rngs]
     train_idx = np.asarray(data.train_idx)
@@ -245,14 +217,15 @@ def train_group(
     # in a wider network's program when that is cheaper than compiling this one's (models.compile.sharing)
     native_state, program_spec, placement = state, spec, None
     context = (family.name, plan, shapes((key, batches, device_arrays(data), hyper)))
-    if not compiler.program_exists(family, spec, plan, state, key, batches, data, hyper):
+    if not compiler.program_exists(group):
         placement = compiler.sharing.choose(family, context, spec, n_params, epochs)
     if placement is not None:
         program_spec, state = placement.host, pad_state(state, placement.template)
+        group = group._replace(spec=program_spec, state=state)
         for timing in timings:
             timing.shared_program = placement.description
-    compiled, compile_seconds, plan = compiler.compiled_programs(family, program_spec, plan, state, key, batches,
-                                                                 data, hyper)
+    compiled, compile_seconds, group = compiler.compiled_programs(group)
+    plan = group.plan
     for member, timing in zip(members, timings):
         timing.compile_seconds += compile_seconds / n_members
         if member.on_compiled is not None:
@@ -292,8 +265,7 @@ def train_group(
             break
 
     if fold_strategy == "auto":  # what a measured decision for this kind would be worth (Compiler.payback)
-        compiler.count_training(family, program_spec, plan, state, batches, data, sum(epoch_seconds),
-                                len(epoch_seconds))
+        compiler.count_training(group, sum(epoch_seconds), len(epoch_seconds))
     program_params = n_params if placement is None else family.count_params(
         program_spec, jax.tree_util.tree_map(lambda a: a[0], state))
     compiler.sharing.record_training(context, program_spec, state, program_params, epoch_seconds)
@@ -342,33 +314,27 @@ def split_as_runs(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, 
 
 def fit_and_score(
     config: Any,
-    x_train: np.ndarray,
-    y_train: np.ndarray,
-    x_test: np.ndarray,
-    y_test: np.ndarray,
-    out_features: int,
+    split: Split,
     seeds: int | list[int],
-    fold_strategy: str = "vmap",
-    keep_state: bool = False,
-    evals_per_epoch: int = 1,
-    diagnostics: bool = False,
-    compiler: Compiler | None = None,
+    *,
+    plan: Plan = VMAPPED,
     on_epoch: EpochCallback | None = None,
+    keep_state: bool = False,
+    compiler: Compiler | None = None,
 ) -> CVResult:
-    """Train on the whole training split and score the test split, once per seed, all seeds in one program.
+    """Train on the whole training split of ``split`` and score its test split, once per seed, all seeds in one
+    program.
 
     The cross-validation core with one run per seed whose validation part is the test split: ``fold_scores[i]``
     is seed i's test score. Each run's randomness comes from its own seed alone (initialisation from the first
     child of ``SeedSequence(seed)``, batch order from the second), so a seed's score does not depend on the
-    other seeds it is trained with. ``on_epoch``, ``evals_per_epoch`` and ``diagnostics`` are those of ``cross_validate``
-    (the validation curves are then test-split curves; the diagnostics use training batches as always).
+    other seeds it is trained with. ``plan``, ``on_epoch``, ``keep_state`` and ``compiler`` are those of
+    ``cross_validate`` (the validation curves are then test-split curves; the diagnostics use training batches as
+    always).
     """
     seeds = [seeds] if isinstance(seeds, int) else list(seeds)
-    data = split_as_runs(x_train, y_train, x_test, y_test, len(seeds))
+    data = split_as_runs(split.x_train, split.y_train, split.x_test, split.y_test, len(seeds))
     children = [np.random.SeedSequence(seed).spawn(2) for seed in seeds]
-    run_seeds = [init for init, _ in children]
-    order_rngs = [np.random.default_rng(order) for _, order in children]
-    return train_runs(
-        config, data, out_features, run_seeds, order_rngs, fold_strategy=fold_strategy, keep_state=keep_state,
-        evals_per_epoch=evals_per_epoch, diagnostics=diagnostics, compiler=compiler, on_epoch=on_epoch,
-    )
+    member = Member(config, [init for init, _ in children], [np.random.default_rng(order) for _, order in children],
+                    on_epoch)
+    return train_member(member, data, split.out_features, plan, keep_state, compiler)

@@ -103,6 +103,21 @@ class ModelFamily(Protocol):
     def hosted_points(self, host: Hashable, spec: Hashable, points: dict) -> dict: ...
 
 
+class Split(Protocol):
+    """A fixed train/test split (``hpo.data.Dataset`` is one): what ``fit_and_score`` trains on and scores."""
+
+    @property
+    def x_train(self) -> np.ndarray: ...
+    @property
+    def y_train(self) -> np.ndarray: ...
+    @property
+    def x_test(self) -> np.ndarray: ...
+    @property
+    def y_test(self) -> np.ndarray: ...
+    @property
+    def out_features(self) -> int: ...
+
+
 class RunState(NamedTuple):
     """One run's state in the compiled epoch: the family's state and the run's PRNG key (None if unused)."""
 
@@ -123,6 +138,21 @@ class Plan:
             raise ValueError(f"fold_strategy must be one of {', '.join(FOLD_STRATEGIES)}, got {self.fold_strategy!r}")
         if self.evals_per_epoch < 1:
             raise ValueError(f"evals_per_epoch must be >= 1, got {self.evals_per_epoch}")
+
+
+class EpochProgram(NamedTuple):
+    """What an epoch program is compiled for, and the arguments of its first call: the family, its network spec,
+    the plan, the host state of every run, their raw PRNG keys (or None), the first epoch's mini-batches, the data
+    (prepared by the family, one run per member and fold) and the traced hyperparameters of every run."""
+
+    family: ModelFamily
+    spec: Hashable
+    plan: Plan
+    state: Any
+    key: Any
+    batches: np.ndarray
+    data: FoldData
+    hyper: dict
 
 
 EpochCallback = Callable[[int, EpochMetrics], None]

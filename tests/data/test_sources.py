@@ -20,12 +20,15 @@ from pathlib import Path
 from urllib.error import URLError
 
 import numpy as np
+import optuna
 import pytest
 
 from hpo.config import StudyConfig, load_grid
 from hpo.data import DATASETS, FILE_DATASETS, load_dataset
 from hpo.data import sources as data_files
 from hpo.errors import UsageError
+from hpo.record import read_study
+from hpo.storage import open_storage
 
 ROOT = Path(__file__).resolve().parents[2]
 N_TRAIN, N_TEST = 80, 30
@@ -511,7 +514,11 @@ def test_fashion_mnist_grid():
     (config, *others) = configs = load_grid(ROOT / "studies" / "fashion-mnist.toml")
     assert {c.name for c in configs} == {f"fashion-mnist-mlp-{a}" for a in
                                          ("bp", "fa", "kp", "dfa", "usf", "brsf", "frsf", "drtp")}
-    assert {(c.trials, c.epochs, c.folds, c.test_seeds) for c in configs} == {(50, 10, 3, 5)}
+    assert {(c.trials, c.epochs, c.folds, c.test_seeds) for c in configs} == {(50, 10, 3, 10)}
+    # the committed journal is what the grid file asks for: rerunning it adds nothing
+    storage = open_storage(str(ROOT / "studies" / "fashion-mnist.journal"), create=False)
+    for summary in optuna.get_all_study_summaries(storage):
+        assert len(read_study(optuna.load_study(study_name=summary.study_name, storage=storage)).test.scores) == 10
 
 
 def test_paper_grid():

@@ -138,7 +138,7 @@ def test_kp_aligns_curves_have_every_point_and_training_is_unchanged():
     data = fold_data("digits")
     config = TrainConfig(rule="kp", hidden=(32,), learning_rate=3e-3, epochs=3, weight_decay=0.3)
     plain = cross_validate(config, data, 10, seed=0)
-    result = cross_validate(config, data, 10, seed=0, evals_per_epoch=3, diagnostics=True)
+    result = cross_validate(config, data, 10, seed=0, plan=Plan("sequential", evals_per_epoch=3, diagnostics=True))
     np.testing.assert_allclose(result.fold_scores, plain.fold_scores, atol=1e-6)  # observing does not change it
     for name in ("train_loss", "val_score", "update_angle/dense_0", "wb_angle/output", "weight_change/dense_0"):
         assert result.points[name].shape == (3 * 3, 2), name
@@ -175,7 +175,7 @@ def _epoch_args():
 def test_fa_hidden_update_aligns_with_backprop_on_mnist():
     """Lillicrap et al. (2016): under FA the hidden layer's update comes within 90 degrees of backprop's."""
     config = TrainConfig(rule="fa", hidden=(128,), learning_rate=3e-2, optimizer="sgd", momentum=0.9, epochs=3)
-    result = cross_validate(config, fold_data("mnist-5k"), 10, seed=0, diagnostics=True)
+    result = cross_validate(config, fold_data("mnist-5k"), 10, seed=0, plan=Plan("sequential", diagnostics=True))
     assert result.score > 0.8
     final = {k: v[-1].mean() for k, v in result.points.items()}
     assert final["update_angle/dense_0"] < 70, final

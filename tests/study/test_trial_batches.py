@@ -126,12 +126,12 @@ def test_a_later_groups_program_compiles_in_the_background_while_the_first_group
     second_compiling = threading.Event()
     real_compile = compiler_module.compile_epoch
 
-    def recording_compile(family, spec, *args, **kwargs):
-        width = spec.config.hidden[0]
+    def recording_compile(program):
+        width = program.spec.config.hidden[0]
         compiled_by[width] = threading.current_thread().name
         if width == 32:
             second_compiling.set()
-        return real_compile(family, spec, *args, **kwargs)
+        return real_compile(program)
 
     monkeypatch.setattr(compiler_module, "compile_epoch", recording_compile)
     objective = objective_of(config, dataset, sharing=False)

@@ -15,14 +15,14 @@ import jax.numpy as jnp
 from hpo.data import load_dataset, make_folds
 from models.compile import Compiler
 from models.rule_training import TrainConfig
-from models.train import FoldData, cross_validate
+from models.train import FoldData, Plan, cross_validate
 compiler = Compiler(directory=sys.argv[1] + "/programs")
 d = load_dataset("digits")
 f = make_folds(d, 2, 0)
 data = FoldData(jnp.asarray(d.x_train), jnp.asarray(d.y_train), f.train_idx, jnp.asarray(f.val_idx), jnp.asarray(f.val_mask))
 config = TrainConfig(rule="kp", hidden=(24,), learning_rate=3e-3, weight_decay=0.1, epochs=2,
                      activation_choices=("relu", "tanh"), optimizer_choices=("adam", "sgd"))
-result = cross_validate(config, data, 10, 0, fold_strategy="vmap", diagnostics=True, compiler=compiler)
+result = cross_validate(config, data, 10, 0, plan=Plan("vmap", diagnostics=True), compiler=compiler)
 print(json.dumps({"scores": result.fold_scores.tolist(), "loaded": compiler.store.loaded_from_disk,
                   "built": compiler.store.built}))
 """

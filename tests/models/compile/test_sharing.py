@@ -14,7 +14,7 @@ from models.compile import Compiler
 from models.compile.sharing import HostRecord, ProgramSharing, pad_state, unpad_state
 from models.rule_training import RULE_NETWORKS, Spec, TrainConfig
 from models.rules.registry import RULES
-from models.train import FoldData, Static, cross_validate
+from models.train import FoldData, Plan, Static, cross_validate
 
 EXACT_RULES = [name for name, rule in RULES.items() if rule.pads_exactly]
 BASE = TrainConfig(rule="fa", hidden=(12, 12), learning_rate=3e-3, epochs=2, batch_size=32,
@@ -62,15 +62,15 @@ def test_a_network_trained_in_a_wider_program_trains_as_in_its_own(fresh, rule, 
     config = dataclasses.replace(BASE, rule=rule, optimizer=optimizer, activation=activation,
                                  weight_decay=1e-2 if rule == "kp" else 0.0)
     compiler = fresh(enabled=False)
-    own = cross_validate(config, data, 10, seed=3, diagnostics=diagnostics, keep_state=True, compiler=compiler)
+    own = cross_validate(config, data, 10, seed=3, plan=Plan("sequential", diagnostics=diagnostics), keep_state=True, compiler=compiler)
     assert own.shared_program == ""
 
     compiler = fresh()
     sharing = compiler.sharing
     wider = dataclasses.replace(config, hidden=host)
-    cross_validate(wider, data, 10, seed=9, diagnostics=diagnostics, compiler=compiler)  # the wider program trains once
+    cross_validate(wider, data, 10, seed=9, plan=Plan("sequential", diagnostics=diagnostics), compiler=compiler)  # the wider program trains once
     sharing.record_compile(RULE_NETWORKS.name, 1e9)  # compiling "costs" more than any padding
-    hosted = cross_validate(config, data, 10, seed=3, diagnostics=diagnostics, keep_state=True, compiler=compiler)
+    hosted = cross_validate(config, data, 10, seed=3, plan=Plan("sequential", diagnostics=diagnostics), keep_state=True, compiler=compiler)
     assert hosted.shared_program == f"hidden (12, 12) in the program of {host}"
     assert 0 < hosted.padding_seconds < hosted.train_seconds
     assert len(compiler.store) == 1  # no program of its own was compiled
@@ -224,13 +224,13 @@ def test_a_cnn_trained_in_the_program_of_a_wider_head_trains_as_in_its_own(fresh
     config = TrainConfig(rule=rule, hidden=(12,), learning_rate=3e-3, epochs=2, batch_size=32,
                          conv=(ConvLayer(4, 3, 1, "SAME", "max"),))
     compiler = fresh(enabled=False)
-    own = cross_validate(config, data, 10, seed=3, diagnostics=True, keep_state=True, compiler=compiler)
+    own = cross_validate(config, data, 10, seed=3, plan=Plan("sequential", diagnostics=True), keep_state=True, compiler=compiler)
     compiler = fresh()
     sharing = compiler.sharing
-    cross_validate(dataclasses.replace(config, hidden=head), data, 10, seed=9, diagnostics=True, compiler=compiler)
+    cross_validate(dataclasses.replace(config, hidden=head), data, 10, seed=9, plan=Plan("sequential", diagnostics=True), compiler=compiler)
     assert RULE_NETWORKS.hosting(spec(hidden=head, conv=config.conv), spec(hidden=(12,))) is None  # other trunk
     sharing.record_compile(RULE_NETWORKS.name, 1e9)
-    hosted = cross_validate(config, data, 10, seed=3, diagnostics=True, keep_state=True, compiler=compiler)
+    hosted = cross_validate(config, data, 10, seed=3, plan=Plan("sequential", diagnostics=True), keep_state=True, compiler=compiler)
     assert hosted.shared_program == f"hidden (12,) in the program of {head}"
     assert set(hosted.points) == set(own.points)
     for name in own.points:
@@ -253,16 +253,17 @@ def test_a_trial_batch_trains_in_a_deeper_program_as_each_trial_alone_in_its_own
     data = folds()
     configs = [dataclasses.replace(BASE, rule="dfa", learning_rate=lr) for lr in (3e-3, 1e-2)]
     compiler = fresh(enabled=False)
-    alone = [cross_validate(c, data, 10, seed=s, diagnostics=True, keep_state=True, compiler=compiler)
+    alone = [cross_validate(c, data, 10, seed=s, plan=Plan("sequential", diagnostics=True), keep_state=True, compiler=compiler)
              for c, s in zip(configs, (3, 4))]
     compiler = fresh()
     sharing = compiler.sharing
     deeper = dataclasses.replace(BASE, rule="dfa", hidden=(20, 20, 20))
     # a group of as many runs, vmapped (a study trains a group whose runs are not vmapped trial by trial)
-    train.train_group([member(deeper, 8), member(deeper, 9)], data, 10, "vmap", diagnostics=True, compiler=compiler)
+    train.train_group([member(deeper, 8), member(deeper, 9)], data, 10, plan=Plan("vmap", diagnostics=True),
+                      compiler=compiler)
     sharing.record_compile(RULE_NETWORKS.name, 1e9)
-    together = train.train_group([member(configs[0], 3), member(configs[1], 4)], data, 10, "vmap", diagnostics=True,
-                                 keep_state=True, compiler=compiler)
+    together = train.train_group([member(configs[0], 3), member(configs[1], 4)], data, 10,
+                                 plan=Plan("vmap", diagnostics=True), keep_state=True, compiler=compiler)
     assert len(compiler.store) == 1  # the deeper program only
     for own, hosted in zip(alone, together):
         assert hosted.shared_program == "hidden (12, 12) in the program of (20, 20, 20)"

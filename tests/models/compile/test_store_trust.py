@@ -16,7 +16,7 @@ from hpo.data import load_dataset, make_folds
 from models.compile import Compiler
 from models.compile.trust import KEY_FILE, MAGIC
 from models.rule_training import TrainConfig
-from models.train import FoldData, cross_validate
+from models.train import FoldData, Plan, cross_validate
 
 CONFIG = TrainConfig(rule="fa", hidden=(12,), learning_rate=3e-3, epochs=1)
 ROOT = Path(__file__).resolve().parents[3]
@@ -41,7 +41,7 @@ def folds():
 
 def train(store: Path):
     compiler = Compiler(directory=store)
-    result = cross_validate(CONFIG, folds(), 10, seed=0, fold_strategy="sequential", compiler=compiler)
+    result = cross_validate(CONFIG, folds(), 10, seed=0, plan=Plan("sequential"), compiler=compiler)
     return compiler.store, result
 
 
@@ -109,14 +109,14 @@ def test_a_key_others_can_read_makes_the_store_unused(tmp_path, capfd):
 def test_damaged_decisions_are_measured_again(tmp_path):
     store_dir = tmp_path / "programs"
     compiler = Compiler(directory=store_dir, payback=0.0, timer=lambda strategy, run: 1.0 + (strategy == "vmap"))
-    cross_validate(CONFIG, folds(), 10, seed=0, fold_strategy="auto", compiler=compiler)
+    cross_validate(CONFIG, folds(), 10, seed=0, plan=Plan("auto"), compiler=compiler)
     decisions = store_dir / "decisions.json"
     stored = json.loads(decisions.read_text())
     for broken in ({name: "vmap" for name in stored}, {name: {"strategy": "fast"} for name in stored}, [1, 2], "x"):
         decisions.write_text(json.dumps(broken))
         os.chmod(decisions, 0o600)
         later = Compiler(directory=store_dir, payback=0.0, timer=lambda strategy, run: 1.0)
-        result = cross_validate(CONFIG, folds(), 10, seed=1, fold_strategy="auto", compiler=later)
+        result = cross_validate(CONFIG, folds(), 10, seed=1, plan=Plan("auto"), compiler=later)
         assert result.fold_strategy in ("vmap", "sequential")  # measured again, no crash
     (store_dir / "training.json").write_text('{"x": {"not": "a pair"}}')
     Compiler(directory=store_dir).store.training(("fold_strategy",))  # read, ignored, no crash

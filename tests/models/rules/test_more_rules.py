@@ -25,7 +25,7 @@ from models.rules import (
     rule_op,
     sign_feedback_scale,
 )
-from models.train import FoldData, cross_validate
+from models.train import FoldData, Plan, cross_validate
 
 
 def usf_dense(x, kernel, bias):
@@ -327,7 +327,7 @@ def test_brsf_trainer_redraws_at_every_step_with_the_current_signs(monkeypatch):
     assert all((np.sign(v) == np.sign(w)).all() for w, v in seen)
     magnitudes = [np.abs(v) for _, v in seen]
     assert all(not np.allclose(a, b) for a, b in zip(magnitudes, magnitudes[1:]))
-    again = cross_validate(config, folds, 10, seed=2, fold_strategy="vmap")
+    again = cross_validate(config, folds, 10, seed=2, plan=Plan("vmap"))
     np.testing.assert_allclose(again.fold_scores, first.fold_scores, atol=2e-3)  # same keys per fold either way
 
 
@@ -335,7 +335,7 @@ def test_brsf_trainer_redraws_at_every_step_with_the_current_signs(monkeypatch):
 def test_diagnostics_cover_the_new_rules(rule):
     data, folds = fold_data("digits")
     config = TrainConfig(rule=rule, hidden=(24,), learning_rate=1e-2, epochs=3, batch_size=32)
-    result = cross_validate(config, folds, 10, seed=0, evals_per_epoch=2, diagnostics=True)
+    result = cross_validate(config, folds, 10, seed=0, plan=Plan("sequential", evals_per_epoch=2, diagnostics=True))
     final = {k: v[-1].mean() for k, v in result.points.items()}
     assert result.score > 0.7, result.fold_scores  # chance is 0.1
     assert 0 < final["update_angle/dense_0"] < 90 and np.isfinite(final["error_angle/dense_0"])

@@ -13,7 +13,7 @@ import pytest
 
 from benchmarks.sd_reference import NumpySD
 from models import sd
-from models.train import FoldData, cross_validate
+from models.train import FoldData, Plan, cross_validate
 
 H = {"dt": 0.5, "g_l": 0.1, "g_b": 0.6, "g_d": 0.6, "e_exc": 8.0, "e_inh": -8.0, "tau_l": 10.0, "tau_s": 3.0}
 
@@ -237,10 +237,10 @@ def test_shares_the_cross_validation_core_with_evaluation_points_and_the_program
     config = sd.SDConfig(hidden=(20,), forward_learning_rates=(0.3, 0.3), epochs=1, batch_size=8, forward_phase=8.0,
                          target_phase=8.0, test_phase=8.0, settle_time=2.0, spiking_feedforward=False)
     compiler = Compiler()
-    result = cross_validate(config, data, 10, seed=0, evals_per_epoch=2, diagnostics=True, compiler=compiler)
+    result = cross_validate(config, data, 10, seed=0, plan=Plan("sequential", evals_per_epoch=2, diagnostics=True), compiler=compiler)
     assert result.points["val_score"].shape == (2, 2) and result.point_epochs.tolist() == [0.5, 1.0]
     assert set(result.points) == {"train_loss", "train_score", "val_loss", "val_score"}  # no diagnostics to add
     assert any(key[0] == "segregated-dendrites" for key in compiler.store._entries)
-    again = cross_validate(replace(config, forward_learning_rates=(0.1, 0.1)), data, 10, seed=0, evals_per_epoch=2,
+    again = cross_validate(replace(config, forward_learning_rates=(0.1, 0.1)), data, 10, seed=0, plan=Plan("sequential", evals_per_epoch=2),
                            compiler=compiler)
     assert again.compile_seconds == 0.0

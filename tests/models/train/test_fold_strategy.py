@@ -62,9 +62,9 @@ def test_auto_picks_the_faster_and_counts_the_measurement_as_compile_time(compil
     compiler.timer = fake_timer({faster: 1.0, slower: 2.0}, calls, results)
     compile_epoch = compiler_module.compile_epoch
     monkeypatch.setattr(compiler_module, "compile_epoch",
-                        lambda *a: compiled.append(a[2].fold_strategy) or compile_epoch(*a))
+                        lambda program: compiled.append(program.plan.fold_strategy) or compile_epoch(program))
     data = folds()
-    result = cross_validate(CONFIG, data, 10, seed=1, fold_strategy="auto", compiler=compiler)
+    result = cross_validate(CONFIG, data, 10, seed=1, plan=Plan("auto"), compiler=compiler)
     assert sorted(calls) == sorted(train.MAPPINGS * AUTO_REPEATS)  # both, AUTO_REPEATS each
     assert calls[:2] in (["vmap", "sequential"], ["sequential", "vmap"])  # interleaved
     assert strategies_compiled(compiler.store) == {faster}  # the programs are keyed by the concrete strategy
@@ -73,7 +73,7 @@ def test_auto_picks_the_faster_and_counts_the_measurement_as_compile_time(compil
     assert decision["strategy"] == faster and decision["seconds"] == {faster: 1.0, slower: 2.0}
     assert decision["rounds"] == AUTO_REPEATS and decision["epoch_steps"] == data.train_idx.shape[1] // 64
     assert result.compile_seconds >= decision["measure_seconds"] > 0
-    forced = cross_validate(CONFIG, data, 10, seed=1, fold_strategy=faster, compiler=compiler)  # the very program auto chose
+    forced = cross_validate(CONFIG, data, 10, seed=1, plan=Plan(faster), compiler=compiler)  # the very program auto chose
     np.testing.assert_array_equal(result.fold_scores, forced.fold_scores)
     assert forced.compile_seconds == 0.0
 
@@ -85,7 +85,7 @@ def test_the_timed_programs_are_whole_epochs_of_the_trial_from_its_initial_state
     calls, results = [], {}
     compiler.timer = fake_timer({"vmap": 1.0, "sequential": 2.0}, calls, results)
     config = dataclasses.replace(CONFIG, epochs=2)
-    result = cross_validate(config, folds(), 10, seed=1, fold_strategy="auto", compiler=compiler)
+    result = cross_validate(config, folds(), 10, seed=1, plan=Plan("auto"), compiler=compiler)
     assert sorted(results) == sorted(train.MAPPINGS)
     for outs in results.values():
         assert len(outs) == AUTO_REPEATS
@@ -100,27 +100,27 @@ def test_a_stored_decision_is_reused_by_a_new_store_without_measuring(compiler, 
     calls = []
     compiler.timer = fake_timer({"vmap": 2.0, "sequential": 1.0}, calls)
     data = folds()
-    cross_validate(CONFIG, data, 10, seed=1, fold_strategy="auto", compiler=compiler)
+    cross_validate(CONFIG, data, 10, seed=1, plan=Plan("auto"), compiler=compiler)
     assert len(calls) == MEASURED
     compiler = Compiler(directory=compiler.store.directory, payback=0.0, budget_seconds=UNLIMITED)  # a new process
     again = compiler.store
     compiler.timer = lambda strategy, run: pytest.fail("measured twice")
-    result = cross_validate(CONFIG, data, 10, seed=2, fold_strategy="auto", compiler=compiler)
+    result = cross_validate(CONFIG, data, 10, seed=2, plan=Plan("auto"), compiler=compiler)
     assert strategies_compiled(again) == {"sequential"}
     assert again.loaded_from_disk == 1 and again.built == 0  # the program the decision compiled was stored
     assert result.compile_seconds > 0  # it loaded (the new store's memory is empty) but measured nothing
     # another depth of about the same work per step shares the decision
     near = dataclasses.replace(CONFIG, hidden=(16, 16))
     assert work_bucket(*work_of(near, data)) == work_bucket(*work_of(CONFIG, data))
-    cross_validate(near, data, 10, seed=1, fold_strategy="auto", compiler=compiler)
+    cross_validate(near, data, 10, seed=1, plan=Plan("auto"), compiler=compiler)
     assert strategies_compiled(again) == {"sequential"} and len(calls) == MEASURED
     # 16 times the work per step is decided on its own, and so is another number of runs (2 folds)
     compiler.timer = fake_timer({"vmap": 1.0, "sequential": 2.0}, calls)
     far = dataclasses.replace(CONFIG, hidden=(256,))
     assert work_bucket(*work_of(far, data)) > work_bucket(*work_of(CONFIG, data))
-    cross_validate(far, data, 10, seed=1, fold_strategy="auto", compiler=compiler)
+    cross_validate(far, data, 10, seed=1, plan=Plan("auto"), compiler=compiler)
     assert len(calls) == 2 * MEASURED and "vmap" in strategies_compiled(again)
-    cross_validate(CONFIG, folds(k=2), 10, seed=1, fold_strategy="auto", compiler=compiler)
+    cross_validate(CONFIG, folds(k=2), 10, seed=1, plan=Plan("auto"), compiler=compiler)
     assert len(calls) == 3 * MEASURED
     assert len(json.loads((compiler.store.directory / compiler.store.DECISIONS_FILE).read_text())) == 3
 
@@ -132,14 +132,14 @@ def work_of(config, data):
     class Captured(Exception):
         pass
 
-    def spy(family, spec, plan, state, key, batches, data_, hyper):
-        captured.update(family=family, spec=spec, state=state, batches=batches)
+    def spy(program):
+        captured.update(program._asdict())
         raise Captured  # before anything is compiled
 
     compiler = Compiler()
     compiler.decide_fold_strategy = spy
     try:
-        train.precompile(config, data, 10, "sequential", compiler=compiler)  # the spy sees the arguments
+        train.precompile(config, data, 10, plan=Plan("sequential"), compiler=compiler)  # the spy sees the arguments
     except Captured:
         pass
     return captured["family"], captured["spec"], captured["state"], captured["batches"]
@@ -150,8 +150,8 @@ def test_without_a_store_auto_decides_in_memory(monkeypatch):
     calls = []
     compiler.timer = fake_timer({"vmap": 1.0, "sequential": 2.0}, calls)
     data = folds()
-    cross_validate(CONFIG, data, 10, seed=1, fold_strategy="auto", compiler=compiler)
-    cross_validate(CONFIG, data, 10, seed=2, fold_strategy="auto", compiler=compiler)
+    cross_validate(CONFIG, data, 10, seed=1, plan=Plan("auto"), compiler=compiler)
+    cross_validate(CONFIG, data, 10, seed=2, plan=Plan("auto"), compiler=compiler)
     assert len(calls) == MEASURED  # once per process
 
 
@@ -160,7 +160,7 @@ def test_a_long_epoch_is_timed_fewer_times(compiler, monkeypatch):
     compiler.budget_seconds = 0.0
     calls = []
     compiler.timer = fake_timer({"vmap": 1.0, "sequential": 2.0}, calls)
-    cross_validate(CONFIG, folds(), 10, seed=1, fold_strategy="auto", compiler=compiler)
+    cross_validate(CONFIG, folds(), 10, seed=1, plan=Plan("auto"), compiler=compiler)
     assert sorted(calls) == sorted(train.MAPPINGS)
     (decision,) = compiler.store.decisions().values()
     assert decision["rounds"] == 1 and decision["strategy"] == "vmap"
@@ -169,7 +169,7 @@ def test_a_long_epoch_is_timed_fewer_times(compiler, monkeypatch):
 @pytest.mark.parametrize("strategy", ["vmap", "sequential"])
 def test_a_forced_strategy_never_measures(compiler, monkeypatch, strategy):
     compiler.timer = lambda strategy, run: pytest.fail("a forced strategy measured")
-    cross_validate(CONFIG, folds(), 10, seed=1, fold_strategy=strategy, compiler=compiler)
+    cross_validate(CONFIG, folds(), 10, seed=1, plan=Plan(strategy), compiler=compiler)
     assert strategies_compiled(compiler.store) == {strategy}
     assert not (compiler.store.directory / compiler.store.DECISIONS_FILE).exists()
 
@@ -192,7 +192,7 @@ def test_a_decision_waits_until_the_kind_has_trained_enough_to_pay_for_it(compil
     calls = []
     compiler.timer = fake_timer({"vmap": 1.0, "sequential": 2.0}, calls)
     data = folds()
-    first = cross_validate(CONFIG, data, 10, seed=1, fold_strategy="auto", compiler=compiler)
+    first = cross_validate(CONFIG, data, 10, seed=1, plan=Plan("auto"), compiler=compiler)
     assert calls == [] and first.fold_strategy == provisional_mapping() == "sequential"  # on a CPU
     assert not (compiler.store.directory / compiler.store.DECISIONS_FILE).exists()
     ((trained, compile_cost, epochs),) = compiler.store._training.values()
@@ -203,12 +203,12 @@ def test_a_decision_waits_until_the_kind_has_trained_enough_to_pay_for_it(compil
     epoch_cost = trained / epochs
     compiler.payback = trained / (compile_cost + epoch_cost)  # between the two rules, however small an epoch is
     assert compiler.payback * compile_cost < trained < compiler.payback * measuring_cost(compile_cost, epoch_cost)
-    cross_validate(dataclasses.replace(CONFIG, hidden=(20,)), data, 10, seed=1, fold_strategy="auto", compiler=compiler)
+    cross_validate(dataclasses.replace(CONFIG, hidden=(20,)), data, 10, seed=1, plan=Plan("auto"), compiler=compiler)
     assert calls == []
     # once the kind's training passes payback times the measuring cost, the next program of that kind is measured
     ((trained, compile_cost, epochs),) = compiler.store._training.values()
     compiler.payback = trained / measuring_cost(compiler.sharing.compile_cost("rule-networks"), trained / epochs) / 2
-    wider = cross_validate(dataclasses.replace(CONFIG, hidden=(24,)), data, 10, seed=1, fold_strategy="auto", compiler=compiler)
+    wider = cross_validate(dataclasses.replace(CONFIG, hidden=(24,)), data, 10, seed=1, plan=Plan("auto"), compiler=compiler)
     assert len(calls) == MEASURED and wider.fold_strategy == "vmap"
     (decision,) = json.loads((compiler.store.directory / compiler.store.DECISIONS_FILE).read_text()).values()
     assert decision["strategy"] == "vmap"
@@ -222,23 +222,23 @@ def test_what_a_decision_would_be_worth_is_counted_by_every_process_with_the_sto
     calls = []
     compiler.timer = fake_timer({"vmap": 1.0, "sequential": 2.0}, calls)
     data = folds()
-    first = cross_validate(CONFIG, data, 10, seed=1, fold_strategy="auto", compiler=compiler)
+    first = cross_validate(CONFIG, data, 10, seed=1, plan=Plan("auto"), compiler=compiler)
     compiler = Compiler(directory=compiler.store.directory, payback=compiler.payback, timer=compiler.timer,
                         budget_seconds=UNLIMITED)
     later = compiler.store
     ((trained, compile_cost, epochs),) = later._stored_training().values()
     assert trained == pytest.approx(first.train_seconds) and compile_cost > 0 and epochs == CONFIG.epochs
 
-    second = cross_validate(CONFIG, data, 10, seed=2, fold_strategy="auto", compiler=compiler)  # loads the stored program
+    second = cross_validate(CONFIG, data, 10, seed=2, plan=Plan("auto"), compiler=compiler)  # loads the stored program
     assert calls == [] and second.fold_strategy == "sequential" and later.loaded_from_disk == 1
     ((trained, _, epochs),) = later._stored_training().values()
     assert trained == pytest.approx(first.train_seconds + second.train_seconds)  # both processes' seconds
     assert epochs == 2 * CONFIG.epochs
     assert compiler.sharing.compile_cost("rule-networks") is None  # this process compiled nothing ...
     compiler.payback = trained / measuring_cost(compile_cost, trained / epochs) * 0.99  # ... but the machine's count pays
-    third = cross_validate(CONFIG, data, 10, seed=3, fold_strategy="auto", compiler=compiler)
+    third = cross_validate(CONFIG, data, 10, seed=3, plan=Plan("auto"), compiler=compiler)
     assert len(calls) == MEASURED and third.fold_strategy == "vmap"
-    cross_validate(CONFIG, data, 10, seed=4, fold_strategy="auto", compiler=compiler)
+    cross_validate(CONFIG, data, 10, seed=4, plan=Plan("auto"), compiler=compiler)
     ((after, _, _),) = later._stored_training().values()
     assert after == pytest.approx(trained)  # a decided kind is no longer counted
 
@@ -249,9 +249,9 @@ def test_compiling_ahead_leaves_a_due_decision_to_the_trial(compiler, monkeypatc
     calls = []
     compiler.timer = fake_timer({"vmap": 1.0, "sequential": 2.0}, calls)
     data = folds()
-    assert train.precompile(CONFIG, data, 10, "auto", compiler=compiler) == 0.0
+    assert train.precompile(CONFIG, data, 10, plan=Plan("auto"), compiler=compiler) == 0.0
     assert calls == [] and len(compiler.store) == 0 and compiler.store.decisions() == {}
-    cross_validate(CONFIG, data, 10, seed=1, fold_strategy="auto", compiler=compiler)  # the trial decides
+    cross_validate(CONFIG, data, 10, seed=1, plan=Plan("auto"), compiler=compiler)  # the trial decides
     assert len(calls) == MEASURED
-    assert train.precompile(dataclasses.replace(CONFIG, hidden=(20,)), data, 10, "auto", compiler=compiler) > 0
+    assert train.precompile(dataclasses.replace(CONFIG, hidden=(20,)), data, 10, plan=Plan("auto"), compiler=compiler) > 0
     assert len(calls) == MEASURED and strategies_compiled(compiler.store) == {"vmap"}

@@ -11,7 +11,7 @@ from models.initializers import host_init
 from models.networks import MLP
 from models.rule_training import TrainConfig, make_optimizer
 from models.rules import RULES
-from models.train import DivergedError, FoldData, cross_validate, fit_and_score, masked_means
+from models.train import DivergedError, FoldData, Plan, cross_validate, fit_and_score, masked_means
 
 
 def fold_data(name, k=2, seed=0):
@@ -36,8 +36,8 @@ def test_every_rule_trains_well_above_chance(rule):
 def test_fold_strategies_give_the_same_result():
     data, folds = fold_data("digits", k=3)
     config = TrainConfig(rule="fa", hidden=(32,), learning_rate=3e-3, epochs=2)
-    a = cross_validate(config, folds, 10, seed=1, fold_strategy="sequential")
-    b = cross_validate(config, folds, 10, seed=1, fold_strategy="vmap")
+    a = cross_validate(config, folds, 10, seed=1, plan=Plan("sequential"))
+    b = cross_validate(config, folds, 10, seed=1, plan=Plan("vmap"))
     np.testing.assert_allclose(a.fold_scores, b.fold_scores, atol=2e-3)
 
 
@@ -83,7 +83,7 @@ def test_on_epoch_can_stop_training():
 def test_fit_and_score_uses_the_test_split():
     data = load_dataset("digits")
     config = TrainConfig(rule="bp", hidden=(64,), learning_rate=3e-3, epochs=5)
-    score = fit_and_score(config, data.x_train, data.y_train, data.x_test, data.y_test, 10, seeds=0).fold_scores[0]
+    score = fit_and_score(config, data, seeds=0).fold_scores[0]
     assert 0.85 < score <= 1.0
 
 
@@ -135,9 +135,8 @@ def test_fit_and_score_over_seeds_trains_each_seed_as_if_alone():
     """Test scores over seeds (one program, one run per seed): a seed's run depends on that seed only."""
     data = load_dataset("digits")
     config = TrainConfig(rule="fa", hidden=(32,), learning_rate=3e-3, epochs=2)
-    split = (data.x_train, data.y_train, data.x_test, data.y_test, 10)
-    together = fit_and_score(config, *split, seeds=[5, 6, 7])
-    alone = fit_and_score(config, *split, seeds=[6, 5])
+    together = fit_and_score(config, data, seeds=[5, 6, 7])
+    alone = fit_and_score(config, data, seeds=[6, 5])
     assert together.fold_scores.shape == (3,) and len(set(together.fold_scores.tolist())) > 1
     np.testing.assert_allclose(alone.fold_scores, together.fold_scores[[1, 0]], atol=1e-6)
 
@@ -190,7 +189,7 @@ def test_a_group_trains_each_member_as_alone_and_stops_members_on_their_own(fold
         raise RuntimeError("stopped by its callback")
 
     outcomes = train_group([member(configs[0], 0), member(configs[1], 1, stop_after_one), member(configs[2], 2)], folds, 10,
-                           fold_strategy)
+                           plan=Plan(fold_strategy))
     assert isinstance(outcomes[1], RuntimeError) and seen == [0]  # stopped at once, the others went on
     for i in (0, 2):
         alone = cross_validate(configs[i], folds, 10, seed=i)
