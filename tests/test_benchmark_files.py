@@ -47,3 +47,17 @@ def test_the_gpu_script_runs_here_without_its_install_and_writes_its_table(tmp_p
         assert table.count(f"| {network} |") == 2  # vmapped and sequential folds
     study_rows = [line for line in table.splitlines() if line.startswith(("| 1 |", "| 8 |"))]
     assert len(study_rows) == 4 and all("| 3 |" in line for line in study_rows)
+
+
+def test_the_kp_decay_table_regenerates_from_its_stored_sweep_alone():
+    """results/kp-decay/sweep.md is what benchmarks.kp_decay --report writes from the committed sweep.json: the
+    measured runs are the sweep's storage, the table a function of them."""
+    import json
+
+    from benchmarks.kp_decay import DECAYS, RULES, table
+
+    folder = ROOT / "results" / "kp-decay"
+    sweep = json.loads((folder / "sweep.json").read_text())
+    assert {(r["decay_per_step"], r["rule"]) for r in sweep["runs"]} == {(d, r) for d in DECAYS for r in RULES}
+    assert all(len(r["test"]) == len(r["seeds"]) >= 5 for r in sweep["runs"])
+    assert table(sweep) == (folder / "sweep.md").read_text()
