@@ -64,6 +64,18 @@ def submit(cluster, database, tmp_path: Path, trials: int, epochs: int) -> tuple
     return words[3], words[8]
 
 
+def slurm_task_of(pid: int) -> tuple[str, str] | None:
+    """The (array job, task) whose environment the process ``pid`` runs in; None where it has ended or has none.
+    The cluster is this machine: a worker's own environment says which task started it."""
+    try:
+        variables = dict(item.split(b"=", 1) for item in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+                         if b"=" in item)
+    except OSError:
+        return None
+    job, task = variables.get(b"SLURM_ARRAY_JOB_ID"), variables.get(b"SLURM_ARRAY_TASK_ID")
+    return (job.decode(), task.decode()) if job and task else None
+
+
 def study_of(database) -> optuna.Study:
     return optuna.load_study(study_name=STUDY, storage=open_storage(database.url, create=False))
 
@@ -91,20 +103,21 @@ def test_a_job_array_runs_one_study_with_its_exact_total_and_finishes_once(clust
 
 @pytest.mark.slow  # a second array whose tasks train longer, so that one can be cancelled mid-trial
 def test_a_cancelled_task_leaves_no_trial_running_and_its_trial_is_retried(cluster, database, tmp_path):
-    array, finish = submit(cluster, database, tmp_path, trials=12, epochs=40)
+    # trials of 200 epochs (a few seconds each): the one a task is training is still running when it is cancelled
+    array, finish = submit(cluster, database, tmp_path, trials=12, epochs=200)
     deadline = time.monotonic() + JOB_SECONDS
     victim = None
-    while victim is None:  # a trial task 1 is training
+    while victim is None:  # a task that is training a trial (the node runs as many tasks as it has cores)
         assert time.monotonic() < deadline, "no task started a trial"
         try:
             running = study_of(database).get_trials(states=(TrialState.RUNNING,))
         except KeyError:
             running = []
-        owners = {t.number: read_trial(t).worker for t in running if read_trial(t).compile_seconds is not None}
-        tasks = cluster.job_states(array)
-        if owners and tasks.get(f"{array}_1") == "RUNNING":
-            victim = f"{array}_1"
-        time.sleep(0.5)
+        owners = [read_trial(t).worker for t in running if read_trial(t).compile_seconds is not None]
+        tasks = {slurm_task_of(owner["pid"]) for owner in owners if owner}
+        victim = next((f"{array}_{task}" for job, task in sorted(tasks - {None}) if job == array), None)
+        if victim is None:
+            time.sleep(0.2)
     subprocess.run(["scancel", victim], env=cluster.env, check=True)
     states = cluster.wait(array, finish, timeout=JOB_SECONDS)
     assert states[victim] == "CANCELLED" and states[f"{finish}"] == "COMPLETED", states
