@@ -27,7 +27,9 @@ CONV_CHOICES: dict[str, tuple] = {  # ConvLayer field -> default choices, asked 
 }
 CONV_PARAM_NAMES = {"features": "channels"}  # Optuna parameter names where they differ from the field
 MAX_CONV_MACS = 1_000_000  # multiply-adds per example of one conv layer: bounds a CNN trial's time on a CPU
-HEAD_WIDTHS = (64, 128)  # width of the one dense hidden layer between trunk and output
+HEAD_WIDTHS = (64, 128)  # width of the dense hidden layers between trunk and output
+HEAD_LAYERS = 1  # dense hidden layers between trunk and output: one unless a [space] asks for more (LeNet-5: 2)
+MAX_HEAD_LAYERS = 8
 CNN_ACTIVATION = "relu"  # not searched by default (CNN studies so far used relu); a [space] table may search it
 
 CONV_FIELD_TYPES = {"features": int, "padding": str, "kernel": int, "stride": int, "pool": str}
@@ -53,7 +55,9 @@ CNN_PARAMETERS = (
                   CONV_FIELD_HELP[f], per_layer=f"conv{{}}_{CONV_PARAM_NAMES.get(f, f)}", ranges=False)
         for f in CONV_CHOICES
     ),
-    Parameter("head_width", int, Choices(HEAD_WIDTHS), WIDTH, "units of the dense layer after the trunk"),
+    Parameter("head_layers", int, Fixed(HEAD_LAYERS), Domain(low=1, high=MAX_HEAD_LAYERS),
+              "dense hidden layers after the trunk, each head_width wide", before=HEAD_LAYERS),
+    Parameter("head_width", int, Choices(HEAD_WIDTHS), WIDTH, "units of each dense layer after the trunk"),
     Parameter("activation", str, Fixed(CNN_ACTIVATION), Domain(values=tuple(ACTIVATIONS)), "nonlinearity"),
     *TRAINING_PARAMETERS,
 )
@@ -173,10 +177,11 @@ def suggest_cnn(trial: Any, study: StudySettings, dataset: Dataset) -> TrainConf
     for i in range(depth):
         layers.append(suggest_conv_layer(trial, i, spatial, channels, choices, depth - i - 1))
         spatial, channels = _after(layers[-1], spatial), layers[-1].features
+    head_layers = space.ask(trial, "head_layers")
     width = space.ask(trial, "head_width")
     return TrainConfig(
         rule=study.algo,
-        hidden=(width,),
+        hidden=(width,) * head_layers,
         conv=tuple(layers),
         activation=space.ask(trial, "activation"),
         epochs=study.epochs,

@@ -95,10 +95,11 @@ def mlp_weights(space: EffectiveSpace, dataset: Dataset) -> tuple[int, tuple[str
 
 def cnn_weights(space: EffectiveSpace, dataset: Dataset) -> tuple[int, tuple[str, ...]]:
     """Weights of the largest CNN's dense head: its widest trunk output (every extent kept, the most channels)
-    into the widest head layer."""
+    into the most head layers of the widest width."""
     trunk = math.prod(dataset.input_shape[:-1]) * max(space.values("conv_channels"))
-    width = space.largest("head_width")
-    return trunk * width + width * dataset.out_features, ("head_width", "conv_channels")
+    width, layers = space.largest("head_width"), space.largest("head_layers")
+    head = trunk * width + (layers - 1) * width * width + width * dataset.out_features
+    return head, ("head_width", "head_layers", "conv_channels")
 
 
 def sd_weights(space: EffectiveSpace, dataset: Dataset) -> tuple[int, tuple[str, ...]]:

@@ -34,7 +34,7 @@ from hpo.errors import UsageError
 from hpo.files import read_toml
 from hpo.record import read_study, write_study
 from hpo.space.algorithms import ALGORITHMS, MODELS, get_algorithm, study_effective_space
-from hpo.space.parameters import Parameter, parameters_of, parse_override, show
+from hpo.space.parameters import EffectiveSpace, Parameter, parameters_of, parse_override, show
 from hpo.space.training import StudySettings
 
 
@@ -217,6 +217,14 @@ def first_difference(stored: dict[str, Any], current: dict[str, Any]) -> tuple[s
     return None
 
 
+def with_later_parameters(stored: dict[str, Any], space: EffectiveSpace) -> dict[str, Any]:
+    """``stored`` with every parameter added to the space after it was stored, as the value it then had, fixed
+    (``Parameter.before``)."""
+    added = {name: {"kind": "fixed", "value": parameter.before} for name, parameter in space.parameters.items()
+             if name not in stored and parameter.before is not None}
+    return {**stored, **added}
+
+
 def record_space(study: optuna.Study, config: StudySpace, where: str) -> None:
     """Store the effective space on a new study; refuse to resume one created with another space.
 
@@ -227,6 +235,7 @@ def record_space(study: optuna.Study, config: StudySpace, where: str) -> None:
     current = stored_space(config)
     stored = read_study(study).space
     if stored is not None:
+        stored = with_later_parameters(stored, study_effective_space(config))
         difference = first_difference(stored, current)
         if difference is not None:
             name, old, new = difference

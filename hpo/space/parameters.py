@@ -95,6 +95,9 @@ class Parameter:
     rules: str | None = None  # the Rule property an algorithm needs to have it ("trains_feedback"); None: every one
     per_layer: str | None = None  # Optuna name of layer i, e.g. "conv{}_channels": asked once per layer
     ranges: bool = True  # a {low, high} range may be given (conv fields: choices only, enumerated so layers fit)
+    # a parameter added after studies were stored: the value those studies used, so that a stored space without it
+    # reads as this value fixed and they resume (None: the parameter was there from the start)
+    before: Any = None
 
     def optuna_name(self, layer: int | None = None) -> str:
         return self.per_layer.format(layer) if self.per_layer else self.name

@@ -211,3 +211,45 @@ def test_nothing_fits_prunes_at_once_with_the_reason():
 def test_inputs_without_spatial_axes_are_a_usage_error():
     with pytest.raises(UsageError, match=r"--model cnn needs sequences .* shape \(20,\); use --model mlp"):
         check_dataset(StudyConfig(algo="bp", model="cnn"), fake_dataset((20,)))
+
+
+LENET5_SPACE = {  # LeNet-5's form on 28x28 images: two 5x5 convolutions with max pooling, two dense layers after
+    "conv_layers": 2, "conv_channels": [6, 16], "conv_kernel": 5, "conv_stride": 1, "conv_padding": ["SAME", "VALID"],
+    "conv_pool": "max", "head_layers": 2, "head_width": [84, 120],
+}
+
+
+def test_a_space_expresses_lenet5_and_builds_its_network():
+    """The CNN space reaches LeNet-5 (conv 6@5x5 SAME, pool, conv 16@5x5 VALID, pool: 16 x 5 x 5 = 400 features,
+    then two dense layers) when a [space] asks for it; the default space keeps one dense layer."""
+    study = StudyConfig(algo="fa", model="cnn", dataset="mnist-5k", epochs=1, space=LENET5_SPACE)
+    params = {"conv1_channels": 6, "conv1_padding": "SAME", "conv2_channels": 16, "conv2_padding": "VALID",
+              "head_width": 120, "optimizer": "adam", "lr_adam": 1e-3, "batch_size": 64,
+              "feedback_distribution": "normal", "feedback_scale": 1.0}
+    config = suggest(optuna.trial.FixedTrial(params), study, fake_dataset((28, 28, 1)))
+    assert config.conv == (ConvLayer(features=6, kernel=5, padding="SAME", pool="max"),
+                           ConvLayer(features=16, kernel=5, padding="VALID", pool="max"))
+    assert config.hidden == (120, 120)
+    model = make_model(config, 10)
+    x = np.random.default_rng(0).standard_normal((2, 28, 28, 1)).astype(np.float32)
+    variables = model.init(jax.random.key(0), x)
+    assert variables["params"]["dense_0"]["kernel"].shape == (400, 120)  # the trunk leaves LeNet's 400 features
+    assert variables["params"]["dense_1"]["kernel"].shape == (120, 120)
+    default = suggest(optuna.create_study().ask(), StudyConfig(algo="fa", model="cnn"), fake_dataset((28, 28, 1)))
+    assert len(default.hidden) == 1
+
+
+def test_studies_stored_before_head_layers_resume_with_one_dense_layer(tmp_path):
+    """A parameter added to a space after studies were stored reads, in their stored space, as the value they used
+    (head_layers: 1): they resume with the default space, and a [space] that asks for other values is refused."""
+    from hpo.record import write_study
+    from hpo.space.overrides import record_space, stored_space
+
+    config = StudyConfig(algo="fa", model="cnn", dataset="mnist1d")
+    study = optuna.create_study()
+    old = {name: spec for name, spec in stored_space(config).items() if name != "head_layers"}
+    write_study(study, space=old)
+    record_space(study, config, "memory")  # resumes
+    deeper = StudyConfig(algo="fa", model="cnn", dataset="mnist1d", space={"head_layers": 2})
+    with pytest.raises(UsageError, match="was created with space parameter head_layers fixed 1, got fixed 2"):
+        record_space(study, deeper, "memory")
