@@ -63,6 +63,7 @@ def retrain_and_score(
             steps.report(f"{what}: epoch {epoch + 1}/{train_config.epochs} done, mean test {d.metric} {score:.4f}")
 
         try:
+            # the study's fold strategy over seeds, no learning curves or diagnostics: the scores (and seed 0's network) are kept
             result = fit_and_score(
                 train_config, d, seeds, plan=Plan(config.fold_strategy), on_epoch=on_epoch, keep_state=keep_model,
                 compiler=compiler or Compiler(directory=programs_directory(config.cache_dir)),

@@ -202,14 +202,14 @@ def train_group(
     seconds are shared equally by its members, each epoch's seconds equally by the members still training.
     """
     compiler = compiler or default_compiler()
-    fold_strategy, evals_per_epoch = plan.fold_strategy, plan.evals_per_epoch
+    asked_strategy = plan.fold_strategy  # "auto" stays so here; the plan the programs follow is concrete
     group = _setup_group(members, data, out_features, plan)
     family, spec, plan, state, key, batches, data, hyper = group
     n_members, k = len(members), len(members[0].run_seeds)
     order_rngs = [rng for m in members for rng in m.order_rngs]
     train_idx = np.asarray(data.train_idx)
     batch_size, epochs = family.batch_size(members[0].config), family.epochs(members[0].config)
-    _, valid, _ = segment_layout(batches.shape[1], evals_per_epoch)
+    _, valid, _ = segment_layout(batches.shape[1], plan.evals_per_epoch)
     point_epochs = (np.arange(epochs)[:, None] + valid.sum(1).cumsum() / valid.sum()).ravel()
     timings = [Timing() if m.timing is None else m.timing for m in members]
     n_params = family.count_params(spec, jax.tree_util.tree_map(lambda a: a[0], state))
@@ -264,7 +264,7 @@ def train_group(
         if all(outcome is not None for outcome in outcomes):
             break
 
-    if fold_strategy == "auto":  # what a measured decision for this kind would be worth (Compiler.payback)
+    if asked_strategy == "auto":  # what a measured decision for this kind would be worth (Compiler.payback)
         compiler.count_training(group, sum(epoch_seconds), len(epoch_seconds))
     program_params = n_params if placement is None else family.count_params(
         program_spec, jax.tree_util.tree_map(lambda a: a[0], state))
