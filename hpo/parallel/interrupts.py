@@ -7,7 +7,7 @@ exits with ``128 + signal`` (130, 143). Only the first signal interrupts; later 
 are noted and ignored, so a second Ctrl-C or a SIGTERM sent to every process of a job cannot cut the re-queue
 short. Inside ``with deferred():`` the first signal is held until the block ends and raised there: a storage
 call that creates or ends a trial is never cut between its write and the caller learning of it, so no trial is
-left running with nobody holding it.
+left running with nobody holding it; nor is a journal's append or replay (``hpo.storage.journal``).
 
 ``exit_now(code)`` ends an interrupted process without the interpreter's shutdown. JAX compiles on a thread
 pool of XLA's and the main thread waits for the result interruptibly, so a signal during a compilation leaves
@@ -101,7 +101,13 @@ def handle_interrupts() -> Iterator[None]:
 @contextlib.contextmanager
 def deferred() -> Iterator[None]:
     """Hold an interrupt that arrives while the block runs and raise it when the block ends (if the block raised,
-    its own exception goes on; ``received()`` still says the signal came). Blocks nest."""
+    its own exception goes on; ``received()`` still says the signal came). Blocks nest.
+
+    In any thread but the main one it changes nothing: signals reach the main thread only, and a block held open
+    by another thread would hold back the main thread's interrupt and then raise it in the wrong thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     _state["deferring"] += 1
     try:
         yield

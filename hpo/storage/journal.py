@@ -7,12 +7,14 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-from optuna.storages import BaseStorage
+from optuna.storages import BaseStorage, JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.storages.journal._file import get_lock_file
 
 from hpo.errors import StorageError, UsageError
+from hpo.parallel import interrupts
 
 SQLITE_MAGIC = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file
 SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")  # a new path named so is surely meant as SQLite, not a journal
@@ -62,16 +64,32 @@ def _is_record(line: bytes) -> bool:
     return isinstance(record, dict) and "op_code" in record
 
 
-def open_journal(path: Path, repair: bool) -> BaseStorage:
-    from optuna.storages import JournalStorage
+class WholeJournalStorage(JournalStorage):
+    """Optuna's journal storage, whose every append and every replay of the file runs whole: an interrupt
+    (``hpo.parallel.interrupts``) that arrives inside one is raised when it ends.
 
+    Optuna's replay counts a record as read before applying it: an interrupt raised between the two left the
+    record out of this process's view for good (a trial another worker created, and every trial number after
+    it, shifted), and the interrupted worker's re-queue then wrote to the wrong trials. Each is a few
+    milliseconds, so holding a signal for its length costs nothing."""
+
+    def _write_log(self, op_code: int, extra_fields: dict[str, Any]) -> None:
+        with interrupts.deferred():
+            super()._write_log(op_code, extra_fields)
+
+    def _sync_with_backend(self) -> None:
+        with interrupts.deferred():
+            super()._sync_with_backend()
+
+
+def open_journal(path: Path, repair: bool) -> BaseStorage:
     check_journal(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     backend = RepairingJournalBackend(str(path))
     if repair:  # a writer: make the file whole now, so the first append of this process lands on a clean line
         backend.repair()
     try:
-        return JournalStorage(backend)
+        return WholeJournalStorage(backend)
     except (ValueError, UnicodeDecodeError) as error:  # json.JSONDecodeError is a ValueError
         raise UsageError(
             f"journal {str(path)!r} has a damaged record inside ({type(error).__name__}: {error}); restore it from a "

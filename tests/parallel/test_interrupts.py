@@ -111,7 +111,7 @@ def test_sigterm_to_the_parent_of_workers_stops_every_worker_and_requeues(tmp_pa
     for pid in workers:  # every worker has exited (none left training)
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
     trials = journal_study(storage, "digits-mlp-fa").get_trials()
-    assert not [t for t in trials if t.state == TrialState.RUNNING], (out, err)  # what each worker did
+    assert not [t for t in trials if t.state == TrialState.RUNNING], f"{out}\n{err}"  # in full: what each worker did
     interrupted = [t for t in trials if t.state == TrialState.FAIL and "surplus" not in t.user_attrs]
     assert interrupted and all(
         any(r.system_attrs.get("failed_trial") == t.number and r.state == TrialState.WAITING for r in trials)

@@ -3,7 +3,10 @@ that is not a journal, or a read-only file, is refused and left untouched."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
+import sys
+import time
 
 import numpy as np
 import optuna
@@ -47,6 +50,80 @@ def test_torn_last_record_is_cut_under_the_lock_before_the_next_append(tmp_path,
     err = capfd.readouterr().err
     assert err.count("\n") == 1 and f"cut off {len(torn)} bytes" in err and str(copies[0]) in err
     assert not (tmp_path / "s.journal.lock").exists()  # the journal's lock was taken and released
+
+
+CREATE_WHEN_INTERRUPTED = """
+import sys
+from hpo.parallel.interrupts import Interrupted, handle_interrupts
+from hpo.storage import open_storage
+storage = open_storage(sys.argv[1])  # takes the lock itself (to repair a torn tail): before the holder does
+print("opened", flush=True)
+sys.stdin.readline()
+try:
+    with handle_interrupts():
+        print("creating", flush=True)
+        storage.create_new_study([], "created")
+except Interrupted:
+    print("interrupted", flush=True)
+print([s.study_name for s in storage.get_all_studies()], flush=True)
+"""
+
+
+def test_an_interrupt_while_a_journal_write_waits_for_the_lock_is_raised_after_the_write(tmp_path):
+    """Before, the write was abandoned: a worker's re-queue could be cut between failing its trial and
+    re-queueing it. Now the write waits for the lock, lands whole, and the interrupt is raised after it."""
+    from optuna.storages.journal import JournalFileSymlinkLock
+
+    journal = tmp_path / "s.journal"
+    journal.write_bytes(b"")
+    holder = JournalFileSymlinkLock(str(journal))  # another worker, appending
+    waiter = subprocess.Popen([sys.executable, "-c", CREATE_WHEN_INTERRUPTED, str(journal)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert waiter.stdout.readline() == "opened\n"
+    holder.acquire()
+    try:
+        waiter.stdin.write("go\n")
+        waiter.stdin.flush()
+        assert waiter.stdout.readline() == "creating\n"
+        time.sleep(0.5)  # waiting for the lock by now
+        waiter.send_signal(signal.SIGINT)
+        time.sleep(0.3)
+        assert journal.read_bytes() == b""  # nothing written while the lock is held
+    finally:
+        holder.release()
+    out, _ = waiter.communicate(timeout=60)
+    assert out.splitlines() == ["interrupted", "['created']"]
+    assert study_names(open_storage(str(journal), create=False)) == ["created"]
+
+
+def test_an_interrupt_inside_a_journal_replay_is_raised_after_it_and_loses_no_record(tmp_path, monkeypatch):
+    """Optuna counts a record as read before applying it: an interrupt in between left another worker's new trial
+    out of this process's view for good, and every trial it created after was numbered wrong."""
+    import signal as signals
+
+    from optuna.storages.journal._storage import JournalStorageReplayResult
+
+    from hpo.parallel.interrupts import Interrupted, handle_interrupts
+
+    journal = tmp_path / "s.journal"
+    mine = optuna.create_study(study_name="s", storage=open_storage(str(journal)))
+    other = optuna.load_study(study_name="s", storage=open_storage(str(journal)))  # another worker
+    other.ask()  # trial 0, not yet seen by mine
+    apply = JournalStorageReplayResult._apply_create_trial
+    calls = []
+
+    def signalled_first(self, log):
+        if not calls:
+            calls.append(log)
+            signals.raise_signal(signals.SIGINT)  # the handler runs here, between counting and applying
+        apply(self, log)
+
+    monkeypatch.setattr(JournalStorageReplayResult, "_apply_create_trial", signalled_first)
+    with handle_interrupts(), pytest.raises(Interrupted):
+        mine.get_trials(deepcopy=False)
+    assert calls  # the signal landed inside the replay
+    assert [t.number for t in mine.get_trials(deepcopy=False)] == [0]
+    assert mine.ask().number == 1
 
 
 @pytest.mark.slow  # two study processes; the torn-journal repair itself is tested in-process above
