@@ -12,12 +12,13 @@ from typing import Any, Callable
 from hpo.data import DATASETS
 from hpo.errors import UsageError
 from hpo.files import read_toml
+from hpo.record import HALVING_PRUNERS
 from hpo.space.algorithms import ALGORITHMS, MODELS, get_algorithm, study_effective_space
 from hpo.space.overrides import SpaceLayer, apply_spaces, parse_space
 from models.train import FOLD_STRATEGIES, Plan
 
 SAMPLERS = ("tpe", "random", "gp", "cmaes")
-PRUNERS = ("halving", "median", "hyperband", "wilcoxon", "none")
+PRUNERS = (*HALVING_PRUNERS, "median", "hyperband", "wilcoxon", "none")
 TRACKERS = ("none", "mlflow", "wandb")  # hpo.study.trackers
 DEFAULT_STORAGE = "sqlite:///studies/studies.db"
 

@@ -36,6 +36,8 @@ from typing import Any
 import numpy as np
 from optuna.trial import FrozenTrial, Trial, TrialState
 
+HALVING_PRUNERS = ("halving", "halving-half")  # successive halving over fold-epochs (hpo.study.pruners)
+
 LEARNING = ("train_loss", "train_score", "val_loss", "val_score")  # the learning curves among a trial's series
 SIGNIFICANT = 4  # digits kept in storage: angles to 0.01 degree, losses to 0.1 %
 STARTUP_TRIALS = 10  # random start-up trials of every study (TPE's default), the spread's population
@@ -262,4 +264,4 @@ def startup_spread(trials: list[FrozenTrial], read_at: int | None = None) -> Spr
 def spread_step(study: StudyRecord) -> int | None:
     """The step a study's start-up spread is read at: the end of the first fold for ``--pruner halving`` (its
     start-up trials are spared until then and may be stopped there), else None (final CV scores)."""
-    return study.epochs if study.pruner == "halving" else None
+    return study.epochs if study.pruner in HALVING_PRUNERS else None

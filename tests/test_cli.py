@@ -80,7 +80,7 @@ BAD = [
     (["--algo", "xx"], "--algo must be one of bp, brsf, dfa, drtp, fa, frsf, kp, usf, sd, got 'xx'"),
     (["--dataset", "imagenet"], "--dataset must be one of mnist-5k, digits, mnist1d"),
     (["--sampler", "bogus"], "--sampler must be one of tpe, random, gp, cmaes, got 'bogus'"),
-    (["--pruner", "bogus"], "--pruner must be one of halving, median, hyperband, wilcoxon, none, got 'bogus'"),
+    (["--pruner", "bogus"], "--pruner must be one of halving, halving-half, median, hyperband, wilcoxon, none, got 'bogus'"),
     (["--trials", "0"], "--trials must be an integer >= 1, got 0"),
     (["--folds", "1"], "--folds must be an integer >= 2, got 1"),
     (["--epochs", "0"], "--epochs must be an integer >= 1, got 0"),

@@ -21,7 +21,7 @@ from hpo.data import Dataset, Folds, make_folds
 from hpo.errors import UsageError
 from hpo.files import user_cache_dir
 from hpo.parallel.devices import usable_cores
-from hpo.record import encode_curves, final_diagnostics, write_trial
+from hpo.record import HALVING_PRUNERS, encode_curves, final_diagnostics, write_trial
 from hpo.space.algorithms import study_space, suggest
 from hpo.study.population import mark_startup, startup_length
 from hpo.study.pruners import trains_fold_major
@@ -283,7 +283,7 @@ class Objective:
         mark_startup(trial, self.startup)
         config = suggest(trial, self.config, self.dataset)
         k, epochs = self.data.train_idx.shape[0], self.config.epochs
-        per_epoch = self.config.pruner == "halving"
+        per_epoch = self.config.pruner in HALVING_PRUNERS
         if self.on_epoch is not None:
             self.on_epoch(trial.number, 0, k * epochs, float("nan"), time.perf_counter() - started)
         *run_seeds, order_seed = np.random.SeedSequence(trial_seed(self.config.seed, trial.number)).spawn(k + 1)

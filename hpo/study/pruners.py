@@ -8,7 +8,9 @@ step so far: asynchronous successive halving (Li et al. 2020, as Optuna's ``Succ
 for the first trials at a rung it keeps), with rungs placed where the evidence is comparable: every trial trains
 the same first fold first, so values at a step are the same measurement for every trial. The rungs are after 3
 epochs, keeping the top half, and at the end of the first fold, keeping the top third; a trial that passes them
-trains every fold.
+trains every fold. ``halving-half`` keeps the top half at both rungs: the third kept at the fold's end is a noisy cut
+where many configurations score within half a point, and TPE counts a stopped trial among the bad ones, so under
+``halving`` it proposed wide, deep networks far less often than the full protocol did (``docs/performance.md``).
 
 Why these rungs, measured on the committed 8-rule Fashion-MNIST grid (``studies/fashion-mnist.journal``): the rank
 correlation of a complete trial's first-fold score with its final CV score is 0.52-0.81 after 1 or 3 epochs and
@@ -33,7 +35,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.config import StudyConfig
-from hpo.record import read_trial
+from hpo.record import HALVING_PRUNERS, read_trial
 from hpo.study.population import SparingHyperbandPruner, SparingMedianPruner, SparingWilcoxonPruner
 
 EARLY_REDUCTION = 2  # keep the top half after 3 epochs, where the evidence is weak
@@ -42,11 +44,14 @@ EARLY_RUNG = 3  # epochs of the first fold after which a trial is first judged
 COMPETING = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)  # a failed trial's values are not evidence
 
 
-def halving_rungs(epochs: int) -> dict[int, int]:
-    """The fold-epoch steps at which ``halving`` judges a trial, each with the reduction it keeps the top
-    ``1 / reduction`` by: 3 epochs (a half) and the end of the first fold (a third)."""
+FOLD_END_REDUCTION = {"halving": REDUCTION, "halving-half": EARLY_REDUCTION}  # per halving pruner
+
+
+def halving_rungs(epochs: int, fold_end_reduction: int = REDUCTION) -> dict[int, int]:
+    """The fold-epoch steps at which a halving pruner judges a trial, each with the reduction it keeps the top
+    ``1 / reduction`` by: 3 epochs (a half) and the end of the first fold (a third, or ``fold_end_reduction``)."""
     rungs = {EARLY_RUNG: EARLY_REDUCTION} if epochs > EARLY_RUNG else {}
-    return {**rungs, epochs: REDUCTION}
+    return {**rungs, epochs: fold_end_reduction}
 
 
 class HalvingPruner(optuna.pruners.BasePruner):
@@ -90,8 +95,10 @@ def make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
     (``hpo.study.population.SparesStartup``, ``HalvingPruner.spare_until``)."""
     with warnings.catch_warnings():  # WilcoxonPruner is "experimental": chosen knowingly, its use is tested
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if config.pruner in FOLD_END_REDUCTION:
+            rungs = halving_rungs(config.epochs, FOLD_END_REDUCTION[config.pruner])
+            return HalvingPruner(rungs, spare_until=config.epochs)
         return {
-            "halving": lambda: HalvingPruner(halving_rungs(config.epochs), spare_until=config.epochs),
             "median": lambda: SparingMedianPruner(n_startup_trials=5, n_warmup_steps=max(1, config.epochs // 3)),
             "hyperband": lambda: SparingHyperbandPruner(min_resource=1, max_resource=config.epochs),
             "wilcoxon": lambda: SparingWilcoxonPruner(p_threshold=0.1),
@@ -99,7 +106,7 @@ def make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
         }[config.pruner]()
 
 
-FOLD_MAJOR = ("halving", "wilcoxon")  # pruners whose trials train their folds one after another
+FOLD_MAJOR = (*HALVING_PRUNERS, "wilcoxon")  # pruners whose trials train their folds one after another
 
 
 def trains_fold_major(config: StudyConfig) -> bool:

@@ -34,6 +34,8 @@ def test_rungs_are_three_epochs_keeping_half_and_the_first_fold_keeping_a_third(
     assert halving_rungs(1) == {1: 3}
     pruner = make_pruner(StudyConfig(pruner="halving", epochs=10))
     assert isinstance(pruner, HalvingPruner) and pruner.rungs == {3: 2, 10: 3} and pruner.spare_until == 10
+    gentle = make_pruner(StudyConfig(pruner="halving-half", epochs=10))  # the top half at the fold's end too
+    assert isinstance(gentle, HalvingPruner) and gentle.rungs == {3: 2, 10: 2} and gentle.spare_until == 10
 
 
 def test_a_trial_goes_on_only_in_the_top_third_of_the_values_at_its_rung():
@@ -70,14 +72,15 @@ def test_startup_trials_are_spared_until_the_first_fold_ends_and_judged_there():
     assert not pruner.prune(study, running(1, 0.1))  # no rung at one epoch
 
 
-def test_a_halving_study_trains_folds_in_turn_and_stops_trials_only_at_its_rungs(tmp_path):
+@pytest.mark.parametrize("name", ["halving", "halving-half"])
+def test_a_halving_study_trains_folds_in_turn_and_stops_trials_only_at_its_rungs(tmp_path, name):
     storage = tmp_path / "s.journal"
     argv = ["--dataset", "digits", "--algo", "fa", "--folds", "3", "--epochs", "5", "--trials", "16",
-            "--pruner", "halving", "--test-seeds", "1", "--storage", str(storage), "--workers", "1",
+            "--pruner", name, "--test-seeds", "1", "--storage", str(storage), "--workers", "1",
             "--results-dir", str(tmp_path / "r"), "--cache-dir", "none"]
     assert main(argv) == 0
     study = optuna.load_study(study_name="digits-mlp-fa", storage=open_storage(str(storage), create=False))
-    assert read_study(study).pruner == "halving" and spread_step(read_study(study)) == 5
+    assert read_study(study).pruner == name and spread_step(read_study(study)) == 5
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     pruned = [t for t in trials if t.state == TrialState.PRUNED]
