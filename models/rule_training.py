@@ -28,7 +28,7 @@ from models.train import HOST, TRACED, FoldData, Static, chosen_among, masked_me
 Array = jax.Array
 
 FEEDBACK_DISTRIBUTIONS = {"normal": "truncated_normal", "uniform": "uniform"}  # name -> models.initializers.FanIn's
-OPTIMIZERS = ("adam", "sgd")
+OPTIMIZERS = ("adam", "sgd", "sgd_l2")  # sgd_l2: PyTorch's SGD, its weight decay an L2 term in the gradient
 LOSSES = ("cross_entropy", "mse")
 
 
@@ -47,9 +47,11 @@ class TrainConfig:
     hidden: tuple[int, ...]  # hidden-layer widths (the dense head's, for models with a convolutional trunk)
     learning_rate: float = field(metadata=TRACED)  # optimiser step size
     activation: str = field(default="relu", metadata=chosen_among("activation_choices"))  # networks.ACTIVATIONS
-    optimizer: str = field(default="adam", metadata=chosen_among("optimizer_choices"))  # "adam" or "sgd" (momentum)
+    optimizer: str = field(default="adam", metadata=chosen_among("optimizer_choices"))  # OPTIMIZERS
     momentum: float = field(default=0.9, metadata=TRACED)  # SGD momentum (ignored by adam)
-    weight_decay: float = field(default=0.0, metadata=TRACED)  # decoupled decay of kernels and trained feedback, x lr
+    weight_decay: float = field(default=0.0, metadata=TRACED)  # see make_optimizer: decoupled, or L2 for sgd_l2
+    lr_milestones: tuple[int, ...] = field(default=(), metadata=HOST)  # epochs after which the rate is x lr_gamma
+    lr_gamma: float = field(default=0.1, metadata=HOST)  # (PyTorch's MultiStepLR: none by default)
     batch_size: int = 64  # mini-batch size
     epochs: int = field(default=10, metadata=HOST)  # passes over each fold's training part
     feedback_distribution: str = field(default="normal", metadata=HOST)  # truncated normal or uniform, var 1/fan_in
@@ -75,12 +77,23 @@ class TrainConfig:
             raise ValueError(f"batch_size, epochs and widths must be >= 1, got {self}")
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        milestones = self.lr_milestones
+        if not isinstance(milestones, tuple) or any(not isinstance(m, int) or m < 1 for m in milestones) or list(
+                milestones) != sorted(set(milestones)):
+            raise ValueError(f"lr_milestones must be increasing epochs >= 1, got {milestones!r}")
+        if not self.lr_gamma >= 0:
+            raise ValueError(f"lr_gamma must be >= 0, got {self.lr_gamma}")
         if not isinstance(self.conv, tuple) or not all(isinstance(layer, ConvLayer) for layer in self.conv):
             raise ValueError(f"conv must be a tuple of ConvLayer (hashable: compiled programs are keyed on it), got {self.conv!r}")
 
     @property
     def family(self) -> RuleNetworks:
         return RULE_NETWORKS
+
+    def learning_rate_at(self, epoch: int) -> float:
+        """The learning rate of epoch ``epoch`` (from 0): ``learning_rate`` times ``lr_gamma`` for every milestone
+        at or before it, as PyTorch's ``MultiStepLR`` stepped once per epoch."""
+        return self.learning_rate * self.lr_gamma ** sum(m <= epoch for m in self.lr_milestones)
 
 
 def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -125,8 +138,17 @@ def _sgd(learning_rate, momentum, weight_decay):
     )
 
 
-_OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {"adam": _adam, "sgd": _sgd}
-_OPTIMIZER_ARGS = {"adam": ("learning_rate", "weight_decay"), "sgd": ("learning_rate", "momentum", "weight_decay")}
+def _sgd_l2(learning_rate, momentum, weight_decay):
+    return optax.chain(
+        optax.add_decayed_weights(weight_decay),  # every trained parameter, biases too, before the momentum
+        optax.trace(decay=momentum),
+        optax.scale_by_learning_rate(learning_rate),
+    )
+
+
+_OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {"adam": _adam, "sgd": _sgd, "sgd_l2": _sgd_l2}
+_SGD_ARGS = ("learning_rate", "momentum", "weight_decay")
+_OPTIMIZER_ARGS = {"adam": ("learning_rate", "weight_decay"), "sgd": _SGD_ARGS, "sgd_l2": _SGD_ARGS}
 
 
 def make_optimizer(name: str) -> Callable[..., optax.GradientTransformation]:
@@ -135,6 +157,9 @@ def make_optimizer(name: str) -> Callable[..., optax.GradientTransformation]:
 
     Weight decay is decoupled (added after the adaptive scaling, then multiplied by the learning rate, as in
     AdamW), so under kp the kernel and its feedback matrix receive identical updates apart from their own decay.
+    ``sgd_l2`` is PyTorch's SGD instead, for protocols written for it (``benchmarks.biotorch_lenet``): its decay is
+    an L2 term added to the gradient of every trained parameter, biases included, before the momentum
+    accumulates it, so at momentum 0.9 it decays ten times as much per step as the same decoupled value.
     """
     return _OPTIMIZERS[name]
 
@@ -240,8 +265,10 @@ class RuleNetworks:
     def program_spec(self, config: TrainConfig, sample_x: Any, out_features: int) -> Spec:
         return Spec(Static(config), out_features)
 
-    def hyperparameters(self, config: TrainConfig) -> dict[str, np.ndarray]:
-        return traced_values(config)
+    def hyperparameters(self, config: TrainConfig, epoch: int = 0) -> dict[str, np.ndarray]:
+        values = traced_values(config)
+        values["learning_rate"] = np.asarray(config.learning_rate_at(epoch), np.float32)
+        return values
 
     def epochs(self, config: TrainConfig) -> int:
         return config.epochs

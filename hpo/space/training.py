@@ -17,7 +17,7 @@ from hpo.space.parameters import (
 )
 from models.networks import ACTIVATIONS
 from models.rule_training import FEEDBACK_DISTRIBUTIONS as FEEDBACK_INITS
-from models.rule_training import OPTIMIZERS, TrainConfig
+from models.rule_training import TrainConfig
 
 
 class StudySettings(Protocol):
@@ -77,7 +77,8 @@ OPTIMIZER_SGD = Condition("optimizer", lambda v: v == "sgd", "optimizer = sgd")
 OPTIMIZER_ADAM = Condition("optimizer", lambda v: v == "adam", "optimizer = adam")
 
 TRAINING_PARAMETERS = (
-    Parameter("optimizer", str, Choices(OPTIMIZER_CHOICES), Domain(values=OPTIMIZERS),
+    # models.rule_training's sgd_l2 (PyTorch's SGD) serves fixed protocols (benchmarks.biotorch_lenet), not a space
+    Parameter("optimizer", str, Choices(OPTIMIZER_CHOICES), Domain(values=OPTIMIZER_CHOICES),
               "adam, or sgd with heavy-ball momentum"),
     Parameter("lr_adam", float, Range(*ADAM_LR, log=True), POSITIVE, "Adam's learning rate", OPTIMIZER_ADAM),
     Parameter("lr_sgd", float, Range(*SGD_LR, log=True), POSITIVE, "SGD's learning rate", OPTIMIZER_SGD),

@@ -196,8 +196,8 @@ class SegregatedDendrites:
     def program_spec(self, config: SDConfig, sample_x: Any, out_features: int) -> Structure:
         return structure_of(config, int(np.prod(np.shape(sample_x)[1:])), out_features)
 
-    def hyperparameters(self, config: SDConfig) -> dict[str, np.ndarray]:
-        return hyperparameters(config)
+    def hyperparameters(self, config: SDConfig, epoch: int = 0) -> dict[str, np.ndarray]:
+        return hyperparameters(config)  # the same every epoch: no schedule
 
     def epochs(self, config: SDConfig) -> int:
         return config.epochs

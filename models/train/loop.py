@@ -113,6 +113,11 @@ def could_host(host: GroupKey, key: GroupKey, family: ModelFamily, compiler: Com
             and family.hosting(host[1], key[1]) is not None)
 
 
+def epoch_hyperparameters(members: list[Member], runs: int, epoch: int) -> dict:
+    """The traced hyperparameters of epoch ``epoch`` of every run of ``members`` (``runs`` each): one value per run."""
+    return stack([m.config.family.hyperparameters(m.config, epoch) for m in members for _ in range(runs)])
+
+
 def _setup_group(members: list[Member], data: FoldData, out_features: int, plan: Plan) -> EpochProgram:
     """The program that trains every run of ``members`` together, with its first epoch's arguments."""
     first = members[0].config
@@ -134,7 +139,7 @@ def _setup_group(members: list[Member], data: FoldData, out_features: int, plan:
     state = stack([family.init(m.config, spec, sample_x, np.random.default_rng(s)) for m in members for s in m.run_seeds])
     # per-run keys from a child of each run's seed (the initialisation, drawn from the seed itself, is unchanged)
     key = np.stack([s.spawn(1)[0].generate_state(2) for s in run_seeds]) if family.needs_key(spec) else None
-    hyper = stack([family.hyperparameters(m.config) for m in members for _ in range(k)])  # one value per run
+    hyper = epoch_hyperparameters(members, k, 0)
     batches = batch_orders([rng for m in members for rng in m.order_rngs], np.asarray(data.train_idx),
                            family.batch_size(first))
     return EpochProgram(family, spec, plan, state, key, batches, data, hyper)
@@ -242,6 +247,7 @@ def train_group(
         start = time.perf_counter()
         if epoch:
             batches = batch_orders(order_rngs, train_idx, batch_size)
+            hyper = epoch_hyperparameters(members, k, epoch)  # a learning-rate schedule's next value
         run_state, metrics, points = compiled.epoch(run_state, batches, data.x, data.y, data.val_idx, data.val_mask, hyper)
         metrics, points = jax.device_get((metrics, points))  # one transfer: each is a wait on a busy machine
         metrics = EpochMetrics(*(np.asarray(m) for m in metrics))

@@ -145,7 +145,7 @@ def test_optimiser_state_made_on_the_host_is_its_init():
     from models.rule_training import initial_optimizer_state, optimizer
 
     x = np.zeros((1, 6), np.float32)
-    for names in (("adam",), ("sgd",), ("sgd", "adam")):
+    for names in (("adam",), ("sgd",), ("sgd_l2",), ("sgd", "adam")):
         config = TrainConfig(rule="kp", hidden=(5,), learning_rate=0.1, optimizer=names[0], optimizer_choices=names)
         spec = config.family.program_spec(config, x, 3)
         hyper = config.family.hyperparameters(config)
@@ -229,3 +229,54 @@ def test_masked_means_in_chunks_are_the_masked_means(chunk):
     means = masked_means(lambda i: (table[i], table[i] ** 2), jnp.asarray(idx), jnp.asarray(mask), chunk)
     chosen = values[idx][mask]
     np.testing.assert_allclose(means, [chosen.mean(), (chosen ** 2).mean()], rtol=2e-5, atol=1e-6)
+
+
+def test_sgd_l2_is_pytorchs_sgd_with_weight_decay():
+    """PyTorch's SGD: d = g + wd * p (every parameter, biases too); buf = momentum * buf + d; p -= lr * buf."""
+    lr, momentum, wd = 0.1, 0.9, 1e-2
+    rng = np.random.default_rng(0)
+    params = {"dense": {"kernel": rng.normal(size=(3, 2)), "bias": rng.normal(size=2)}}
+    sgd = make_optimizer("sgd_l2")(learning_rate=lr, momentum=momentum, weight_decay=wd)
+    state, current = sgd.init(params), params
+    expected, buffers = params, jax.tree_util.tree_map(np.zeros_like, params)
+    for step in range(3):
+        grads = jax.tree_util.tree_map(lambda p, s=step: np.cos(p + s), current)
+        updates, state = sgd.update(grads, state, current)
+        current = optax.apply_updates(current, updates)
+        buffers = jax.tree_util.tree_map(lambda b, g, p: momentum * b + g + wd * p, buffers, grads, expected)
+        expected = jax.tree_util.tree_map(lambda p, b: p - lr * b, expected, buffers)
+        for a, b in zip(jax.tree_util.tree_leaves(current), jax.tree_util.tree_leaves(expected)):
+            np.testing.assert_allclose(a, b, rtol=1e-6)
+    # the decoupled sgd decays after the momentum: a different optimiser whenever wd > 0
+    decoupled = make_optimizer("sgd")(learning_rate=lr, momentum=momentum, weight_decay=wd)
+    first = optax.apply_updates(params, decoupled.update(grads, decoupled.init(params), params)[0])
+    coupled = optax.apply_updates(params, sgd.update(grads, sgd.init(params), params)[0])
+    assert not np.allclose(first["dense"]["bias"], coupled["dense"]["bias"])  # sgd never decays biases
+
+
+def test_a_learning_rate_milestone_changes_the_rate_from_that_epoch_on():
+    """PyTorch's MultiStepLR, stepped once per epoch. A rate of zero from epoch 2 on leaves the network exactly as
+    one epoch left it, whatever the second epoch's batches, under momentum too: the rate reaches the compiled
+    program as a traced input, so the same program serves every epoch."""
+    config = TrainConfig(rule="fa", hidden=(16,), learning_rate=3e-2, epochs=3, optimizer="sgd_l2",
+                         weight_decay=1e-3, lr_milestones=(1, 2), lr_gamma=0.1)
+    assert [config.learning_rate_at(e) for e in range(4)] == pytest.approx([3e-2, 3e-3, 3e-4, 3e-4])
+    assert config.family.hyperparameters(config, 2)["learning_rate"] == np.float32(3e-4)
+    data = load_dataset("digits")
+    stopped = TrainConfig(**{**config.__dict__, "epochs": 2, "lr_milestones": (1,), "lr_gamma": 0.0})
+    one = TrainConfig(**{**config.__dict__, "epochs": 1, "lr_milestones": ()})
+    a = fit_and_score(stopped, data, seeds=[4], keep_state=True)
+    b = fit_and_score(one, data, seeds=[4], keep_state=True)
+    for x, y in zip(jax.tree_util.tree_leaves(a.state.params), jax.tree_util.tree_leaves(b.state.params)):
+        np.testing.assert_array_equal(x, y)
+    np.testing.assert_array_equal(a.fold_scores, b.fold_scores)
+    kept = fit_and_score(TrainConfig(**{**stopped.__dict__, "lr_gamma": 1.0}), data, seeds=[4], keep_state=True)
+    assert not np.array_equal(jax.tree_util.tree_leaves(kept.state.params)[0],
+                              jax.tree_util.tree_leaves(b.state.params)[0])  # without the milestone it trains on
+
+
+@pytest.mark.parametrize("bad", [{"lr_milestones": (0,)}, {"lr_milestones": (3, 2)}, {"lr_milestones": [1]},
+                                 {"lr_gamma": -0.1}])
+def test_a_bad_schedule_is_refused(bad):
+    with pytest.raises(ValueError, match="lr_"):
+        TrainConfig(rule="bp", hidden=(4,), learning_rate=0.1, **bad)
