@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import sys
@@ -145,8 +146,9 @@ class RepairingJournalBackend(JournalFileBackend):
             keep = _after_last_newline(f, size)
             f.seek(keep)
             torn = f.read()
-            copy = path.with_name(f"{path.name}{TORN_SUFFIX}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
-            with open(copy, "xb") as saved:
+            name = f"{path.name}{TORN_SUFFIX}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+            copy, saved = _new_file(path.with_name(name))
+            with saved:
                 saved.write(torn)
                 saved.flush()
                 os.fsync(saved.fileno())
@@ -161,6 +163,18 @@ class RepairingJournalBackend(JournalFileBackend):
         )
         print(message, file=sys.stderr, flush=True)
         return message
+
+
+def _new_file(path: Path):
+    """``path``, or ``path-2``, ``path-3``, ... whichever does not exist yet, created and open for writing: two cuts in
+    one second by one process must not collide (the second would fail and lose the storage mid-study)."""
+    for n in itertools.count(1):
+        candidate = path if n == 1 else path.with_name(f"{path.name}-{n}")
+        try:
+            return candidate, open(candidate, "xb")
+        except FileExistsError:
+            continue
+    raise AssertionError("unreachable")
 
 
 def _after_last_newline(f, size: int, block: int = 1 << 16) -> int:

@@ -52,6 +52,22 @@ def test_torn_last_record_is_cut_under_the_lock_before_the_next_append(tmp_path,
     assert not (tmp_path / "s.journal.lock").exists()  # the journal's lock was taken and released
 
 
+def test_two_torn_tails_cut_in_one_second_are_both_kept(tmp_path, capfd):
+    """A copy is named by the second and the process: the second cut within that second failed ("File exists"), the
+    append with it, and the study lost its storage."""
+    journal = tmp_path / "s.journal"
+    study = optuna.create_study(study_name="s", storage=open_storage(str(journal)))
+    torn = [b'{"op_code":2,"worker_id":"one","study_id":0', b'{"op_code":2,"worker_id":"two"']
+    for i, record in enumerate(torn):
+        with open(journal, "ab") as f:
+            f.write(record)
+        study.set_user_attr(f"a{i}", i)
+    copies = sorted(tmp_path.glob("s.journal.torn-*"), key=lambda p: p.stat().st_mtime_ns)
+    assert [c.read_bytes() for c in copies] == torn
+    assert journal_study(journal, "s").user_attrs == {"a0": 0, "a1": 1}
+    assert capfd.readouterr().err.count("cut off") == 2
+
+
 CREATE_WHEN_INTERRUPTED = """
 import sys
 from hpo.parallel.interrupts import Interrupted, handle_interrupts
