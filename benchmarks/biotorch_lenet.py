@@ -22,13 +22,19 @@ with the best over epochs beside it for the comparison. Initialisation is ours (
 Xavier-uniform forward and feedback weights with zero biases.
 
 Each rule's runs (every seed in one program) are written to ``<output>/runs.json`` as soon as they finish, and a
-rerun trains only the rules it lacks; ``runs.md`` is computed from the JSON alone.
+rerun trains only the rules it lacks; ``runs.md`` is computed from the JSON alone. Two processes may share the work,
+one per core, each merging its rules into the file under a lock:
+
+    taskset -c 0 python -m benchmarks.biotorch_lenet --rules bp fa dfa &
+    taskset -c 1 python -m benchmarks.biotorch_lenet --rules usf brsf frsf
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import fcntl
 import json
 import sys
 import time
@@ -87,17 +93,38 @@ def protocol_record(args: argparse.Namespace, data: Dataset, rates: dict[str, fl
             "learning_rates": rates, "seeds": list(range(args.seeds))}
 
 
-def train(args: argparse.Namespace, stored: Path, rates: dict[str, float]) -> dict:
-    """Every rule of ``args.rules``, its seeds in one program; each rule written to ``stored`` when it finishes."""
+@contextlib.contextmanager
+def locked(stored: Path):
+    """The stored runs, read under an exclusive lock held until the block ends (processes sharing the work)."""
+    stored.parent.mkdir(parents=True, exist_ok=True)
+    with open(stored.with_name(stored.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield json.loads(stored.read_text()) if stored.exists() else None
+
+
+def stored_runs(stored: Path, protocol: dict) -> dict:
+    """The runs already stored under the same protocol (another protocol's are not this one's)."""
+    with locked(stored) as previous:
+        return previous["runs"] if previous and previous.get("protocol") == protocol else {}
+
+
+def store_run(stored: Path, protocol: dict, rule: str, run: dict) -> dict:
+    """Add one rule's runs to the stored ones (re-read under the lock: another process may have added its own)."""
+    with locked(stored) as previous:
+        runs = previous["runs"] if previous and previous.get("protocol") == protocol else {}
+        record = {"protocol": protocol, "runs": {**runs, rule: run}}
+        write_text(stored, json.dumps(record, indent=1, sort_keys=True) + "\n")
+    return record
+
+
+def train(args: argparse.Namespace, stored: Path, rates: dict[str, float]) -> None:
+    """Every rule of ``args.rules`` not yet stored, its seeds in one program; each stored when it finishes."""
     raw = load_dataset(args.dataset)
     data = dataclasses.replace(raw, x_train=resized(raw.x_train), x_test=resized(raw.x_test))
-    record = {"protocol": protocol_record(args, data, rates), "runs": {}}
-    if stored.exists():
-        previous = json.loads(stored.read_text())
-        if previous.get("protocol") == record["protocol"]:
-            record["runs"] = previous["runs"]
+    protocol = protocol_record(args, data, rates)
+    done = stored_runs(stored, protocol)
     for rule in args.rules:
-        if rule in record["runs"]:
+        if rule in done:
             continue
         config = lenet_config(rule, rates[rule], args.epochs)
         started = time.perf_counter()
@@ -107,13 +134,12 @@ def train(args: argparse.Namespace, stored: Path, rates: dict[str, float]) -> di
             print(f"[{rule}] epoch {epoch + 1}/{epochs}: test {scores} | "
                   f"{time.perf_counter() - started:.0f}s", flush=True)
 
-        result = fit_and_score(config, data, record["protocol"]["seeds"], plan=Plan("auto"), on_epoch=progress)
+        result = fit_and_score(config, data, protocol["seeds"], plan=Plan("auto"), on_epoch=progress)
         curve = np.asarray(result.curves["val_score"])  # (epochs, seeds): test accuracy after every epoch
-        record["runs"][rule] = {"final": [float(v) for v in curve[-1]], "best": [float(v) for v in curve.max(0)],
-                                "curve": [[round(float(v), 4) for v in row] for row in curve],
-                                "seconds": round(time.perf_counter() - started, 1)}
-        write_text(stored, json.dumps(record, indent=1, sort_keys=True) + "\n")
-    return record
+        store_run(stored, protocol, rule, {
+            "final": [float(v) for v in curve[-1]], "best": [float(v) for v in curve.max(0)],
+            "curve": [[round(float(v), 4) for v in row] for row in curve],
+            "seconds": round(time.perf_counter() - started, 1)})
 
 
 def spread(values: list[float]) -> str:

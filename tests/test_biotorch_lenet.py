@@ -56,6 +56,19 @@ def test_a_run_is_stored_resumed_and_reported_from_its_storage(tmp_path, capsys)
     assert (tmp_path / "runs.md").read_text() == table
 
 
+def test_processes_sharing_the_work_each_add_their_rules_to_the_stored_runs(tmp_path):
+    from benchmarks.biotorch_lenet import store_run, stored_runs
+
+    stored, protocol = tmp_path / "runs.json", {"dataset": "x", "epochs": 2}
+    assert stored_runs(stored, protocol) == {}
+    store_run(stored, protocol, "bp", {"final": [0.9]})  # one process, one core
+    store_run(stored, protocol, "fa", {"final": [0.8]})  # the other, later: bp is kept
+    assert stored_runs(stored, protocol) == {"bp": {"final": [0.9]}, "fa": {"final": [0.8]}}
+    assert stored_runs(stored, {**protocol, "epochs": 3}) == {}  # another protocol's runs are not this one's
+    store_run(stored, {**protocol, "epochs": 3}, "bp", {"final": [0.7]})
+    assert json.loads(stored.read_text())["runs"] == {"bp": {"final": [0.7]}}
+
+
 def test_a_bad_learning_rate_is_one_line(capsys):
     with pytest.raises(SystemExit, match="--lr 'fa=fast': the rate must be a number"):
         main(["--lr", "fa=fast", "--report"])
