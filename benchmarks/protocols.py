@@ -7,8 +7,8 @@
 Per study of the same name in both storages: busy hours (the union of the trials' time intervals, from each trial's
 start to its end as the storage recorded them: pauses between sittings do not count, and trials that ran at once on
 parallel workers count once), finished trials and how many completed, best CV, the chosen configuration, the test
-mean ± 95% CI over its seeds, and the cheaper protocol's test mean minus the reference's with Welch's p. Nothing is
-trained: both storages hold what their grids measured.
+mean ± 95% CI over its seeds, the cheaper protocol's test mean minus the reference's with Welch's p, and whether
+the two answers are the same (``same_answer``). Nothing is trained: both storages hold what their grids measured.
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ from hpo.report.stats import summarize_scores, welch
 from hpo.storage import open_storage, study_names
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+SAME_WITHIN = 0.003  # test means this close (0.3 points) are the same answer ...
+SAME_P = 0.05  # ... and so are means Welch's test does not tell apart at this level
 
 
 def busy_seconds(intervals: list[tuple[datetime, datetime]]) -> float:
@@ -46,6 +48,13 @@ def busy_seconds(intervals: list[tuple[datetime, datetime]]) -> float:
 def intervals(study: optuna.Study) -> list[tuple[datetime, datetime]]:
     return [(t.datetime_start, t.datetime_complete) for t in study.get_trials(deepcopy=False, states=FINISHED)
             if t.datetime_start is not None and t.datetime_complete is not None]
+
+
+def same_answer(cheaper: list[float], reference: list[float]) -> bool:
+    """Whether two protocols' test scores are the same answer: means within 0.3 points, or not different by
+    Welch's test (p >= 0.05)."""
+    comparison = welch(cheaper, reference)
+    return abs(comparison.delta) <= SAME_WITHIN or comparison.p >= SAME_P
 
 
 def row(study: optuna.Study) -> dict:
@@ -97,17 +106,20 @@ def text(reference: str, cheaper: str, rows: list[tuple[str, dict, dict]], busy:
         "trials' time intervals (parallel workers and pauses counted honestly); test: the chosen configuration "
         "retrained with every stored seed, mean ± 95% CI; Δ test: cheaper minus reference, Welch's p.", "",
         f"**Whole grid: {busy[0] / 3600:.2f} h against {busy[1] / 3600:.2f} h busy "
-        f"({busy[1] / busy[0]:.0%} of the reference's, {busy[0] / busy[1]:.1f}x cheaper).**", "",
+        f"({busy[1] / busy[0]:.0%} of the reference's, {busy[0] / busy[1]:.1f}x cheaper). Same answer (test means "
+        f"within {SAME_WITHIN * 100:.1f} points, or Welch's p >= {SAME_P}): "
+        f"{sum(same_answer(new['test'], ref['test']) for _, ref, new in rows)} of {len(rows)} studies.**", "",
         "| study | busy h (ref / cheaper) | complete / finished (ref / cheaper) | best CV (ref / cheaper) | "
-        "test, reference | test, cheaper | Δ test | p |",
-        "|---|---|---|---|---|---|---:|---:|",
+        "test, reference | test, cheaper | Δ test | p | same answer |",
+        "|---|---|---|---|---|---|---:|---:|---|",
     ]
     for name, ref, new in rows:
         comparison = welch(new["test"], ref["test"])
         lines.append(
             f"| {name} | {ref['busy_s'] / 3600:.2f} / {new['busy_s'] / 3600:.2f} | {ref['complete']}/{ref['finished']}"
             f" / {new['complete']}/{new['finished']} | {ref['best']:.4f} / {new['best']:.4f} | {test(ref)} | "
-            f"{test(new)} | {comparison.delta:+.4f} | {comparison.p:.3f} |"
+            f"{test(new)} | {comparison.delta:+.4f} | {comparison.p:.3f} | "
+            f"{'yes' if same_answer(new['test'], ref['test']) else 'no'} |"
         )
     lines += ["", "Chosen configurations (reference / cheaper):", ""]
     for name, ref, new in rows:
