@@ -100,6 +100,7 @@ def text(reference: str, cheaper: str, rows: list[tuple[str, dict, dict]], busy:
         s = summarize_scores(r["test"])
         return f"{s.mean:.4f} ± {s.ci95:.4f} (n={s.n})" if s.n else ""
 
+    scored = [(name, ref, new) for name, ref, new in rows if ref["test"] and new["test"]]
     lines = [
         "# One grid, two protocols: cost and answers", "",
         f"`python -m benchmarks.protocols --reference {reference} --cheaper {cheaper}`. Busy hours: the union of the "
@@ -108,12 +109,19 @@ def text(reference: str, cheaper: str, rows: list[tuple[str, dict, dict]], busy:
         f"**Whole grid: {busy[0] / 3600:.2f} h against {busy[1] / 3600:.2f} h busy "
         f"({busy[1] / busy[0]:.0%} of the reference's, {busy[0] / busy[1]:.1f}x cheaper). Same answer (test means "
         f"within {SAME_WITHIN * 100:.1f} points, or Welch's p >= {SAME_P}): "
-        f"{sum(same_answer(new['test'], ref['test']) for _, ref, new in rows)} of {len(rows)} studies.**", "",
+        f"{sum(same_answer(new['test'], ref['test']) for _, ref, new in scored)} of {len(scored)} studies"
+        + (f" ({len(rows) - len(scored)} more not yet test-scored in both)" if len(scored) < len(rows) else "")
+        + ".**", "",
         "| study | busy h (ref / cheaper) | complete / finished (ref / cheaper) | best CV (ref / cheaper) | "
         "test, reference | test, cheaper | Δ test | p | same answer |",
         "|---|---|---|---|---|---|---:|---:|---|",
     ]
     for name, ref, new in rows:
+        if not (ref["test"] and new["test"]):
+            lines.append(f"| {name} | {ref['busy_s'] / 3600:.2f} / {new['busy_s'] / 3600:.2f} | {ref['complete']}/"
+                         f"{ref['finished']} / {new['complete']}/{new['finished']} | | {test(ref)} | {test(new)} | | | "
+                         "not yet test-scored |")
+            continue
         comparison = welch(new["test"], ref["test"])
         lines.append(
             f"| {name} | {ref['busy_s'] / 3600:.2f} / {new['busy_s'] / 3600:.2f} | {ref['complete']}/{ref['finished']}"
