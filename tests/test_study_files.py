@@ -25,7 +25,7 @@ def test_the_grids_of_this_round_ask_what_their_comments_say():
     by_name = {c.name: c for c in load_grid(ROOT / "studies" / "fashion-mnist-cnn.toml")}
     assert len(by_name) == 8 and all(c.trials == 50 and c.epochs == 10 and c.test_seeds >= 5 for c in by_name.values())
     cnn = study_effective_space(by_name["fashion-mnist-cnn-fa"]).distributions
-    assert 6 in cnn["conv_channels"].choices and 84 in cnn["head_width"].choices  # LeNet's values
+    assert 6 in cnn["conv_channels"].values and 84 in cnn["head_width"].values  # LeNet's values
     (sd,) = load_grid(ROOT / "studies" / "fashion-mnist-sd.toml")
     depth = study_effective_space(sd).distributions["sd_depth"]
     assert (depth.low, depth.high) == (1, 2)  # three hidden layers left out (the file says why)
