@@ -12,14 +12,16 @@ the LeNet configurations under ``benchmark_configs/`` and ``Benchmarks.md``; San
 - inputs resized to 32x32 (bilinear) and normalised with the training images' mean and std;
 - SGD with momentum 0.9 and weight decay 1e-3 as PyTorch applies it (an L2 term in the gradient of every parameter,
   biases included: our ``sgd_l2``), batch 64, 100 epochs, the learning rate divided by 10 after epochs 50 and 75;
+- their initialisation: Xavier-uniform kernels and feedback matrices, zero biases (``init="xavier"``);
 - each rule's layers from ``models.rules`` (ours, not biotorch's code).
 
 Two things biotorch does not publish or does differently, said in the report: the learning rate for Fashion-MNIST
 (their only LeNet SGD configurations, for CIFAR-10, use 0.1 for bp, usf, brsf and frsf, 1e-3 for fa and 1e-4 for
 dfa; those are the defaults here, ``--lr RULE=VALUE`` changes one), and the model selection: their table reports the
 best test accuracy over the epochs (their validation set is the 10000 test images), this one the last epoch's,
-with the best over epochs beside it for the comparison. Initialisation is ours (``models.initializers``), not their
-Xavier-uniform forward and feedback weights with zero biases.
+with the best over epochs beside it for the comparison. The sign-concordant rules' feedback magnitudes stay ours
+(``models.rules.registry.sign_feedback_scale``: 1 / sqrt(fan_in), where biotorch scales uSF's signs by the Xavier
+standard deviation sqrt(2 / (fan_in + fan_out)) and draws brSF's from Xavier-uniform).
 
 Each rule's runs (every seed in one program) are written to ``<output>/runs.json`` as soon as they finish, and a
 rerun trains only the rules it lacks; ``runs.md`` is computed from the JSON alone. Two processes may share the work,
@@ -62,7 +64,8 @@ LENET = (
 )
 HEAD = (84,)
 PROTOCOL = {"optimizer": "sgd_l2", "momentum": 0.9, "weight_decay": 1e-3, "batch_size": 64, "epochs": 100,
-            "lr_milestones": (50, 75), "lr_gamma": 0.1, "activation": "relu"}
+            "lr_milestones": (50, 75), "lr_gamma": 0.1, "activation": "relu",
+            "init": "xavier", "feedback_distribution": "uniform"}
 OUTPUT = Path("results/biotorch-lenet")
 RESIZE_ROWS = 4096  # images resized at a time (bounded memory)
 
@@ -90,6 +93,7 @@ def protocol_record(args: argparse.Namespace, data: Dataset, rates: dict[str, fl
     return {"dataset": args.dataset, "train_examples": len(data.y_train), "test_examples": len(data.y_test),
             "input": list(data.x_train.shape[1:]), "epochs": args.epochs, "milestones": list(config.lr_milestones),
             "optimizer": "SGD, momentum 0.9, L2 weight decay 1e-3 (PyTorch's)", "batch_size": 64,
+            "init": "Xavier-uniform kernels and feedback, zero biases",
             "learning_rates": rates, "seeds": list(range(args.seeds))}
 
 
@@ -154,7 +158,8 @@ def table(record: dict) -> str:
         "# biotorch's LeNet protocol, our rules", "",
         f"`python -m benchmarks.biotorch_lenet`: LeNet as biotorch defines it, on {protocol['dataset']} "
         f"({protocol['train_examples']} training, {protocol['test_examples']} test images) resized to "
-        f"{'x'.join(map(str, protocol['input'][:2]))}; {protocol['optimizer']}, batch {protocol['batch_size']}, "
+        f"{'x'.join(map(str, protocol['input'][:2]))}; {protocol['init']}; {protocol['optimizer']}, "
+        f"batch {protocol['batch_size']}, "
         f"{protocol['epochs']} epochs, the learning rate divided by 10 after epochs "
         f"{' and '.join(map(str, protocol['milestones'])) or '(none)'}; {len(protocol['seeds'])} seeds per rule. "
         "Test accuracy (%): mean (min-max over seeds). biotorch's figure is the best test accuracy over the epochs "

@@ -65,6 +65,35 @@ class FanIn:
         return self.gain * rng.uniform(-np.sqrt(3) * std, np.sqrt(3) * std, shape)
 
 
+def fan_out(shape: tuple[int, ...]) -> int:
+    """Outputs per input unit: the last axis times the window (dense ``(in, out)``, conv ``(*window, in, out)``)."""
+    return max(1, math.prod(shape[:-2]) * shape[-1])
+
+
+@dataclass(frozen=True)
+class FanAvg:
+    """Zero-mean weights of standard deviation ``gain * sqrt(2 / (fan_in + fan_out))``: Glorot and Bengio's (Xavier)
+    initialisation for ``gain = 1``, uniform as PyTorch's ``xavier_uniform_`` (biotorch's default) or a truncated
+    normal of that variance."""
+
+    gain: float = 1.0
+    distribution: str = "uniform"  # or "truncated_normal"
+
+    def __post_init__(self) -> None:
+        if self.distribution not in DISTRIBUTIONS:
+            raise ValueError(f"distribution must be one of {', '.join(DISTRIBUTIONS)}, got {self.distribution!r}")
+
+    def __call__(self, key: Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> Array:
+        distribution: Any = self.distribution
+        return nn.initializers.variance_scaling(self.gain**2, "fan_avg", distribution)(key, shape, dtype)
+
+    def host(self, rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+        std = np.sqrt(2.0 / (fan_in(shape) + fan_out(shape)))
+        if self.distribution == "truncated_normal":
+            return self.gain * std * truncated_normal(rng, shape)
+        return self.gain * rng.uniform(-np.sqrt(3) * std, np.sqrt(3) * std, shape)
+
+
 @dataclass(frozen=True)
 class Zeros:
     """All zeros (biases)."""

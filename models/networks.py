@@ -101,13 +101,15 @@ class MLP(nn.Module):
     rule: str = "bp"  # learning rule name from models.rules.RULES
     activation: str | tuple[str, ...] = "relu"  # hidden nonlinearity (ACTIVATIONS), or candidates (activation_index)
     feedback_init: Initializer = FanIn()  # initialiser of every feedback matrix (layers' and taps')
+    kernel_init: Initializer = FanIn()  # initialiser of every forward kernel
 
     @nn.compact
     def __call__(self, x: jax.Array, target: jax.Array | None = None, activation_index: jax.Array | None = None):
         """Network outputs; ``target`` (labels or target vectors) reaches the taps of rules that need it (drtp);
         ``activation_index`` chooses among several candidate activations (``activation_function``)."""
         act = activation_function(self.activation, activation_index)
-        dense = partial(Dense, rule=self.rule, feedback_init=self.feedback_init, check_error=False)
+        dense = partial(Dense, rule=self.rule, feedback_init=self.feedback_init, kernel_init=self.kernel_init,
+                        check_error=False)
         h = x.reshape(x.shape[0], -1)
         taps = []
         switches = layer_switches(self, len(self.hidden))
@@ -202,6 +204,7 @@ class CNN(nn.Module):
     rule: str = "bp"  # learning rule name from models.rules.RULES
     activation: str | tuple[str, ...] = "relu"  # after every conv and hidden dense layer, as MLP.activation
     feedback_init: Initializer = FanIn()  # initialiser of every feedback matrix (layers' and taps')
+    kernel_init: Initializer = FanIn()  # initialiser of every forward kernel
 
     @nn.compact
     def __call__(self, x: jax.Array, target: jax.Array | None = None, activation_index: jax.Array | None = None):
@@ -211,7 +214,8 @@ class CNN(nn.Module):
         if x.ndim not in (3, 4):
             raise ValueError(f"CNN inputs must be (batch, length, channels) or (batch, h, w, channels), got {x.shape}")
         trunk_shape(self.conv, x.shape[1:-1])
-        shared: dict[str, Any] = {"rule": self.rule, "feedback_init": self.feedback_init, "check_error": False}
+        shared: dict[str, Any] = {"rule": self.rule, "feedback_init": self.feedback_init, "kernel_init": self.kernel_init,
+                                  "check_error": False}
         h, taps = x, []
 
         def tap(hidden: jax.Array) -> None:

@@ -20,7 +20,7 @@ import numpy as np
 import optax
 
 from models import diagnostics
-from models.initializers import FanIn, host_init
+from models.initializers import FanAvg, FanIn, host_init
 from models.networks import CNN, MLP, SWITCHES, ConvLayer, get_activation, switchable
 from models.rules.registry import FEEDBACK, get_rule
 from models.train import HOST, TRACED, FoldData, Static, chosen_among, masked_means, traced_values
@@ -28,6 +28,9 @@ from models.train import HOST, TRACED, FoldData, Static, chosen_among, masked_me
 Array = jax.Array
 
 FEEDBACK_DISTRIBUTIONS = {"normal": "truncated_normal", "uniform": "uniform"}  # name -> models.initializers.FanIn's
+# forward kernels and feedback matrices: LeCun's variance 1 / fan_in (truncated normal kernels), or Glorot's (Xavier)
+# 2 / (fan_in + fan_out) with uniform kernels, as PyTorch's xavier_uniform_ (biotorch's default)
+INITS = {"lecun": (FanIn, "truncated_normal"), "xavier": (FanAvg, "uniform")}
 OPTIMIZERS = ("adam", "sgd", "sgd_l2")  # sgd_l2: PyTorch's SGD, its weight decay an L2 term in the gradient
 LOSSES = ("cross_entropy", "mse")
 
@@ -56,6 +59,7 @@ class TrainConfig:
     epochs: int = field(default=10, metadata=HOST)  # passes over each fold's training part
     feedback_distribution: str = field(default="normal", metadata=HOST)  # truncated normal or uniform, var 1/fan_in
     feedback_scale: float = field(default=1.0, metadata=HOST)  # multiplies every feedback matrix's initial values
+    init: str = field(default="lecun", metadata=HOST)  # variance of kernels and feedback matrices (INITS)
     loss: str = "cross_entropy"  # "cross_entropy" (classification, score = accuracy) or "mse"
     conv: tuple[ConvLayer, ...] = ()  # convolutional trunk before the hidden layers (empty: an MLP)
     activation_choices: tuple[str, ...] = ()  # activations one compiled program serves (empty: just `activation`)
@@ -72,6 +76,7 @@ class TrainConfig:
             if choices and getattr(self, name) not in choices:
                 raise ValueError(f"{name} {getattr(self, name)!r} must be one of its choices {choices}")
         _check_choice("feedback_distribution", self.feedback_distribution, tuple(FEEDBACK_DISTRIBUTIONS))
+        _check_choice("init", self.init, tuple(INITS))
         _check_choice("loss", self.loss, LOSSES)
         if self.batch_size < 1 or self.epochs < 1 or any(w < 1 for w in self.hidden):
             raise ValueError(f"batch_size, epochs and widths must be >= 1, got {self}")
@@ -107,7 +112,10 @@ def make_model(config: TrainConfig | Static, out_features: int) -> nn.Module:
     kwargs: dict[str, Any] = {}
     if isinstance(config, TrainConfig):
         distribution = FEEDBACK_DISTRIBUTIONS[config.feedback_distribution]
-        kwargs["feedback_init"] = FanIn(config.feedback_scale, distribution)
+        initializer, kernels = INITS[config.init]
+        kwargs["feedback_init"] = initializer(config.feedback_scale, distribution)
+        if config.init != "lecun":  # the networks' default kernels are LeCun's
+            kwargs["kernel_init"] = initializer(1.0, kernels)
         activation = config.activation  # the variables do not depend on it
     else:
         activation = config.activation_choices

@@ -22,6 +22,7 @@ def test_the_network_is_biotorchs_lenet_for_mnist():
     assert count_params(params) == 61706
     assert config.lr_milestones == (50, 75) and config.lr_gamma == 0.1 and config.optimizer == "sgd_l2"
     assert (config.momentum, config.weight_decay, config.batch_size) == (0.9, 1e-3, 64)
+    assert (config.init, config.feedback_distribution) == ("xavier", "uniform")
     assert lenet_config("bp", 0.1, 2).lr_milestones == (1,)  # a short run keeps the schedule's shape
 
 

@@ -54,6 +54,45 @@ def test_host_init_draws_from_each_layers_declared_initialiser():
     assert jax.tree_util.tree_structure(flax_init) == jax.tree_util.tree_structure(variables)
 
 
+def test_xavier_initialisation_is_pytorchs_xavier_uniform_for_dense_and_conv_kernels():
+    """Glorot's variance 2 / (fan_in + fan_out), uniform: bound sqrt(6 / (fan_in + fan_out)); a convolution's fans
+    count its window (PyTorch's and Flax's convention), on the host and in Flax alike."""
+    from models.initializers import FanAvg
+
+    rng = np.random.default_rng(0)
+    for shape in ((300, 100), (5, 5, 6, 16)):
+        fans = (np.prod(shape[:-1]), np.prod(shape[:-2]) * shape[-1])
+        bound = np.sqrt(6 / sum(fans))
+        host = FanAvg().host(rng, shape)
+        flax = np.asarray(FanAvg()(jax.random.key(0), shape))
+        for draw in (host, flax):
+            assert np.abs(draw).max() <= bound + 1e-6 and np.abs(draw).max() > 0.98 * bound
+            assert draw.std() == pytest.approx(np.sqrt(2 / sum(fans)), rel=0.03)
+        assert FanAvg(0.5).host(np.random.default_rng(1), shape).std() == pytest.approx(
+            0.5 * np.sqrt(2 / sum(fans)), rel=0.03)
+
+
+def test_a_config_with_xavier_init_draws_xavier_kernels_and_feedback_and_compiles_the_same_programs():
+    from models.networks import ConvLayer
+    from models.rule_training import TrainConfig, make_model
+    from models.train.fields import Static
+
+    base = dict(rule="fa", hidden=(84,), learning_rate=0.1, conv=(ConvLayer(6, 5, padding="VALID", pool="max"),),
+                feedback_distribution="uniform", feedback_scale=2.0)
+    xavier, lecun = TrainConfig(**base, init="xavier"), TrainConfig(**base)
+    x = np.zeros((1, 32, 32, 1), np.float32)
+    variables = host_init(make_model(xavier, 10), x, np.random.default_rng(0))
+    conv = variables["params"]["conv_0"]["kernel"]  # (5, 5, 1, 6): fans 25 and 150
+    assert np.abs(conv).max() <= np.sqrt(6 / 175) + 1e-6 and conv.std() == pytest.approx(np.sqrt(2 / 175), rel=0.1)
+    feedback = variables["feedback"]["output"]["feedback"]  # (84, 10), scaled by the feedback scale
+    assert np.abs(feedback).max() <= 2.0 * np.sqrt(6 / 94) + 1e-6 and np.abs(feedback).max() > 1.5 * np.sqrt(6 / 94)
+    default = host_init(make_model(lecun, 10), x, np.random.default_rng(0))["params"]["conv_0"]["kernel"]
+    assert default.std() == pytest.approx(1 / np.sqrt(25), rel=0.1)  # LeCun's, unchanged
+    assert Static(xavier) == Static(lecun)  # initialisation is drawn on the host: the same compiled programs
+    with pytest.raises(ValueError, match="init must be one of lecun, xavier"):
+        TrainConfig(**base, init="he")
+
+
 def test_static_view_hides_traced_and_host_fields():
     a = TrainConfig(rule="fa", hidden=(8,), learning_rate=0.1, epochs=3, feedback_scale=2.0)
     b = TrainConfig(rule="fa", hidden=(8,), learning_rate=0.5, epochs=9, momentum=0.5)
