@@ -92,7 +92,8 @@ def protocol_record(args: argparse.Namespace, data: Dataset, rates: dict[str, fl
     config = lenet_config("bp", 1.0, args.epochs)
     return {"dataset": args.dataset, "train_examples": len(data.y_train), "test_examples": len(data.y_test),
             "input": list(data.x_train.shape[1:]), "epochs": args.epochs, "milestones": list(config.lr_milestones),
-            "optimizer": "SGD, momentum 0.9, L2 weight decay 1e-3 (PyTorch's)", "batch_size": 64,
+            "optimizer": f"SGD, momentum {config.momentum}, L2 weight decay {config.weight_decay:g} (PyTorch's)",
+            "batch_size": config.batch_size,
             "init": "Xavier-uniform kernels and feedback, zero biases",
             "learning_rates": rates, "seeds": list(range(args.seeds))}
 
@@ -106,17 +107,21 @@ def locked(stored: Path):
         yield json.loads(stored.read_text()) if stored.exists() else None
 
 
+def _runs_under(previous: dict | None, protocol: dict) -> dict:
+    """The runs of a stored record made under ``protocol`` (another protocol's are not this one's)."""
+    return previous["runs"] if previous and previous.get("protocol") == protocol else {}
+
+
 def stored_runs(stored: Path, protocol: dict) -> dict:
-    """The runs already stored under the same protocol (another protocol's are not this one's)."""
+    """The runs already stored under the same protocol."""
     with locked(stored) as previous:
-        return previous["runs"] if previous and previous.get("protocol") == protocol else {}
+        return _runs_under(previous, protocol)
 
 
 def store_run(stored: Path, protocol: dict, rule: str, run: dict) -> dict:
     """Add one rule's runs to the stored ones (re-read under the lock: another process may have added its own)."""
     with locked(stored) as previous:
-        runs = previous["runs"] if previous and previous.get("protocol") == protocol else {}
-        record = {"protocol": protocol, "runs": {**runs, rule: run}}
+        record = {"protocol": protocol, "runs": {**_runs_under(previous, protocol), rule: run}}
         write_text(stored, json.dumps(record, indent=1, sort_keys=True) + "\n")
     return record
 

@@ -14,7 +14,7 @@ import contextvars
 import functools
 import math
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import flax.linen as nn
 import jax
@@ -49,17 +49,21 @@ class FanIn:
 
     gain: float = 1.0  # multiplies the standard deviation (a feedback matrix's searched scale)
     distribution: str = "truncated_normal"  # or "uniform"
+    mode: ClassVar[Any] = "fan_in"  # Flax's variance_scaling mode: the fan the variance is 1 over
 
     def __post_init__(self) -> None:
         if self.distribution not in DISTRIBUTIONS:
             raise ValueError(f"distribution must be one of {', '.join(DISTRIBUTIONS)}, got {self.distribution!r}")
 
+    def fan(self, shape: tuple[int, ...]) -> float:
+        return fan_in(shape)
+
     def __call__(self, key: Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> Array:
         distribution: Any = self.distribution  # "normal", "truncated_normal" or "uniform", checked at construction
-        return nn.initializers.variance_scaling(self.gain**2, "fan_in", distribution)(key, shape, dtype)
+        return nn.initializers.variance_scaling(self.gain**2, self.mode, distribution)(key, shape, dtype)
 
     def host(self, rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
-        std = 1.0 / np.sqrt(fan_in(shape))
+        std = 1.0 / np.sqrt(self.fan(shape))
         if self.distribution == "truncated_normal":
             return self.gain * std * truncated_normal(rng, shape)
         return self.gain * rng.uniform(-np.sqrt(3) * std, np.sqrt(3) * std, shape)
@@ -71,27 +75,16 @@ def fan_out(shape: tuple[int, ...]) -> int:
 
 
 @dataclass(frozen=True)
-class FanAvg:
+class FanAvg(FanIn):
     """Zero-mean weights of standard deviation ``gain * sqrt(2 / (fan_in + fan_out))``: Glorot and Bengio's (Xavier)
     initialisation for ``gain = 1``, uniform as PyTorch's ``xavier_uniform_`` (biotorch's default) or a truncated
     normal of that variance."""
 
-    gain: float = 1.0
     distribution: str = "uniform"  # or "truncated_normal"
+    mode: ClassVar[Any] = "fan_avg"
 
-    def __post_init__(self) -> None:
-        if self.distribution not in DISTRIBUTIONS:
-            raise ValueError(f"distribution must be one of {', '.join(DISTRIBUTIONS)}, got {self.distribution!r}")
-
-    def __call__(self, key: Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> Array:
-        distribution: Any = self.distribution
-        return nn.initializers.variance_scaling(self.gain**2, "fan_avg", distribution)(key, shape, dtype)
-
-    def host(self, rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
-        std = np.sqrt(2.0 / (fan_in(shape) + fan_out(shape)))
-        if self.distribution == "truncated_normal":
-            return self.gain * std * truncated_normal(rng, shape)
-        return self.gain * rng.uniform(-np.sqrt(3) * std, np.sqrt(3) * std, shape)
+    def fan(self, shape: tuple[int, ...]) -> float:
+        return (fan_in(shape) + fan_out(shape)) / 2
 
 
 @dataclass(frozen=True)

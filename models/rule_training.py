@@ -114,8 +114,7 @@ def make_model(config: TrainConfig | Static, out_features: int) -> nn.Module:
         distribution = FEEDBACK_DISTRIBUTIONS[config.feedback_distribution]
         initializer, kernels = INITS[config.init]
         kwargs["feedback_init"] = initializer(config.feedback_scale, distribution)
-        if config.init != "lecun":  # the networks' default kernels are LeCun's
-            kwargs["kernel_init"] = initializer(1.0, kernels)
+        kwargs["kernel_init"] = initializer(1.0, kernels)  # LeCun's equals the networks' default: the same module
         activation = config.activation  # the variables do not depend on it
     else:
         activation = config.activation_choices

@@ -168,13 +168,13 @@ class RepairingJournalBackend(JournalFileBackend):
 def _new_file(path: Path):
     """``path``, or ``path-2``, ``path-3``, ... whichever does not exist yet, created and open for writing: two cuts in
     one second by one process must not collide (the second would fail and lose the storage mid-study)."""
-    for n in itertools.count(1):
-        candidate = path if n == 1 else path.with_name(f"{path.name}-{n}")
+    candidate = path
+    for n in itertools.count(2):
         try:
             return candidate, open(candidate, "xb")
         except FileExistsError:
-            continue
-    raise AssertionError("unreachable")
+            candidate = path.with_name(f"{path.name}-{n}")
+    raise AssertionError("itertools.count never ends")
 
 
 def _after_last_newline(f, size: int, block: int = 1 << 16) -> int:
