@@ -19,9 +19,10 @@ Two things biotorch does not publish or does differently, said in the report: th
 (their only LeNet SGD configurations, for CIFAR-10, use 0.1 for bp, usf, brsf and frsf, 1e-3 for fa and 1e-4 for
 dfa; those are the defaults here, ``--lr RULE=VALUE`` changes one), and the model selection: their table reports the
 best test accuracy over the epochs (their validation set is the 10000 test images), this one the last epoch's,
-with the best over epochs beside it for the comparison. The sign-concordant rules' feedback magnitudes stay ours
-(``models.rules.registry.sign_feedback_scale``: 1 / sqrt(fan_in), where biotorch scales uSF's signs by the Xavier
-standard deviation sqrt(2 / (fan_in + fan_out)) and draws brSF's from Xavier-uniform).
+with the best over epochs beside it for the comparison. The sign-concordant rules' feedback magnitudes follow the
+kernel initialiser's standard deviation (``models.rules.registry.sign_feedback_scale``), which under Xavier's is
+biotorch's scaling factor ``sqrt(2 / (fan_in + fan_out))``; brSF draws its magnitudes from a half-normal of that
+mean square where biotorch takes the absolute value of a Xavier-uniform draw.
 
 Each rule's runs (every seed in one program) are written to ``<output>/runs.json`` as soon as they finish, and a
 rerun trains only the rules it lacks; ``runs.md`` is computed from the JSON alone. Two processes may share the work,

@@ -115,7 +115,7 @@ def _subtree(tree: dict, path: tuple[str, ...]) -> dict | None:
 
 
 def feedback_pairs(params: dict, fixed: dict, backward: Backward) -> dict[str, tuple[Array, Array]]:
-    """Layer name -> (kernel ``W``, the matrix ``B = backward(W, stored, None)`` carrying its error backwards).
+    """Layer name -> (kernel ``W``, the matrix ``B = backward(W, stored, None, None)`` carrying its error backwards).
 
     The stored feedback matrix of a layer is looked up beside its kernel in ``params`` (trained, kp) or at the same
     module path in the fixed ``"feedback"`` collection (fa, frsf); direct feedback matrices (dfa) live in their
@@ -132,7 +132,7 @@ def feedback_pairs(params: dict, fixed: dict, backward: Backward) -> dict[str, t
             if b is not None and b.shape == leaves["kernel"].shape:
                 stored = b
                 break
-        matrix = backward(leaves["kernel"], stored, None)
+        matrix = backward(leaves["kernel"], stored, None, None)  # a sign scale changes no angle: LeCun's
         if matrix is not None:
             pairs[name] = (leaves["kernel"], matrix)
     return pairs

@@ -58,6 +58,10 @@ class FanIn:
     def fan(self, shape: tuple[int, ...]) -> float:
         return fan_in(shape)
 
+    def std(self, shape: tuple[int, ...]) -> float:
+        """The standard deviation of the weights drawn for ``shape``."""
+        return self.gain * float(self.fan(shape)) ** -0.5
+
     def __call__(self, key: Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> Array:
         distribution: Any = self.distribution  # "normal", "truncated_normal" or "uniform", checked at construction
         return nn.initializers.variance_scaling(self.gain**2, self.mode, distribution)(key, shape, dtype)
@@ -67,6 +71,13 @@ class FanIn:
         if self.distribution == "truncated_normal":
             return self.gain * std * truncated_normal(rng, shape)
         return self.gain * rng.uniform(-np.sqrt(3) * std, np.sqrt(3) * std, shape)
+
+
+def initial_std(init: Initializer, shape: tuple[int, ...]) -> float | None:
+    """The standard deviation ``init`` draws weights of ``shape`` with, or None where it does not say (a Flax
+    initialiser): the magnitude of a layer's sign-concordant feedback (``models.rules.registry.sign_feedback_scale``)."""
+    std = getattr(init, "std", None)
+    return None if std is None else std(shape)
 
 
 def fan_out(shape: tuple[int, ...]) -> int:

@@ -14,7 +14,7 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax
 
-from models.initializers import FanIn, Zeros, declare
+from models.initializers import FanIn, Zeros, declare, initial_std
 from models.rules.ops import ConvForward, DenseForward, Forward, direct_tap, error_check, rule_op, target_signal
 from models.rules.registry import FEEDBACK, FEEDBACK_RNG, get_rule
 
@@ -47,7 +47,7 @@ def _rule_layer(module: nn.Module, forward: Forward, x: Array, shape: tuple[int,
         if not module.has_rng(FEEDBACK_RNG):
             return error_check(forward(x, kernel, bias), NO_FEEDBACK_RNG, False)
         key = module.make_rng(FEEDBACK_RNG)
-    y = rule_op(rule, forward, x, kernel, bias, feedback, key)
+    y = rule_op(rule, forward, x, kernel, bias, feedback, key, initial_std(module.kernel_init, shape))
     if rule.direct is not None and module.check_error:
         y = error_check(y, NO_TAP, True)
     return y

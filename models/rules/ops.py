@@ -1,7 +1,7 @@
 """The operations behind every rule: one layer operation for dense and convolutional layers, the tap of direct
 rules, and a check on the error that flows back through a value.
 
-``rule_op(rule, forward, x, kernel, bias, feedback, key)`` computes the layer's ordinary ``forward(x, kernel,
+``rule_op(rule, forward, x, kernel, bias, feedback, key, sign_scale)`` computes the layer's ordinary ``forward(x, kernel,
 bias)``; its backward pass is *JAX's own VJP of that forward function* evaluated with the rule's matrix
 (``rule.backward``) in place of the kernel. The weight gradients of an affine or convolutional map do not depend
 on the kernel, so every rule gets backprop's weight update for the error its layer receives, and a rule whose
@@ -46,25 +46,27 @@ class ConvForward:
 Forward = DenseForward | ConvForward
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+@partial(jax.custom_vjp, nondiff_argnums=(0, 1, 7))
 def rule_op(
-    rule: Rule, forward: Forward, x: Array, kernel: Array, bias: Array, feedback: Array | None, key: Array | None
+    rule: Rule, forward: Forward, x: Array, kernel: Array, bias: Array, feedback: Array | None, key: Array | None,
+    sign_scale: float | None = None,
 ) -> Array:
     """The layer ``forward(x, kernel, bias)`` whose backward pass is that of ``rule`` (see the module docstring).
 
-    ``feedback`` is the layer's stored feedback matrix (rules with ``stores_feedback``; else None) and ``key`` the
-    random key of rules with a random backward pass (``needs_rng``; else None).
+    ``feedback`` is the layer's stored feedback matrix (rules with ``stores_feedback``; else None), ``key`` the
+    random key of rules with a random backward pass (``needs_rng``; else None) and ``sign_scale`` the magnitude of
+    sign-concordant feedback (``models.rules.registry.sign_feedback_scale``; None: LeCun's ``1 / sqrt(fan_in)``).
     """
     return forward(x, kernel, bias)
 
 
-def _rule_op_fwd(rule, forward, x, kernel, bias, feedback, key):
+def _rule_op_fwd(rule, forward, x, kernel, bias, feedback, key, sign_scale):
     return forward(x, kernel, bias), (x, kernel, bias, feedback, key)
 
 
-def _rule_op_bwd(rule, forward, residuals, dy):
+def _rule_op_bwd(rule, forward, sign_scale, residuals, dy):
     x, kernel, bias, feedback, key = residuals
-    matrix = kernel if rule.backward is None else rule.backward(kernel, feedback, key)
+    matrix = kernel if rule.backward is None else rule.backward(kernel, feedback, key, sign_scale)
     dx, dkernel, dbias = jax.vjp(forward, x, matrix, bias)[1](dy)
     if rule.backward is None:  # a direct rule: the layer learns from the error it receives, sends none back
         dx = jnp.zeros_like(x)

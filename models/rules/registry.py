@@ -14,8 +14,9 @@ the backward pass. What differs between rules is written down here, once, and re
   delivered by a zero-valued tap added to the network output (``models.rules.layers.DirectFeedback``).
 * ``usf``, ``frsf``, ``brsf`` -- sign-concordant feedback (Liao, Leibo & Poggio 2016, AAAI; in deep networks
   Moskovitz, Litwin-Kumar & Abbott 2018, arXiv:1812.06488): ``B = M * sign(W)`` from the *current* kernel.
-  uSF: ``M = 1 / sqrt(fan_in)`` (see ``sign_feedback_scale``); frSF: ``M = |R|``, ``R`` stored and fixed; brSF:
-  ``M = |R|``, ``R ~ N(0, 1 / fan_in)`` redrawn at every update from a random key.
+  uSF: ``M = s``, the standard deviation of the layer's kernel initialiser (``1 / sqrt(fan_in)`` for LeCun's, see
+  ``sign_feedback_scale``); frSF: ``M = |R|``, ``R`` stored and fixed; brSF: ``M = |R|``, ``R ~ N(0, s^2)`` redrawn
+  at every update from a random key.
 * ``drtp`` -- direct random target projection (Frenkel, Lefebvre & Bol 2021, Front. Neurosci. 15:629892): as
   ``dfa``, but the hidden layers receive a fixed random projection of the one-hot *target*,
   ``da_l = (y* @ B_l.T) * f'(a_l) / n`` (``models.rules.layers.DirectTarget``).
@@ -34,30 +35,33 @@ import jax.numpy as jnp
 from models.initializers import fan_in
 
 Array = jax.Array
-# (kernel W, stored feedback B or None, random key or None) -> the matrix that carries the layer's error to its
-# input in place of W. Called with key None for a rule that needs one, it returns the expected matrix (diagnostics).
-Backward = Callable[[Array, "Array | None", "Array | None"], Array]
+# (kernel W, stored feedback B or None, random key or None, sign scale s or None) -> the matrix that carries the
+# layer's error to its input in place of W. Called with key None for a rule that needs one, it returns the expected
+# matrix (diagnostics). s is the magnitude of sign-concordant feedback: the standard deviation of the layer's kernel
+# initialiser (models.initializers.initial_std); None means LeCun's, 1 / sqrt(fan_in).
+Backward = Callable[[Array, "Array | None", "Array | None", "float | None"], Array]
 
 FEEDBACK = "feedback"  # name of every feedback matrix, in whichever collection it lives
 FEEDBACK_RNG = "feedback"  # Flax rng stream of layers whose backward pass is random (brsf)
 DIRECT_KINDS = ("error", "target")  # what the taps of direct rules project to the hidden layers
 
 
-def sign_feedback_scale(shape: tuple[int, ...]) -> float:
-    """``1 / sqrt(fan_in)`` with ``fan_in`` the product of all but the last axis (as the LeCun kernel init).
+def sign_feedback_scale(shape: tuple[int, ...], scale: float | None = None) -> float:
+    """The magnitude of a sign-concordant feedback matrix of ``shape``: ``scale``, the standard deviation of the
+    layer's kernel initialiser, or ``1 / sqrt(fan_in)`` (LeCun's, our layers' default) where it is not given.
 
-    The scale of every sign-concordant feedback matrix: ``sign(W)`` alone has entries of magnitude 1, so the
-    error reaching a layer would grow by about ``sqrt(fan_in)`` per layer compared with backprop. Scaled, its
-    entries have the root-mean-square of the initial kernel (and of fa's default feedback), so errors keep
-    backprop's magnitude and learning rates mean the same across rules. (biotorch scales by the Xavier std
-    ``sqrt(2 / (fan_in + fan_out))``; with Adam a per-layer constant hardly matters, with SGD it does.)
+    ``sign(W)`` alone has entries of magnitude 1, so the error reaching a layer would grow by about ``sqrt(fan_in)``
+    per layer compared with backprop. Scaled, its entries have the root-mean-square of the initial kernel (and of
+    fa's default feedback), so errors keep backprop's magnitude and learning rates mean the same across rules.
+    Under Xavier's initialisation this is biotorch's scaling factor ``sqrt(2 / (fan_in + fan_out))``; with Adam a
+    per-layer constant hardly matters, with SGD it does.
     """
-    return float(fan_in(shape)) ** -0.5
+    return float(fan_in(shape)) ** -0.5 if scale is None else float(scale)
 
 
-def usf_feedback(kernel: Array) -> Array:
-    """uSF's feedback matrix: ``sign(kernel) / sqrt(fan_in)``, from the current forward weights."""
-    return jnp.sign(kernel) * sign_feedback_scale(kernel.shape)
+def usf_feedback(kernel: Array, scale: float | None = None) -> Array:
+    """uSF's feedback matrix ``sign(kernel) * s`` from the current forward weights (``s``: ``sign_feedback_scale``)."""
+    return jnp.sign(kernel) * sign_feedback_scale(kernel.shape, scale)
 
 
 def frsf_feedback(kernel: Array, magnitude: Array) -> Array:
@@ -65,38 +69,39 @@ def frsf_feedback(kernel: Array, magnitude: Array) -> Array:
     return jnp.abs(magnitude) * jnp.sign(kernel)
 
 
-def brsf_feedback(kernel: Array, key: Array) -> Array:
-    """brSF's feedback matrix ``|R| * sign(kernel)`` with ``R ~ N(0, 1 / fan_in)`` drawn from ``key``.
+def brsf_feedback(kernel: Array, key: Array, scale: float | None = None) -> Array:
+    """brSF's feedback matrix ``|R| * sign(kernel)`` with ``R ~ N(0, s^2)`` drawn from ``key`` (``s``:
+    ``sign_feedback_scale``).
 
-    ``|R|`` is half-normal: mean ``sqrt(2 / pi) / sqrt(fan_in)``, mean square ``1 / fan_in`` (the scale of
-    ``sign_feedback_scale``). A new key per update gives the batchwise redrawn magnitudes of brSF.
+    ``|R|`` is half-normal: mean ``sqrt(2 / pi) * s``, mean square ``s^2``, as uSF's magnitude. A new key per update
+    gives the batchwise redrawn magnitudes of brSF.
     """
-    magnitude = jax.random.normal(key, kernel.shape, kernel.dtype) * sign_feedback_scale(kernel.shape)
+    magnitude = jax.random.normal(key, kernel.shape, kernel.dtype) * sign_feedback_scale(kernel.shape, scale)
     return frsf_feedback(kernel, magnitude)
 
 
-def _weights(kernel: Array, stored: Array | None, key: Array | None) -> Array:
+def _weights(kernel: Array, stored: Array | None, key: Array | None, scale: float | None = None) -> Array:
     return kernel
 
 
-def _stored(kernel: Array, stored: Array | None, key: Array | None) -> Array:
+def _stored(kernel: Array, stored: Array | None, key: Array | None, scale: float | None = None) -> Array:
     if stored is None:
         raise ValueError("this rule's feedback matrix is a stored variable, and none was given")
     return stored
 
 
-def _uniform_signs(kernel: Array, stored: Array | None, key: Array | None) -> Array:
-    return usf_feedback(kernel)
+def _uniform_signs(kernel: Array, stored: Array | None, key: Array | None, scale: float | None = None) -> Array:
+    return usf_feedback(kernel, scale)
 
 
-def _fixed_magnitude_signs(kernel: Array, stored: Array | None, key: Array | None) -> Array:
+def _fixed_magnitude_signs(kernel: Array, stored: Array | None, key: Array | None, scale: float | None = None) -> Array:
     return frsf_feedback(kernel, _stored(kernel, stored, key))
 
 
-def _random_magnitude_signs(kernel: Array, stored: Array | None, key: Array | None) -> Array:
+def _random_magnitude_signs(kernel: Array, stored: Array | None, key: Array | None, scale: float | None = None) -> Array:
     if key is None:  # the expected matrix E|R| * sign(W): a positive multiple of usf's (one draw is random)
-        return usf_feedback(kernel) * (2.0 / jnp.pi) ** 0.5
-    return brsf_feedback(kernel, key)
+        return usf_feedback(kernel, scale) * (2.0 / jnp.pi) ** 0.5
+    return brsf_feedback(kernel, key, scale)
 
 
 @dataclass(frozen=True)

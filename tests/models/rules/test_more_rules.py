@@ -152,6 +152,41 @@ def test_brsf_magnitudes_are_half_normal_redrawn_per_key_with_the_kernel_signs()
     assert abs(np.corrcoef(flat[:-1].ravel(), flat[1:].ravel())[0, 1]) < 0.01
 
 
+def _input_error(model, params, x, key=None):
+    """The error the layer sends to its input for the loss sum(y) (dy = 1 everywhere)."""
+    rngs = None if key is None else {"feedback": key}
+    return jax.grad(lambda x: model.apply({"params": params}, x, rngs=rngs).sum())(x)
+
+
+def _drawn_brsf_matrix(model, params, x, key):
+    """brsf's B of a dense layer from its Jacobian: dy = I gives the input error B.T."""
+    return np.asarray(jax.jacrev(lambda x: model.apply({"params": params}, x, rngs={"feedback": key}))(x)[0, :, 0]).T
+
+
+def test_sign_magnitudes_follow_the_kernel_initialiser_xavier_as_biotorch_lecun_by_default():
+    """The magnitude of sign-concordant feedback is the standard deviation of the layer's kernel initialiser:
+    Xavier's sqrt(2 / (fan_in + fan_out)) under init="xavier" (biotorch's scaling factor), 1 / sqrt(fan_in) else."""
+    from models.initializers import FanAvg, FanIn
+    from models.rules import Conv, Dense
+
+    rng = np.random.default_rng(5)
+    layers = [(Dense(48), (48, 64), (64, 48)), (Conv(16, 5, padding="VALID"), (2, 9, 9, 6), (5, 5, 6, 16))]
+    for layer, x_shape, kernel_shape in layers:
+        fan_in, fan_out = np.prod(kernel_shape[:-1]), np.prod(kernel_shape[:-2]) * kernel_shape[-1]
+        for init, expected in ((FanIn(), fan_in**-0.5), (FanAvg(), np.sqrt(2.0 / (fan_in + fan_out)))):
+            x = jnp.asarray(rng.standard_normal(x_shape), jnp.float32)
+            usf, bp = layer.clone(rule="usf", kernel_init=init), layer.clone(rule="bp", kernel_init=init)
+            params = host_init(usf, x, rng)["params"]
+            through_signs = _input_error(bp, jax.tree_util.tree_map(jnp.sign, params), x)  # through sign(W) itself
+            np.testing.assert_allclose(_input_error(usf, params, x), expected * through_signs, rtol=1e-5, atol=1e-6)
+            if isinstance(layer, Dense):  # brsf: E|R|^2 = s^2, over 8 draws of its 3072 magnitudes
+                brsf = layer.clone(rule="brsf", kernel_init=init)
+                keys = jax.random.split(jax.random.key(0), 8)
+                b = np.stack([_drawn_brsf_matrix(brsf, params, x[:1], k) for k in keys])
+                assert (np.sign(b) == np.sign(np.asarray(params["kernel"]))).all()
+                assert np.sqrt((b**2).mean()) == pytest.approx(expected, rel=0.05)
+
+
 def test_brsf_network_draws_differ_by_key_but_not_for_the_same_key():
     model, params, _, x, labels = _mlp("brsf")
     grad = jax.jit(lambda p, k: jax.grad(_mlp_loss(model, {}, x, labels, rngs={"feedback": k}))(p))
@@ -311,8 +346,8 @@ def test_brsf_trainer_redraws_at_every_step_with_the_current_signs(monkeypatch):
     seen = []
     real = registry.brsf_feedback
 
-    def recording(kernel, key):
-        b = real(kernel, key)
+    def recording(kernel, key, scale=None):
+        b = real(kernel, key, scale)
         if kernel.shape == (13, 10):  # the output layer of this (otherwise unused) network shape
             jax.debug.callback(lambda w, v: seen.append((np.asarray(w), np.asarray(v))), kernel, b)
         return b

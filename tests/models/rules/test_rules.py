@@ -96,8 +96,8 @@ def brsf_draws(monkeypatch):
     drawn = {}
     real = registry.brsf_feedback
 
-    def recording(kernel, key):
-        b = real(kernel, key)
+    def recording(kernel, key, scale=None):
+        b = real(kernel, key, scale)
         jax.debug.callback(lambda v: drawn.__setitem__(v.shape, np.asarray(v, np.float64)), b)
         return b
 
