@@ -37,7 +37,11 @@ def test_images_are_resized_bilinearly_with_clamped_edges():
 
 
 def test_a_run_is_stored_resumed_and_reported_from_its_storage(tmp_path, capsys):
-    argv = ["--dataset", "digits", "--epochs", "2", "--rules", "bp", "fa", "--seeds", "2", "--output", str(tmp_path)]
+    summary = tmp_path / "summary.csv"  # a tuned grid's summary (the columns the table reads): fa test-scored only
+    summary.write_text("study,model,algo,test_n,test_mean,test_ci95\nd-cnn-fa,cnn,fa,5,0.8812,0.0021\n"
+                       "d-cnn-bp,cnn,bp,,,\nd-mlp-bp,mlp,bp,5,0.95,0.01\n")
+    argv = ["--dataset", "digits", "--epochs", "2", "--rules", "bp", "fa", "--seeds", "2", "--output", str(tmp_path),
+            "--tuned", str(summary)]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "[bp] epoch 2/2: test" in out and "[fa] epoch 2/2: test" in out  # progress, every epoch
@@ -48,12 +52,15 @@ def test_a_run_is_stored_resumed_and_reported_from_its_storage(tmp_path, capsys)
     np.testing.assert_allclose(bp["best"], np.max(bp["curve"], axis=0), atol=1e-4)  # the curve keeps 4 digits
     assert np.mean(bp["final"]) > 0.5  # digits: chance is 0.1
     table = (tmp_path / "runs.md").read_text()
-    assert "| bp | 0.1 | 90.80 |" in table and "| dfa | 0.0001 | 87.19 | not run |" in table
+    assert "| bp | 0.1 | 90.80 |" in table and "| dfa | 0.0001 | 87.19 | not run | not run | | not run yet |" in table
+    fa_row = next(line for line in table.splitlines() if line.startswith("| fa |"))
+    assert fa_row.endswith("| 88.12 ± 0.21 (5 seeds) |")  # the tuned CNN's test score, not the MLP's
+    assert next(line for line in table.splitlines() if line.startswith("| bp |")).endswith("| not run yet |")
     assert main(argv) == 0  # every rule stored: nothing trains again
     assert "epoch" not in capsys.readouterr().out.split("# biotorch")[0]
     assert json.loads((tmp_path / "runs.json").read_text()) == record
     (tmp_path / "runs.md").unlink()
-    assert main(["--report", "--output", str(tmp_path)]) == 0
+    assert main(["--report", "--output", str(tmp_path), "--tuned", str(summary)]) == 0
     assert (tmp_path / "runs.md").read_text() == table
 
 
