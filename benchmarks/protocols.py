@@ -3,12 +3,18 @@
     python -m benchmarks.protocols                     # the full Fashion-MNIST MLP grid against the halving one
     python -m benchmarks.protocols --reference studies/fashion-mnist.journal \\
         --cheaper studies/fashion-mnist-halving.journal --output results/benchmarks/protocols.md
+    python -m benchmarks.protocols --cheaper studies/fashion-mnist-halving.journal \\
+        studies/fashion-mnist-halving-seed1.journal     # the best of two runs by CV (see below)
 
 Per study of the same name in both storages: busy hours (the union of the trials' time intervals, from each trial's
 start to its end as the storage recorded them: pauses between sittings do not count, and trials that ran at once on
 parallel workers count once), finished trials and how many completed, best CV, the chosen configuration, the test
 mean ± 95% CI over its seeds, the cheaper protocol's test mean minus the reference's with Welch's p, and whether
 the two answers are the same (``same_answer``). Nothing is trained: both storages hold what their grids measured.
+
+Several ``--cheaper`` storages are one protocol run several times (other study seeds): each study is answered by
+the run whose best CV is highest (never by a test score), and the protocol's cost is the union of every run's
+trials. A study counts once every run of it is test-scored.
 """
 
 from __future__ import annotations
@@ -82,20 +88,29 @@ def configuration(params: dict) -> str:
     return ", ".join(parts)
 
 
-def compare(reference: str, cheaper: str) -> tuple[list[tuple[str, dict, dict]], float, float]:
-    """Rows of the studies in both storages, and each grid's busy seconds (the union over all its trials)."""
-    stores = open_storage(reference, create=False), open_storage(cheaper, create=False)
-    names = sorted(set(study_names(stores[0])) & set(study_names(stores[1])))
+def best_by_cv(runs: list[dict]) -> dict:
+    """The run that answers a study: the highest best CV (ties: the first). Its cost is every run's together."""
+    chosen = max(runs, key=lambda r: r["best"])
+    return {**chosen, "busy_s": sum(r["busy_s"] for r in runs), "run": runs.index(chosen),
+            "test": chosen["test"] if all(r["test"] for r in runs) else []}
+
+
+def compare(reference: str, cheaper: list[str]) -> tuple[list[tuple[str, dict, dict]], float, float]:
+    """Rows of the studies in every storage, and each protocol's busy seconds (the union over all its trials; the
+    cheaper one's over every run)."""
+    stores = [open_storage(path, create=False) for path in (reference, *cheaper)]
+    names = sorted(set.intersection(*(set(study_names(store)) for store in stores)))
     rows, spans = [], ([], [])
     for name in names:
         studies = [optuna.load_study(study_name=name, storage=store) for store in stores]
-        rows.append((name, row(studies[0]), row(studies[1])))
-        for span, study in zip(spans, studies):
-            span.extend(intervals(study))
+        rows.append((name, row(studies[0]), best_by_cv([row(study) for study in studies[1:]])))
+        spans[0].extend(intervals(studies[0]))
+        for study in studies[1:]:
+            spans[1].extend(intervals(study))
     return rows, busy_seconds(spans[0]), busy_seconds(spans[1])
 
 
-def text(reference: str, cheaper: str, rows: list[tuple[str, dict, dict]], busy: tuple[float, float]) -> str:
+def text(reference: str, cheaper: list[str], rows: list[tuple[str, dict, dict]], busy: tuple[float, float]) -> str:
     def test(r: dict) -> str:
         s = summarize_scores(r["test"])
         return f"{s.mean:.4f} ± {s.ci95:.4f} (n={s.n})" if s.n else ""
@@ -103,9 +118,12 @@ def text(reference: str, cheaper: str, rows: list[tuple[str, dict, dict]], busy:
     scored = [(name, ref, new) for name, ref, new in rows if ref["test"] and new["test"]]
     lines = [
         "# One grid, two protocols: cost and answers", "",
-        f"`python -m benchmarks.protocols --reference {reference} --cheaper {cheaper}`. Busy hours: the union of the "
-        "trials' time intervals (parallel workers and pauses counted honestly); test: the chosen configuration "
-        "retrained with every stored seed, mean ± 95% CI; Δ test: cheaper minus reference, Welch's p.", "",
+        f"`python -m benchmarks.protocols --reference {reference} --cheaper {' '.join(cheaper)}`. Busy hours: the "
+        "union of the trials' time intervals (parallel workers and pauses counted honestly); test: the chosen "
+        "configuration retrained with every stored seed, mean ± 95% CI; Δ test: cheaper minus reference, Welch's p."
+        + (f" The cheaper protocol is {len(cheaper)} runs (study seeds): each study is answered by the run with "
+           "the best CV (run 1, 2, ... in the order given), its busy hours are all runs' together, and it counts "
+           "once every run is test-scored." if len(cheaper) > 1 else ""), "",
         f"**Whole grid: {busy[0] / 3600:.2f} h against {busy[1] / 3600:.2f} h busy "
         f"({busy[1] / busy[0]:.0%} of the reference's, {busy[0] / busy[1]:.1f}x cheaper). Same answer (test means "
         f"within {SAME_WITHIN * 100:.1f} points, or Welch's p >= {SAME_P}): "
@@ -131,14 +149,16 @@ def text(reference: str, cheaper: str, rows: list[tuple[str, dict, dict]], busy:
         )
     lines += ["", "Chosen configurations (reference / cheaper):", ""]
     for name, ref, new in rows:
-        lines.append(f"- `{name}`: {configuration(ref['params'])} / {configuration(new['params'])}")
+        run = f" (run {new['run'] + 1})" if len(cheaper) > 1 else ""
+        lines.append(f"- `{name}`: {configuration(ref['params'])} / {configuration(new['params'])}{run}")
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reference", default="studies/fashion-mnist.journal")
-    parser.add_argument("--cheaper", default="studies/fashion-mnist-halving.journal")
+    parser.add_argument("--cheaper", nargs="+", default=["studies/fashion-mnist-halving.journal"],
+                        help="the cheaper protocol's storage, or several runs of it (answered by the best CV)")
     parser.add_argument("--output", default="results/benchmarks/protocols.md")
     parser.add_argument("--json", help="also write the rows as JSON here")
     args = parser.parse_args(argv)

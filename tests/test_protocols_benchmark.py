@@ -20,3 +20,15 @@ def test_the_same_answer_is_within_a_third_of_a_point_or_not_told_apart():
     assert not same_answer([s - 0.006 for s in reference], reference)  # 0.6 points, significant
     noisy = [0.880, 0.900, 0.870, 0.905, 0.875]
     assert same_answer(noisy, reference)  # 0.4 points lower on average, but Welch's p >= 0.05
+
+
+def test_several_runs_are_answered_by_the_best_cv_never_the_test_and_cost_all_together():
+    from benchmarks.protocols import best_by_cv
+
+    low_cv_high_test = {"best": 0.880, "test": [0.95, 0.95], "busy_s": 100.0, "params": {"depth": 1}}
+    high_cv = {"best": 0.890, "test": [0.85, 0.86], "busy_s": 50.0, "params": {"depth": 2}}
+    chosen = best_by_cv([low_cv_high_test, high_cv])
+    assert chosen["params"] == {"depth": 2} and chosen["run"] == 1 and chosen["test"] == [0.85, 0.86]
+    assert chosen["busy_s"] == 150.0  # both runs were paid for
+    unscored = {**low_cv_high_test, "test": []}  # a run not yet test-scored: the study does not count yet
+    assert best_by_cv([unscored, high_cv])["test"] == []
