@@ -32,7 +32,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from models.initializers import fan_in
+from models.initializers import FanIn
 
 Array = jax.Array
 # (kernel W, stored feedback B or None, random key or None, sign scale s or None) -> the matrix that carries the
@@ -56,7 +56,7 @@ def sign_feedback_scale(shape: tuple[int, ...], scale: float | None = None) -> f
     Under Xavier's initialisation this is biotorch's scaling factor ``sqrt(2 / (fan_in + fan_out))``; with Adam a
     per-layer constant hardly matters, with SGD it does.
     """
-    return float(fan_in(shape)) ** -0.5 if scale is None else float(scale)
+    return FanIn().std(shape) if scale is None else float(scale)  # the default kernel initialiser's
 
 
 def usf_feedback(kernel: Array, scale: float | None = None) -> Array:
